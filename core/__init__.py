@@ -1,0 +1,1 @@
+"""procguard.core: the headless process-management API."""

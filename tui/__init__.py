@@ -1,0 +1,1 @@
+"""procguard.tui: the Textual app on top of procguard.core."""
