@@ -1,0 +1,3 @@
+from procguard.core.cli import run_main
+
+run_main()

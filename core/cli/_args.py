@@ -1,0 +1,58 @@
+"""Argument types and output helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import sys
+from typing import Any
+
+from procguard.core.cli import UsageError
+
+
+def pid_arg(text: str) -> int:
+    try:
+        pid = int(text, 10)
+    except ValueError:
+        raise UsageError(f"invalid pid {text!r}: not a whole number") from None
+    if pid <= 0:
+        raise UsageError(f"invalid pid {text!r}: must be a positive number")
+    return pid
+
+
+def seconds_arg(flag: str):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise UsageError(f"invalid {flag} {text!r}: not a number of seconds") from None
+        if v < 0 or v != v or v == float("inf"):
+            raise UsageError(f"invalid {flag} {text!r}: must be a finite number of seconds >= 0")
+        return v
+
+    return parse
+
+
+def user_arg(text: str) -> int:
+    """A user name (or numeric uid) that exists on this machine; returns the uid."""
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        if text.isdigit():
+            return int(text)
+        raise UsageError(f"unknown user {text!r}") from None
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=None, separators=(",", ":"))
+    sys.stdout.write("\n")
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)

@@ -1,0 +1,151 @@
+"""Low-level readers of Linux /proc. Every reader returns None (or skips) instead of raising when a process
+vanishes or denies access mid-read: callers scan live tables where that is routine."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+PROC = "/proc"
+HAS_PROC = os.path.isdir(f"{PROC}/self")
+CLK_TCK: int = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+PF_KTHREAD = 0x00200000
+
+_boot_time: float | None = None
+
+
+def boot_time() -> float:
+    """Epoch seconds of boot, from /proc/stat (what ps uses, so create times agree with ps)."""
+    global _boot_time
+    if _boot_time is None:
+        try:
+            with open(f"{PROC}/stat", "rb") as f:
+                for line in f:
+                    if line.startswith(b"btime "):
+                        _boot_time = float(line.split()[1])
+                        break
+        except OSError:
+            pass
+        if _boot_time is None:
+            import psutil
+
+            _boot_time = psutil.boot_time()
+    return _boot_time
+
+
+class Stat(NamedTuple):
+    """The fields of /proc/PID/stat that procguard uses."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgid: int
+    sid: int
+    tty_nr: int
+    flags: int
+    utime: int  # clock ticks
+    stime: int
+    num_threads: int
+    start_ticks: int  # since boot, clock ticks: with pid, the identity of a process
+    rss_pages: int
+
+
+def parse_stat(data: bytes) -> Stat:
+    # comm may contain spaces and parentheses: it ends at the last ')'.
+    lp = data.index(b"(")
+    rp = data.rindex(b")")
+    f = data[rp + 2 :].split()
+    return Stat(
+        int(data[:lp]),
+        data[lp + 1 : rp].decode("utf-8", "replace"),
+        f[0].decode(),
+        int(f[1]),
+        int(f[2]),
+        int(f[3]),
+        int(f[4]),
+        int(f[6]),
+        int(f[11]),
+        int(f[12]),
+        int(f[17]),
+        int(f[19]),
+        int(f[21]),
+    )
+
+
+def read_stat(pid: int) -> Stat | None:
+    try:
+        with open(f"{PROC}/{pid}/stat", "rb") as f:
+            return parse_stat(f.read())
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_cmdline(pid: int) -> tuple[str, ...] | None:
+    try:
+        with open(f"{PROC}/{pid}/cmdline", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if not data:
+        return ()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return tuple(data.decode("utf-8", "surrogateescape").split("\0"))
+
+
+def read_uid(pid: int) -> int | None:
+    """Owner of /proc/PID: the process's effective uid, as ps reports it (one stat, no file read)."""
+    try:
+        return os.stat(f"{PROC}/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def read_link(pid: int, what: str) -> str | None:
+    """readlink of /proc/PID/{exe,cwd,root}; None when gone or denied."""
+    try:
+        return os.readlink(f"{PROC}/{pid}/{what}")
+    except OSError:
+        return None
+
+
+def read_exe(pid: int) -> str | None:
+    return read_link(pid, "exe")
+
+
+def read_cwd(pid: int) -> str | None:
+    return read_link(pid, "cwd")
+
+
+def read_environ(pid: int) -> dict[str, str] | None:
+    """The environment a process started with; None when gone or denied (another user's process)."""
+    try:
+        with open(f"{PROC}/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    env: dict[str, str] = {}
+    for item in data.split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep:
+            env[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
+    return env
+
+
+def list_pids() -> list[int]:
+    try:
+        with os.scandir(PROC) as it:
+            return [int(e.name) for e in it if e.name.isdigit()]
+    except OSError:
+        return []
+
+
+def create_time(start_ticks: int) -> float:
+    return boot_time() + start_ticks / CLK_TCK
+
+
+def start_ticks_of(pid: int) -> int | None:
+    st = read_stat(pid)
+    return None if st is None else st.start_ticks

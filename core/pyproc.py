@@ -1,0 +1,209 @@
+"""Parsing a Python command line: interpreter, ``-m``/``-c``/script, interpreter options, script args.
+
+Called by the snapshot for every process on every refresh, so the common case (argv[0] is not a Python
+interpreter) must cost one string split and a prefix check. Only the argv is looked at; nothing is read from
+/proc here (resolving the script against the process's cwd is identity.py's job).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Sequence
+from typing import NamedTuple
+
+__all__ = ["PythonCmd", "parse_python_cmdline", "is_python_interpreter"]
+
+
+class PythonCmd(NamedTuple):
+    interpreter: str  # cmdline[0] (or the interpreter named after `env`)
+    kind: str  # "file" | "module" | "code" | "interactive"
+    target: str  # script path as given / module name / code string / "" ("-" when reading stdin)
+    args: tuple[str, ...]  # script arguments (after the script/module/code)
+    # Interpreter options, one element per option, normalised: "-u", "-O", "-X dev", "-W ignore",
+    # "--check-hash-based-pycs always". Combined flags ("-uB") come out split ("-u", "-B").
+    options: tuple[str, ...]
+
+
+# python, python3, python3.11, python3.11d, python3.13t, pythonw, pypy, pypy3, pypy3.10 ...
+_INTERP_RE = re.compile(r"^(?:python|pypy)(?:\d+(?:\.\d+)*)?[dmwt]?$")
+_ENV_NAMES = frozenset({"env"})
+
+# CPython's option grammar (Modules/main.c, Python/getopt.c): flags that take no argument, and the ones
+# that take one (attached, "-Wignore", or as the next argv element). -c and -m also end option parsing.
+_NOARG = frozenset("bBdEhiIOPqRsSuvVx?")
+_WITHARG = frozenset("WX")
+_LONG_WITHARG = frozenset({"--check-hash-based-pycs"})
+_LONG_NOARG = frozenset({"--help", "--version", "--help-env", "--help-xoptions", "--help-all"})
+
+# GNU env options that consume the next argv element when given in short/separate form.
+_ENV_SHORT_WITHARG = frozenset("uCSa")
+_ENV_LONG_WITHARG = frozenset({"--unset", "--chdir", "--split-string", "--argv0"})
+
+
+def _basename(path: str) -> str:
+    return path.rpartition("/")[2]
+
+
+def is_python_interpreter(path: str) -> bool:
+    """True when the basename of `path` looks like a Python interpreter (cheap prefix check first)."""
+    base = _basename(path)
+    if not (base.startswith("python") or base.startswith("pypy")):
+        return False
+    return _INTERP_RE.match(base) is not None
+
+
+def parse_python_cmdline(cmdline: Sequence[str], exe: str | None = None) -> PythonCmd | None:
+    """Parse `cmdline` if it runs a Python interpreter, else None.
+
+    `exe` (the /proc/PID/exe target) is a fallback for processes started with a custom argv[0]
+    (``exec -a name python script.py``): then argv[1:] is parsed as the interpreter's arguments.
+    """
+    if not cmdline:
+        return None
+    argv0 = cmdline[0]
+    base = _basename(argv0)
+    # Fast path: nearly every process on a box is rejected by this one check.
+    c = base[:1]
+    if c == "p":
+        if _INTERP_RE.match(base) is not None:
+            return _parse_interpreter_args(argv0, cmdline, 1)
+    elif c == "e" and base in _ENV_NAMES:
+        return _parse_env(cmdline)
+    if exe:
+        if exe.endswith(" (deleted)"):
+            exe = exe[: -len(" (deleted)")]
+        if is_python_interpreter(exe) and " " not in argv0:
+            # argv[0] was chosen by the parent; the rest of argv is still the interpreter's.
+            return _parse_interpreter_args(argv0, cmdline, 1)
+    return None
+
+
+def _parse_env(cmdline: Sequence[str]) -> PythonCmd | None:
+    """`env [OPTION]... [NAME=VALUE]... python ...` (also `env -S "python3 -u"` from shebang lines)."""
+    i = 1
+    n = len(cmdline)
+    rest: list[str] | None = None
+    while i < n:
+        a = cmdline[i]
+        if a == "--":
+            i += 1
+            break
+        if a == "-":  # same as -i
+            i += 1
+            continue
+        if a.startswith("--"):
+            name, eq, val = a.partition("=")
+            if name == "--split-string":
+                if not eq:
+                    i += 1
+                    val = cmdline[i] if i < n else ""
+                rest = _split_env_string(val) + list(cmdline[i + 1 :])
+                break
+            if name in _ENV_LONG_WITHARG and not eq:
+                i += 2
+            else:
+                i += 1
+            continue
+        if a.startswith("-") and len(a) > 1:
+            # Short options, possibly combined: -iv, -uNAME, -u NAME, -S"python3 -u"
+            j = 1
+            consumed_next = False
+            while j < len(a):
+                ch = a[j]
+                if ch in _ENV_SHORT_WITHARG:
+                    attached = a[j + 1 :]
+                    if attached:
+                        val = attached
+                    else:
+                        consumed_next = True
+                        val = cmdline[i + 1] if i + 1 < n else ""
+                    if ch == "S":
+                        skip = 2 if consumed_next else 1
+                        rest = _split_env_string(val) + list(cmdline[i + skip :])
+                    break
+                j += 1
+            if rest is not None:
+                break
+            i += 2 if consumed_next else 1
+            continue
+        if "=" in a:  # NAME=VALUE assignment
+            i += 1
+            continue
+        break
+    if rest is None:
+        rest = list(cmdline[i:])
+    # -S strings may themselves start with assignments or more env-style options; skip assignments.
+    while rest and "=" in rest[0] and not rest[0].startswith("-") and "/" not in rest[0].partition("=")[0]:
+        rest.pop(0)
+    if not rest:
+        return None
+    if not is_python_interpreter(rest[0]):
+        return None
+    return _parse_interpreter_args(rest[0], rest, 1)
+
+
+def _split_env_string(s: str) -> list[str]:
+    # env -S understands quotes and backslash escapes much like a shell; shlex is close enough.
+    try:
+        return shlex.split(s)
+    except ValueError:
+        return s.split()
+
+
+def _parse_interpreter_args(interpreter: str, argv: Sequence[str], start: int) -> PythonCmd:
+    options: list[str] = []
+    i = start
+    n = len(argv)
+    while i < n:
+        a = argv[i]
+        if a == "-":
+            return PythonCmd(interpreter, "interactive", "-", tuple(argv[i + 1 :]), tuple(options))
+        if a == "--":
+            # Ends options; the next element is the script (CPython treats it as a file even if it
+            # starts with "-").
+            i += 1
+            break
+        if not a.startswith("-"):
+            break
+        if a.startswith("--"):
+            name, eq, val = a.partition("=")
+            if name in _LONG_WITHARG:
+                if not eq:
+                    i += 1
+                    val = argv[i] if i < n else ""
+                options.append(f"{name} {val}")
+            else:
+                # --help/--version and unknown long options: keep them; CPython exits on unknown ones.
+                options.append(a)
+            i += 1
+            continue
+        # Short options, possibly combined ("-uB", "-uc code", "-Wignore", "-mpkg.mod").
+        j = 1
+        while j < len(a):
+            ch = a[j]
+            if ch == "c" or ch == "m":
+                attached = a[j + 1 :]
+                if attached:
+                    value = attached
+                    rest_start = i + 1
+                else:
+                    value = argv[i + 1] if i + 1 < n else ""
+                    rest_start = i + 2
+                kind = "code" if ch == "c" else "module"
+                return PythonCmd(interpreter, kind, value, tuple(argv[rest_start:]), tuple(options))
+            if ch in _WITHARG:
+                attached = a[j + 1 :]
+                if attached:
+                    options.append(f"-{ch} {attached}")
+                else:
+                    i += 1
+                    options.append(f"-{ch} {argv[i] if i < n else ''}")
+                break
+            # _NOARG and anything unknown: one flag per character (CPython rejects unknown ones).
+            options.append("-" + ch)
+            j += 1
+        i += 1
+    if i >= n:
+        return PythonCmd(interpreter, "interactive", "", (), tuple(options))
+    return PythonCmd(interpreter, "file", argv[i], tuple(argv[i + 1 :]), tuple(options))

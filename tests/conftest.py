@@ -1,0 +1,114 @@
+"""Shared fixtures. Safety rule: tests only signal processes they started, by PID, and kill them here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+PY = sys.executable
+
+
+class ProcStarter:
+    """Starts real processes for a test and SIGKILLs every one of them (and their groups) at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.started: list[subprocess.Popen[bytes]] = []
+        self.extra_pids: list[int] = []
+
+    def popen(self, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        kw.setdefault("stdin", subprocess.DEVNULL)
+        p = subprocess.Popen(argv, **kw)  # type: ignore[call-overload]
+        self.started.append(p)
+        return p
+
+    def python(self, code: str, *args: str, new_session: bool = True, ready: bool = True,
+               cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+               name: str = "child") -> subprocess.Popen[bytes]:
+        """Run `code` in a fresh Python. With ready=True the code must print 'ready' (flushed) once set up."""
+        script = self.tmp_path / f"{name}_{len(self.started)}.py"
+        script.write_text(textwrap.dedent(code))
+        p = self.popen([PY, str(script), *args], start_new_session=new_session, cwd=cwd, env=env,
+                       stdout=subprocess.PIPE)
+        if ready:
+            self.wait_ready(p)
+        return p
+
+    @staticmethod
+    def wait_ready(p: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+        assert p.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            line = p.stdout.readline()
+            if line.strip() == b"ready" or not line:
+                break
+        assert line.strip() == b"ready", f"child {p.pid} never became ready (got {line!r})"
+
+    def track(self, pid: int) -> None:
+        """Also kill this pid (e.g. a grandchild) at teardown."""
+        self.extra_pids.append(pid)
+
+    def cleanup(self) -> None:
+        for p in self.started:
+            try:
+                if os.getpgid(p.pid) == p.pid:  # its own group: take any children along
+                    os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+            with contextlib.suppress(ProcessLookupError, OSError):
+                p.kill()
+        for pid in self.extra_pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for p in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+            for f in (p.stdout, p.stderr):
+                if f is not None:
+                    f.close()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[ProcStarter]:
+    starter = ProcStarter(tmp_path)
+    try:
+        yield starter
+    finally:
+        starter.cleanup()
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
+    """Poll until pred() is truthy; returns its value or fails the test. Not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s: {pred}")
+
+
+def proc_state(pid: int) -> str | None:
+    """State letter from /proc, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode()
+
+
+def is_gone(pid: int) -> bool:
+    """Dead or zombie (zombies count as dead: nobody may be reaping them yet)."""
+    s = proc_state(pid)
+    return s is None or s in ("Z", "X")

@@ -1,0 +1,125 @@
+"""The process snapshot and the pure views over it, against real processes and the real ps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from procguard.core import views
+from procguard.core.snapshot import Snapshotter, process_snapshot
+from tests.conftest import ProcStarter, wait_for
+
+BUSY = """
+import os, time
+print("ready", flush=True)
+while True:
+    pass
+"""
+
+
+def test_snapshot_agrees_with_ps(procs: ProcStarter) -> None:
+    child = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)", "--flag", "x y")
+    snap = process_snapshot()
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,pgid=,sid=,stat=,user=", "-p", str(child.pid)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    p = snap[child.pid]
+    assert [p.pid, p.ppid, p.pgid, p.sid] == [int(x) for x in out[:4]]
+    assert p.state == out[4][0]
+    assert p.username == out[5]
+    assert p.cmdline[-2:] == ("--flag", "x y")
+    assert p.python is not None and p.python.kind == "file" and p.python.args == ("--flag", "x y")
+    assert p.rss > 0
+    assert abs(p.create_time - os.stat(f"/proc/{child.pid}").st_mtime) < 60  # same boot-relative clock
+
+
+def test_shebang_script_is_python_by_cmdline_not_name(procs: ProcStarter, tmp_path: Path) -> None:
+    script = tmp_path / "a_rather_long_script_name.py"
+    script.write_text(f"#!{sys.executable}\nimport time\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    script.chmod(0o755)
+    p = procs.popen([str(script)], stdout=subprocess.PIPE, start_new_session=True)
+    procs.wait_ready(p)
+    proc = process_snapshot()[p.pid]
+    assert proc.name == "a_rather_long_s"  # comm is the script's name cut to 15 characters
+    assert proc.python is not None and proc.python.target == str(script)
+
+
+def test_cpu_percent_from_previous_snapshot(procs: ProcStarter) -> None:
+    busy = procs.python(BUSY)
+    snapper = Snapshotter()
+    first = snapper.take()
+    assert first[busy.pid].cpu_percent == 0.0
+    wait_for(lambda: snapper.take()[busy.pid].cpu_percent > 20, timeout=10, interval=0.3)
+
+
+def test_views_tree_group_session(procs: ProcStarter) -> None:
+    code = """
+import os, time, sys
+r, w = os.pipe()
+kid = os.fork()
+if kid == 0:
+    grandkid = os.fork()
+    if grandkid == 0:
+        time.sleep(60)
+    os.write(w, str(grandkid).encode() + b"\\n")
+    time.sleep(60)
+    sys.exit()
+print(os.read(r, 64).decode().strip(), flush=True)
+print("ready", flush=True)
+time.sleep(60)
+"""
+    leader = procs.python(code, ready=False)
+    assert leader.stdout is not None
+    grandkid = int(leader.stdout.readline())
+    procs.track(grandkid)
+    procs.wait_ready(leader)
+    snap = process_snapshot()
+    kid = snap[grandkid].ppid
+    assert [p.pid for p in views.children(snap, leader.pid)] == [kid]
+    assert {p.pid for p in views.descendants(snap, leader.pid)} == {kid, grandkid}
+    assert [p.pid for p in views.tree(snap, leader.pid)][0] == leader.pid
+    assert {p.pid for p in views.group_members(snap, leader.pid)} == {leader.pid, kid, grandkid}
+    assert {p.pid for p in views.session_members(snap, leader.pid)} == {leader.pid, kid, grandkid}
+    assert views.ancestors(snap, grandkid)[0].pid == kid
+    assert os.getpid() in {p.pid for p in views.ancestors(snap, leader.pid)}
+
+
+def test_diff_sees_added_removed_changed(procs: ProcStarter) -> None:
+    a = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)")
+    snapper = Snapshotter()
+    before = snapper.take()
+    b = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)")
+    os.kill(a.pid, 19)  # SIGSTOP: a state change
+    wait_for(lambda: snapper.take()[a.pid].state == "T")
+    a_stopped = snapper.take()
+    d = views.diff(before, a_stopped)
+    assert b.pid in d.added and a.pid in d.changed
+    b.kill()
+    b.wait()
+    after = snapper.take()
+    assert b.pid in views.diff(a_stopped, after).removed
+
+
+def test_snapshot_never_raises_and_skips_vanishing_processes(procs: ProcStarter) -> None:
+    # Processes that come and go while we scan: the scan must just keep going.
+    churn = procs.python("""
+import subprocess, sys
+print("ready", flush=True)
+while True:
+    subprocess.run([sys.executable, "-c", "pass"])
+""")
+    snapper = Snapshotter()
+    for _ in range(30):
+        snap = snapper.take()
+        assert churn.pid in snap
+        assert all(p.pid > 0 for p in snap)
+
+
+def test_zombie_keeps_what_was_read(procs: ProcStarter) -> None:
+    p = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(0.3)")
+    snapper = Snapshotter()
+    cmd = snapper.take()[p.pid].cmdline
+    wait_for(lambda: snapper.take()[p.pid].state == "Z")
+    z = snapper.take()[p.pid]
+    assert z.cmdline == cmd  # a zombie's /proc cmdline is empty; the earlier read is kept
