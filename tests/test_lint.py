@@ -11,6 +11,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_ruff_clean() -> None:
     ruff = Path(sys.executable).with_name("ruff")
-    out = subprocess.run([str(ruff), "check", "core", "tui", "tests", "bench"], cwd=ROOT, capture_output=True,
-                         text=True)
+    dirs = [d for d in ("core", "tui", "tests", "bench") if (ROOT / d).is_dir()]
+    out = subprocess.run([str(ruff), "check", *dirs], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
