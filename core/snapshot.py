@@ -144,6 +144,7 @@ class Snapshotter:
         cpu_new: dict[tuple[int, int], int] = {}
         procs: dict[int, Proc] = {}
         parse_stat = procfs.parse_stat
+        read_bytes = procfs.read_bytes
         proc_dir = procfs.PROC
         try:
             entries = os.scandir(proc_dir)
@@ -155,8 +156,7 @@ class Snapshotter:
                 if not name.isdigit():
                     continue
                 try:
-                    with open(f"{proc_dir}/{name}/stat", "rb") as f:
-                        st = parse_stat(f.read())
+                    st = parse_stat(read_bytes(f"{proc_dir}/{name}/stat", 1024))
                 except (OSError, ValueError, IndexError):
                     continue  # vanished mid-scan
                 key = (st.pid, st.start_ticks)
