@@ -237,8 +237,10 @@ class _Pinned:
     def exited(self) -> bool:
         """Exited (a zombie counts) or gone; never blocks."""
         if self.fd is not None:
-            r, _, _ = select.select([self.fd], [], [], 0)
-            return bool(r)
+            # poll, not select: pidfds can be numbered past select's 1024 limit in a big target set.
+            poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            return bool(poller.poll(0))
         st = procfs.read_stat(self.pid)
         return st is None or st.start_ticks != self.member.start_ticks or st.state in ("Z", "X")
 

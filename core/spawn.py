@@ -94,7 +94,9 @@ def _wait_readable(pid: int, timeout: float) -> bool:
     except (AttributeError, OSError):
         return True  # can't tell without blocking: let waitpid decide
     try:
-        return bool(select.select([fd], [], [], timeout)[0])
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
     finally:
         os.close(fd)
 
@@ -113,19 +115,28 @@ def _check_program(argv: Sequence[str], env: Mapping[str, str] | None) -> str:
 
 
 def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None,
-          cwd: str | os.PathLike[str] | None = None) -> Spawned:
-    """Start argv in a new session. posix_spawn (no fork of a large parent) unless a cwd is wanted."""
+          cwd: str | os.PathLike[str] | None = None, *, pass_fds: Sequence[int] = ()) -> Spawned:
+    """Start argv in a new session. posix_spawn (no fork of a large parent) unless a cwd is wanted.
+
+    pass_fds are inherited by the child (e.g. a lock's descriptor, so the child holds the lock too).
+    """
     argv = [os.fspath(a) for a in argv]
     prog = _check_program(argv, env)
     full_env = dict(os.environ if env is None else env)
     if cwd is None and hasattr(os, "posix_spawn"):
+        was = [(fd, os.get_inheritable(fd)) for fd in pass_fds]
         try:
+            for fd in pass_fds:
+                os.set_inheritable(fd, True)
             pid = os.posix_spawn(prog, argv, full_env, setsid=True)
         except OSError as e:
             raise SpawnError(f"cannot run {argv[0]!r}: {e.strerror}") from e
+        finally:
+            for fd, inheritable in was:
+                os.set_inheritable(fd, inheritable)
         return Spawned(pid, argv)
     try:
-        p = subprocess.Popen(argv, env=full_env, cwd=cwd, start_new_session=True)
+        p = subprocess.Popen(argv, env=full_env, cwd=cwd, start_new_session=True, pass_fds=tuple(pass_fds))
     except OSError as e:
         what = f"cwd {os.fspath(cwd)!r}" if cwd is not None and not os.path.isdir(cwd) else repr(argv[0])
         raise SpawnError(f"cannot run {argv[0]!r}: {e.strerror} ({what})") from e

@@ -168,3 +168,30 @@ def test_console_script_installed() -> None:
     assert subprocess.run([str(exe), "--help"], capture_output=True).returncode == 0
 
 
+
+
+def test_run_lock_held_for_child_life_and_exit_3_when_taken(procs: ProcStarter, tmp_path: Path) -> None:
+    lock = tmp_path / "job.lock"
+    started = tmp_path / "started"
+    first = procs.popen([sys.executable, "-m", "procguard.core.cli", "run", "--lock", str(lock), "--",
+                         sys.executable, "-c", f"import time; open({str(started)!r}, 'w'); time.sleep(60)"],
+                        start_new_session=True)
+    wait_for(started.exists)
+    out = pg("run", "--lock", str(lock), "--", sys.executable, "-c", "print('should not run')")
+    assert out.returncode == 3
+    assert f"is held by pid {first.pid}" in out.stderr and "should not run" not in out.stdout
+    # The child shares the lock through its inherited descriptor.
+    from procguard.core.locks import held_locks
+
+    held = [h for h in held_locks() if h.path == str(lock)]
+    assert held and first.pid in held[0].holders and len(held[0].holders) == 2
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not lock.exists()  # released and unlinked
+    assert pg("run", "--lock", str(lock), "--", sys.executable, "-c", "pass").returncode == 0
+
+
+def test_run_lock_bad_path_is_one_line(tmp_path: Path) -> None:
+    out = pg("run", "--lock", str(tmp_path), "--", "true")
+    assert out.returncode == 2
+    assert str(tmp_path) in out.stderr and out.stderr.count("\n") == 1

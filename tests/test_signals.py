@@ -141,23 +141,26 @@ def test_tree_child_forked_during_grace_is_killed(procs: ProcStarter, tmp_path: 
     assert is_gone(late)
 
 
-FORK_BOMB_ISH = """
+FORKING_TREE = """
 import os, signal, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("ready", flush=True)
-# Keeps forking short-lived-then-forking children: a tree that outruns a naive rescan.
-while True:
-    pid = os.fork()
-    if pid == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        time.sleep(0.05)
-        continue
-    time.sleep(0.05)
+# Keeps forking children that each fork one grandchild: a tree that grows while we scan it (linearly, and
+# at most 400 processes, so a failure can't turn into a fork bomb).
+for _ in range(200):
+    if os.fork() == 0:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        time.sleep(60)
+        os._exit(0)
+    time.sleep(0.01)
+time.sleep(60)
 """
 
 
 def test_forking_tree_is_frozen_then_killed(procs: ProcStarter) -> None:
-    leader = procs.python(FORK_BOMB_ISH)
+    leader = procs.python(FORKING_TREE)
     try:
         wait_for(lambda: len([p for p in process_snapshot() if p.pgid == leader.pid]) >= 4)
         res = signals.kill(Target.tree(leader.pid))

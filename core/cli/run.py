@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise UsageError("run needs a command after --, e.g. procguard run -- python train.py")
+    pass_fds: tuple[int, ...] = ()
     with contextlib.ExitStack() as stack:
         if args.on_duplicate and args.on_duplicate != "ignore":
             from procguard.core.duplicates import check_before_run
@@ -59,20 +60,25 @@ def run(args: argparse.Namespace) -> int:
         if args.lock:
             from procguard.core.locks import AlreadyRunning, SingleInstanceLock
 
-            lock = SingleInstanceLock(args.lock)
             try:
+                lock = SingleInstanceLock(args.lock)
                 lock.acquire()
             except AlreadyRunning as e:
                 print(f"procguard: {e}", file=sys.stderr)
                 return EXIT_LOCKED
-            except OSError as e:
-                raise UsageError(str(e)) from None
-            stack.callback(lock.release)
-        return _supervise(cmd, args.grace)
+            except (OSError, ValueError) as e:
+                raise UsageError(f"--lock {args.lock!r}: {e}") from None
+            if lock.is_noop:
+                print(f"procguard: not locking: {lock.noop_reason}", file=sys.stderr)
+            else:
+                stack.callback(lock.release)
+                # The child inherits the descriptor: it keeps the lock even if procguard run is SIGKILLed.
+                pass_fds = (lock.fileno(),)
+        return _supervise(cmd, args.grace, pass_fds)
     return 0  # unreachable; keeps type checkers content
 
 
-def _supervise(cmd: list[str], grace: float) -> int:
+def _supervise(cmd: list[str], grace: float, pass_fds: tuple[int, ...] = ()) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         raise _Interrupted(signum)
 
@@ -81,7 +87,7 @@ def _supervise(cmd: list[str], grace: float) -> int:
     child: Spawned | None = None
     try:
         try:
-            child = spawn(cmd)
+            child = spawn(cmd, pass_fds=pass_fds)
         except SpawnError as e:
             print(f"procguard: {e}", file=sys.stderr)
             return 127 if "no such program" in str(e) else 126

@@ -1,0 +1,167 @@
+"""The per-user registry of guarded processes: real files, real processes, real staleness."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from procguard.core import procfs, registry
+from procguard.core.snapshot import process_snapshot
+from tests.conftest import PY, ProcStarter, wait_for
+
+
+@pytest.fixture
+def regdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "registry"
+    monkeypatch.setenv(registry.ENV_OVERRIDE, str(d))
+    return d
+
+
+def test_register_get_unregister_self(regdir: Path) -> None:
+    e = registry.register(script="/x/train.py", lock="/l/train.lock", flush_signal=signal.SIGUSR1,
+                          extra={"name": "train"})
+    try:
+        assert registry.registry_dir() == regdir
+        assert stat.S_IMODE(regdir.stat().st_mode) == 0o700
+        f = regdir / f"{os.getpid()}.json"
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+        got = registry.get_entry(os.getpid())
+        assert got == e
+        assert (got.script, got.lock, got.flush_signal, got.uid) == ("/x/train.py", "/l/train.lock",
+                                                                      signal.SIGUSR1, os.geteuid())
+        assert got.extra["name"] == "train"
+        assert got.extra["start_ticks"] == procfs.start_ticks_of(os.getpid())
+        # comparable with the snapshot's create_time
+        assert got.create_time == process_snapshot()[os.getpid()].create_time
+        assert got.argv == list(procfs.read_cmdline(os.getpid()) or ())
+        assert os.getpid() in [x.pid for x in registry.read_entries()]
+    finally:
+        registry.unregister()
+    assert registry.get_entry(os.getpid()) is None
+    assert not (regdir / f"{os.getpid()}.json").exists()
+    registry.unregister()  # idempotent
+
+
+def test_update_entry_merges(regdir: Path) -> None:
+    registry.register(script="s", extra={"a": 1})
+    try:
+        registry.update_entry(os.getpid(), lock="/new.lock", flush={"freed": 5}, extra={"b": 2}, pid=1, uid=1)
+        e = registry.get_entry(os.getpid())
+        assert e is not None
+        assert e.lock == "/new.lock" and e.pid == os.getpid() and e.uid == os.geteuid()
+        assert e.extra["a"] == 1 and e.extra["b"] == 2 and e.extra["flush"] == {"freed": 5}
+        assert not [p for p in os.listdir(regdir) if p.endswith(".tmp")]
+    finally:
+        registry.unregister()
+    registry.update_entry(os.getpid(), flush={"late": True})  # must not bring the entry back
+    assert registry.get_entry(os.getpid()) is None
+    assert not (regdir / f"{os.getpid()}.json").exists()
+
+
+def test_concurrent_updates_lose_nothing(regdir: Path) -> None:
+    registry.register(script="s")
+    try:
+        def writer(k: int) -> None:
+            for i in range(30):
+                registry.update_entry(os.getpid(), **{f"k{k}": i})
+
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        e = registry.get_entry(os.getpid())
+        assert e is not None and all(e.extra[f"k{k}"] == 29 for k in range(4))
+    finally:
+        registry.unregister()
+
+
+REGISTER_AND_WAIT = """
+import time
+from procguard.core import registry
+registry.register(script="child", flush_signal=10)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_entry_of_a_killed_process_is_ignored_and_pruned(procs: ProcStarter, regdir: Path) -> None:
+    p = procs.python(REGISTER_AND_WAIT, env=dict(os.environ))
+    e = registry.get_entry(p.pid)
+    assert e is not None and e.script == "child" and e.flush_signal == 10
+    assert p.pid in [x.pid for x in registry.read_entries()]
+    p.kill()
+    p.wait()
+    assert registry.get_entry(p.pid) is None
+    assert not (regdir / f"{p.pid}.json").exists()
+
+
+def test_stale_entries_are_pruned_by_read_entries(procs: ProcStarter, regdir: Path) -> None:
+    p = procs.python(REGISTER_AND_WAIT, env=dict(os.environ))
+    p.kill()
+    p.wait()
+    assert (regdir / f"{p.pid}.json").exists()  # nobody could clean up after SIGKILL
+    assert p.pid not in [x.pid for x in registry.read_entries()]
+    assert not (regdir / f"{p.pid}.json").exists()
+
+
+def test_reused_pid_is_stale(regdir: Path) -> None:
+    # An entry naming a live pid but another start time is a previous process's: stale.
+    regdir.mkdir(mode=0o700)
+    me = os.getpid()
+    ticks = procfs.start_ticks_of(me)
+    assert ticks is not None
+    fake = registry.RegistryEntry(me, procfs.create_time(ticks - 100), "old", None, None, 0.0, [], os.geteuid(),
+                                  {"start_ticks": ticks - 100})
+    (regdir / f"{me}.json").write_text(json.dumps(fake.__dict__))
+    assert registry.get_entry(me) is None
+    assert not (regdir / f"{me}.json").exists()
+
+
+def test_garbage_files_are_ignored(regdir: Path) -> None:
+    regdir.mkdir(mode=0o700)
+    (regdir / "123.json").write_text("{not json")
+    (regdir / "124.json").write_text("[]")
+    (regdir / ".125.1.tmp").write_text("{}")
+    assert registry.read_entries() == []
+    assert registry.get_entry(123) is None
+
+
+def test_default_folder_is_private(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(registry.ENV_OVERRIDE, raising=False)
+    d = registry.registry_dir()
+    st = d.stat()
+    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+    e = registry.register(script="default-dir")
+    try:
+        assert registry.get_entry(os.getpid()) == e
+        assert os.getpid() in [x.pid for x in registry.read_entries(all_users=True)]
+    finally:
+        registry.unregister()
+    assert registry.get_entry(os.getpid()) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to nobody")
+def test_other_users_cannot_read_or_write_our_entries(procs: ProcStarter, regdir: Path) -> None:
+    registry.register(script="root-only")
+    try:
+        code = ("from procguard.core import registry; import os, sys; pid = int(sys.argv[1]); "
+                "registry.update_entry(pid, x=1); "
+                "print(registry.get_entry(pid) is None, [e.pid for e in registry.read_entries(all_users=True)])")
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", code,
+                              str(os.getpid())], capture_output=True, text=True, timeout=60, cwd="/",
+                             env=dict(os.environ))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split(None, 1)[0] == "True"
+        e = registry.get_entry(os.getpid())
+        assert e is not None and "x" not in e.extra
+    finally:
+        registry.unregister()
+    wait_for(lambda: registry.get_entry(os.getpid()) is None)
