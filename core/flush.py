@@ -425,8 +425,8 @@ def request_flush(pid: int, timeout: float = 10.0) -> FlushResult:
             raise NotGuarded(f"pid {pid}: no such process")
         raise NotGuarded(
             f"pid {pid} is not a guarded process: it does not answer flush requests (only a process can free "
-            "its own GPU cache); wrap its main in procguard.core.guard() or start it with `procguard run`, "
-            "then ask again")
+            "its own GPU cache); wrap its main in `with procguard.core.guard.guard():` (or decorate it with "
+            "@guard), restart it, then ask again")
     signum = entry.flush_signal
     if not signum:
         raise NotGuarded(f"pid {pid} is guarded without a flush signal (guard(flush_signal=None)): it does not "

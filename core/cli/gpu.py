@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_gpu)
     f = sub.add_parser("flush", help="ask a guarded process to empty its GPU cache and say what it freed",
-                       description="Cooperative: the process must be guarded (procguard.core.guard() or "
-                       "`procguard run`); it answers its flush signal (SIGUSR1 unless configured). Exit 0 "
+                       description="Cooperative: the process must be guarded (its main wrapped in "
+                       "procguard.core.guard.guard()); it answers its flush signal (SIGUSR1 unless configured). Exit 0 "
                        "answered, 1 no answer in time, 2 not guarded / bad pid.")
     f.add_argument("pid", type=pid_arg, metavar="PID")
     f.add_argument("--timeout", type=seconds_arg("--timeout"), default=10.0, metavar="S",
