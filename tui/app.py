@@ -1,10 +1,722 @@
-"""procguard-tui entry point (the app lands with its own issue)."""
+"""procguard-tui: the Textual app.
+
+Threads: one long-lived collector worker builds an immutable Model every `--interval` seconds and posts it;
+dry runs and actions run in their own short thread workers calling core (through the backend) and post
+progress and results. Widgets are only touched here, on the UI thread, in message handlers.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
+import pwd
 import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
+from textual.screen import Screen
+from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
+from textual.worker import get_current_worker
+
+from procguard.core.signals import Member, Target
+from procguard.tui.actions import (
+    CONFIRMED,
+    VERBS,
+    Backend,
+    Kind,
+    Plan,
+    make_duplicates_plan,
+    make_plan,
+    progress_label,
+    run_plan,
+)
+from procguard.tui.messages import (
+    ActionDone,
+    ActionFailed,
+    ActionProgress,
+    CollectFailed,
+    ModelReady,
+    Notice,
+    PlanReady,
+)
+from procguard.tui.model import (
+    GROUPINGS,
+    SORT_KEYS,
+    Model,
+    Row,
+    RowKey,
+    ViewState,
+    key_alive,
+    prune_marks,
+    status_text,
+    targets_for_keys,
+)
+from procguard.tui.screens.confirm import ConfirmScreen
+from procguard.tui.screens.details import DetailsScreen
+from procguard.tui.screens.help import HelpScreen
+from procguard.tui.views.duplicates import DuplicatesView
+from procguard.tui.views.gpu import GpuView
+from procguard.tui.views.locks import LocksView
+from procguard.tui.widgets.process_table import ProcessTable
+from procguard.tui.widgets.summary import StatusLine, Summary
+
+VIEWS = ("processes", "duplicates", "locks", "gpu")
+VIEW_TITLES = {"processes": "Processes", "duplicates": "Duplicates", "locks": "Locks", "gpu": "GPU"}
+VIEW_HINTS = {  # (narrow, wide)
+    "duplicates": ("d: end all but the oldest run · t/k/p/r: the selected run",
+                   "d ends all but the oldest run of the selected script · t/k/p/r act on the selected run "
+                   "(with its process tree) · Enter details"),
+    "locks": ("x: remove stale lock files · t/k/p/r: the lock's holders",
+              "x removes the stale lock files · t/k/p/r act on the selected lock's holders · Enter details"),
+    "gpu": ("f: flush a guarded process's GPU cache · t/k/p/r: selected",
+            "f asks the selected guarded process to flush its GPU cache · t/k/p/r act on the selected process "
+            "· Enter details"),
+}
+KEYMAP_ENV = "PROCGUARD_TUI_KEYMAP"
 
 
-def main() -> None:
-    print("procguard-tui: the terminal app is not available yet; use `procguard --help`", file=sys.stderr)
-    sys.exit(1)
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("procguard")
+    except Exception:  # noqa: BLE001 - a source tree without metadata
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class Options:
+    interval: float = 1.0
+    filter: str = ""
+    grace: float = 5.0
+    user: str | None = None
+    no_confirm: bool = False
+
+
+class ViewTabs(Tabs, can_focus=False):
+    """The view tabs: clickable, never focused (keys 1-4 switch views, arrows belong to the tables)."""
+
+
+class FilterInput(Input):
+    """`/`: live filter. Enter keeps it, Escape clears it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "clear_filter", "Clear filter", id="procguard.filter.clear"),
+    ]
+
+    def action_clear_filter(self) -> None:
+        self.value = ""
+        self.post_message(self.Submitted(self, ""))
+
+
+class ProcguardApp(App[None]):
+    """`backend`: where data comes from and actions go (LiveBackend by default; demo.DemoBackend for the demo
+    scenario). `act_scope`: when given, every dry run is checked against it and an action that would touch
+    any process outside it is refused (tests scope the app to their own processes this way)."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "procguard-tui"
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("1", "show_view('processes')", "Processes", show=False, id="procguard.view.processes"),
+        Binding("2", "show_view('duplicates')", "Duplicates", show=False, id="procguard.view.duplicates"),
+        Binding("3", "show_view('locks')", "Locks", show=False, id="procguard.view.locks"),
+        Binding("4", "show_view('gpu')", "GPU", show=False, id="procguard.view.gpu"),
+        Binding("t", "terminate", "Term", id="procguard.terminate", tooltip="SIGTERM, SIGKILL after the grace"),
+        Binding("k", "kill", "Kill", id="procguard.kill", tooltip="SIGKILL"),
+        Binding("p", "pause", "Pause", id="procguard.pause", tooltip="SIGSTOP"),
+        Binding("r", "resume", "Resume", id="procguard.resume", tooltip="SIGCONT"),
+        Binding("f", "flush", "Flush", show=False, id="procguard.flush",
+                tooltip="ask a guarded process to empty its GPU cache"),
+        Binding("d", "end_duplicates", "End dups", id="procguard.end_duplicates"),
+        Binding("x", "clean_locks", "Clean stale", id="procguard.clean_locks"),
+        Binding("g", "cycle_grouping", "Group", id="procguard.group"),
+        Binding("s", "cycle_sort", "Sort", id="procguard.sort"),
+        Binding("S", "reverse_sort", "Reverse sort", show=False, id="procguard.sort_reverse"),
+        Binding("slash", "filter", "Filter", id="procguard.filter"),
+        Binding("space", "toggle_mark", "Mark", show=False, id="procguard.mark"),
+        Binding("ctrl+a", "mark_all", "Mark all", show=False, id="procguard.mark_all"),
+        Binding("escape", "clear_marks", "Clear marks", show=False, id="procguard.clear_marks"),
+        Binding("enter", "details", "Details", show=False, id="procguard.details"),
+        Binding("question_mark", "help", "Help", id="procguard.help"),
+        Binding("q", "quit", "Quit", id="procguard.quit"),
+    ]
+
+    def __init__(self, options: Options | None = None, *, backend: Backend | None = None,
+                 act_scope: Callable[[Member], bool] | None = None) -> None:
+        super().__init__()
+        self.options = options or Options()
+        if backend is None:
+            from procguard.tui.collector import LiveBackend
+
+            backend = LiveBackend()
+        self.backend: Backend = backend
+        self.act_scope = act_scope
+        self.model: Model | None = None
+        self.view = "processes"
+        self.view_state = ViewState(filter=self.options.filter, user=self.options.user)
+        self.marks: set[RowKey] = set()
+        self.status: dict[int, str] = {}  # pid -> progress text of a running action
+        self.progress_log: deque[tuple[int, str]] = deque(maxlen=2000)  # every label shown, oldest first
+        self.notices: list[tuple[str, str]] = []  # every notification, for tests and the record
+        self.models_applied = 0
+        self.actions_started = 0
+        self.user_keymap = parse_keymap(os.environ.get(KEYMAP_ENV, ""))
+
+    # ------------------------------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield ViewTabs(*(Tab(f"{i} {VIEW_TITLES[v]}", id=f"tab-{v}") for i, v in enumerate(VIEWS, 1)), id="tabs")
+        yield Summary(id="summary")
+        yield StatusLine(id="status")
+        with ContentSwitcher(initial="processes", id="views"):
+            yield ProcessTable(id="processes", empty_text="no process matches")
+            yield DuplicatesView(id="duplicates")
+            yield LocksView(id="locks")
+            yield GpuView(id="gpu")
+        yield FilterInput(placeholder="filter: pid, user or command (Enter keeps, Esc clears)", compact=True,
+                          id="filter")
+        yield Footer(compact=True)
+
+    @property
+    def process_table(self) -> ProcessTable:
+        return self.query_one(ProcessTable)
+
+    def on_mount(self) -> None:
+        if self.user_keymap:
+            self.set_keymap(self.user_keymap)
+        self.process_table.focus()
+        self._show_status()
+        if self.backend.static:
+            # Fixed data: one model, applied before the first frame, no refresh loop.
+            self._apply_model(self.backend.collect())
+        else:
+            self._collect_loop()
+
+    # ------------------------------------------------------------------------------------------ data
+
+    @work(thread=True, exclusive=True, group="collector", exit_on_error=False, name="collector")
+    def _collect_loop(self) -> None:
+        worker = get_current_worker()
+        while not worker.is_cancelled:
+            try:
+                model = self.backend.collect()
+            except Exception as e:  # keep the loop alive: the next refresh may work
+                self.post_message(CollectFailed(f"{type(e).__name__}: {e}"))
+            else:
+                self.post_message(ModelReady(model))
+            if worker.cancelled_event.wait(self.options.interval):
+                break
+
+    def on_model_ready(self, message: ModelReady) -> None:
+        if self.model is not None and message.model.seq <= self.model.seq:
+            return  # an action's refresh overtook this one
+        self._apply_model(message.model)
+
+    def on_collect_failed(self, message: CollectFailed) -> None:
+        self.tell(f"refresh failed: {message.reason}", "error")
+
+    def _apply_model(self, model: Model) -> None:
+        if not self._has_widgets():
+            return
+        self.model = model
+        self.models_applied += 1
+        self.marks = prune_marks(self.marks, model)
+        self.query_one(Summary).show(model)
+        self._refresh_view()
+
+    def _refresh_view(self) -> None:
+        model = self.model
+        if model is None:
+            return
+        if self.view == "processes":
+            from procguard.tui.model import build_rows
+
+            table = self.process_table
+            table.marks = set(self.marks)
+            table.status = dict(self.status)
+            table.now = model.time
+            rows = build_rows(model, self.view_state)
+            table.set_rows(rows, alive=lambda k: key_alive(model, k))  # type: ignore[arg-type]
+        else:
+            self._view_widget(self.view).show(model)
+        self._show_status()
+
+    def _view_widget(self, view: str) -> Any:
+        return self.query_one(f"#{view}")
+
+    def _show_status(self) -> None:
+        if self.view == "processes":
+            shown = sum(1 for r in self.process_table.rows if r.kind == "proc")
+            text = status_text(self.view_state, len(self.marks), shown)
+        else:
+            narrow, wide = VIEW_HINTS[self.view]
+            text = wide if self.size.width >= 120 else narrow
+        self.query_one(StatusLine).show(text)
+
+    # ------------------------------------------------------------------------------------------ views
+
+    def action_show_view(self, view: str) -> None:
+        if view in VIEWS:
+            self.query_one(ViewTabs).active = f"tab-{view}"
+
+    @on(Tabs.TabActivated)
+    def _tab_activated(self, event: Tabs.TabActivated) -> None:
+        tab_id = event.tab.id or ""
+        view = tab_id.removeprefix("tab-")
+        if view not in VIEWS:
+            return
+        self.view = view
+        self.query_one(ContentSwitcher).current = view
+        self.backend.locks_every_refresh = view == "locks"
+        table = self.process_table if view == "processes" else self._view_widget(view).table
+        table.focus()
+        self.refresh_bindings()
+        self._refresh_view()
+
+    def action_cycle_grouping(self) -> None:
+        i = GROUPINGS.index(self.view_state.grouping)
+        self.view_state = replace(self.view_state, grouping=GROUPINGS[(i + 1) % len(GROUPINGS)])
+        self._refresh_view()
+
+    def action_cycle_sort(self) -> None:
+        i = SORT_KEYS.index(self.view_state.sort)
+        self.view_state = replace(self.view_state, sort=SORT_KEYS[(i + 1) % len(SORT_KEYS)], reverse=False)
+        self._refresh_view()
+
+    def action_reverse_sort(self) -> None:
+        self.view_state = replace(self.view_state, reverse=not self.view_state.reverse)
+        self._refresh_view()
+
+    def action_filter(self) -> None:
+        box = self.query_one(FilterInput)
+        box.value = self.view_state.filter
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        if event.value != self.view_state.filter:
+            self.view_state = replace(self.view_state, filter=event.value)
+            self._refresh_view()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        if event.value != self.view_state.filter:
+            self.view_state = replace(self.view_state, filter=event.value)
+            self._refresh_view()
+        box = self.query_one(FilterInput)
+        box.display = False
+        self.process_table.focus()
+
+    # ------------------------------------------------------------------------------------------ marks
+
+    def action_toggle_mark(self) -> None:
+        table = self.process_table
+        row = table.cursor_row
+        if row is None or table.is_gone(row):
+            return
+        self.marks ^= {row.key}
+        table.set_marks(self.marks)
+        table.action_cursor_down()  # like htop: space marks and moves on
+        self._show_status()
+        self.refresh_bindings()
+
+    def action_mark_all(self) -> None:
+        """Every process shown (not group headers: a header stands for members the filter may hide)."""
+        table = self.process_table
+        self.marks |= {r.key for r in table.rows if r.kind == "proc" and not table.is_gone(r)}
+        table.set_marks(self.marks)
+        self._show_status()
+        self.refresh_bindings()
+
+    def action_clear_marks(self) -> None:
+        self.marks.clear()
+        self.process_table.set_marks(self.marks)
+        self._show_status()
+        self.refresh_bindings()
+
+    # ------------------------------------------------------------------------------------------ selection
+
+    def selected_row(self) -> Row | None:
+        table = self.process_table
+        row = table.cursor_row
+        return None if row is None or table.is_gone(row) else row
+
+    def selected_pid(self) -> int | None:
+        """The process Enter and `f` look at: a process row's pid, a group's leader, a view row's pid."""
+        if self.view == "processes":
+            row = self.selected_row()
+            if row is None or self.model is None:
+                return None
+            if row.kind == "proc":
+                return row.id
+            return row.id if row.id in self.model.snapshot else (row.members[0] if row.members else None)
+        sel = self._view_widget(self.view).selected()
+        return None if sel is None else sel.pid
+
+    def selected_targets(self) -> list[Target]:
+        """The marked rows if any, else the selected row (Processes view); the selected row elsewhere."""
+        if self.model is None:
+            return []
+        if self.view == "processes":
+            if self.marks:
+                return targets_for_keys(self.marks, self.model.snapshot)
+            table = self.process_table
+            row = table.cursor_row
+            if row is None:
+                return []
+            if table.is_gone(row):
+                self.tell(f"pid {row.id} has already ended" if row.kind == "proc"
+                          else f"{row.kind} {row.id} has already ended", "warning")
+                return []
+            return targets_for_keys([row.key], self.model.snapshot)
+        sel = self._view_widget(self.view).selected()
+        return [] if sel is None else list(sel.targets)
+
+    # ------------------------------------------------------------------------------------------ actions
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("cycle_grouping", "toggle_mark", "mark_all", "filter", "cycle_sort", "reverse_sort"):
+            return self.view == "processes"
+        if action == "clear_marks":
+            return self.view == "processes" and bool(self.marks)
+        if action == "end_duplicates":
+            return self.view == "duplicates"
+        if action == "clean_locks":
+            return self.view == "locks"
+        return True
+
+    def action_terminate(self) -> None:
+        self._plan("terminate")
+
+    def action_kill(self) -> None:
+        self._plan("kill")
+
+    def action_pause(self) -> None:
+        self._plan("pause")
+
+    def action_resume(self) -> None:
+        self._plan("resume")
+
+    def _plan(self, kind: Kind) -> None:
+        if self.model is None:
+            return
+        targets = self.selected_targets()
+        if not targets:
+            if self.view != "processes" or self.process_table.cursor_row is None:
+                self.tell("nothing selected", "warning")
+            return
+        self._plan_worker(kind, targets, self.model)
+
+    @work(thread=True, exit_on_error=False, group="plans")
+    def _plan_worker(self, kind: Kind, targets: Sequence[Target], model: Model) -> None:
+        # A dry run reads a little of /proc (procguard's own lineage): never on the UI thread.
+        try:
+            plan = make_plan(self.backend, kind, targets, model, self.options.grace, self.act_scope)
+        except Exception as e:
+            self.post_message(ActionFailed(kind, str(e)))
+            return
+        self.post_message(PlanReady(plan))
+
+    def action_end_duplicates(self) -> None:
+        if self.model is None:
+            return
+        group = self.query_one(DuplicatesView).selected_group()
+        if group is None:
+            self.tell("select a duplicate group (or one of its runs) first", "warning")
+            return
+        self._duplicates_plan_worker(group, self.model)
+
+    @work(thread=True, exit_on_error=False, group="plans")
+    def _duplicates_plan_worker(self, group: Any, model: Model) -> None:
+        try:
+            plan = make_duplicates_plan(self.backend, group, model, self.options.grace, self.act_scope)
+        except Exception as e:
+            self.post_message(ActionFailed("end_duplicates", str(e)))
+            return
+        self.post_message(PlanReady(plan))
+
+    def on_plan_ready(self, message: PlanReady) -> None:
+        plan = message.plan
+        if plan.kind in CONFIRMED and plan.blast.acting and not self.options.no_confirm:
+            def decided(ok: bool | None) -> None:
+                if ok:
+                    self.start_plan(plan)
+                else:
+                    self.tell(f"{VERBS[plan.kind].lower()} cancelled: nothing was signalled")
+
+            self.push_screen(ConfirmScreen(plan), decided)
+        else:
+            self.start_plan(plan)
+
+    def start_plan(self, plan: Plan) -> None:
+        self.actions_started += 1
+        if plan.kind in ("terminate", "end_duplicates"):
+            for m in plan.blast.acting:
+                self.status[m.pid] = "SIGTERM…"
+        elif plan.kind == "kill":
+            for m in plan.blast.acting:
+                self.status[m.pid] = "SIGKILL…"
+        self._push_status()
+        self._run_worker(plan)
+
+    @work(thread=True, exit_on_error=False, group="actions")
+    def _run_worker(self, plan: Plan) -> None:
+        try:
+            pids = tuple(m.pid for m in plan.blast.acting)
+            done = run_plan(self.backend, plan, lambda ev: self.post_message(ActionProgress(ev, pids)))
+        except Exception as e:  # a bug or an OS error: a notification, never a traceback
+            self.post_message(ActionFailed(plan.kind, f"{type(e).__name__}: {e}"))
+            done = None
+        self._refresh_now()
+        if done is not None:
+            self.post_message(ActionDone(done))
+
+    def _refresh_now(self) -> None:
+        """From a worker thread: collect at once so ended processes leave the table with the notification."""
+        with contextlib.suppress(Exception):  # the regular loop will try again
+            self.post_message(ModelReady(self.backend.collect()))
+
+    def on_action_progress(self, message: ActionProgress) -> None:
+        ev = message.event
+        pids = ev.pids
+        if ev.phase == "sigkill" and not pids:
+            # Core ended a group with one killpg and names no pid: every member not seen exiting got it.
+            pids = tuple(p for p in message.pids if self.status.get(p, "").startswith("SIGTERM"))
+        for pid in pids:
+            label = progress_label(ev, pid)
+            if label is not None:
+                self.status[pid] = label
+                self.progress_log.append((pid, label))
+        self._push_status()
+
+    def on_action_done(self, message: ActionDone) -> None:
+        done = message.done
+        for r in done.results:
+            self.status.pop(r.pid, None)
+        self._push_status()
+        self.tell(done.message, done.severity)
+
+    def on_action_failed(self, message: ActionFailed) -> None:
+        verb = VERBS.get(str(message.kind), str(message.kind))
+        self.tell(f"{verb}: {message.reason}", "error")
+
+    def on_notice(self, message: Notice) -> None:
+        self.tell(message.text, message.severity)
+
+    def _push_status(self) -> None:
+        if self._has_widgets():
+            self.process_table.set_status(self.status)
+
+    def _has_widgets(self) -> bool:
+        """False while the app shuts down: a worker's late message then has no widget to go to."""
+        try:
+            self.query_one(Summary)
+        except NoMatches:
+            return False
+        return True
+
+    def action_flush(self) -> None:
+        pid = self.selected_pid()
+        if pid is None:
+            self.tell("select a guarded process to flush", "warning")
+            return
+        self._flush_worker(pid)
+
+    @work(thread=True, exit_on_error=False, group="actions")
+    def _flush_worker(self, pid: int) -> None:
+        try:
+            text = self.backend.flush(pid)
+        except Exception as e:  # NotGuarded, FlushTimeout, PermissionError...: the reason is the message
+            self.post_message(Notice(f"flush pid {pid}: {e}", "error"))
+            return
+        self.post_message(Notice(f"pid {pid}: {text}"))
+
+    def action_clean_locks(self) -> None:
+        if self.model is None:
+            return
+        if not self.model.stale_locks:
+            self.tell("no stale lock files to clean")
+            return
+        self._clean_worker(tuple(self.model.stale_locks))
+
+    @work(thread=True, exit_on_error=False, group="actions")
+    def _clean_worker(self, paths: tuple[str, ...]) -> None:
+        try:
+            removed = self.backend.clean_locks(paths)
+        except Exception as e:
+            self.post_message(Notice(f"cleaning stale locks failed: {e}", "error"))
+            return
+        kept = len(paths) - len(removed)
+        extra = f" ({kept} kept: held again or not procguard's)" if kept else ""
+        self._refresh_now()
+        self.post_message(Notice(f"removed {len(removed)} stale lock file(s){extra}"))
+
+    def action_details(self) -> None:
+        pid = self.selected_pid()
+        if pid is None or self.model is None:
+            return
+        self.push_screen(DetailsScreen(self.model, pid, self.backend))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.key_table(), "procguard-tui: keys"))
+
+    # ------------------------------------------------------------------------------------------ misc
+
+    def tell(self, text: str, severity: str = "information") -> None:
+        self.notices.append((text, severity))
+        self.notify(text, severity=severity, timeout=8 if severity == "information" else 12,  # type: ignore[arg-type]
+                    markup=False)
+
+    def key_table(self) -> list[tuple[str, str, str]]:
+        """(key as bound now, what it does, binding id) for the help screen, keymap applied."""
+        out = []
+        for b in self.BINDINGS:
+            assert isinstance(b, Binding)
+            key = self.user_keymap.get(b.id or "", b.key)
+            desc = LONG_DESCRIPTIONS.get(b.id or "", b.description)
+            out.append((", ".join(self.get_key_display(b.with_key(k)) for k in key.split(",")), desc, b.id or ""))
+        return out
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for b in self.BINDINGS:
+            assert isinstance(b, Binding)
+            action = b.action.partition("(")[0]
+            if action in ("quit", "help") or self.check_action(action, ()) is False:
+                continue
+            desc = LONG_DESCRIPTIONS.get(b.id or "", b.description)
+            title = PALETTE_TITLES.get(b.id or "", b.description)
+            yield SystemCommand(title, desc, _palette_callback(self, b.action))
+
+
+def _palette_callback(app: ProcguardApp, action: str) -> Callable[[], Any]:
+    return lambda: app.run_action(action)
+
+
+PALETTE_TITLES = {
+    "procguard.view.processes": "View: Processes",
+    "procguard.view.duplicates": "View: Duplicates",
+    "procguard.view.locks": "View: Locks",
+    "procguard.view.gpu": "View: GPU",
+    "procguard.terminate": "Terminate selection",
+    "procguard.kill": "Kill selection",
+    "procguard.pause": "Pause selection",
+    "procguard.resume": "Resume selection",
+    "procguard.flush": "Flush GPU cache",
+    "procguard.end_duplicates": "End duplicate runs",
+    "procguard.clean_locks": "Clean stale lock files",
+    "procguard.group": "Cycle grouping",
+    "procguard.sort": "Cycle sort",
+    "procguard.sort_reverse": "Reverse sort",
+    "procguard.filter": "Filter",
+    "procguard.mark": "Mark / unmark row",
+    "procguard.mark_all": "Mark all shown",
+    "procguard.clear_marks": "Clear marks",
+    "procguard.details": "Details",
+}
+
+LONG_DESCRIPTIONS = {
+    "procguard.view.processes": "Processes view (tree by parent, process group or session)",
+    "procguard.view.duplicates": "Duplicates view (scripts running more than once)",
+    "procguard.view.locks": "Locks view (held locks and stale lock files)",
+    "procguard.view.gpu": "GPU view (devices, processes holding GPU memory)",
+    "procguard.terminate": "terminate: SIGTERM, then SIGKILL after the grace",
+    "procguard.kill": "kill: SIGKILL at once",
+    "procguard.pause": "pause (SIGSTOP)",
+    "procguard.resume": "resume (SIGCONT)",
+    "procguard.flush": "flush the GPU cache of a guarded process",
+    "procguard.end_duplicates": "Duplicates: end all but the oldest run of the script",
+    "procguard.clean_locks": "Locks: remove the stale lock files",
+    "procguard.group": "group the tree by parent → process group → session",
+    "procguard.sort": "sort by pid → age → CPU → RSS → GPU memory",
+    "procguard.sort_reverse": "reverse the sort",
+    "procguard.filter": "filter by pid, user, command (Enter keeps, Esc clears)",
+    "procguard.mark": "mark / unmark the row",
+    "procguard.mark_all": "mark every process shown",
+    "procguard.clear_marks": "clear the marks",
+    "procguard.details": "details: command, cwd, rank/job, locks, children, GPU",
+    "procguard.help": "this help",
+    "procguard.quit": "quit",
+}
+
+
+def parse_keymap(text: str) -> dict[str, str]:
+    """`id=key,id=key` (keys with commas can't be given this way; use a keymap in code for those)."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        bid, sep, key = item.strip().partition("=")
+        if sep and bid.strip() and key.strip():
+            out[bid.strip()] = key.strip()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _positive(flag: str, allow_zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: not a number of seconds") from None
+        if v != v or v in (float("inf"), float("-inf")) or v < 0 or (v == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: must be a finite number of seconds "
+                                             f"{'>= 0' if allow_zero else '> 0'}")
+        return v
+
+    return parse
+
+
+def _user(text: str) -> str:
+    try:
+        return pwd.getpwnam(text).pw_name
+    except KeyError:
+        if text.isdigit():
+            try:
+                return pwd.getpwuid(int(text)).pw_name
+            except KeyError:
+                return text
+        raise argparse.ArgumentTypeError(f"unknown user {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="procguard-tui", description="Terminal app for Python/GPU processes: "
+                                "duplicates, locks, process groups and GPU memory, with safe actions.")
+    p.add_argument("--interval", type=_positive("--interval", False), default=1.0, metavar="SECONDS",
+                   help="refresh every SECONDS (default 1.0)")
+    p.add_argument("--filter", default="", metavar="TEXT", help="start with this filter (pid, user, command)")
+    p.add_argument("--grace", type=_positive("--grace", True), default=5.0, metavar="SECONDS",
+                   help="seconds between SIGTERM and SIGKILL for t (default 5)")
+    p.add_argument("--user", type=_user, default=None, metavar="NAME", help="only show this user's processes")
+    p.add_argument("--no-confirm", action="store_true", help="act on t / k / d without the confirm dialog")
+    p.add_argument("--demo", action="store_true", help="show the built-in demo scenario (actions are simulated)")
+    p.add_argument("--version", action="version", version=f"procguard-tui {_version()}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    options = Options(interval=args.interval, filter=args.filter, grace=args.grace, user=args.user,
+                      no_confirm=args.no_confirm)
+    backend: Backend | None = None
+    if args.demo:
+        from procguard.tui.demo import DemoBackend
+
+        backend = DemoBackend()
+    if not sys.stdout.isatty():
+        print("procguard-tui: needs a terminal (use `procguard ps` for scripts)", file=sys.stderr)
+        sys.exit(2)
+    ProcguardApp(options, backend=backend).run()
+
+
+if __name__ == "__main__":
+    main()

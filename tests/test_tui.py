@@ -1,0 +1,262 @@
+"""Pilot tests of procguard-tui against real processes this test started.
+
+Safety: every app here is started with `--filter <this test's tmp_path>` (so only the test's own scripts are
+shown) *and* an act_scope that refuses any action whose dry run names a process whose command line doesn't
+contain the test's tmp_path. Rows are selected by the test's own pids, and the selection is asserted before t/k.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from procguard.core.signals import Member
+from procguard.tui.app import Options, ProcguardApp
+from procguard.tui.screens.confirm import ConfirmScreen
+from tests.conftest import ProcStarter, is_gone, proc_state
+
+pytestmark = pytest.mark.asyncio
+
+SLEEPER = """
+import time
+print("ready", flush=True)
+while True:
+    time.sleep(0.5)
+"""
+
+# Ignores SIGTERM; forks two children that inherit that (same process group: the script's own session).
+STUBBORN_GROUP = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            time.sleep(0.5)
+    kids.append(pid)
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(map(str, kids)))
+print("ready", flush=True)
+while True:
+    time.sleep(0.5)
+"""
+
+
+def make_app(tmp_path: Path, **opts: object) -> ProcguardApp:
+    scope = str(tmp_path)
+
+    def in_scope(m: Member) -> bool:
+        return scope in m.command
+
+    kw: dict[str, object] = {"interval": 0.2, "filter": scope, "grace": 5.0}
+    kw.update(opts)
+    return ProcguardApp(Options(**kw), act_scope=in_scope)  # type: ignore[arg-type]
+
+
+async def wait_until(pilot: Pilot[None], pred: Callable[[], object], timeout: float = 15.0) -> None:
+    """Let the app run until pred() holds (a condition, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def select(pilot: Pilot[None], app: ProcguardApp, key: tuple[str, int]) -> None:
+    table = app.process_table
+    await wait_until(pilot, lambda: table.index_of(key) is not None)
+    assert table.move_to_key(key)
+    await pilot.pause()
+    assert table.cursor_key == key
+
+
+def shown_pids(app: ProcguardApp) -> set[int]:
+    return {r.id for r in app.process_table.rows if r.kind == "proc"}
+
+
+def notices(app: ProcguardApp) -> str:
+    return "\n".join(text for text, _ in app.notices)
+
+
+async def test_terminate_sigterm_ignoring_group(procs: ProcStarter, tmp_path: Path) -> None:
+    kids_file = tmp_path / "kids.txt"
+    leader = procs.python(STUBBORN_GROUP, str(kids_file), name="stubborn")
+    kids = [int(x) for x in kids_file.read_text().split()]
+    for k in kids:
+        procs.track(k)
+    members = {leader.pid, *kids}
+    app = make_app(tmp_path, grace=0.5)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_until(pilot, lambda: members <= shown_pids(app))
+        await pilot.press("g")  # group by process group
+        await select(pilot, app, ("g", leader.pid))
+        row = app.selected_row()
+        assert row is not None and row.kind == "group" and set(row.members) == members
+        await pilot.press("t")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        plan = app.screen.plan  # type: ignore[attr-defined]
+        assert {m.pid for m in plan.blast.acting} == members
+        await pilot.press("y")
+        await wait_until(pilot, lambda: all(is_gone(p) for p in members))
+        await wait_until(pilot, lambda: "3 ended" in notices(app))
+        assert "3 killed" in notices(app), notices(app)
+        seen = {label.split(",")[0] for pid, label in app.progress_log if pid in members}
+        assert {"SIGTERM sent", "SIGKILL sent"} <= seen, seen
+        # The next model shows them gone (the leader stays a zombie until this test reaps it).
+        await wait_until(pilot, lambda: all(r.proc is not None and r.proc.state == "Z" for r in
+                                            app.process_table.rows if r.kind == "proc" and r.id in members))
+
+
+async def test_pause_then_resume(procs: ProcStarter, tmp_path: Path) -> None:
+    p = procs.python(SLEEPER, name="pausable")
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await select(pilot, app, ("p", p.pid))
+        await pilot.press("p")
+        await wait_until(pilot, lambda: proc_state(p.pid) == "T")
+        # ... and the table shows it stopped after a refresh.
+        await wait_until(pilot, lambda: (r := app.selected_row()) is not None and r.proc is not None
+                         and r.proc.state == "T")
+        await wait_until(pilot, lambda: "1 paused" in notices(app))
+        await pilot.press("r")
+        await wait_until(pilot, lambda: proc_state(p.pid) in ("S", "R"))
+        await wait_until(pilot, lambda: "1 resumed" in notices(app))
+    assert not is_gone(p.pid)
+
+
+async def test_filter_live_keep_and_clear(procs: ProcStarter, tmp_path: Path) -> None:
+    a = procs.python(SLEEPER, name="alpha")
+    b = procs.python(SLEEPER, name="beta")
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await wait_until(pilot, lambda: {a.pid, b.pid} <= shown_pids(app))
+        await pilot.press("slash")
+        box = app.query_one("#filter")
+        assert box.has_focus
+        await pilot.press(*"/alpha")  # narrows the tmp_path filter to the alpha script: live
+        await wait_until(pilot, lambda: shown_pids(app) == {a.pid})
+        await pilot.press("enter")  # keeps it
+        assert not box.display and app.view_state.filter.endswith("/alpha")
+        await pilot.pause(0.5)  # a few refreshes later it still holds
+        assert shown_pids(app) == {a.pid}
+        await pilot.press("slash", "escape")  # clears it: everything again (we only look now)
+        await wait_until(pilot, lambda: {a.pid, b.pid} <= shown_pids(app))
+        assert app.view_state.filter == ""
+
+
+async def test_mark_two_rows_and_terminate_both(procs: ProcStarter, tmp_path: Path) -> None:
+    a, b, c = (procs.python(SLEEPER, name=n) for n in ("one", "two", "three"))
+    app = make_app(tmp_path, grace=2.0)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await select(pilot, app, ("p", a.pid))
+        await pilot.press("space")
+        await select(pilot, app, ("p", b.pid))
+        await pilot.press("space")
+        assert app.marks == {("p", a.pid), ("p", b.pid)}
+        await pilot.press("t")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert {m.pid for m in app.screen.plan.blast.acting} == {a.pid, b.pid}  # type: ignore[attr-defined]
+        await pilot.press("y")
+        await wait_until(pilot, lambda: is_gone(a.pid) and is_gone(b.pid))
+        await wait_until(pilot, lambda: "2 ended: 2 exited on SIGTERM" in notices(app))
+        assert not is_gone(c.pid)
+        await wait_until(pilot, lambda: not app.marks)  # marks of ended processes go
+
+
+async def test_escape_cancels_dialog_and_nothing_is_signalled(procs: ProcStarter, tmp_path: Path) -> None:
+    p = procs.python(SLEEPER, name="spared")
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await select(pilot, app, ("p", p.pid))
+        for key, cancel in (("t", "escape"), ("k", "n")):
+            await pilot.press(key)
+            await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press(cancel)
+            await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        await wait_until(pilot, lambda: notices(app).count("cancelled") == 2)
+        assert app.actions_started == 0
+        assert proc_state(p.pid) in ("S", "R")
+        assert app.process_table.cursor_key == ("p", p.pid)
+
+
+async def test_cursor_stays_on_its_process_and_shows_it_gone(procs: ProcStarter, tmp_path: Path) -> None:
+    ps = [procs.python(SLEEPER, name=f"p{i}") for i in range(3)]
+    mid = ps[1].pid
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await wait_until(pilot, lambda: {p.pid for p in ps} <= shown_pids(app))
+        await select(pilot, app, ("p", mid))
+        applied = app.models_applied
+        extra = procs.python(SLEEPER, name="p3")  # a new row appears
+        await wait_until(pilot, lambda: extra.pid in shown_pids(app) and app.models_applied >= applied + 2)
+        assert app.process_table.cursor_key == ("p", mid)
+        for key in ("s", "S", "s", "g", "g", "g"):  # sorts and groupings reorder; the cursor follows
+            await pilot.press(key)
+            assert app.process_table.cursor_key == ("p", mid), key
+        # The process under the cursor ends: it stays under the cursor, shown as gone.
+        os.kill(mid, signal.SIGKILL)
+        ps[1].wait(timeout=10)
+        await wait_until(pilot, lambda: mid not in app.model.snapshot)  # type: ignore[union-attr]
+        table = app.process_table
+        row = table.cursor_row
+        assert table.cursor_key == ("p", mid) and row is not None and table.is_gone(row)
+        assert "(gone)" in table.render_cells(row, True)[-1].text
+        await pilot.pause(0.5)  # still there after more refreshes
+        assert table.cursor_key == ("p", mid)
+        await pilot.press("t")  # acting on a gone row does nothing but say so
+        await wait_until(pilot, lambda: "already ended" in notices(app))
+        assert app.actions_started == 0
+        await pilot.press("down")  # moving on lets it go
+        assert table.index_of(("p", mid)) is None
+
+
+async def test_no_confirm_terminates_at_once(procs: ProcStarter, tmp_path: Path) -> None:
+    p = procs.python(SLEEPER, name="quick")
+    app = make_app(tmp_path, no_confirm=True)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await select(pilot, app, ("p", p.pid))
+        await pilot.press("t")
+        await wait_until(pilot, lambda: is_gone(p.pid))
+        assert not isinstance(app.screen, ConfirmScreen)
+        await wait_until(pilot, lambda: "1 ended: 1 exited on SIGTERM" in notices(app))
+
+
+async def test_out_of_scope_action_is_refused(procs: ProcStarter, tmp_path: Path) -> None:
+    """The safety net itself: a scope that excludes the selected process refuses the dry run."""
+    p = procs.python(SLEEPER, name="outside")
+    app = ProcguardApp(Options(interval=0.2, filter=str(tmp_path)), act_scope=lambda m: False)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await select(pilot, app, ("p", p.pid))
+        await pilot.press("k")
+        await wait_until(pilot, lambda: "outside this session's scope" in notices(app))
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert app.actions_started == 0 and proc_state(p.pid) in ("S", "R")
+
+
+async def test_views_help_details_and_palette_commands(procs: ProcStarter, tmp_path: Path) -> None:
+    p = procs.python(SLEEPER, name="viewed")
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await select(pilot, app, ("p", p.pid))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: type(app.screen).__name__ == "DetailsScreen")
+        body = app.screen.query_one("#details-body")
+        await wait_until(pilot, lambda: str(tmp_path) in str(body.render()))  # cwd read by the worker
+        await pilot.press("escape")
+        await pilot.press("question_mark")
+        await wait_until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        await pilot.press("escape")
+        for key, view in (("2", "duplicates"), ("3", "locks"), ("4", "gpu"), ("1", "processes")):
+            await pilot.press(key)
+            assert app.view == view
+            assert app.query_one("#views").current == view  # type: ignore[attr-defined]
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Terminate selection", "Kill selection", "Filter", "View: GPU"} <= titles

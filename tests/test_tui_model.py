@@ -1,0 +1,173 @@
+"""The TUI's pure layer (model.py, tables.py, actions.py) on the deterministic demo scenario: no Textual app."""
+
+from __future__ import annotations
+
+from procguard.core.signals import Target
+from procguard.tui.actions import describe, progress_label
+from procguard.tui.app import build_parser, parse_keymap
+from procguard.tui.demo import LOCKS, DemoBackend, demo_model, demo_model_without_gpu
+from procguard.tui.model import (
+    FLAG_DUPLICATE,
+    FLAG_GUARDED,
+    FLAG_LOCK,
+    FLAG_ORPHAN_GPU,
+    ViewState,
+    blast_radius,
+    build_rows,
+    fmt_age,
+    fmt_bytes,
+    prune_marks,
+    pure_resolve,
+    summarize_model,
+    targets_for_keys,
+)
+from procguard.tui.tables import duplicate_rows, gpu_rows, lock_rows
+from procguard.tui.widgets.process_table import process_columns
+from procguard.tui.widgets.table import fit, layout
+
+
+def ids(rows: list) -> list[tuple[str, int]]:
+    return [r.key for r in rows]
+
+
+def test_tree_by_parent_is_depth_first_with_prefixes() -> None:
+    rows = build_rows(demo_model(), ViewState())
+    by = {r.id: r for r in rows if r.kind == "proc"}
+    assert rows[0].id == 1 and rows[0].depth == 0
+    assert by[2101].depth == 4 and by[2135].prefix.endswith("├─ ") and by[2138].prefix.endswith("└─ ")
+    order = [r.id for r in rows]
+    assert order.index(2101) < order.index(2135) < order.index(2138) < order.index(4001)
+    assert 2 not in by and 14 not in by  # kernel threads hidden
+
+
+def test_filter_keeps_matches_only_in_their_own_tree_shape() -> None:
+    rows = build_rows(demo_model(), ViewState(filter="train.py"))
+    assert {r.id for r in rows} == {2101, 2135, 2136, 2137, 2138, 2466, 2470, 2471}
+    by = {r.id: r for r in rows}
+    # Ancestors that don't match are not pulled in; the workers still hang under their run.
+    assert by[2101].depth == 0 and by[2135].depth == 1 and by[2470].depth == 1
+    assert build_rows(demo_model(), ViewState(filter="BOB")) and all(
+        r.proc.username == "bob" or "bob" in r.proc.command for r in build_rows(demo_model(), ViewState(filter="BOB")))
+    assert {r.id for r in build_rows(demo_model(), ViewState(filter="4110"))} == {4110}
+
+
+def test_user_restriction() -> None:
+    rows = build_rows(demo_model(), ViewState(user="bob"))
+    assert rows and all(r.proc.username == "bob" for r in rows)
+
+
+def test_group_and_session_rows_count_the_whole_group() -> None:
+    m = demo_model()
+    rows = build_rows(m, ViewState(grouping="group"))
+    head = next(r for r in rows if r.key == ("g", 2101))
+    assert head.count == 5 and head.members == (2101, 2135, 2136, 2137, 2138)
+    assert head.gpu == int(30.5 * 1024**3) and head.rss == sum(m.snapshot[p].rss for p in head.members)
+    # With a filter that shows one member, the header still speaks for the whole group.
+    rows = build_rows(m, ViewState(grouping="group", filter="2136"))
+    assert [r.key for r in rows] == [("g", 2101), ("p", 2136)] and rows[0].count == 5
+    sess = next(r for r in build_rows(m, ViewState(grouping="session")) if r.key == ("s", 2410))
+    assert sess.count == 7 and sess.stopped == 1
+
+
+def test_sorts_and_reverse() -> None:
+    m = demo_model()
+    cpu = [r for r in build_rows(m, ViewState(sort="cpu")) if r.depth == 0]
+    assert cpu[0].id == 1  # the tree: init is the only root
+    flat = build_rows(m, ViewState(grouping="group", sort="cpu"))
+    tops = [r for r in flat if r.depth == 0]
+    assert tops[0].key == ("g", 2101)  # biggest CPU total first
+    rev = [r for r in build_rows(m, ViewState(grouping="group", sort="cpu", reverse=True)) if r.depth == 0]
+    assert rev[-1].key == ("g", 2101)
+    gpu = [r for r in build_rows(m, ViewState(grouping="group", sort="gpu")) if r.depth == 0]
+    assert gpu[0].key == ("g", 2101) and gpu[1].key == ("g", 2466)
+    age = [r for r in build_rows(m, ViewState(grouping="group", sort="age")) if r.depth == 0]
+    assert age[0].id == 1
+
+
+def test_flags() -> None:
+    rows = {r.id: r for r in build_rows(demo_model(), ViewState())}
+    assert rows[2101].flags == FLAG_DUPLICATE + FLAG_GUARDED + FLAG_LOCK
+    assert rows[2466].flags == FLAG_DUPLICATE
+    assert rows[3120].flags == FLAG_ORPHAN_GPU
+    assert rows[5200].flags == FLAG_GUARDED + FLAG_LOCK
+
+
+def test_targets_and_blast_radius() -> None:
+    m = demo_model()
+    t = targets_for_keys([("p", 2466), ("g", 2101), ("s", 4010)], m.snapshot)
+    assert Target.pid(2466) in t and Target.group(2101) in t and Target.group(4100) in t and Target.group(4010) in t
+    members = pure_resolve(m.snapshot, targets_for_keys([("g", 2101)], m.snapshot))
+    b = blast_radius(m, members)
+    assert {x.pid for x in b.acting} == {2101, 2135, 2136, 2137, 2138}
+    assert b.gpu_bytes == int(30.5 * 1024**3)
+    assert b.locks == (f"{LOCKS}/train.lock",)
+    assert pure_resolve(m.snapshot, [Target.pid(1)])[0].protected
+
+
+def test_prune_marks() -> None:
+    gone = demo_model(gone=frozenset({2466}))
+    assert prune_marks({("p", 2466), ("p", 2101), ("g", 2101), ("s", 99999)}, gone) == {("p", 2101), ("g", 2101)}
+
+
+def test_summary_and_other_views() -> None:
+    m = demo_model()
+    s = summarize_model(m)
+    assert (s.processes, s.duplicate_groups, s.held_locks, s.stopped, s.zombies) == (34, 1, 3, 1, 1)
+    assert s.gpu_total == 160 * 1024**3
+    dup = duplicate_rows(m)
+    assert [r.key for r in dup if r.kind == "item"][:2] == [("inst", 2101), ("inst", 2466)]
+    assert dup[2].targets == (Target.tree(2466),)
+    locks = lock_rows(m)
+    assert sum(1 for r in locks if r.key[0] == "stale") == 2
+    gpu = gpu_rows(m)
+    assert any(r.pid is None and "PID namespace" in r.cells[-1].text for r in gpu)  # NVML pid we can't see
+    assert summarize_model(demo_model_without_gpu()).gpu_used is None
+
+
+def test_formatting_and_fit() -> None:
+    assert fmt_bytes(0, blank_zero=True) == "" and fmt_bytes(1536) == "1.5K" and fmt_bytes(300 * 1024**3) == "300G"
+    assert fmt_age(59) == "59s" and fmt_age(3600 + 120) == "1h02m" and fmt_age(2 * 86400 + 3600) == "2d01h"
+    assert fit("abcdef", 4) == "abc…" and fit("ab", 4, "right") == "  ab"
+    assert fit("/a/b/c/train.lock", 8, clip="start") == "…in.lock"
+    assert fit("日本語テキスト", 5) == "日本…"
+    for width in (80, 160):
+        cols = process_columns(width)
+        assert sum(layout(cols, width)) + len(cols) - 1 == width
+
+
+def test_describe_results_names_failures() -> None:
+    m = demo_model()
+    backend = DemoBackend()
+    res = backend.kill([Target.pid(1), Target.pid(2466)], m.snapshot)
+    done = describe("kill", res)
+    assert done.severity == "warning"
+    assert done.message.startswith("1 ended: 1 killed") and "pid 1 refused: pid 1 is init" in done.message
+    assert describe("kill", []).severity == "warning"
+
+
+def test_progress_labels() -> None:
+    from procguard.core.signals import Progress
+
+    assert progress_label(Progress("waiting", (1,), 3.24), 1) == "SIGTERM sent, 3.2 s left"
+    assert progress_label(Progress("sigkill", (1,), 0.0), 1) == "SIGKILL sent"
+    assert progress_label(Progress("done", (1,), 0.0), 1) is None
+
+
+def test_cli_options(capsys: object) -> None:
+    p = build_parser()
+    a = p.parse_args(["--interval", "0.5", "--filter", "x", "--grace", "0", "--no-confirm"])
+    assert (a.interval, a.filter, a.grace, a.no_confirm) == (0.5, "x", 0.0, True)
+    for bad in (["--interval", "0"], ["--grace", "-1"], ["--interval", "nan"], ["--user", "no-such-user-xyz"]):
+        try:
+            p.parse_args(bad)
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(bad)
+    try:
+        p.parse_args(["--version"])
+    except SystemExit as e:
+        assert e.code == 0
+    assert "procguard-tui" in capsys.readouterr().out  # type: ignore[attr-defined]
+    assert parse_keymap("procguard.terminate=T, procguard.kill=K,bad") == {"procguard.terminate": "T",
+                                                                           "procguard.kill": "K"}

@@ -1,0 +1,165 @@
+"""Actions as plain data and functions, no Textual: a `Plan` (what would be hit, for the confirm dialog) made
+from a selection, `run_plan` executing it through a backend, and `describe` turning results into the one line
+a notification shows. The app calls these from thread workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from procguard.core.duplicates import DuplicateGroup, TerminateReport
+from procguard.core.identity import ScriptIdentity
+from procguard.core.signals import Member, Outcome, Progress, SignalResult, Target, summarize
+from procguard.core.snapshot import Snapshot
+from procguard.tui.model import Blast, Model, ProcExtra, blast_radius
+
+Kind = Literal["terminate", "kill", "pause", "resume", "end_duplicates"]
+ProgressFn = Callable[[Progress], None]
+VERBS = {"terminate": "Terminate", "kill": "Kill", "pause": "Pause", "resume": "Resume",
+         "end_duplicates": "End duplicate runs"}
+CONFIRMED: frozenset[str] = frozenset({"terminate", "kill", "end_duplicates"})
+
+
+class Backend(Protocol):
+    """What the app needs from a data source (collector.LiveBackend, demo.DemoBackend)."""
+
+    static: bool
+    live: bool
+    locks_every_refresh: bool
+
+    def collect(self) -> Model: ...
+    def proc_extra(self, pid: int) -> ProcExtra: ...
+    def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]: ...
+    def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
+                  on_progress: ProgressFn | None = None) -> list[SignalResult]: ...
+    def kill(self, targets: Sequence[Target], snapshot: Snapshot,
+             on_progress: ProgressFn | None = None) -> list[SignalResult]: ...
+    def pause(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]: ...
+    def resume(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]: ...
+    def flush(self, pid: int) -> str: ...
+    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot) -> TerminateReport: ...
+    def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
+                       on_progress: ProgressFn | None = None) -> TerminateReport: ...
+    def clean_locks(self, paths: Sequence[str]) -> list[Any]: ...
+
+
+class OutOfScope(Exception):
+    """The plan would touch a process the app was told never to act on (tests scope the app this way)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: Kind
+    targets: tuple[Target, ...]
+    snapshot: Snapshot  # the one the dry run used; the action uses it too, so it hits what the dialog showed
+    blast: Blast
+    grace: float
+    identity: ScriptIdentity | None = None  # end_duplicates: which script
+    notes: tuple[str, ...] = field(default=())  # extra lines for the dialog (kept run, skipped runs)
+
+    @property
+    def title(self) -> str:
+        n = len(self.blast.acting)
+        what = f"{n} process{'es' if n != 1 else ''}"
+        if self.kind == "terminate":
+            return f"Terminate {what}? SIGTERM, then SIGKILL after {self.grace:g} s"
+        if self.kind == "kill":
+            return f"Kill {what}? SIGKILL at once, no chance to clean up"
+        if self.kind == "end_duplicates":
+            return f"End {what} of duplicate runs? SIGTERM, then SIGKILL after {self.grace:g} s"
+        return f"{VERBS[self.kind]} {what}?"
+
+
+def make_plan(backend: Backend, kind: Kind, targets: Sequence[Target], model: Model, grace: float,
+              scope: Callable[[Member], bool] | None = None) -> Plan:
+    snap = model.snapshot
+    members = backend.resolve(targets, snap)
+    _check_scope(members, scope)
+    return Plan(kind, tuple(targets), snap, blast_radius(model, members), grace)
+
+
+def make_duplicates_plan(backend: Backend, group: DuplicateGroup, model: Model, grace: float,
+                         scope: Callable[[Member], bool] | None = None) -> Plan:
+    report = backend.plan_duplicates(group.identity, grace, model.snapshot)
+    if report.skipped_reason:
+        raise RuntimeError(report.skipped_reason)
+    _check_scope(report.would_end, scope)
+    notes = [f"keeps pid {k.pid} (the oldest run): {k.command}" for k in report.kept]
+    notes += [f"leaves pid {inst.pid} alone: {why}" for inst, why in report.skipped]
+    if not report.would_end:
+        raise RuntimeError(f"nothing to end for {group.identity.display}"
+                           + (f" ({'; '.join(notes[1:])})" if len(notes) > 1 else ""))
+    return Plan("end_duplicates", (), model.snapshot, blast_radius(model, report.would_end), grace,
+                group.identity, tuple(notes))
+
+
+def _check_scope(members: Sequence[Member], scope: Callable[[Member], bool] | None) -> None:
+    if scope is None:
+        return
+    outside = [m for m in members if not scope(m)]
+    if outside:
+        m = outside[0]
+        raise OutOfScope(f"refusing: pid {m.pid} ({m.command[:60]}) is outside this session's scope")
+
+
+@dataclass(frozen=True)
+class Done:
+    kind: Kind
+    results: tuple[SignalResult, ...]
+    message: str
+    severity: Literal["information", "warning", "error"]
+
+
+def describe(kind: Kind, results: Sequence[SignalResult]) -> Done:
+    """The notification for finished results: core's summary, then the reason of each failure (a few)."""
+    text = summarize(results)
+    bad = [r for r in results if not r.ok]
+    if bad:
+        reasons = "; ".join(f"pid {r.pid} {r.outcome}: {r.reason or 'no reason given'}" for r in bad[:3])
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        text = f"{text}. {reasons}{more}"
+    if not results:
+        severity: Literal["information", "warning", "error"] = "warning"
+        text = "nothing to do: the selection is gone"
+    elif not bad:
+        severity = "information"
+    elif len(bad) < len(results):
+        severity = "warning"
+    else:
+        severity = "error"
+    return Done(kind, tuple(results), text, severity)
+
+
+def run_plan(backend: Backend, plan: Plan, on_progress: ProgressFn | None = None) -> Done:
+    if plan.kind == "terminate":
+        results = backend.terminate(plan.targets, plan.grace, plan.snapshot, on_progress)
+    elif plan.kind == "kill":
+        results = backend.kill(plan.targets, plan.snapshot, on_progress)
+    elif plan.kind == "pause":
+        results = backend.pause(plan.targets, plan.snapshot)
+    elif plan.kind == "resume":
+        results = backend.resume(plan.targets, plan.snapshot)
+    else:
+        assert plan.identity is not None
+        report = backend.end_duplicates(plan.identity, plan.grace, plan.snapshot, on_progress)
+        if report.skipped_reason:
+            return Done(plan.kind, (), f"nothing ended: {report.skipped_reason}", "error")
+        done = describe(plan.kind, report.results)
+        return done
+    return describe(plan.kind, results)
+
+
+def progress_label(event: Progress, pid: int) -> str | None:
+    """What a row shows while an action runs on it (None: nothing new for this pid)."""
+    if event.phase in ("sigterm", "waiting"):
+        return f"SIGTERM sent, {event.remaining:.1f} s left"
+    if event.phase == "exited":
+        return "exited"
+    if event.phase == "sigkill":
+        return "SIGKILL sent"
+    return None
+
+
+def outcome_ok(outcome: Outcome) -> bool:
+    return outcome in (Outcome.EXITED, Outcome.KILLED, Outcome.ALREADY_GONE, Outcome.PAUSED, Outcome.RESUMED)

@@ -1,0 +1,303 @@
+"""A deterministic demo scenario: a fixed GPU box with the usual trouble (a second training run, a stopped
+job, a zombie, an orphaned DataLoader worker holding GPU memory, locks, a stale lock file).
+
+`DemoBackend` is a data source with the same interface as the live collector, producing the same model every
+time: no clock, no /proc, no NVML. Its actions never send a signal; they only pretend (the processes they
+"end" disappear from later models). Used by the snapshot tests, the screenshot script and `--demo`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import MappingProxyType
+
+from procguard.core.duplicates import DuplicateGroup, Instance, ScheduledInstance, TerminateReport
+from procguard.core.gpu import GpuSnapshot
+from procguard.core.identity import ScriptIdentity
+from procguard.core.locks import HeldLock, LockHolder
+from procguard.core.nvml import GpuDevice, GpuProcess
+from procguard.core.pyproc import parse_python_cmdline
+from procguard.core.signals import Member, Outcome, Progress, SignalResult, Target
+from procguard.core.snapshot import Proc, Snapshot
+from procguard.tui.model import GuardInfo, Model, ProcExtra, make_model, pure_resolve
+
+NOW = 1_767_225_600.0  # the scenario's fixed "now" (epoch seconds): ages are measured from it
+GiB = 1024**3
+MiB = 1024**2
+PY = "/usr/bin/python3"
+USERS = {0: "root", 1000: "alice", 1001: "bob", 113: "postgres"}
+LOCKS = "/run/user/1000/procguard/locks"
+TRAIN = ("--config", "configs/base.yaml", "--lr", "3e-4")
+
+
+def _p(pid: int, ppid: int, pgid: int, sid: int, cmd: Sequence[str], *, uid: int = 1000, state: str = "S",
+       age: float = 3600.0, rss: int = 50 * MiB, cpu: float = 0.0, threads: int = 1, name: str | None = None,
+       kernel: bool = False, tty: int = 0) -> Proc:
+    cmdline = tuple(cmd)
+    comm = name or (cmdline[0].rpartition("/")[2][:15] if cmdline else "?")
+    return Proc(pid, ppid, pgid, sid, state, comm, () if state == "Z" else cmdline, NOW - age, rss, uid,
+                USERS[uid], cpu, threads, tty, kernel, int((1_000_000 - age) * 100),
+                parse_python_cmdline(cmdline) if cmdline and state != "Z" else None)
+
+
+def _procs() -> list[Proc]:
+    day = 86400.0
+    return [
+        _p(1, 0, 1, 1, ["/sbin/init"], uid=0, age=40 * day, rss=12 * MiB, name="systemd"),
+        _p(2, 0, 0, 0, [], uid=0, age=40 * day, rss=0, name="kthreadd", kernel=True),
+        _p(14, 2, 0, 0, [], uid=0, age=40 * day, rss=0, name="kworker/0:1", kernel=True, state="I"),
+        _p(612, 1, 612, 612, ["/usr/sbin/sshd", "-D"], uid=0, age=40 * day, rss=8 * MiB),
+        _p(640, 1, 640, 640, ["/usr/bin/nvidia-persistenced", "--user", "nvidia-persistenced"], uid=0,
+           age=40 * day, rss=4 * MiB),
+        _p(733, 1, 733, 733, ["/usr/lib/postgresql/16/bin/postgres", "-D", "/var/lib/postgresql/16/main"],
+           uid=113, age=40 * day, rss=31 * MiB),
+        _p(741, 733, 741, 741, ["postgres: checkpointer"], uid=113, age=40 * day, rss=9 * MiB),
+        _p(901, 1, 901, 901, ["/usr/sbin/cron", "-f"], uid=0, age=40 * day, rss=3 * MiB),
+        _p(950, 1, 950, 950, [PY, "/usr/bin/unattended-upgrade"], uid=0, age=620, rss=88 * MiB, cpu=3.1),
+        # alice: her user manager, jupyter, a guarded model server
+        _p(1180, 1, 1180, 1180, ["/lib/systemd/systemd", "--user"], age=9 * day, rss=10 * MiB),
+        _p(5001, 1180, 5001, 5001, [PY, "/home/alice/.local/bin/jupyter-lab", "--no-browser"], age=2 * day,
+           rss=310 * MiB, cpu=0.7, threads=9),
+        _p(5050, 5001, 5050, 5050, [PY, "-m", "ipykernel_launcher", "-f",
+                                    "/run/user/1000/jupyter/kernel-7c1.json"], age=day, rss=2900 * MiB,
+           threads=24),
+        _p(5200, 1180, 5200, 5200, [PY, "-m", "serve.api", "--port", "8080"], age=3 * day, rss=1900 * MiB,
+           cpu=11.5, threads=31),
+        # alice over ssh: the first training run with its DataLoader workers
+        _p(2001, 612, 2001, 2001, ["sshd: alice@pts/0"], age=6 * 3600, rss=6 * MiB, name="sshd"),
+        _p(2010, 2001, 2010, 2010, ["-bash"], age=6 * 3600, rss=5 * MiB, name="bash", tty=34816),
+        _p(2101, 2010, 2101, 2010, [PY, "train.py", *TRAIN], age=5 * 3600 + 720, rss=6400 * MiB,
+           cpu=99.2, threads=43, tty=34816),
+        *(_p(pid, 2101, 2101, 2010, [PY, "train.py", *TRAIN], age=5 * 3600 + 700, rss=1500 * MiB, cpu=c,
+             threads=4, tty=34816) for pid, c in ((2135, 38.0), (2136, 35.5), (2137, 36.1), (2138, 33.9))),
+        # ...and in tmux, the same run started again by mistake, a suspended prep job and a zombie
+        _p(2300, 1, 2300, 2300, ["tmux", "new", "-s", "exp"], age=2 * 3600, rss=4 * MiB),
+        _p(2410, 2300, 2410, 2410, ["-bash"], age=2 * 3600, rss=5 * MiB, name="bash", tty=34817),
+        _p(2466, 2410, 2466, 2410, [PY, "train.py", *TRAIN], age=41 * 60, rss=5900 * MiB, cpu=97.4,
+           threads=41, tty=34817),
+        _p(2470, 2466, 2466, 2410, [PY, "train.py", *TRAIN], age=40 * 60, rss=1400 * MiB, cpu=31.0,
+           threads=4, tty=34817),
+        _p(2471, 2466, 2466, 2410, [PY, "train.py", *TRAIN], age=40 * 60, rss=1400 * MiB, cpu=30.2,
+           threads=4, tty=34817),
+        _p(2480, 2466, 2466, 2410, [], state="Z", age=39 * 60, rss=0, name="python3", tty=34817),
+        _p(2550, 2410, 2550, 2410, [PY, "-m", "data.prep", "--shard", "7"], state="T", age=3 * 3600,
+           rss=720 * MiB, threads=2, tty=34817),
+        _p(2602, 2410, 2602, 2410, ["vim", "notes.md"], age=90 * 60, rss=14 * MiB, tty=34817),
+        # a crashed fine-tuning run left a DataLoader worker behind, still holding GPU memory
+        _p(3120, 1, 3101, 3101, [PY, "finetune.py", "--epochs", "3"], age=7 * 3600, rss=2100 * MiB,
+           threads=3),
+        # bob: a two-rank torchrun job
+        _p(4001, 612, 4001, 4001, ["sshd: bob@pts/1"], uid=1001, age=3 * 3600, rss=6 * MiB, name="sshd"),
+        _p(4010, 4001, 4010, 4010, ["-bash"], uid=1001, age=3 * 3600, rss=5 * MiB, name="bash", tty=34818),
+        _p(4100, 4010, 4100, 4010, [PY, "/usr/local/bin/torchrun", "--nproc-per-node", "2", "ddp.py"],
+           uid=1001, age=2 * 3600, rss=190 * MiB, cpu=0.3, threads=5, tty=34818),
+        *(_p(pid, 4100, 4100, 4010, [PY, "-u", "ddp.py", "--epochs", "90"], uid=1001, age=2 * 3600 - 5,
+             rss=4100 * MiB, cpu=c, threads=29, tty=34818) for pid, c in ((4110, 88.7), (4111, 91.3))),
+        # bob's SLURM array tasks: the same script twice on purpose
+        *(_p(pid, 1, pid, pid, [PY, "eval.py", "--split", "val", "--task", str(t)], uid=1001,
+             age=25 * 60, rss=900 * MiB, cpu=c) for pid, t, c in ((6001, 1, 64.0), (6002, 2, 61.5))),
+    ]
+
+
+def _gpu() -> GpuSnapshot:
+    held = {2101: (0, 30.5), 2466: (1, 22.0), 3120: (1, 9.8), 4110: (0, 4.0), 4111: (1, 4.0), 5050: (0, 3.1),
+            5200: (1, 6.0), 88231: (0, 1.2)}
+    processes = tuple(GpuProcess(pid, dev, int(g * GiB)) for pid, (dev, g) in held.items())
+    used = {d: sum(int(g * GiB) for dev, g in held.values() if dev == d) + 600 * MiB for d in (0, 1)}
+    total = 80 * GiB
+    devices = tuple(GpuDevice(d, "NVIDIA A100-SXM4-80GB", f"GPU-5f1c0b7e-00{d}0-4a4e-9d7c-0c3e5a1b2f{d}0",
+                              total, used[d], total - used[d], util) for d, util in ((0, 97), (1, 58)))
+    return GpuSnapshot(True, None, devices, processes, NOW)
+
+
+def _holder(pid: int, argv: Sequence[str], cwd: str, age: float, path: str) -> LockHolder:
+    return LockHolder(pid, tuple(argv), cwd, "", NOW - age, "0.1.0", path, NOW - age)
+
+
+def _locks() -> list[HeldLock]:
+    train = f"{LOCKS}/train.lock"
+    serve = f"{LOCKS}/serve.api.lock"
+    return [
+        HeldLock(serve, 5200, (5200,), "flock", "write", True,
+                 _holder(5200, [PY, "-m", "serve.api", "--port", "8080"], "/srv/api", 3 * 86400, serve)),
+        HeldLock(train, 2101, (2101,), "flock", "write", True,
+                 _holder(2101, [PY, "train.py", *TRAIN], "/home/alice/proj", 5 * 3600, train)),
+        HeldLock("/var/lib/apt/lists/lock", 950, (950,), "posix", "write", False, None),
+    ]
+
+
+def _duplicates(procs: dict[int, Proc], gpu: GpuSnapshot) -> tuple[list[DuplicateGroup], list[ScheduledInstance]]:
+    ident = ScriptIdentity("file", "/home/alice/proj/train.py", "/home/alice/proj/train.py")
+    mem = {p.pid: p.memory_used or 0 for p in gpu.processes}
+
+    def inst(pid: int, locks: tuple[str, ...] = ()) -> Instance:
+        p = procs[pid]
+        py = p.python
+        return Instance(pid, p.create_time, "/home/alice/proj", py.args if py else (), p.username, p.cmdline,
+                        mem.get(pid, 0), locks, p.uid, p.start_ticks, (pid,), (pid,))
+
+    groups = []
+    if 2101 in procs and 2466 in procs:
+        groups.append(DuplicateGroup(ident, (inst(2101, (f"{LOCKS}/train.lock",)), inst(2466))))
+    ev = ScriptIdentity("file", "/home/bob/eval/eval.py", "/home/bob/eval/eval.py")
+    sched = [ScheduledInstance(ev, Instance(pid, procs[pid].create_time, "/home/bob/eval",
+                                            procs[pid].python.args if procs[pid].python else (), "bob",
+                                            procs[pid].cmdline, 0, (), 1001, procs[pid].start_ticks,
+                                            (pid,), (pid,)), "slurm", f"88412_{t}")
+             for pid, t in ((6001, 1), (6002, 2)) if pid in procs]
+    return groups, sched
+
+
+def _guarded() -> list[GuardInfo]:
+    return [GuardInfo(2101, "/home/alice/proj/train.py", f"{LOCKS}/train.lock", 10, int(24.2 * GiB),
+                      int(29.9 * GiB)),
+            GuardInfo(5200, "serve.api@/srv/api", f"{LOCKS}/serve.api.lock", 10, int(2.4 * GiB),
+                      int(5.8 * GiB))]
+
+
+_EXTRA = {
+    2101: ProcExtra("/home/alice/proj", {}),
+    2466: ProcExtra("/home/alice/proj", {}),
+    4110: ProcExtra("/home/bob/ddp", {"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                                      "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}),
+    4111: ProcExtra("/home/bob/ddp", {"RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                                      "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}),
+    6001: ProcExtra("/home/bob/eval", {"SLURM_JOB_ID": "88413"}),
+    6002: ProcExtra("/home/bob/eval", {"SLURM_JOB_ID": "88414"}),
+}
+
+
+def demo_model(seq: int = 1, gone: frozenset[int] = frozenset(), states: dict[int, str] | None = None,
+               cleaned: frozenset[str] = frozenset()) -> Model:
+    """The scenario as a Model; `gone` pids are left out, `states` overrides state letters, `cleaned` stale
+    lock files are gone."""
+    procs = {p.pid: p for p in _procs() if p.pid not in gone}
+    for pid, st in (states or {}).items():
+        if pid in procs:
+            procs[pid] = procs[pid]._replace(state=st)
+    snap = Snapshot(MappingProxyType(procs), NOW)
+    gpu = _gpu()
+    if gone:
+        gpu = GpuSnapshot(True, None, gpu.devices, tuple(p for p in gpu.processes if p.pid not in gone), NOW)
+    groups, sched = _duplicates(procs, gpu)
+    locks = [lk for lk in _locks() if not set(lk.holders) & gone]
+    stale = [p for p in (f"{LOCKS}/finetune.lock", f"{LOCKS}/old-eval.lock") if p not in cleaned]
+    guarded = [g for g in _guarded() if g.pid not in gone]
+    return make_model(seq, snap, gpu, duplicates=groups, scheduled=sched, locks=locks, stale_locks=stale,
+                      guarded=guarded)
+
+
+def demo_model_without_gpu() -> Model:
+    m = demo_model()
+    gpu = GpuSnapshot(False, "NVML library not found (libnvidia-ml.so.1): no NVIDIA driver", (), (), NOW)
+    return make_model(m.seq, m.snapshot, gpu, duplicates=m.duplicates, scheduled=m.scheduled, locks=m.locks,
+                      stale_locks=m.stale_locks, guarded=m.guarded.values())
+
+
+class DemoBackend:
+    """The demo data source. `static`: the app takes one model at start and runs no refresh loop, so
+    what is drawn depends on nothing but the scenario. Actions pretend, with a short simulated grace."""
+
+    static = True
+    live = False
+
+    def __init__(self, *, gpu: bool = True, step: float = 0.25) -> None:
+        self._gone: set[int] = set()
+        self._states: dict[int, str] = {}
+        self._cleaned: set[str] = set()
+        self._seq = 0
+        self._gpu = gpu
+        self._step = step  # simulated seconds per progress tick (sleeps only when actions run)
+        self._lock = threading.Lock()
+        self.locks_every_refresh = False
+
+    def collect(self) -> Model:
+        with self._lock:
+            self._seq += 1
+            if not self._gpu:
+                m = demo_model_without_gpu()
+                return make_model(self._seq, m.snapshot, m.gpu, duplicates=m.duplicates, scheduled=m.scheduled,
+                                  locks=m.locks, stale_locks=m.stale_locks, guarded=m.guarded.values())
+            return demo_model(self._seq, frozenset(self._gone), dict(self._states), frozenset(self._cleaned))
+
+    def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
+        return pure_resolve(snapshot, targets)
+
+    def _results(self, members: Sequence[Member], outcome: Outcome, elapsed: float) -> list[SignalResult]:
+        return [SignalResult(m.pid, Outcome.REFUSED if m.protected else outcome, 0.0 if m.protected else elapsed,
+                             m.protected, m.name, m.cmdline, m.username) for m in members]
+
+    def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
+                  on_progress: Callable[[Progress], None] | None = None) -> list[SignalResult]:
+        members = [m for m in self.resolve(targets, snapshot) if m.state not in ("Z", "X")]
+        live = tuple(m.pid for m in members if not m.protected)
+        if on_progress:
+            on_progress(Progress("sigterm", live, grace))
+        left = grace
+        while left > 0:
+            time.sleep(min(self._step, left))
+            left = max(0.0, left - self._step)
+            if on_progress:
+                on_progress(Progress("waiting", live, left))
+        # The scenario's training runs ignore SIGTERM while saving a checkpoint: they need the SIGKILL.
+        if on_progress:
+            on_progress(Progress("sigkill", live, 0.0))
+            on_progress(Progress("done", live, 0.0))
+        with self._lock:
+            self._gone.update(live)
+        return self._results(members, Outcome.KILLED, grace)
+
+    def kill(self, targets: Sequence[Target], snapshot: Snapshot,
+             on_progress: Callable[[Progress], None] | None = None) -> list[SignalResult]:
+        members = self.resolve(targets, snapshot)
+        with self._lock:
+            self._gone.update(m.pid for m in members if not m.protected)
+        return self._results(members, Outcome.KILLED, 0.01)
+
+    def pause(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
+        members = self.resolve(targets, snapshot)
+        with self._lock:
+            self._states.update({m.pid: "T" for m in members if not m.protected})
+        return self._results(members, Outcome.PAUSED, 0.0)
+
+    def resume(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
+        members = self.resolve(targets, snapshot)
+        with self._lock:
+            self._states.update({m.pid: "S" for m in members if not m.protected})
+        return self._results(members, Outcome.RESUMED, 0.0)
+
+    def flush(self, pid: int) -> str:
+        if pid not in (2101, 5200):
+            raise LookupError(f"pid {pid} is not a guarded process: it does not answer flush requests")
+        return "flushed CUDA cache: freed 5.7 GiB (reserved 29.9 GiB -> 24.2 GiB)"
+
+    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot) -> TerminateReport:
+        groups, _ = _duplicates(dict(snapshot.procs), _gpu())
+        g = next((g for g in groups if g.identity.key == identity.key), None)
+        if g is None:
+            return TerminateReport(skipped_reason=f"{identity.display} is no longer running twice", dry_run=True)
+        ending = g.instances[1:]
+        members = pure_resolve(snapshot, [Target.tree(i.pid) for i in ending])
+        return TerminateReport((g,), (g.instances[0],), tuple(ending), (), tuple(members), (), None, True)
+
+    def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
+                       on_progress: Callable[[Progress], None] | None = None) -> TerminateReport:
+        plan = self.plan_duplicates(identity, grace, snapshot)
+        if plan.skipped_reason:
+            return plan
+        results = self.terminate([Target.tree(i.pid) for i in plan.ended], grace, snapshot, on_progress)
+        return TerminateReport(plan.groups, plan.kept, plan.ended, tuple(results), (), (), None, False)
+
+    def clean_locks(self, paths: Sequence[str]) -> list[Path]:
+        with self._lock:
+            self._cleaned.update(paths)
+        return [Path(p) for p in paths]
+
+    def proc_extra(self, pid: int) -> ProcExtra:
+        procs = {p.pid: p for p in _procs()}
+        p = procs.get(pid)
+        home = "/root" if p is None or p.uid == 0 else f"/home/{p.username}"
+        return _EXTRA.get(pid, ProcExtra(home, {}))

@@ -1,0 +1,61 @@
+"""Messages that worker threads post to the app (post_message is thread-safe); widgets are only touched by
+their handlers, on the UI thread."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from procguard.core.signals import Progress
+from procguard.tui.actions import Done, Kind, Plan
+from procguard.tui.model import Model
+
+
+class ModelReady(Message):
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model
+
+
+class CollectFailed(Message):
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+class PlanReady(Message):
+    """A dry run is done: show the confirm dialog (or act at once)."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__()
+        self.plan = plan
+
+
+class ActionProgress(Message):
+    """`pids`: every process the action acts on (core's sigkill event can name none: a killpg did it)."""
+
+    def __init__(self, event: Progress, pids: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.event = event
+        self.pids = pids
+
+
+class ActionDone(Message):
+    def __init__(self, done: Done) -> None:
+        super().__init__()
+        self.done = done
+
+
+class ActionFailed(Message):
+    """An action could not run at all (a dry run failed, out of scope, flush refused...): the reason."""
+
+    def __init__(self, kind: Kind | str, reason: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.reason = reason
+
+
+class Notice(Message):
+    def __init__(self, text: str, severity: str = "information") -> None:
+        super().__init__()
+        self.text = text
+        self.severity = severity

@@ -1,0 +1,29 @@
+"""View 3: held locks (path, holders, kind, mode, managed, holder command) and stale lock files. `x` removes
+the stale procguard lock files (only files nobody holds; core re-checks under the file's own lock)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+
+from procguard.tui.model import Model
+from procguard.tui.tables import LOCK_COLUMNS, TableRow, lock_rows
+from procguard.tui.widgets.table import SimpleTable
+
+
+class LocksView(Vertical):
+    DEFAULT_CSS = "LocksView { height: 1fr; }"
+
+    def compose(self) -> ComposeResult:
+        yield SimpleTable(LOCK_COLUMNS, id="locks-table")
+
+    @property
+    def table(self) -> SimpleTable:
+        return self.query_one(SimpleTable)
+
+    def show(self, model: Model) -> None:
+        # A released lock just leaves the list: nothing to act on stays under the cursor.
+        self.table.set_rows(lock_rows(model))
+
+    def selected(self) -> TableRow | None:
+        return self.table.cursor_row
