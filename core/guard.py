@@ -318,14 +318,15 @@ class Guard(contextlib.ContextDecorator):
             self.notes.append("no flush handler: guard entered outside the main thread")
             return False
         try:
-            from procguard.core.flush import install_flush_handler
+            from procguard.core.flush import flush_handler_installed, install_flush_handler
         except ImportError:
             self.notes.append("no flush handler: procguard.core.flush unavailable")
             return False
-        before = signal.getsignal(sig)
         uninstall = install_flush_handler(sig)
         stack.callback(uninstall)
-        return signal.getsignal(sig) is not before
+        # Asked of the flush module, not by comparing handlers: a handler this process installed before the
+        # guard is counted, not replaced, and still answers.
+        return flush_handler_installed(sig)
 
     def _register(self, stack: contextlib.ExitStack, name: str | None, flush_installed: bool) -> None:
         ident = self.identity

@@ -244,6 +244,27 @@ def test_flush_through_guard(procs: ProcStarter, reg: Path) -> None:
     assert request_flush(pid, timeout=30).message == NO_TORCH
 
 
+GUARD_OVER_OWN_HANDLER = """
+import signal, time
+from procguard.core.flush import install_flush_handler
+from procguard.core.guard import guard
+install_flush_handler()  # the program answers flush requests itself, before any guard
+with guard(on_duplicate="ignore", lock=False):
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.2)
+"""
+
+
+def test_guard_over_an_installed_flush_handler_still_registers_it(procs: ProcStarter, reg: Path) -> None:
+    # The guard counts a reference on the handler already there instead of installing a new one: the registry
+    # must still say the process answers, or `procguard flush` would refuse a process that can answer.
+    pid = procs.python(GUARD_OVER_OWN_HANDLER, name="guard_over_handler").pid
+    entry = registry.get_entry(pid)
+    assert entry is not None and entry.flush_signal == signal.SIGUSR1
+    assert request_flush(pid, timeout=30).message == NO_TORCH
+
+
 # --------------------------------------------------------------------------------------------------------
 # The real thing, on a GPU
 
