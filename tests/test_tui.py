@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +18,11 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
-from procguard.core.signals import Member
+from procguard.core.signals import Member, Target
 from procguard.tui.app import Options, ProcguardApp
+from procguard.tui.demo import DemoBackend
 from procguard.tui.screens.confirm import ConfirmScreen
+from procguard.tui.views.duplicates import DuplicatesView
 from tests.conftest import ProcStarter, is_gone, proc_state
 
 pytestmark = pytest.mark.asyncio
@@ -144,7 +148,7 @@ async def test_filter_live_keep_and_clear(procs: ProcStarter, tmp_path: Path) ->
         await pilot.press(*"/alpha")  # narrows the tmp_path filter to the alpha script: live
         await wait_until(pilot, lambda: shown_pids(app) == {a.pid})
         await pilot.press("enter")  # keeps it
-        assert not box.display and app.view_state.filter.endswith("/alpha")
+        assert not box.display and app.view_state.filter == f"{tmp_path}/alpha"
         await pilot.pause(0.5)  # a few refreshes later it still holds
         assert shown_pids(app) == {a.pid}
         await pilot.press("slash", "escape")  # clears it: everything again (we only look now)
@@ -201,6 +205,14 @@ async def test_cursor_stays_on_its_process_and_shows_it_gone(procs: ProcStarter,
         for key in ("s", "S", "s", "g", "g", "g"):  # sorts and groupings reorder; the cursor follows
             await pilot.press(key)
             assert app.process_table.cursor_key == ("p", mid), key
+        # A filter that still matches it keeps it under the cursor; so does widening the filter again.
+        script = Path(ps[1].args[1]).name  # type: ignore[index]
+        await pilot.press("slash", *f"/{script}")
+        await wait_until(pilot, lambda: shown_pids(app) == {mid})
+        assert app.process_table.cursor_key == ("p", mid)
+        await pilot.press(*["backspace"] * (len(script) + 1), "enter")  # back to the test's own folder
+        await wait_until(pilot, lambda: {p.pid for p in ps} <= shown_pids(app))
+        assert app.process_table.cursor_key == ("p", mid) and app.view_state.filter == str(tmp_path)
         # The process under the cursor ends: it stays under the cursor, shown as gone.
         os.kill(mid, signal.SIGKILL)
         ps[1].wait(timeout=10)
@@ -260,3 +272,166 @@ async def test_views_help_details_and_palette_commands(procs: ProcStarter, tmp_p
             assert app.query_one("#views").current == view  # type: ignore[attr-defined]
         titles = {c.title for c in app.get_system_commands(app.screen)}
         assert {"Terminate selection", "Kill selection", "Filter", "View: GPU"} <= titles
+
+
+async def test_d_in_duplicates_ends_all_but_the_oldest_run(procs: ProcStarter, tmp_path: Path) -> None:
+    script = tmp_path / "twice.py"
+    script.write_text(SLEEPER)
+    runs = []
+    for _ in range(3):
+        p = procs.popen([sys.executable, str(script)], start_new_session=True, stdout=subprocess.PIPE)
+        procs.wait_ready(p)
+        runs.append(p)
+    oldest, *younger = runs
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("2")
+        view = app.query_one(DuplicatesView)
+        await wait_until(pilot, lambda: all(view.table.index_of(("inst", p.pid)) is not None for p in runs))
+        assert view.table.move_to_key(("inst", younger[0].pid))
+        group = view.selected_group()
+        assert group is not None and {i.pid for i in group.instances} == {p.pid for p in runs}
+        await pilot.press("d")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        plan = app.screen.plan  # type: ignore[attr-defined]
+        assert {m.pid for m in plan.blast.acting} == {p.pid for p in younger}
+        assert any(f"keeps pid {oldest.pid}" in n for n in plan.notes), plan.notes
+        await pilot.press("enter")  # Enter confirms too
+        await wait_until(pilot, lambda: all(is_gone(p.pid) for p in younger))
+        await wait_until(pilot, lambda: "2 ended: 2 exited on SIGTERM" in notices(app))
+        assert not is_gone(oldest.pid)
+
+
+STALE_LOCK_HOLDER = """
+import sys
+from procguard.core.locks import SingleInstanceLock
+lock = SingleInstanceLock(sys.argv[1])
+lock.acquire()
+print("ready", flush=True)
+import time
+while True:
+    time.sleep(0.5)
+"""
+
+
+async def test_x_in_locks_removes_stale_lock_files(procs: ProcStarter, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("PROCGUARD_LOCK_DIR", str(lock_dir))  # the app only ever looks at this folder
+    monkeypatch.setenv("PROCGUARD_REGISTRY_DIR", str(tmp_path / "registry"))
+    env = {**os.environ}
+    holder = procs.python(STALE_LOCK_HOLDER, "gone-job", env=env, name="locker")
+    live = procs.python(STALE_LOCK_HOLDER, "live-job", env=env, name="locker")
+    holder.kill()  # SIGKILL: no clean-up, the lock file stays behind, held by nobody
+    holder.wait(timeout=10)
+    stale = lock_dir / "gone-job.lock"
+    held = lock_dir / "live-job.lock"
+    assert stale.exists() and held.exists()
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("3")
+        await wait_until(pilot, lambda: app.model is not None and str(stale) in app.model.stale_locks
+                         and any(lk.path == str(held) and live.pid in lk.holders for lk in app.model.locks))
+        assert str(held) not in app.model.stale_locks  # type: ignore[union-attr]
+        await pilot.press("x")
+        await wait_until(pilot, lambda: "removed 1 stale lock file(s)" in notices(app))
+        assert not stale.exists() and held.exists()
+        await wait_until(pilot, lambda: not app.model.stale_locks)  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------------- demo scenario
+# These run on demo.DemoBackend: fixed data whose actions only pretend (no signal is ever sent).
+
+
+def demo_app(**opts: object) -> ProcguardApp:
+    return ProcguardApp(Options(**opts), backend=DemoBackend())  # type: ignore[arg-type]
+
+
+async def test_progress_on_rows_while_the_ui_stays_live() -> None:
+    app = demo_app(grace=1.0)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("g")
+        assert app.process_table.move_to_key(("g", 2101))
+        await pilot.press("t")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_until(pilot, lambda: app.status.get(2135, "").startswith("SIGTERM sent"))
+        table = app.process_table
+        group = table.rows[table.index_of(("g", 2101))]  # type: ignore[index]
+        assert "5× SIGTERM sent" in table.render_cells(group, False)[-1].text
+        await pilot.press("down")  # keys work while the action runs
+        assert table.cursor_key == ("p", 2101)
+        await wait_until(pilot, lambda: "5 ended: 5 killed after 1.0 s" in notices(app))
+        labels = [label for pid, label in app.progress_log if pid == 2135]
+        assert labels[0].startswith("SIGTERM sent") and labels[-1] == "SIGKILL sent", labels
+        await wait_until(pilot, lambda: not app.status)
+        assert table.is_gone(table.cursor_row)  # the process under the cursor ended: shown gone
+
+
+async def test_refused_action_is_a_notification_with_the_reason() -> None:
+    app = demo_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert app.process_table.move_to_key(("p", 1))
+        await pilot.press("k")  # nothing it may act on: no dialog, straight to the refusal
+        await wait_until(pilot, lambda: "refused" in notices(app))
+        text, severity = app.notices[-1]
+        assert "pid 1 is init" in text and severity == "error", app.notices
+        assert app.is_running and 1 in app.model.snapshot  # type: ignore[union-attr]
+
+
+async def test_keymap_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROCGUARD_TUI_KEYMAP", "procguard.help=h,procguard.view.gpu=G")
+    app = demo_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert ("h", "this help", "procguard.help") in app.key_table()
+        await pilot.press("G")
+        assert app.view == "gpu"
+        await pilot.press("h")
+        await wait_until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+
+
+async def test_late_worker_messages_after_shutdown_touch_nothing() -> None:
+    """Workers may post after the app began shutting down (run_test prunes widgets while the app's queue still
+    runs): every handler must then do nothing rather than look for widgets that are gone."""
+    from procguard.core.signals import Progress
+    from procguard.tui.actions import describe
+    from procguard.tui.messages import ActionDone, ActionFailed, ActionProgress, ModelReady, Notice
+
+    backend = DemoBackend()
+    app = ProcguardApp(backend=backend)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        model = backend.collect()
+    assert not app._ui_live()
+    app.on_model_ready(ModelReady(model))
+    app.on_action_progress(ActionProgress(Progress("waiting", (2101,), 1.0), (2101,)))
+    app.on_action_done(ActionDone(describe("kill", backend.kill([Target.pid(2466)], model.snapshot)), (2466,)))
+    app.on_action_failed(ActionFailed("kill", "late", (2466,)))
+    app.on_notice(Notice("late"))
+    assert not app.status
+
+
+async def test_mark_all_shown_then_clear_marks() -> None:
+    app = demo_app(filter="train.py")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+a")
+        train = {2101, 2135, 2136, 2137, 2138, 2466, 2470, 2471}
+        assert app.marks == {("p", pid) for pid in train}
+        assert "8 marked" in str(app.query_one("#status").render())
+        await pilot.press("escape")
+        assert not app.marks
+
+
+async def test_flush_reports_the_result_or_the_reason() -> None:
+    app = demo_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("4")  # the GPU view: flush the guarded training run
+        table = app.query_one("#gpu-table")
+        assert table.move_to_key(("gpu", 2101, 0))  # type: ignore[attr-defined]
+        await pilot.press("f")
+        await wait_until(pilot, lambda: "pid 2101: flushed CUDA cache" in notices(app))
+        assert table.move_to_key(("gpu", 3120, 1))  # type: ignore[attr-defined]
+        await pilot.press("f")
+        await wait_until(pilot, lambda: "not a guarded process" in notices(app))
+        assert app.notices[-1][1] == "error"

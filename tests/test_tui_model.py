@@ -157,13 +157,18 @@ def test_cli_options(capsys: object) -> None:
     p = build_parser()
     a = p.parse_args(["--interval", "0.5", "--filter", "x", "--grace", "0", "--no-confirm"])
     assert (a.interval, a.filter, a.grace, a.no_confirm) == (0.5, "x", 0.0, True)
-    for bad in (["--interval", "0"], ["--grace", "-1"], ["--interval", "nan"], ["--user", "no-such-user-xyz"]):
+    capsys.readouterr()  # type: ignore[attr-defined]
+    for bad in (["--interval", "0"], ["--grace", "-1"], ["--interval", "nan"], ["--user", "no-such-user-xyz"],
+                ["--grace", "soon"], ["--interval"]):
         try:
             p.parse_args(bad)
         except SystemExit as e:
             assert e.code == 2
         else:
             raise AssertionError(bad)
+        err = capsys.readouterr().err  # type: ignore[attr-defined]
+        # One line that names the option, no usage block, no traceback.
+        assert err.count("\n") == 1 and err.startswith(f"procguard-tui: argument {bad[0]}: "), err
     try:
         p.parse_args(["--version"])
     except SystemExit as e:
@@ -171,3 +176,26 @@ def test_cli_options(capsys: object) -> None:
     assert "procguard-tui" in capsys.readouterr().out  # type: ignore[attr-defined]
     assert parse_keymap("procguard.terminate=T, procguard.kill=K,bad") == {"procguard.terminate": "T",
                                                                            "procguard.kill": "K"}
+
+
+def test_readme_lists_every_key_and_screenshot() -> None:
+    from pathlib import Path
+
+    from procguard.tui.app import FilterInput, ProcguardApp
+    from procguard.tui.screens.confirm import ConfirmScreen
+    from procguard.tui.screens.details import DetailsScreen
+    from procguard.tui.screens.help import HelpScreen
+    from procguard.tui.screenshots import SHOTS
+    from procguard.tui.widgets.table import KeyedTable
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## procguard-tui\n", 1)[1].split("\n## ", 1)[0]
+    ids = [b.id for cls in (ProcguardApp, FilterInput, ConfirmScreen, DetailsScreen, HelpScreen, KeyedTable)
+           for b in cls.BINDINGS]  # type: ignore[union-attr]
+    assert all(ids)
+    missing = [i for i in ids if f"`{i}`" not in section]
+    assert not missing, f"README's procguard-tui section lacks binding ids {missing}"
+    for flag in ("--interval", "--filter", "--grace", "--user", "--no-confirm", "--version", "PROCGUARD_TUI_KEYMAP"):
+        assert flag in section, flag
+    for shot in SHOTS:
+        assert f"(screenshots/{shot.name}.svg)" in section, shot.name

@@ -7,7 +7,9 @@ and look at the report it writes before committing them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
@@ -15,6 +17,7 @@ from textual.pilot import Pilot
 from procguard.tui.app import ProcguardApp
 from procguard.tui.demo import DemoBackend
 from procguard.tui.screens.confirm import ConfirmScreen
+from procguard.tui.screenshots import SHOTS, render_all
 
 SIZES = {"80x24": (80, 24), "160x50": (160, 50)}
 
@@ -72,3 +75,17 @@ def test_details_screen(snap_compare: Callable[..., bool]) -> None:
 
 def test_gpu_view_without_a_gpu(snap_compare: Callable[..., bool]) -> None:
     assert snap_compare(demo_app(gpu=False), press=["4"], terminal_size=(80, 24))
+
+
+def test_screenshots_are_up_to_date(tmp_path: Path) -> None:
+    """screenshots/*.svg (shown in the README) are what `python -m procguard.tui.screenshots` renders now."""
+    written = asyncio.run(render_all(tmp_path))
+    assert [p.name for p in written] == [f"{s.name}.svg" for s in SHOTS]
+    texts = {p.stem: p.read_text(encoding="utf-8") for p in written}
+    assert "SIGTERM&#160;sent,&#160;3.0&#160;s&#160;left" in texts["terminating"]
+    assert "(gone)" in texts["terminated"] and "killed&#160;after" in texts["terminated"]
+    committed = Path(__file__).resolve().parent.parent / "screenshots"
+    stale = [name for name, text in texts.items()
+             if not (committed / f"{name}.svg").is_file()
+             or (committed / f"{name}.svg").read_text(encoding="utf-8") != text]
+    assert not stale, f"screenshots/ out of date: {stale}; run .venv/bin/python -m procguard.tui.screenshots"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import pwd
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -47,6 +48,7 @@ from procguard.tui.messages import (
     PlanReady,
 )
 from procguard.tui.model import (
+    DEAD_STATES,
     GROUPINGS,
     SORT_KEYS,
     Model,
@@ -182,7 +184,7 @@ class ProcguardApp(App[None]):
             yield LocksView(id="locks")
             yield GpuView(id="gpu")
         yield FilterInput(placeholder="filter: pid, user or command (Enter keeps, Esc clears)", compact=True,
-                          id="filter")
+                          select_on_focus=False, id="filter")
         yield Footer(compact=True)
 
     @property
@@ -216,16 +218,18 @@ class ProcguardApp(App[None]):
                 break
 
     def on_model_ready(self, message: ModelReady) -> None:
+        if not self._ui_live():
+            return
         if self.model is not None and message.model.seq <= self.model.seq:
             return  # an action's refresh overtook this one
         self._apply_model(message.model)
 
     def on_collect_failed(self, message: CollectFailed) -> None:
+        if not self._ui_live():
+            return
         self.tell(f"refresh failed: {message.reason}", "error")
 
     def _apply_model(self, model: Model) -> None:
-        if not self._has_widgets():
-            return
         self.model = model
         self.models_applied += 1
         self.marks = prune_marks(self.marks, model)
@@ -298,6 +302,7 @@ class ProcguardApp(App[None]):
     def action_filter(self) -> None:
         box = self.query_one(FilterInput)
         box.value = self.view_state.filter
+        box.cursor_position = len(box.value)  # typing refines the filter in place (nothing is selected)
         box.display = True
         box.focus()
 
@@ -445,6 +450,8 @@ class ProcguardApp(App[None]):
         self.post_message(PlanReady(plan))
 
     def on_plan_ready(self, message: PlanReady) -> None:
+        if not self._ui_live():
+            return
         plan = message.plan
         if plan.kind in CONFIRMED and plan.blast.acting and not self.options.no_confirm:
             def decided(ok: bool | None) -> None:
@@ -459,26 +466,25 @@ class ProcguardApp(App[None]):
 
     def start_plan(self, plan: Plan) -> None:
         self.actions_started += 1
-        if plan.kind in ("terminate", "end_duplicates"):
+        label = {"terminate": "SIGTERM…", "end_duplicates": "SIGTERM…", "kill": "SIGKILL…"}.get(plan.kind)
+        if label is not None:
             for m in plan.blast.acting:
-                self.status[m.pid] = "SIGTERM…"
-        elif plan.kind == "kill":
-            for m in plan.blast.acting:
-                self.status[m.pid] = "SIGKILL…"
+                if m.state not in DEAD_STATES:  # a zombie has ended already: nothing will happen to it
+                    self.status[m.pid] = label
         self._push_status()
         self._run_worker(plan)
 
     @work(thread=True, exit_on_error=False, group="actions")
     def _run_worker(self, plan: Plan) -> None:
+        pids = tuple(m.pid for m in plan.blast.acting)
         try:
-            pids = tuple(m.pid for m in plan.blast.acting)
             done = run_plan(self.backend, plan, lambda ev: self.post_message(ActionProgress(ev, pids)))
         except Exception as e:  # a bug or an OS error: a notification, never a traceback
-            self.post_message(ActionFailed(plan.kind, f"{type(e).__name__}: {e}"))
+            self.post_message(ActionFailed(plan.kind, f"{type(e).__name__}: {e}", pids))
             done = None
         self._refresh_now()
         if done is not None:
-            self.post_message(ActionDone(done))
+            self.post_message(ActionDone(done, pids))
 
     def _refresh_now(self) -> None:
         """From a worker thread: collect at once so ended processes leave the table with the notification."""
@@ -486,6 +492,8 @@ class ProcguardApp(App[None]):
             self.post_message(ModelReady(self.backend.collect()))
 
     def on_action_progress(self, message: ActionProgress) -> None:
+        if not self._ui_live():
+            return
         ev = message.event
         pids = ev.pids
         if ev.phase == "sigkill" and not pids:
@@ -500,26 +508,42 @@ class ProcguardApp(App[None]):
 
     def on_action_done(self, message: ActionDone) -> None:
         done = message.done
-        for r in done.results:
-            self.status.pop(r.pid, None)
+        for pid in (*message.pids, *(r.pid for r in done.results)):
+            self.status.pop(pid, None)
+        if not self._ui_live():
+            self.notices.append((done.message, done.severity))  # for the record; no screen to show it on
+            return
         self._push_status()
         self.tell(done.message, done.severity)
 
     def on_action_failed(self, message: ActionFailed) -> None:
         verb = VERBS.get(str(message.kind), str(message.kind))
-        self.tell(f"{verb}: {message.reason}", "error")
+        for pid in message.pids:
+            self.status.pop(pid, None)
+        if self._ui_live():
+            self._push_status()
+            self.tell(f"{verb}: {message.reason}", "error")
 
     def on_notice(self, message: Notice) -> None:
-        self.tell(message.text, message.severity)
+        if self._ui_live():
+            self.tell(message.text, message.severity)
 
     def _push_status(self) -> None:
-        if self._has_widgets():
-            self.process_table.set_status(self.status)
+        self.process_table.set_status(self.status)
 
-    def _has_widgets(self) -> bool:
-        """False while the app shuts down: a worker's late message then has no widget to go to."""
+    def _ui_live(self) -> bool:
+        """False once the app is exiting or shutting down. Workers post messages until they notice the app
+        is gone, and shutdown removes widgets one by one while the app's queue still runs (run_test calls
+        `_shutdown` from outside the app's task): a late message must then touch no widget at all.
+
+        `_shutdown` clears `is_running` before it awaits anything, and every handler here is synchronous, so a
+        handler that starts while this is True runs to its end before any widget is removed."""
+        return self.is_running and not getattr(self, "_exit", False) and self._main_screen_mounted()
+
+    def _main_screen_mounted(self) -> bool:
         try:
             self.query_one(Summary)
+            self.query_one(ProcessTable)
         except NoMatches:
             return False
         return True
@@ -662,15 +686,24 @@ def parse_keymap(text: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _positive(flag: str, allow_zero: bool) -> Callable[[str], float]:
+class _Parser(argparse.ArgumentParser):
+    """Bad input gives one line on stderr naming the option (argparse's "argument --grace: ..."), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _seconds(allow_zero: bool) -> Callable[[str], float]:
+    """argparse names the option in front of these messages: "argument --interval: '0' is not ..."."""
+    want = ">= 0" if allow_zero else "> 0"
+
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: not a number of seconds") from None
-        if v != v or v in (float("inf"), float("-inf")) or v < 0 or (v == 0 and not allow_zero):
-            raise argparse.ArgumentTypeError(f"{flag} {text!r}: must be a finite number of seconds "
-                                             f"{'>= 0' if allow_zero else '> 0'}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds {want}")
         return v
 
     return parse
@@ -689,12 +722,12 @@ def _user(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="procguard-tui", description="Terminal app for Python/GPU processes: "
+    p = _Parser(prog="procguard-tui", description="Terminal app for Python/GPU processes: "
                                 "duplicates, locks, process groups and GPU memory, with safe actions.")
-    p.add_argument("--interval", type=_positive("--interval", False), default=1.0, metavar="SECONDS",
+    p.add_argument("--interval", type=_seconds(False), default=1.0, metavar="SECONDS",
                    help="refresh every SECONDS (default 1.0)")
     p.add_argument("--filter", default="", metavar="TEXT", help="start with this filter (pid, user, command)")
-    p.add_argument("--grace", type=_positive("--grace", True), default=5.0, metavar="SECONDS",
+    p.add_argument("--grace", type=_seconds(True), default=5.0, metavar="SECONDS",
                    help="seconds between SIGTERM and SIGKILL for t (default 5)")
     p.add_argument("--user", type=_user, default=None, metavar="NAME", help="only show this user's processes")
     p.add_argument("--no-confirm", action="store_true", help="act on t / k / d without the confirm dialog")

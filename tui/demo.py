@@ -174,7 +174,8 @@ def demo_model(seq: int = 1, gone: frozenset[int] = frozenset(), states: dict[in
                cleaned: frozenset[str] = frozenset()) -> Model:
     """The scenario as a Model; `gone` pids are left out, `states` overrides state letters, `cleaned` stale
     lock files are gone."""
-    procs = {p.pid: p for p in _procs() if p.pid not in gone}
+    # A zombie whose parent is gone was reaped by init with it.
+    procs = {p.pid: p for p in _procs() if p.pid not in gone and not (p.state == "Z" and p.ppid in gone)}
     for pid, st in (states or {}).items():
         if pid in procs:
             procs[pid] = procs[pid]._replace(state=st)

@@ -40,18 +40,22 @@ class ActionProgress(Message):
 
 
 class ActionDone(Message):
-    def __init__(self, done: Done) -> None:
+    """`pids`: every process the action was started on (their progress labels go, whatever core reported)."""
+
+    def __init__(self, done: Done, pids: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.done = done
+        self.pids = pids
 
 
 class ActionFailed(Message):
     """An action could not run at all (a dry run failed, out of scope, flush refused...): the reason."""
 
-    def __init__(self, kind: Kind | str, reason: str) -> None:
+    def __init__(self, kind: Kind | str, reason: str, pids: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.kind = kind
         self.reason = reason
+        self.pids = pids  # the processes it had started on, if any (their progress labels go)
 
 
 class Notice(Message):

@@ -16,7 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from procguard.tui.actions import Plan
-from procguard.tui.model import fmt_bytes, fmt_bytes_long, truncate
+from procguard.tui.model import DEAD_STATES, fmt_bytes, fmt_bytes_long, truncate
 
 MAX_LINES = 400  # a session of thousands: the dialog says how many more there are
 
@@ -32,6 +32,9 @@ def member_lines(plan: Plan, width: int = 200) -> list[str]:
         if m.protected:
             lines.append(f"[$text-muted]{m.pid:>7}  {user:<10} {cmd}[/]\n"
                          f"         [$text-error]refused: {escape(m.protected)}[/]")
+        elif m.state in DEAD_STATES:
+            lines.append(f"[$text-muted]{m.pid:>7}  {user:<10} {mem}{cmd}  (zombie: already ended, "
+                         "nothing to signal)[/]")
         else:
             lines.append(f"[b]{m.pid:>7}[/]  [$text-muted]{user:<10}[/] {mem}{cmd}")
     if len(members) > MAX_LINES:

@@ -4,12 +4,14 @@ reads the refresh loop doesn't do)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import ClassVar
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -125,7 +127,10 @@ class DetailsScreen(ModalScreen[None]):
 
     def _show(self, extra: ProcExtra) -> None:
         self.extra = extra
-        self.query_one("#details-body", Static).update(details_markup(self.model, self.pid, extra))
+        if not self.is_attached:  # closed (or the app exited) while the worker read /proc
+            return
+        with contextlib.suppress(NoMatches):
+            self.query_one("#details-body", Static).update(details_markup(self.model, self.pid, extra))
 
     def action_close(self) -> None:
         self.dismiss(None)

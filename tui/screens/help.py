@@ -27,7 +27,8 @@ def help_markup(keys: Sequence[tuple[str, str, str]]) -> str:
               "[$text-disabled]struck-through[/] row has ended (it goes when the cursor moves on)",
               "", "[b $text-accent]Targets[/]",
               "  the marked rows if any, else the selected row; a group or session row acts on all its",
-              "  members; t, k and d show the confirm dialog (every pid, GPU memory, locks, grace) first",
+              "  members; t, k and d show the confirm dialog (every pid, GPU memory, locks, grace) first:",
+              "  [b]y[/] or [b]Enter[/] confirms, [b]n[/] or [b]Esc[/] cancels",
               "", "[b $text-accent]Remapping keys[/]",
               "  PROCGUARD_TUI_KEYMAP='procguard.terminate=T,procguard.kill=K'  (binding id = key)"]
     lines += [f"  [$text-muted]{escape(bid):<28}[/] {escape(key)}" for key, _, bid in keys if bid]

@@ -104,7 +104,14 @@ class ProcessTable(KeyedTable):
         busy = [self.status[m] for m in row.members if m in self.status]
         if not busy:
             return None
-        return f"{len(busy)}/{row.count}: {busy[0]}"
+        # One line for the whole group: where the members still running are, and how many have exited.
+        pending = [s for s in busy if s != "exited"]
+        parts = []
+        if pending:
+            parts.append(f"{len(pending)}× {pending[0]}" if len(pending) > 1 else pending[0])
+        if len(pending) < len(busy):
+            parts.append(f"{len(busy) - len(pending)} exited")
+        return " · ".join(parts)
 
     def render_cells(self, row: Row, gone: bool) -> Sequence[Cell]:
         mark = "●" if row.key in self.marks else ""
@@ -117,19 +124,21 @@ class ProcessTable(KeyedTable):
             user, state = p.username, p.state
             if wide:
                 threads, age = str(p.num_threads), fmt_age(self.now - p.create_time)
-            command = row.prefix + display_command(p)
+            prefix, command = row.prefix, display_command(p)
             state_style = "warning" if state in STOPPED_STATES else "error" if state in DEAD_STATES else ""
         else:
             user = row.proc.username if row.proc is not None else ""
             state = ""
             state_style = ""
-            command = group_label(row)
+            prefix, command = "", group_label(row)
         progress = None if gone else self._progress(row)
-        cmd_cell = Cell(command)
+        # The tree lines stay in place; what happens to the process goes right after them.
         if gone:
-            cmd_cell = Cell("(gone) " + command)
+            cmd_cell = Cell(prefix + "(gone) " + command)
         elif progress:
-            cmd_cell = Cell(f"[{progress}] {command}", "progress")
+            cmd_cell = Cell(f"{prefix}[{progress}] {command}", "progress")
+        else:
+            cmd_cell = Cell(prefix + command)
         cells = [
             Cell(mark, "accent"),
             Cell(str(row.id)),

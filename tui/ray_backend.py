@@ -1,0 +1,169 @@
+"""A Ray cluster as a data source for the app: one node of the cluster at a time, every action routed to
+that node's procguard agent (procguard.core.cluster), which acts there with the core's escalation, pid pinning
+and protections (Ray's own processes refused when a group or tree sweeps them up).
+
+    backend = RayNodeBackend("auto", node="head")   # or a node id / unique prefix / IP
+    backend.nodes()                                  # the cluster's nodes, head first, to offer a switch
+    backend.node_id = other.node_id                  # switch node (the next collect() shows it)
+
+Pids are those of the selected node (another node may reuse the same number for another process), so a Model
+always holds one node. Differences from LiveBackend: `on_progress` gets one "done" event when the remote
+action has finished (the agent's escalation runs remotely); the guarded-process registry is per node and not
+read (guarded processes show as unguarded, flush still goes to the node).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from procguard.core import duplicates as _duplicates
+from procguard.core.duplicates import DuplicateGroup, ScheduledInstance, TerminateReport
+from procguard.core.gpu import GpuSnapshot
+from procguard.core.identity import ScriptIdentity
+from procguard.core.locks import HeldLock
+from procguard.core.signals import Member, Progress, SignalResult, Target
+from procguard.core.snapshot import Snapshot
+from procguard.tui.model import Model, ProcExtra, make_model
+
+ProgressFn = Callable[[Progress], None]
+
+
+def _cluster() -> Any:
+    import procguard.core.cluster as cluster  # Ray is loaded only when this backend is used
+
+    return cluster
+
+
+class RayNodeBackend:
+    """Data and actions of one node of a Ray cluster. Thread-safe like LiveBackend."""
+
+    static = False
+    live = True
+
+    def __init__(self, address: str = "auto", node: str = "head", *, slow_interval: float = 5.0) -> None:
+        cluster = _cluster()
+        cluster.connect(address)
+        self.address = address
+        self.node_id: str = cluster.find_node(node, cluster.nodes()).node_id
+        self.slow_interval = slow_interval
+        self.locks_every_refresh = False
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._locks_at = -math.inf
+        self._locks_node = ""
+        self._locks: tuple[HeldLock, ...] = ()
+        self._stale: tuple[str, ...] = ()
+
+    def nodes(self) -> list[Any]:
+        """The live nodes (NodeInfo: node_id, ip, hostname, is_head), head first."""
+        return list(_cluster().nodes())
+
+    @property
+    def node(self) -> Any:
+        """The NodeInfo of the node shown (None if it left the cluster)."""
+        return next((n for n in self.nodes() if n.node_id == self.node_id), None)
+
+    # ------------------------------------------------------------------------------------------ data
+
+    def _call(self, fn: str, **kwargs: Any) -> Any:
+        return _cluster().node_call(None, self.node_id, fn, **kwargs)
+
+    def collect(self) -> Model:
+        cluster = _cluster()
+        with self._lock:
+            self._seq += 1
+            nid = self.node_id
+            errors: list[str] = []
+            (ns,) = cluster.cluster_snapshot(node_ids=[nid]) or [None]
+            if ns is None or ns.snapshot is None:
+                why = "the node left the cluster" if ns is None else ns.error
+                errors.append(f"node {nid[:8]}: {why}")
+                snap = Snapshot({})
+            else:
+                snap = ns.snapshot
+            try:
+                gpu = self._call("gpu")
+            except Exception as e:  # noqa: BLE001 - reported in the model, the rest still comes
+                gpu = GpuSnapshot(False, f"GPU query failed: {e}", (), (), time.time())
+            now = time.monotonic()
+            if self.locks_every_refresh or now - self._locks_at >= self.slow_interval or self._locks_node != nid:
+                self._locks_at, self._locks_node = now, nid
+                try:
+                    entries = self._call("locks")
+                    self._locks = tuple(e for e in entries if not e.stale)
+                    self._stale = tuple(e.path for e in entries if e.stale)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"locks: {e}")
+            groups: Sequence[DuplicateGroup] = ()
+            sched: Sequence[ScheduledInstance] = ()
+            try:
+                report = self._call("duplicates")
+                groups = _duplicates.enrich(report.groups, snap, gpu, held=self._locks)
+                filled = _duplicates.enrich([DuplicateGroup(s.identity, (s.instance,))
+                                             for s in report.scheduler_managed], snap, gpu, held=self._locks)
+                sched = [replace(s, instance=g.instances[0])
+                         for s, g in zip(report.scheduler_managed, filled, strict=True)]
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"duplicates: {e}")
+            return make_model(self._seq, snap, gpu, duplicates=groups, scheduled=sched, locks=self._locks,
+                              stale_locks=self._stale, errors=errors)
+
+    def proc_extra(self, pid: int) -> ProcExtra:
+        try:
+            cwd, env = self._call("proc_extra", pid=pid)
+        except Exception:  # noqa: BLE001 - the details pane shows what it has
+            return ProcExtra(None, None)
+        return ProcExtra(cwd, env)
+
+    # ------------------------------------------------------------------------------------------ actions
+
+    def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
+        return [nm.member for nm in _cluster().cluster_resolve(None, self.node_id, list(targets))]
+
+    def _act(self, action: str, targets: Sequence[Target], grace: float,
+             on_progress: ProgressFn | None = None) -> list[SignalResult]:
+        results = [r.result for r in _cluster().cluster_signal(None, self.node_id, action, list(targets), grace)]
+        if on_progress is not None:
+            on_progress(Progress("done", tuple(r.pid for r in results), 0.0))
+        return results
+
+    def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
+                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+        return self._act("term", targets, grace, on_progress)
+
+    def kill(self, targets: Sequence[Target], snapshot: Snapshot,
+             on_progress: ProgressFn | None = None) -> list[SignalResult]:
+        return self._act("kill", targets, 0.0, on_progress)
+
+    def pause(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
+        return self._act("pause", targets, 0.0)
+
+    def resume(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
+        return self._act("resume", targets, 0.0)
+
+    def flush(self, pid: int) -> str:
+        return str(self._call("flush", pid=pid, timeout=10.0))
+
+    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot) -> TerminateReport:
+        return self._call("terminate_duplicates", keep="oldest", script=identity, grace=grace, dry_run=True)
+
+    def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
+                       on_progress: ProgressFn | None = None) -> TerminateReport:
+        report = self._call("terminate_duplicates", keep="oldest", script=identity, grace=grace)
+        if on_progress is not None:
+            on_progress(Progress("done", (), 0.0))
+        return report
+
+    def clean_locks(self, paths: Sequence[str]) -> list[Any]:
+        removed = list(self._call("clean_stale_locks", paths=list(paths)))
+        with self._lock:
+            self._locks_at = -math.inf  # show the result at the next refresh
+        return removed
+
+
+__all__ = ["RayNodeBackend"]
