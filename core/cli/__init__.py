@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         if importlib.util.find_spec(modname) is None:
             continue  # a command group that has not landed yet
         importlib.import_module(modname).register(sub)
+    from procguard.core.cli.cluster import register_ray_flags  # --ray for dupes/locks/gpu (ray loaded lazily)
+
+    register_ray_flags(sub)
     return parser
 
 

@@ -6,6 +6,7 @@ import argparse
 import time
 
 from procguard.core.cli._args import human_bytes, print_json, user_arg
+from procguard.core.cli.cluster import add_node_option, add_ray_option
 from procguard.core.snapshot import Proc, Snapshotter
 from procguard.core.views import children, roots
 
@@ -15,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true", help="print a JSON array of process objects")
     p.add_argument("--tree", action="store_true", help="show parent/child structure")
     p.add_argument("--user", metavar="NAME", type=user_arg, help="only this user's processes")
+    add_ray_option(p)
+    add_node_option(p)
     p.set_defaults(func=run)
 
 
@@ -30,6 +33,14 @@ def proc_json(p: Proc) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", None):
+        from procguard.core.cli.cluster import ray_ps
+
+        return ray_ps(args)
+    if getattr(args, "node", None):
+        from procguard.core.cli import UsageError
+
+        raise UsageError("--node needs --ray ADDRESS")
     snapper = Snapshotter()
     snapper.take()
     time.sleep(0.1)  # a second look gives CPU% a meaning

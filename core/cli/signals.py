@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from procguard.core import signals
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import pid_arg, print_json, seconds_arg
+from procguard.core.cli._args import print_json, seconds_arg
+from procguard.core.cli.cluster import add_node_option, add_ray_option, check_local_targets, target_arg
 from procguard.core.signals import Outcome, SignalResult, Target
 from procguard.core.snapshot import Snapshot, process_snapshot
 
@@ -24,7 +25,8 @@ ACTIONS: dict[str, tuple[str, set[Outcome]]] = {
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for name, (help_, _ok) in ACTIONS.items():
         p = sub.add_parser(name, help=help_)
-        p.add_argument("targets", metavar="TARGET", nargs="+", type=pid_arg, help="a pid")
+        p.add_argument("targets", metavar="TARGET", nargs="+", type=target_arg,
+                       help="a pid; with --ray, NODE:PID (or a pid and --node NODE)")
         scope = p.add_mutually_exclusive_group()
         scope.add_argument("--group", action="store_true", help="act on the process group of each TARGET")
         scope.add_argument("--tree", action="store_true", help="act on each TARGET and all its descendants")
@@ -33,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            help="seconds between SIGTERM and SIGKILL (default 5)")
         p.add_argument("--dry-run", action="store_true", help="show what would be signalled, signal nothing")
         p.add_argument("--json", action="store_true", help="print JSON")
+        add_ray_option(p)
+        add_node_option(p)
         p.set_defaults(func=run, action=name)
 
 
@@ -66,6 +70,11 @@ def _act(action: str, targets: list[Target], snap: Snapshot, grace: float) -> li
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", None):
+        from procguard.core.cli.cluster import ray_signals
+
+        return ray_signals(args, ACTIONS[args.action][1])
+    check_local_targets(args)
     snap = process_snapshot()
     targets = build_targets(args.targets, args.group, args.tree, snap)
     if args.dry_run:

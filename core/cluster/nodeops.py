@@ -1,0 +1,211 @@
+"""What runs on one node, inside its agent: snapshots, actions with Ray's processes protected, and ending the
+process trees of a tracked task. Plain functions over this node's /proc; nothing here imports ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from procguard.core import procfs, signals
+from procguard.core.cluster.protect import plan_targets, ray_kinds
+from procguard.core.signals import Member, Outcome, SignalResult, Target
+from procguard.core.snapshot import Proc, Snapshot, Snapshotter, process_snapshot
+from procguard.core.views import children
+
+Action = Literal["term", "kill", "pause", "resume"]
+ACTIONS: tuple[str, ...] = ("term", "kill", "pause", "resume")
+Scope = Literal["pid", "group", "tree"]
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """A process a tracked task started (or left behind), as seen on its node."""
+
+    node_id: str
+    pid: int
+    pgid: int
+    create_time: float  # epoch seconds
+    start_ticks: int  # with pid, names the process on its node
+    kind: str = "popen"  # popen | leftover
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One tracked Ray task or actor task, as the registry keeps it."""
+
+    task_id: str
+    job_id: str
+    name: str
+    node_id: str
+    worker_pid: int
+    worker_start_ticks: int
+    started: float
+    state: str = "running"  # running | finished | cancelling
+    entries: tuple[TaskEntry, ...] = field(default=())
+
+
+# ------------------------------------------------------------------------------------------ snapshots
+
+_snapper = Snapshotter()
+_last_take = 0.0
+
+
+def take_snapshot(settle: float = 0.1) -> tuple[tuple[Proc, ...], float, dict[int, str]]:
+    """(procs, time, ray kinds) of this node. CPU% needs a previous look: taken `settle` s before if stale."""
+    global _last_take
+    if time.monotonic() - _last_take > 10.0:
+        _snapper.take()
+        time.sleep(settle)
+    snap = _snapper.take()
+    _last_take = time.monotonic()
+    return tuple(snap), snap.time, ray_kinds(snap)
+
+
+def rebuild_snapshot(procs: Sequence[Proc], when: float) -> Snapshot:
+    """A Snapshot from what take_snapshot() sent (MappingProxyType does not pickle, so procs travel bare)."""
+    return Snapshot(MappingProxyType({p.pid: p for p in procs}), when)
+
+
+# ------------------------------------------------------------------------------------------ actions
+
+
+def build_targets(pids: Sequence[int], scope: Scope, snap: Snapshot) -> list[Target]:
+    """The CLI's validation, on the node that owns the pids. ValueError names a pid that is not there."""
+    out: list[Target] = []
+    for pid in pids:
+        proc = snap.get(pid)
+        if scope == "group":
+            if proc is not None:
+                out.append(Target.group(proc.pgid))
+            elif pid in snap.group_map:
+                out.append(Target.group(pid))
+            else:
+                raise ValueError(f"no process or process group with id {pid}")
+            continue
+        if proc is None:
+            raise ValueError(f"no process with pid {pid}")
+        out.append(Target.tree(pid) if scope == "tree" else Target.pid(pid))
+    return out
+
+
+def _refused(m: Member) -> SignalResult:
+    return SignalResult(m.pid, Outcome.REFUSED, 0.0, m.protected, m.name, m.cmdline, m.username)
+
+
+def resolve(targets: Sequence[Target], snap: Snapshot | None = None) -> list[Member]:
+    """The dry run on this node, Ray's processes marked protected unless named alone by pid."""
+    snap = snap if snap is not None else process_snapshot()
+    allowed, refused = plan_targets(targets, snap)
+    members = signals.resolve(allowed, snap) if allowed else []
+    seen = {m.pid for m in members}
+    return members + [m for m in refused if m.pid not in seen]
+
+
+def act(action: str, targets: Sequence[Target], grace: float = 5.0,
+        snap: Snapshot | None = None) -> list[SignalResult]:
+    """term/kill/pause/resume with the core's pinning and escalation; Ray's processes refused if swept up."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}")
+    snap = snap if snap is not None else process_snapshot()
+    allowed, refused = plan_targets(targets, snap)
+    results: list[SignalResult] = []
+    if allowed:
+        if action == "term":
+            results = signals.terminate(allowed, grace, snapshot=snap)
+        elif action == "kill":
+            results = signals.kill(allowed, snapshot=snap)
+        elif action == "pause":
+            results = signals.pause(allowed, snapshot=snap)
+        else:
+            results = signals.resume(allowed, snapshot=snap)
+    done = {r.pid for r in results}
+    return results + [_refused(m) for m in refused if m.pid not in done]
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+
+def entry_for(node_id: str, pid: int, kind: str = "popen") -> TaskEntry | None:
+    """The registry entry for a live process of this node (None if it is gone already)."""
+    st = procfs.read_stat(pid)
+    if st is None or st.state in ("Z", "X"):
+        return None
+    return TaskEntry(node_id, pid, st.pgid, procfs.create_time(st.start_ticks), st.start_ticks, kind)
+
+
+def _same(snap: Snapshot, pid: int, start_ticks: int) -> bool:
+    p = snap.get(pid)
+    return p is not None and p.start_ticks == start_ticks
+
+
+def task_targets(entries: Sequence[TaskEntry], snap: Snapshot, worker_pid: int = 0,
+                 worker_start_ticks: int = 0, exclude_pgids: Sequence[int] = ()) -> list[Target]:
+    """What ending a task's processes means on this node.
+
+    - each recorded process still alive (same start time): its tree;
+    - each recorded process that led its own group: that group, while it has members (orphans of a
+      leader that exited stay in it; a pgid can't be reused while its group exists);
+    - with the worker given (the task is still running there): the tree of each child of the worker, which
+      covers os.system, multiprocessing and shells the Popen hook can't see.
+    Ray's processes are cut out later by plan_targets.
+    """
+    out: list[Target] = []
+    for e in entries:
+        if _same(snap, e.pid, e.start_ticks):
+            out.append(Target.tree(e.pid))
+        if e.pgid == e.pid and e.pgid not in exclude_pgids and e.pgid in snap.group_map:
+            leader = snap.get(e.pgid)
+            if leader is None or leader.start_ticks == e.start_ticks:
+                out.append(Target.group(e.pgid))
+    if worker_pid and _same(snap, worker_pid, worker_start_ticks):
+        out.extend(Target.tree(c.pid) for c in children(snap, worker_pid))
+    return out
+
+
+def end_task(entries: Sequence[TaskEntry], worker_pid: int = 0, worker_start_ticks: int = 0,
+             grace: float = 5.0, force: bool = False) -> list[SignalResult]:
+    """Terminate (force: kill at once) every process tree of a task on this node."""
+    snap = process_snapshot()
+    worker = snap.get(worker_pid) if worker_pid else None
+    exclude = [worker.pgid] if worker is not None and worker.start_ticks == worker_start_ticks else []
+    targets = task_targets(entries, snap, worker_pid, worker_start_ticks, exclude)
+    if not targets:
+        return []
+    return act("kill" if force else "term", targets, grace, snap)
+
+
+def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry]) -> list[TaskEntry]:
+    """At the end of a task: what it leaves running on this node (so a later cancel can still end it).
+
+    Recorded processes still alive or whose own group still has members, and every descendant of the
+    worker (which no later task may claim: they are this task's), Ray's own processes left out.
+    """
+    snap = process_snapshot()
+    kinds = ray_kinds(snap)
+    out: list[TaskEntry] = []
+    for e in recorded:
+        if _same(snap, e.pid, e.start_ticks) or (e.pgid == e.pid and e.pgid in snap.group_map):
+            out.append(e)
+    known = {e.pid for e in out}
+    stack = [c.pid for c in children(snap, worker_pid)]
+    seen: set[int] = set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        p = snap.get(pid)
+        if p is None or p.pid in kinds or p.state in ("Z", "X"):
+            continue
+        if pid not in known:
+            out.append(TaskEntry(node_id, pid, p.pgid, p.create_time, p.start_ticks, "leftover"))
+        stack.extend(c.pid for c in children(snap, pid))
+    return out
+
+
+__all__ = ["ACTIONS", "TaskEntry", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers",
+           "rebuild_snapshot", "resolve", "take_snapshot", "task_targets"]

@@ -1,0 +1,754 @@
+"""Ray cluster mode on a simulated cluster on this machine: a head node and a worker node (ray.cluster_utils),
+plus a third node started in its own PID namespace (`unshare --pid --fork --mount-proc`), where a pid means
+another process than on the host: an action routed to the wrong node could not hit the right process.
+
+Safety: tasks only start `sleep`s and small Python children; every pid a test learns is pinned with a pidfd
+at once and SIGKILLed in a finalizer; the cluster is shut down, the namespace node killed, and the temp folder
+(RAY_TMPDIR: sessions, sockets, token) removed; anything still running from that folder is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ray import cloudpickle  # noqa: E402
+from ray._private.authentication_test_utils import reset_auth_token_state  # noqa: E402
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from procguard.core import procfs  # noqa: E402
+from procguard.core.cli import main as cli_main  # noqa: E402
+from procguard.core.cluster import (  # noqa: E402
+    TaskRecord,
+    cancel,
+    cluster_resolve,
+    cluster_signal,
+    cluster_signal_many,
+    cluster_snapshot,
+    find_node,
+    nodes,
+    ray_process_kind,
+    tracked,
+    tracked_tasks,
+)
+from procguard.core.cluster.nodeops import rebuild_snapshot  # noqa: E402
+from procguard.core.cluster.protect import plan_targets  # noqa: E402
+from procguard.core.signals import Outcome, Target  # noqa: E402
+from procguard.core.snapshot import Proc  # noqa: E402
+from tests.conftest import ProcStarter, is_gone, proc_state, wait_for  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+OBJECT_STORE = 80 * 1024 * 1024
+
+# The namespace node: pid 1 of its own PID namespace. When it exits the kernel kills the whole namespace.
+NS_NODE = """\
+import signal, sys
+from ray._private.node import Node
+from ray._private.parameter import RayParams
+
+params = RayParams(gcs_address=sys.argv[1], num_cpus=1, num_gpus=0, object_store_memory=int(sys.argv[2]),
+                   min_worker_port=0, max_worker_port=0, node_manager_port=0, include_log_monitor=False,
+                   resources={"pg_ns": 1}, dashboard_agent_listen_port=None,
+                   # Its own socket names: the default ones are picked by "first free name" in the session
+                   # folder, a race with the worker node starting at the same time.
+                   raylet_socket_name=sys.argv[3] + "/ns_raylet", plasma_store_socket_name=sys.argv[3] + "/ns_plasma")
+node = Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False)
+print("ready", node.node_id, flush=True)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+try:
+    sys.stdin.read()
+finally:
+    node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+"""
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+# Pickled by value (the module is registered with cloudpickle below): they may use only stdlib and procguard.
+
+CHILD = """\
+import os, subprocess, sys, time
+g = subprocess.Popen(["sleep", sys.argv[2]], start_new_session=True)
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {g.pid}")
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(300)
+"""
+
+
+@ray.remote(max_retries=0)
+@tracked(grace=1.0)
+def tree_task(pidfile: str, shellfile: str) -> str:
+    """A recorded child whose own child runs in its own session, and a shell from os.system in another thread
+    (no Popen: found at cancel time as a descendant of the worker)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    threading.Thread(target=os.system, args=(f"echo $$ > {shellfile}.tmp && mv {shellfile}.tmp {shellfile} "
+                                             f"&& exec sleep 301",), daemon=True).start()
+    child = subprocess.Popen([sys.executable, "-c", CHILD, pidfile, "302"])
+    child.wait()
+    return "finished"
+
+
+@ray.remote(max_retries=0)
+@tracked(grace=1.0)
+def sleeper_task(pidfile: str, seconds: str) -> int:
+    """One recorded `sleep` child; reports (worker pid, child pid) as this node sees them."""
+    import os
+    import subprocess
+
+    p = subprocess.Popen(["sleep", seconds])
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {p.pid}")
+    os.rename(pidfile + ".tmp", pidfile)
+    return p.wait()
+
+
+@ray.remote(max_retries=0)
+@tracked(grace=1.0)
+def leaver_task(seconds: str) -> int:
+    """Returns at once, leaving a recorded `sleep` running in its own session."""
+    import subprocess
+
+    return subprocess.Popen(["sleep", seconds], start_new_session=True).pid
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@dataclass
+class RayCluster:
+    address: str
+    tmp: Path
+    head: str  # node ids
+    worker: str
+    ns: str | None  # the PID-namespace node (None where unshare is not allowed)
+    ns_init: int | None  # host pid of the namespace's pid 1
+
+
+def _ours(marker: str) -> list[int]:
+    """Live processes whose command line names our temp folder (the Ray processes of this test cluster: their
+    session, socket and log paths all lie under it). The folder is a fresh mkdtemp: nobody else's."""
+    me = os.getpid()
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if marker.encode() in cmd and not is_gone(int(entry)):
+            out.append(int(entry))
+    return out
+
+
+def _kill_leftovers(marker: str) -> list[int]:
+    """SIGKILL what is left of our test cluster; returns the pids that were still running."""
+    left = _ours(marker)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def _start_ns_node(address: str, tmp: Path) -> subprocess.Popen[bytes] | None:
+    if shutil.which("unshare") is None:
+        return None
+    script = tmp / "pg_ns_node.py"
+    script.write_text(NS_NODE)
+    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script), address,
+                             str(OBJECT_STORE), str(tmp)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=open(tmp / "ns_node.err", "wb"), start_new_session=True)
+
+
+def _read_line(fd: int, timeout: float) -> bytes:
+    """The first line on fd, or what came before EOF or the timeout (a node that never starts is skipped)."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while b"\n" not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.partition(b"\n")[0]
+
+
+def _ns_init_pid(unshare_pid: int) -> int | None:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            if int(data[data.rindex(b")") + 2:].split()[1]) == unshare_pid:
+                return int(entry)
+    return None
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayCluster]:
+    home_token = Path.home() / ".ray" / "auth_token"
+    had_home_token = home_token.exists()
+    tmp = Path(tempfile.mkdtemp(prefix="pgray-"))  # short: Ray's socket paths live under it
+    (tmp / "token").write_text("procguard-test-token-" + os.urandom(8).hex())
+    env = {"RAY_TMPDIR": str(tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(tmp / "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items():
+        mp.setenv(k, v)
+    # Read once when ray was imported: stay on 127.0.0.1, not the machine's eth0 address.
+    mp.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
+    reset_auth_token_state()  # this process read RAY_AUTH_MODE when ray was imported: read it again
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cluster = None
+    ns_proc = None
+    try:
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False,
+            "resources": {"pg_head": 1}})
+        ns_proc = _start_ns_node(cluster.address, tmp)  # starts while the worker node starts
+        cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE, resources={"pg_w1": 1})
+        ns_id = ns_init = None
+        if ns_proc is not None:
+            assert ns_proc.stdout is not None
+            line = _read_line(ns_proc.stdout.fileno(), timeout=90).split()
+            if line[:1] == [b"ready"]:
+                ns_id = line[1].decode()
+                ns_init = _ns_init_pid(ns_proc.pid)
+        ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
+        want = 3 if ns_id else 2
+        wait_for(lambda: len(nodes()) == want, timeout=60, interval=0.1)
+        by_res = {next(k for k in ("pg_head", "pg_w1", "pg_ns") if k in n["Resources"]): n["NodeID"]
+                  for n in ray.nodes() if n["Alive"]}
+        yield RayCluster(cluster.address, tmp, by_res["pg_head"], by_res["pg_w1"], ns_id, ns_init)
+    finally:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if ns_proc is not None:
+            with contextlib.suppress(OSError):
+                ns_proc.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                ns_proc.wait(timeout=15)
+            with contextlib.suppress(OSError):
+                os.killpg(ns_proc.pid, signal.SIGKILL)  # the namespace's pid 1 too: the kernel ends the rest
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                ns_proc.wait(timeout=5)
+            if ns_proc.stdout is not None:
+                ns_proc.stdout.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        mp.undo()
+        with contextlib.suppress(Exception):
+            reset_auth_token_state()
+        try:
+            # Whatever the shutdown left (nothing, normally) is SIGKILLed until none is running.
+            wait_for(lambda: not _kill_leftovers(str(tmp)), timeout=30, interval=0.1)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    assert had_home_token or not home_token.exists(), "the tests wrote ~/.ray/auth_token"
+
+
+class Pinned:
+    """Pids learnt from inside tasks, pinned with pidfds at once and SIGKILLed at teardown (no pid reuse)."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def add(self, host_pid: int) -> int:
+        with contextlib.suppress(OSError):
+            self.fds.append(os.pidfd_open(host_pid))
+        return host_pid
+
+    def cleanup(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            os.close(fd)
+
+
+@pytest.fixture
+def pinned() -> Iterator[Pinned]:
+    p = Pinned()
+    try:
+        yield p
+    finally:
+        p.cleanup()
+
+
+def _read_pids(path: Path, timeout: float = 120) -> list[int]:
+    text = wait_for(lambda: path.exists() and path.read_text().strip(), timeout=timeout, interval=0.02)
+    return [int(x) for x in str(text).split()]
+
+
+def host_pid(rc: RayCluster, node_id: str, pid: int) -> int:
+    """The host pid of `pid` as node_id sees it (the same number except on the namespace node)."""
+    if node_id != rc.ns:
+        return pid
+    assert rc.ns_init is not None
+    ns = os.readlink(f"/proc/{rc.ns_init}/ns/pid")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{entry}/ns/pid") != ns:
+                continue
+            with open(f"/proc/{entry}/status") as f:
+                nspid = next(ln for ln in f if ln.startswith("NSpid:")).split()[1:]
+        except (OSError, StopIteration):
+            continue
+        if int(nspid[-1]) == pid:
+            return int(entry)
+    raise AssertionError(f"pid {pid} not found in the namespace node")
+
+
+def _record(task_ref: Any, timeout: float = 60) -> TaskRecord:
+    tid = task_ref.task_id().hex()
+    return wait_for(lambda: next((r for r in tracked_tasks() if r.task_id == tid and r.entries), None),
+                    timeout=timeout, interval=0.05)  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------- unit
+
+
+def test_ray_processes_are_told_apart_by_command_line() -> None:
+    site = "/v/lib/python3.11/site-packages/ray"
+    assert ray_process_kind([f"{site}/core/src/ray/raylet/raylet", "--node_id=x"]) == "raylet"
+    assert ray_process_kind([f"{site}/core/src/ray/gcs/gcs_server", "--log_dir=x"]) == "gcs_server"
+    assert ray_process_kind(["ray::IDLE"]) == "worker (ray::IDLE)"
+    assert ray_process_kind(["ray::train_step"]) == "worker (ray::train_step)"
+    assert ray_process_kind(["/v/bin/python", f"{site}/_private/workers/default_worker.py", "--x"]) == "worker"
+    assert ray_process_kind(["/v/bin/python", "-u", f"{site}/_private/log_monitor.py"]) == "log_monitor"
+    assert ray_process_kind(["/v/bin/python", f"{site}/dashboard/dashboard.py"]) == "dashboard"
+    assert ray_process_kind(["/v/bin/python", "-u", f"{site}/dashboard/agent.py"]) == "dashboard agent"
+    assert ray_process_kind(["/v/bin/python", "-u", f"{site}/autoscaler/_private/monitor.py"]) == \
+        "autoscaler monitor"
+    assert ray_process_kind(["/v/bin/python3", "/v/bin/ray", "start", "--head"]) == "ray start"
+    # A user's own script that happens to share a name is not Ray's.
+    assert ray_process_kind(["python", "monitor.py"]) is None
+    assert ray_process_kind(["/home/u/raylet"]) is None
+    assert ray_process_kind(["python", "train.py", "ray::IDLE"]) is None
+    assert ray_process_kind([]) is None
+
+
+def _proc(pid: int, ppid: int, pgid: int, cmd: tuple[str, ...]) -> Proc:
+    return Proc(pid, ppid, pgid, pgid, "S", cmd[0][-15:], cmd, 0.0, 0, 0, "root", 0.0, 1, 0, False, 100 + pid,
+                None)
+
+
+def test_plan_cuts_ray_processes_out_of_groups_and_trees() -> None:
+    raylet = "/v/site-packages/ray/core/src/ray/raylet/raylet"
+    snap = rebuild_snapshot([
+        _proc(100, 1, 100, (raylet,)),
+        _proc(200, 100, 200, ("ray::task",)),
+        _proc(300, 200, 200, ("python", "child.py")),
+        _proc(301, 300, 301, ("sleep", "9")),
+        _proc(400, 100, 400, ("ray::IDLE",)),
+    ], time.time())
+    allowed, refused = plan_targets([Target.tree(100)], snap)
+    assert {m.pid for m in refused} == {100, 200, 400}
+    assert all("Ray's" in (m.protected or "") for m in refused)
+    assert allowed == [Target.tree(300)]  # the user's subtree, whole
+    allowed, refused = plan_targets([Target.group(200)], snap)
+    assert allowed == [Target.pid(300)] and [m.pid for m in refused] == [200]
+    # Named alone by pid: explicitly targeted, so allowed.
+    allowed, refused = plan_targets([Target.pid(100)], snap)
+    assert allowed == [Target.pid(100)] and refused == []
+    # No Ray process covered: targets pass unchanged (the core keeps its rescans and killpg).
+    assert plan_targets([Target.group(301), Target.tree(300)], snap) == ([Target.group(301), Target.tree(300)], [])
+
+
+def test_find_node_by_prefix_head_or_ip() -> None:
+    from procguard.core.cluster import NodeInfo
+
+    ns = [NodeInfo("abcd1234" + "0" * 48, "10.0.0.1", "h1", True), NodeInfo("abce5678" + "0" * 48, "10.0.0.2",
+                                                                           "h2", False)]
+    assert find_node("head", ns) is ns[0]
+    assert find_node("abce", ns) is ns[1]
+    assert find_node("10.0.0.2", ns) is ns[1]
+    with pytest.raises(ValueError, match="matches 2 nodes"):
+        find_node("abcd", ns + [NodeInfo("abcd9" + "1" * 51, "x", "y", False)])
+    with pytest.raises(ValueError, match="no node 'zzzz'"):
+        find_node("zzzz", ns)
+
+
+def test_core_and_plain_cli_never_load_ray() -> None:
+    code = ("import sys, io, contextlib, procguard.core; from procguard.core.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    rc = [main(a) for a in (['ps', '--json'], ['locks', '--json'], ['gpu', '--json'])]\n"
+            "print(rc, 'ray' in sys.modules); sys.exit(any(rc) or 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_import_without_ray_names_the_extra() -> None:
+    code = "import sys; sys.modules['ray'] = None; import procguard.core.cluster"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0 and "procguard[ray]" in out.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["term", "abcd:12"], "names a node: that needs --ray"),
+    (["kill", "--node", "head", "12"], "--node needs --ray"),
+    (["ps", "--node", "head"], "--node needs --ray"),
+    (["pause", "--ray", "127.0.0.1:1", "12"], "pid 12 needs a node with --ray"),
+    (["term", ":12"], "needs a node before the colon"),
+    (["term", "head:x"], "invalid pid 'x'"),
+])
+def test_cli_node_target_errors(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------------------------- cluster
+
+
+@pytest.mark.parametrize("where", ["worker", "ns"])
+def test_cancel_ends_grandchildren_on_the_owning_node(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path,
+                                                      where: str) -> None:
+    rc = ray_cluster
+    if where == "ns" and rc.ns is None:
+        pytest.skip("no PID-namespace node (unshare not allowed here)")
+    node = rc.worker if where == "worker" else rc.ns
+    assert node is not None
+    res = "pg_w1" if where == "worker" else "pg_ns"
+    pidfile, shellfile = tmp_path / "pids", tmp_path / "shell"
+    ref = tree_task.options(num_cpus=0, resources={res: 0.01}).remote(str(pidfile), str(shellfile))
+    child, grandchild = _read_pids(pidfile)
+    (shell,) = _read_pids(shellfile)
+    on_host = {p: pinned.add(host_pid(rc, node, p)) for p in (child, grandchild, shell)}
+    assert os.getsid(on_host[grandchild]) == on_host[grandchild]  # its own session: no group/tree link upward
+    rec = _record(ref)
+    assert rec.node_id == node
+    entry = next(e for e in rec.entries if e.pid == child)
+    st = procfs.read_stat(on_host[child])
+    assert st is not None and entry.node_id == node
+    assert host_pid(rc, node, entry.pgid) == st.pgid  # pids and pgids as the owning node sees them
+    assert (entry.start_ticks, entry.create_time) == (st.start_ticks, procfs.create_time(st.start_ticks))
+
+    report = cancel(ref, grace=1.0)
+
+    assert report.state == "cancelled" and report.node_id == node
+    by_pid = {r.pid: r for r in report.results}
+    assert {child, grandchild, shell} <= set(by_pid), report
+    for p in (child, grandchild, shell):
+        assert by_pid[p].node_id == rec.node_id  # the agent that acted reported the registry's node
+        assert by_pid[p].result.outcome in (Outcome.EXITED, Outcome.KILLED)
+        assert is_gone(on_host[p])
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=60)
+    assert not any(r.task_id == rec.task_id for r in tracked_tasks())
+
+
+def test_cancel_after_the_task_returned_ends_what_it_left(ray_cluster: RayCluster, pinned: Pinned) -> None:
+    rc = ray_cluster
+    ref = leaver_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote("309.5")
+    left = pinned.add(ray.get(ref, timeout=120))
+    rec = next(r for r in tracked_tasks() if r.task_id == ref.task_id().hex())
+    assert rec.state == "finished" and [(e.node_id, e.pid) for e in rec.entries] == [(rc.worker, left)]
+    assert proc_state(left) in ("S", "R")
+
+    report = cancel(ref, grace=1.0)
+
+    assert report.state == "finished" and report.node_id == rc.worker
+    assert [(r.node_id, r.pid, r.result.outcome) for r in report.results] == [(rc.worker, left, Outcome.EXITED)]
+    assert is_gone(left)
+    assert not any(r.task_id == rec.task_id for r in tracked_tasks())
+
+
+def test_routing_into_a_pid_namespace_node(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path) -> None:
+    """On the namespace node the task's pids are namespace pids: only that node's agent can reach them."""
+    rc = ray_cluster
+    if rc.ns is None:
+        pytest.skip("no PID-namespace node (unshare not allowed here)")
+    pidfile = tmp_path / "pids"
+    ref = sleeper_task.options(num_cpus=0, resources={"pg_ns": 0.01}).remote(str(pidfile), "303.25")
+    worker, child = _read_pids(pidfile)
+    child_host = pinned.add(host_pid(rc, rc.ns, child))
+    assert child_host != child  # the same process has another pid on the host
+    rec = _record(ref)
+    assert rec.node_id == rc.ns and any(e.pid == child for e in rec.entries)
+
+    # The namespace node's agent sees its own /proc: pid 1 there is the namespace's launcher.
+    (ns_snap,) = cluster_snapshot(node_ids=[rc.ns])
+    assert ns_snap.snapshot is not None and "pg_ns_node.py" in " ".join(ns_snap.snapshot[1].cmdline)
+    assert ns_snap.snapshot[child].cmdline == ("sleep", "303.25")
+    # The same pid number on the head node is some other process, or none (a dry run: nothing is signalled).
+    head_view = cluster_resolve(None, rc.head, [Target.pid(child)])
+    assert not any(nm.member.cmdline == ("sleep", "303.25") for nm in head_view)
+
+    results = cluster_signal(None, rc.ns, "kill", Target.pid(child))
+
+    assert [(r.node_id, r.pid, r.result.outcome) for r in results] == [(rc.ns, child, Outcome.KILLED)]
+    assert is_gone(child_host)
+    assert ray.get(ref, timeout=60) == -signal.SIGKILL  # the task saw its child die
+
+
+def test_pause_and_resume_across_nodes(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path) -> None:
+    rc = ray_cluster
+    where = [("pg_head", rc.head), ("pg_w1", rc.worker)] + ([("pg_ns", rc.ns)] if rc.ns else [])
+    refs = {}
+    for res, node in where:
+        refs[node] = sleeper_task.options(num_cpus=0, resources={res: 0.01}).remote(
+            str(tmp_path / res), "304.5")
+    kids: dict[str, tuple[int, int]] = {}  # node -> (pid there, host pid)
+    for res, node in where:
+        _w, child = _read_pids(tmp_path / res)
+        kids[node] = (child, pinned.add(host_pid(rc, node, child)))  # type: ignore[arg-type]
+    recs = {node: _record(ref) for node, ref in refs.items()}
+    assert all(recs[n].node_id == n for n in recs)
+    try:
+        paused = cluster_signal_many(None, "pause", {n: [Target.pid(p)] for n, (p, _h) in kids.items()})
+        assert sorted((r.node_id, r.pid, r.result.outcome) for r in paused) == sorted(
+            (recs[n].node_id, p, Outcome.PAUSED) for n, (p, _h) in kids.items())
+        assert all(proc_state(h) == "T" for _p, h in kids.values())
+
+        resumed = cluster_signal_many(None, "resume", {n: [Target.pid(p)] for n, (p, _h) in kids.items()})
+        assert sorted((r.node_id, r.pid, r.result.outcome) for r in resumed) == sorted(
+            (recs[n].node_id, p, Outcome.RESUMED) for n, (p, _h) in kids.items())
+        assert all(proc_state(h) not in ("T", None) for _p, h in kids.values())
+    finally:
+        for ref in refs.values():
+            cancel(ref, grace=0.5)
+
+
+def test_same_protections_on_every_node(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path) -> None:
+    rc = ray_cluster
+    all_nodes = [n.node_id for n in nodes()]
+    # pid 1 (the host's init, or the namespace's launcher) is refused everywhere, before any signal.
+    refused = cluster_signal_many(None, "pause", {n: [Target.pid(1)] for n in all_nodes})
+    assert sorted(r.node_id for r in refused) == sorted(all_nodes)
+    assert all(r.result.outcome == Outcome.REFUSED and "pid 1" in (r.result.reason or "") for r in refused)
+
+    # A tree that holds Ray's processes: they are refused unless named alone (dry run: nothing signalled).
+    (head_snap,) = cluster_snapshot(node_ids=[rc.head])
+    raylet = next(pid for pid, kind in head_snap.ray_kinds.items() if kind == "raylet")
+    members = cluster_resolve(None, rc.head, [Target.tree(raylet)])
+    assert members and all(nm.node_id == rc.head for nm in members)
+    ray_members = [nm.member for nm in members if nm.member.pid in head_snap.ray_kinds]
+    assert any(m.pid == raylet for m in ray_members)
+    # All protected: the agent's own worker and its ancestors (the raylet) by the core, the rest as Ray's.
+    assert all(m.protected for m in ray_members)
+    assert any("Ray's" in (m.protected or "") for m in ray_members)
+    # Named alone by pid, a Ray process may be acted on (the GCS here: not in the agent's own lineage, which
+    # the core protects on every node as it protects procguard's).
+    gcs = next(pid for pid, kind in head_snap.ray_kinds.items() if kind == "gcs_server")
+    swept = cluster_resolve(None, rc.head, [Target.group(head_snap.snapshot[gcs].pgid)])  # type: ignore[index]
+    assert any(nm.member.pid == gcs and "Ray's gcs_server" in (nm.member.protected or "") for nm in swept)
+    alone = cluster_resolve(None, rc.head, [Target.pid(gcs)])
+    assert [(nm.member.pid, nm.member.protected) for nm in alone] == [(gcs, None)]
+
+    # A real action on a task worker's tree: the worker (Ray's) is refused, its child ends.
+    pidfile = tmp_path / "pids"
+    ref = sleeper_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(pidfile), "305.75")
+    worker, child = _read_pids(pidfile)
+    pinned.add(child)
+    results = {r.pid: r for r in cluster_signal(None, rc.worker, "term", Target.tree(worker), grace=1.0)}
+    assert results[worker].result.outcome == Outcome.REFUSED and "Ray's worker" in (results[worker].result.reason
+                                                                                   or "")
+    assert results[child].result.outcome == Outcome.EXITED and is_gone(child)
+    assert proc_state(worker) not in (None, "Z", "T")
+    assert ray.get(ref, timeout=60) == -signal.SIGTERM
+
+
+DRIVER = """\
+import logging, sys
+import ray
+from procguard.core.cluster import cleanup_on_sigterm, tracked
+
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+
+
+@ray.remote(num_cpus=0, resources={"pg_w1": 0.01})
+@tracked(grace=1.0)
+def job(pidfile, code):
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", code, pidfile, "306.5"])
+    return child.wait()
+
+
+logging.basicConfig(level=logging.WARNING)
+logging.getLogger("procguard").setLevel(logging.INFO)
+cleanup_on_sigterm(grace=1.0)
+ref = job.remote(sys.argv[2], sys.argv[3])
+print("submitted", flush=True)
+ray.get(ref)
+"""
+
+
+def test_driver_sigterm_ends_every_tracked_tree(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path) -> None:
+    """What `ray job stop` does to a driver: SIGTERM. The task's child and its own-session child end."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    pidfile = tmp_path / "pids"
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        drv = subprocess.Popen([sys.executable, str(script), ray_cluster.address, str(pidfile), CHILD],
+                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-3000:]
+
+    try:
+        wait_for(lambda: pidfile.exists() or drv.poll() is not None, timeout=90, interval=0.05)
+        assert drv.poll() is None, tail()
+        child, grandchild = _read_pids(pidfile)
+        pinned.add(child)
+        pinned.add(grandchild)
+        _record_of_job = wait_for(lambda: any(e.pid == child for r in tracked_tasks() for e in r.entries),
+                                  timeout=60, interval=0.05)
+        drv.send_signal(signal.SIGTERM)
+        rc = drv.wait(timeout=90)
+        # It exited by itself, through Ray's own SIGTERM handler (which ray.get turns into exit status 1).
+        assert rc > 0, tail()
+        assert "procguard: SIGTERM: ended" in tail()
+        assert is_gone(child) and is_gone(grandchild)  # the grandchild is in its own session
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+            drv.wait(timeout=10)
+
+
+def test_cli_ps_and_term_with_ray(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    rc = ray_cluster
+    pidfile = tmp_path / "pids"
+    ref = sleeper_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(pidfile), "307.25")
+    _worker, child = _read_pids(pidfile)
+    pinned.add(child)
+
+    assert cli_main(["ps", "--ray", rc.address, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    mine = [r for r in rows if r["pid"] == child and r["cmdline"] == ["sleep", "307.25"]]
+    # The head and worker nodes share this machine's /proc, so both list it; the namespace node does not.
+    assert rc.worker in {r["node"] for r in mine} and rc.ns not in {r["node"] for r in mine}
+    assert all(r["ray"] is None for r in mine)
+    assert {r["node"] for r in rows} == {n.node_id for n in nodes()}
+    assert any(r["ray"] == "raylet" for r in rows)
+
+    prefix = rc.worker[:12]
+    assert cli_main(["term", "--ray", rc.address, f"{prefix}:{child}", "--dry-run", "--json"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert [(t["node"], t["pid"]) for t in dry["targets"]] == [(rc.worker, child)]
+    assert proc_state(child) in ("S", "R")
+
+    assert cli_main(["term", "--ray", rc.address, "--node", prefix, str(child), "--grace", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["node"], r["pid"], r["outcome"]) for r in out["results"]] == [(rc.worker, child, "exited")]
+    assert is_gone(child)
+    ray.get(ref, timeout=60)
+
+    assert cli_main(["kill", "--ray", rc.address, f"{prefix}:999999999"]) == 2
+    assert "no process with pid 999999999 on node" in capsys.readouterr().err
+
+
+def test_cli_ps_ray_connects_from_a_fresh_process(ray_cluster: RayCluster) -> None:
+    out = subprocess.run([sys.executable, "-m", "procguard.core.cli", "ps", "--ray", ray_cluster.address,
+                          "--node", "head"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:2] == ["NODE", "PID"]
+    assert all(ln.startswith(ray_cluster.head[:8]) for ln in lines[1:]), [
+        ln for ln in lines[1:] if not ln.startswith(ray_cluster.head[:8])]
+    assert "[ray: raylet]" in out.stdout
+
+
+def test_cli_dupes_locks_gpu_with_ray(ray_cluster: RayCluster, procs: ProcStarter, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Each node's own report, with its node id. The head and worker nodes share this machine's /proc, so
+    both report what runs here; the namespace node sees none of it."""
+    rc = ray_cluster
+    script = tmp_path / "dup_job.py"
+    script.write_text("import sys, time\nprint('ready', flush=True)\ntime.sleep(300)\n")
+    runs = [procs.popen([sys.executable, str(script), str(i)], stdout=subprocess.PIPE, start_new_session=True)
+            for i in range(2)]
+    for p in runs:
+        procs.wait_ready(p)
+    locker = procs.python("""
+        import fcntl, sys, time
+        f = open(sys.argv[1], "w")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        print("ready", flush=True)
+        time.sleep(300)
+    """, str(tmp_path / "held.lock"), name="locker")
+    shared = {rc.head, rc.worker}
+
+    assert cli_main(["dupes", "--ray", rc.address, "--script", str(script), "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert {g["node"] for g in groups} == shared
+    assert all(sorted(i["pid"] for i in g["instances"]) == sorted(p.pid for p in runs) for g in groups)
+
+    assert cli_main(["locks", "--ray", rc.address, "--dir", str(tmp_path), "--json"]) == 0
+    locks = json.loads(capsys.readouterr().out)
+    assert {(lk["node"], lk["pid"]) for lk in locks} == {(n, locker.pid) for n in shared}
+
+    assert cli_main(["locks", "--ray", rc.address, "--dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:2] == ["NODE", "PID"]
+    assert sorted(ln.split()[0] for ln in table[1:]) == sorted(n[:8] for n in shared)
+
+    # gpu: one entry per node (no GPU on this machine: each says why, as `procguard gpu` does).
+    rc_gpu = cli_main(["gpu", "--ray", rc.address, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc_gpu == 0 and sorted(n["node"] for n in report["nodes"]) == sorted(n.node_id for n in nodes())
+    assert all(n["error"] is None and "available" in n for n in report["nodes"])
+
+
+def test_tui_ray_backend_shows_and_acts_on_one_node(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path) -> None:
+    """The app's backend for a cluster: the namespace node's own processes (its pids), actions routed there."""
+    pytest.importorskip("procguard.tui.model")
+    from procguard.tui.actions import make_plan, run_plan
+    from procguard.tui.ray_backend import RayNodeBackend
+
+    rc = ray_cluster
+    node = rc.ns or rc.worker
+    res = "pg_ns" if rc.ns else "pg_w1"
+    pidfile = tmp_path / "pids"
+    ref = sleeper_task.options(num_cpus=0, resources={res: 0.01}).remote(str(pidfile), "308.5")
+    _worker, child = _read_pids(pidfile)
+    child_host = pinned.add(host_pid(rc, node, child))
+
+    backend = RayNodeBackend(rc.address, node=node[:12])
+    assert backend.node_id == node and {n.node_id for n in backend.nodes()} == {n.node_id for n in nodes()}
+    model = backend.collect()
+    assert not model.errors, model.errors
+    assert model.snapshot[child].cmdline == ("sleep", "308.5")
+    assert backend.proc_extra(child).cwd is not None
+    assert "guarded" in backend.flush(child)  # not a guarded process: the node's answer says so
+
+    plan = make_plan(backend, "pause", [Target.pid(child)], model, grace=1.0)
+    assert [m.pid for m in plan.blast.acting] == [child]
+    run_plan(backend, plan)
+    assert proc_state(child_host) == "T"
+    backend.resume([Target.pid(child)], model.snapshot)
+    assert proc_state(child_host) not in ("T", None)
+    results = backend.terminate([Target.pid(child)], 1.0, model.snapshot)
+    assert [(r.pid, r.outcome) for r in results] == [(child, Outcome.EXITED)] and is_gone(child_host)
+    assert ray.get(ref, timeout=60) == -signal.SIGTERM
