@@ -50,6 +50,7 @@ class Stat(NamedTuple):
     num_threads: int
     start_ticks: int  # since boot, clock ticks: with pid, the identity of a process
     rss_pages: int
+    exit_code: int = 0  # a zombie's wait status (Linux >= 3.5; 0 where the kernel hides it)
 
 
 def parse_stat(data: bytes) -> Stat:
@@ -71,6 +72,7 @@ def parse_stat(data: bytes) -> Stat:
         int(f[17]),
         int(f[19]),
         int(f[21]),
+        int(f[49]) if len(f) > 49 else 0,
     )
 
 

@@ -325,6 +325,7 @@ class _Row(NamedTuple):
     pgid: int
     start_ticks: int
     state: str
+    exit_code: int = 0
 
 
 def _scan() -> dict[int, _Row]:
@@ -333,15 +334,17 @@ def _scan() -> dict[int, _Row]:
     for pid in procfs.list_pids():
         st = procfs.read_stat(pid)
         if st is not None:
-            rows[pid] = _Row(pid, st.ppid, st.pgid, st.start_ticks, st.state)
+            rows[pid] = _Row(pid, st.ppid, st.pgid, st.start_ticks, st.state, st.exit_code)
     return rows
 
 
-def _new_members(targets: list[Target], pinned: list[_Pinned], capture_ticks: int) -> list[int]:
+def _new_members(targets: list[Target], pinned: list[_Pinned], capture_ticks: int,
+                 rows: dict[int, _Row] | None = None) -> list[int]:
     """Members of group/tree targets that were not captured: forked meanwhile, or reparented orphans."""
     if not any(t.kind != "pid" for t in targets):
         return []
-    rows = _scan()
+    if rows is None:
+        rows = _scan()
     known = {p.pid for p in pinned}
     found: set[int] = set()
     groups = {t.id for t in targets if t.kind == "group"}
@@ -449,8 +452,47 @@ def _kill_phase(targets: list[Target], pinned: list[_Pinned], t0: float, capture
         for p in pinned:
             p.signalled = False
         _freeze_and_collect(targets, pinned, capture_ticks, t0)
-    else:
-        pinned.extend(_pin_new(_new_members(targets, pinned, capture_ticks), targets, _target_for_new(targets)))
+        _sigkill_and_confirm(pinned, t0, on_progress)
+        return
+    # The captured members first: their confirmed death is what the caller waits for, and a rescan of the
+    # whole table costs tens of ms at a few thousand processes. Members that appeared meanwhile were already
+    # hit by the killpg above (group targets); the rescan finds them to confirm and report them.
+    _sigkill_and_confirm(pinned, t0, on_progress)
+    if not any(t.kind == "group" for t in targets):
+        return
+    rows = _scan()
+    target = _target_for_new(targets)
+    # Newcomers the killpg already ended are zombies by now: report them from their wait status.
+    pinned.extend(_dead_newcomers(targets, pinned, capture_ticks, rows, target, t0))
+    fresh = _pin_new(_new_members(targets, pinned, capture_ticks, rows), targets, target)
+    if fresh:
+        pinned.extend(fresh)
+        _sigkill_and_confirm(fresh, t0, on_progress)
+
+
+def _dead_newcomers(targets: list[Target], pinned: list[_Pinned], capture_ticks: int, rows: dict[int, _Row],
+                    target: Target, t0: float) -> list[_Pinned]:
+    groups = {t.id for t in targets if t.kind == "group"}
+    known = {p.pid for p in pinned}
+    out = []
+    for r in rows.values():
+        if r.state != "Z" or r.pgid not in groups or r.pid in known or r.start_ticks < capture_ticks:
+            continue
+        st = procfs.read_stat(r.pid)
+        uid = procfs.read_uid(r.pid)
+        m = Member(r.pid, r.start_ticks, procfs.create_time(r.start_ticks), st.comm if st else "", (),
+                   username_of(uid) if uid is not None else "?", uid if uid is not None else -1, "Z", r.pgid,
+                   target, None)
+        p = _Pinned(m)
+        if r.exit_code & 0x7F == signal.SIGKILL:
+            p.finish(Outcome.KILLED, time.monotonic() - t0)
+        else:
+            p.finish(Outcome.EXITED, time.monotonic() - t0, "appeared during the grace and exited")
+        out.append(p)
+    return out
+
+
+def _sigkill_and_confirm(pinned: list[_Pinned], t0: float, on_progress: ProgressFn | None) -> None:
     survivors = [p for p in pinned if p.result is None]
     if not survivors:
         return
@@ -510,6 +552,8 @@ def terminate(targets: TargetLike, grace: float = 5.0, *, snapshot: Snapshot | N
     new_target = _target_for_new(tlist)
     while True:
         rest = _wait_exits(pinned, grace_end, t0, Outcome.EXITED, on_progress, grace_end)
+        if rest and time.monotonic() >= grace_end:
+            break  # the kill phase rescans for newcomers: one scan after the grace, not two
         # Members that appeared meanwhile get their SIGTERM too, within what is left of the grace.
         fresh = _pin_new(_new_members(tlist, pinned, capture_ticks), tlist, new_target) if tlist else []
         if not fresh or time.monotonic() >= grace_end:

@@ -43,6 +43,15 @@ def test_ps_tree_and_user_filter(procs: ProcStarter) -> None:
     assert str(child.pid) in text
 
 
+def test_ps_prints_a_multi_line_command_on_one_row(procs: ProcStarter) -> None:
+    child = procs.popen([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)"],
+                        stdout=subprocess.PIPE, start_new_session=True)
+    procs.wait_ready(child)
+    rows = [ln for ln in pg("ps").stdout.splitlines() if ln.split()[:1] == [str(child.pid)]]
+    assert len(rows) == 1
+    assert rows[0].endswith("-c import time\\nprint('ready', flush=True)\\ntime.sleep(60)"), rows[0]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["term", "abc"], "invalid pid 'abc'"),
     (["term", "--", "-5"], "invalid pid '-5'"),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from procguard.core import signals
+from procguard.core import procfs, signals
 from procguard.core.signals import Outcome, Target
 from procguard.core.snapshot import process_snapshot
 from tests.conftest import ProcStarter, is_gone, proc_state, wait_for
@@ -129,6 +129,17 @@ def test_child_forked_during_grace_is_killed(procs: ProcStarter, tmp_path: Path)
     assert got[leader.pid] == Outcome.KILLED
     assert got.get(late) == Outcome.KILLED
     assert is_gone(late)
+
+
+def test_zombie_wait_status_tells_killed_from_exited(procs: ProcStarter) -> None:
+    # The kill phase reports newcomers that the killpg already ended from this field.
+    killed = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(60)")
+    exited = procs.popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    os.kill(killed.pid, signal.SIGKILL)
+    wait_for(lambda: proc_state(killed.pid) == "Z" and proc_state(exited.pid) == "Z")
+    k, e = procfs.read_stat(killed.pid), procfs.read_stat(exited.pid)
+    assert k is not None and k.exit_code & 0x7F == signal.SIGKILL
+    assert e is not None and e.exit_code == 3 << 8
 
 
 def test_tree_child_forked_during_grace_is_killed(procs: ProcStarter, tmp_path: Path) -> None:

@@ -20,6 +20,13 @@ def pid_arg(text: str) -> int:
     return pid
 
 
+def one_line(text: str) -> str:
+    """A command line on one row: newlines and other control characters escaped (`python -c` scripts)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def seconds_arg(flag: str):  # type: ignore[no-untyped-def]
     def parse(text: str) -> float:
         try:

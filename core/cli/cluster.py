@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import human_bytes, pid_arg, print_json
+from procguard.core.cli._args import human_bytes, one_line, pid_arg, print_json
 
 
 class NodePid(NamedTuple):
@@ -33,13 +33,6 @@ def target_arg(text: str) -> int | NodePid:
             raise UsageError(f"invalid target {text!r}: NODE:PID needs a node before the colon")
         return NodePid(node, pid_arg(pid))
     return pid_arg(text)
-
-
-def one_line(text: str) -> str:
-    """A command line on one row: newlines and other control characters escaped (`python -c` scripts)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def add_ray_option(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ import time
 
 from procguard.core import signals
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import print_json, seconds_arg
+from procguard.core.cli._args import one_line, print_json, seconds_arg
 from procguard.core.duplicates import (
     DuplicateReport,
     Instance,
@@ -52,7 +52,7 @@ def _inst_line(inst: Instance, mark: str = " ") -> str:
     extra = f" [{inst.launcher}, {len(inst.members)} ranks]" if inst.launcher else (
         f" [{len(inst.members)} ranks]" if len(inst.members) > 1 else "")
     return (f" {mark}{inst.pid:>7} {_since(inst.create_time):>16} {inst.username[:10]:<10} "
-            f"{inst.cwd or '?'}  {inst.command}{extra}")
+            f"{inst.cwd or '?'}  {one_line(inst.command)}{extra}")
 
 
 def _print_report(report: DuplicateReport) -> None:
@@ -111,7 +111,7 @@ def _print_terminate(rep: TerminateReport) -> None:
         print(f"would signal {len(rep.would_end)} process(es):")
         for m in rep.would_end:
             note = f"  [refused: {m.protected}]" if m.protected else ""
-            print(f"  {m.pid:>7} {m.username[:10]:<10} {m.command}{note}")
+            print(f"  {m.pid:>7} {m.username[:10]:<10} {one_line(m.command)}{note}")
     else:
         for r in rep.results:
             print(f"  {r.pid:>7} {r.outcome.value:<12} {' '.join(r.cmdline) or r.name}"

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from procguard.core import signals
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import print_json, seconds_arg
+from procguard.core.cli._args import one_line, print_json, seconds_arg
 from procguard.core.cli.cluster import add_node_option, add_ray_option, check_local_targets, target_arg
 from procguard.core.signals import Outcome, SignalResult, Target
 from procguard.core.snapshot import Snapshot, process_snapshot
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"would {args.action} {len(members)} process(es):")
             for m in members:
                 note = f"  [refused: {m.protected}]" if m.protected else ""
-                print(f"{m.pid:>7} {m.username[:10]:<10} {m.state} {m.command}{note}")
+                print(f"{m.pid:>7} {m.username[:10]:<10} {m.state} {one_line(m.command)}{note}")
         return 0
     results = _act(args.action, targets, snap, getattr(args, "grace", 0.0))
     ok = ACTIONS[args.action][1]

@@ -1,0 +1,195 @@
+"""The one command: build the process load, run every benchmark, write bench/RESULTS.md.
+
+Stages, smallest table first (the load grows; it is stopped, by pid, whatever happens):
+  sizes[0]  scaling point
+  sizes[1]  figure 1 (snapshot), 2 (terminate), 4 (TUI idle beside htop), 3 (duplicates, +Python processes)
+  sizes[2]  scaling point, TUI peak RSS
+A benchmark whose dependency has not landed reports "not available yet"; one that fails reports the error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import (
+    duplicates_bench,
+    procstat,
+    report,
+    scaling,
+    snapshot_bench,
+    terminate_bench,
+    tmux,
+    tui_bench,
+)
+from bench.common import FULL, QUICK, Config, Section
+from bench.load import Load
+from bench.scaling import Point
+from bench.tmux import AppRun
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
+TITLES = {
+    "snapshot": "1. Snapshot of the process table",
+    "terminate": "2. Terminate a process group, time to confirmed death",
+    "duplicates": "3. Duplicate detection over Python processes",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: small tables, few repetitions (~20 s)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
+    p.add_argument("--token", help="marker token for the load's processes (default: random)")
+    return p
+
+
+class Runner:
+    def __init__(self, cfg: Config, load: Load) -> None:
+        self.cfg = cfg
+        self.load = load
+        self.sections: dict[str, Section] = {}
+        self.loads: list[str] = [procstat.loadavg()]
+        self.log_t0 = time.monotonic()
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.log_t0:6.1f}s] {msg}", flush=True)
+
+    def guarded(self, key: str, fn: Callable[[], Section | None], missing: str | None = None) -> None:
+        title = TITLES.get(key, key)
+        if missing:
+            self.sections[key] = report.not_available(key, title, missing)
+            self.log(f"{key}: not available yet ({missing})")
+            return
+        self.log(f"{key} ...")
+        try:
+            sec = fn()
+        except Exception as e:  # noqa: BLE001 - one failing benchmark must not stop the others
+            sec = Section(key, title, status="failed", reason=f"{type(e).__name__}: {e}")
+            sec.notes.append("Traceback (last lines): `" +
+                             " | ".join(traceback.format_exc().strip().splitlines()[-4:]) + "`")
+            self.log(f"{key}: FAILED {e}")
+        if sec is not None:
+            self.sections[key] = sec
+        self.loads.append(procstat.loadavg())
+
+    def resize(self, size: int) -> int:
+        t = time.monotonic()
+        n = self.load.resize(size)
+        self.log(f"table: {n:,} processes ({self.load.sleepers:,} sleepers of ours) in {time.monotonic() - t:.1f} s")
+        return n
+
+    def point(self, p: Point, *, snapshot: bool = True) -> None:
+        def go() -> None:
+            if snapshot:
+                scaling.measure_snapshot(p, self.cfg.scaling_reps)
+            scaling.measure_refresh(p, self.cfg.scaling_reps)
+
+        self.guarded(f"scaling-{p.size}", go)
+
+    def apps(self, window: float, tag: str, tui_ok: bool) -> dict[str, AppRun] | None:
+        out: dict[str, AppRun] | None = None
+
+        def go() -> None:
+            nonlocal out
+            out = tui_bench.run_apps(self.load, self.cfg, window, tag, tui_ok)
+
+        self.guarded(f"apps-{tag}", go)
+        return out
+
+    def run(self) -> list[Section]:
+        cfg = self.cfg
+        points = [Point(s) for s in cfg.sizes]
+        tui_missing = tui_bench.available()
+        refresh_missing = None if _refresh_ok() else "procguard.tui's LiveBackend / build_rows: not available yet"
+        apps_possible = tmux.missing() is None and (tui_missing is None or tui_bench.htop_available() is None)
+
+        # -- smallest table: a scaling point
+        points[0].table = self.resize(cfg.sizes[0])
+        self.point(points[0])
+        if not cfg.quick and apps_possible:
+            points[0].apps = self.apps(cfg.tui_scaling_window, "small", tui_missing is None) or {}
+
+        # -- the main table
+        table = self.resize(cfg.main_size)
+        self.guarded("snapshot", lambda: snapshot_bench.run(cfg), snapshot_bench.available())
+        snap = self.sections.get("snapshot")
+        if snap is not None and snap.data:
+            points[1].snapshot, points[1].table = snap.data["stats"], snap.data["table"]
+            self.point(points[1], snapshot=False)
+        else:
+            self.point(points[1])
+        self.guarded("terminate", lambda: terminate_bench.run(self.load, cfg), terminate_bench.available())
+        idle = self.apps(cfg.tui_window, "idle", tui_missing is None) if apps_possible else None
+        points[1].apps = idle or {}
+        self.guarded("duplicates", lambda: duplicates_bench.run(self.load, cfg), duplicates_bench.available())
+
+        # -- the big table
+        big_table = self.resize(cfg.big_size)
+        points[2].table = big_table
+        self.point(points[2])
+        big = None
+        if not cfg.quick and apps_possible:
+            big = self.apps(cfg.tui_scaling_window, "big", tui_missing is None)
+            points[2].apps = big or {}
+
+        self.sections["tui"] = tui_bench.section(cfg, idle, big, table, big_table if big else None, tui_missing)
+        self.sections["scaling"] = scaling.section(points, refresh_missing, cfg.tui_interval)
+        self.loads.append(procstat.loadavg())  # before the cleanup: SIGKILLing thousands at once spikes it
+        order = ["snapshot", "terminate", "duplicates", "tui", "scaling"]
+        out = [self.sections[k] for k in order]
+        # Failures of helper stages (scaling points, tmux runs) are reported with the figure they feed.
+        for k, s in self.sections.items():
+            if k not in order and s.status != "ok":
+                target = self.sections["tui"] if k.startswith("apps") else self.sections["scaling"]
+                target.notes.append(f"{k}: {s.status}: {s.reason}")
+        return out
+
+
+def _refresh_ok() -> bool:
+    try:
+        from procguard.tui.collector import LiveBackend  # noqa: F401
+        from procguard.tui.model import ViewState, build_rows  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    t0 = time.monotonic()
+    env = report.environment()
+    leftovers: list[int] = []
+    with Load(args.token) as load:
+        runner = Runner(cfg, load)
+        runner.log(f"load token {load.token}; {'quick' if cfg.quick else 'full'} suite")
+        try:
+            sections = runner.run()
+        finally:
+            load.close()
+            leftovers = load.leftovers()
+    wall = time.monotonic() - t0
+    loads = runner.loads
+    busiest = max(float(x.split()[0]) for x in loads)
+    env["suite wall time"] = f"{wall // 60:.0f} min {wall % 60:.0f} s" + (" (--quick smoke run)" if cfg.quick else "")
+    env["load average (1/5/15 min)"] = (f"start {loads[0]}; end (before cleanup) {loads[-1]}; highest 1-min "
+                                        f"during the run {busiest:.2f}")
+    env["processes of ours left after cleanup"] = str(len(leftovers))
+    notes = []
+    cpus = os.cpu_count() or 1
+    if busiest > 0.5 * cpus:
+        notes.append(f"The machine was busy during this run (1-min load average up to {busiest:.1f} on {cpus} CPUs: "
+                     "other test suites ran alongside). Absolute times are perturbed; the ratios compare methods "
+                     "measured in the same run, interleaved.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report.render(env, sections, notes))
+    runner.log(f"wrote {args.out} in {wall:.0f} s; leftovers: {len(leftovers)}")
+    if leftovers:
+        print(f"LEFTOVER processes with token {load.token}: {leftovers}", flush=True)
+        return 1
+    return 0

@@ -1,0 +1,140 @@
+"""Figure 4: procguard-tui's idle CPU at a 1 s refresh beside htop on the same table in the same window (both
+in tmux, 160×50), and its peak RSS (VmHWM) with the big table. Also the in-process refresh path the TUI runs per
+tick (`LiveBackend.collect()` + `build_rows()`), used by the scaling table.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import tmux
+from bench.common import NOT_AVAILABLE, Config, Goal, Section, Stats, interleaved, ms
+from bench.load import Load
+from bench.tmux import AppRun
+
+RSS_GOAL = 150 * 1024 * 1024
+TUI = "procguard-tui"
+HTOP = "htop"  # the app's name in the results
+HTOP_PROGRAM = os.environ.get("PGBENCH_HTOP", "htop")  # override to test the "htop is missing" path
+
+
+def tui_program() -> Path:
+    return Path(sys.executable).parent / TUI
+
+
+def available() -> str | None:
+    """None when procguard-tui runs (its --version exits 0), else why not."""
+    exe = tui_program()
+    if not exe.exists():
+        return f"{exe} is not installed"
+    try:
+        r = subprocess.run([str(exe), "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return f"`{TUI} --version` did not finish in 60 s"
+    if r.returncode != 0:
+        return f"`{TUI} --version` exits {r.returncode}: {r.stdout.strip()[:200]}"
+    return None
+
+
+def htop_available() -> str | None:
+    """None when htop can be measured beside the TUI (it and tmux are installed), else why not."""
+    if shutil.which(HTOP_PROGRAM) is None:
+        return f"htop is not installed (`{HTOP_PROGRAM}` not found; apt-get install -y htop)"
+    return tmux.missing()
+
+
+def refresh_path() -> Callable[[], object] | None:
+    """The TUI's per-tick work, warm: collect a Model (collector thread) and build the visible rows (UI)."""
+    try:
+        from procguard.tui.collector import LiveBackend
+        from procguard.tui.model import ViewState, build_rows
+    except Exception:  # noqa: BLE001 - the TUI package is still being written
+        return None
+    backend = LiveBackend()
+    state = ViewState()
+    backend.collect()
+
+    def tick() -> object:
+        return build_rows(backend.collect(), state)
+
+    return tick
+
+
+def measure_refresh(reps: int) -> Stats | None:
+    tick = refresh_path()
+    if tick is None:
+        return None
+    return interleaved({"tick": tick}, reps)["tick"]
+
+
+def run_apps(load: Load, cfg: Config, window: float, tag: str, with_tui: bool) -> dict[str, AppRun]:
+    """procguard-tui (if available) and htop (if installed), concurrently, over one window."""
+    apps: dict[str, list[str]] = {}
+    env: dict[str, dict[str, str]] = {}
+    if with_tui:
+        apps[TUI] = [str(tui_program()), "--interval", f"{cfg.tui_interval:g}"]
+    if tmux.missing() is not None:
+        return {}
+    if htop_available() is None:
+        apps[HTOP] = [HTOP_PROGRAM, "-d", str(round(cfg.tui_interval * 10))]
+        home = load.tmp / "htop-home"  # default settings, whatever the user's htoprc says
+        home.mkdir(exist_ok=True)
+        env[HTOP] = {"HOME": str(home)}
+    if not apps:
+        return {}
+    return tmux.measure(load, apps, warmup=cfg.tui_warmup, window=window, interval=cfg.tui_interval, env=env,
+                        tag=tag)
+
+
+def section(cfg: Config, idle: dict[str, AppRun] | None, big: dict[str, AppRun] | None, table: int,
+            big_table: int | None, tui_missing: str | None) -> Section:
+    sec = Section("tui", f"4. procguard-tui idle CPU at a {cfg.tui_interval:g} s refresh beside htop; peak RSS")
+    no_tmux = tmux.missing()
+    no_htop = htop_available()
+    if tui_missing:
+        sec.status, sec.reason = NOT_AVAILABLE, tui_missing
+    elif no_tmux:
+        sec.status, sec.reason = "skipped", no_tmux
+    sec.intro = (f"Both apps run at the same time in one tmux server ({tmux.WIDTH}×{tmux.HEIGHT}), on the same "
+                 f"table ({table:,} processes), after a {cfg.tui_warmup:g} s warm-up; CPU = utime+stime of the "
+                 "app's process (all threads) from /proc over the window. `htop -d "
+                 f"{round(cfg.tui_interval * 10)}` with default settings (an empty HOME).")
+    sec.headers = ["app", "processes", "window s", "CPU s", "CPU % of a core", "CPU ms / refresh", "× htop",
+                   "VmHWM MB"]
+    for runs, n in ((idle, table), (big, big_table)):
+        runs = runs or {}
+        h = runs.get(HTOP)
+        for r in runs.values():
+            x = f"{r.cpu_seconds / h.cpu_seconds:.2f}×" if h is not None and h.cpu_seconds > 0 else "–"
+            sec.rows.append([r.name, f"{n:,}" if n else "?", f"{r.window:.1f}", f"{r.cpu_seconds:.2f}",
+                             f"{r.cpu_percent:.1f}", ms(r.per_refresh), x,
+                             f"{r.vm_hwm / 2**20:.0f}" if r.vm_hwm else "?"])
+    why = tui_missing or no_tmux or no_htop
+    if idle and TUI in idle and HTOP in idle:
+        t, h = idle[TUI], idle[HTOP]
+        f = t.cpu_seconds / h.cpu_seconds if h.cpu_seconds > 0 else float("inf")
+        sec.goals.append(Goal(f"TUI idle CPU at {table:,} processes vs htop, {t.window:.0f} s window",
+                              f"{f:.2f}× ({t.cpu_percent:.1f}% vs {h.cpu_percent:.1f}% of a core)", "≤ 1.00×",
+                              f <= 1.0))
+    else:
+        value = f"not measured: {why}" if why else "not measured (see below)"
+        sec.goals.append(Goal("TUI idle CPU vs htop", value, "≤ 1.00×", None))
+    if no_htop and not tui_missing and not no_tmux:
+        sec.notes.append(f"htop was not measured: {no_htop}. procguard-tui's own figures are still shown.")
+    rss_run = (big or {}).get(TUI) or (idle or {}).get(TUI)
+    at = big_table if (big or {}).get(TUI) else table
+    if rss_run is not None and rss_run.vm_hwm:
+        sec.goals.append(Goal(f"TUI peak RSS (VmHWM) at {at:,} processes", f"{rss_run.vm_hwm / 2**20:.0f} MB",
+                              "< 150 MB", rss_run.vm_hwm < RSS_GOAL))
+    else:
+        sec.goals.append(Goal("TUI peak RSS", f"not measured: {tui_missing or no_tmux}"
+                              if tui_missing or no_tmux else "not measured (see below)", "< 150 MB", None))
+    if cfg.quick and big is None:
+        sec.notes.append("--quick: peak RSS from the main-table run, not at the big table.")
+    return sec
