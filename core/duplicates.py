@@ -118,16 +118,64 @@ class _Run:
         self.launcher_pid = launcher_pid
 
 
-def _walk_ancestors(procs: Mapping[int, Proc], pid: int) -> Iterable[Proc]:
-    seen = {pid}
-    p = procs.get(pid)
-    while p is not None and p.ppid not in seen:
-        parent = procs.get(p.ppid)
-        if parent is None:
-            return
-        seen.add(parent.pid)
-        yield parent
-        p = parent
+class _Lineage:
+    """What the ancestors of each process hold: the script keys they run and the outermost launcher.
+
+    Memoised from the top down, so one pass costs O(processes) however deep and wide the trees are (walking
+    every instance's ancestors twice cost more than all the identity lookups of a cached pass)."""
+
+    __slots__ = ("_procs", "_key_of", "_memo", "_launcher")
+
+    _EMPTY: tuple[frozenset[str], int | None] = (frozenset(), None)
+
+    def __init__(self, procs: Mapping[int, Proc], key_of: Mapping[int, str]) -> None:
+        self._procs = procs
+        self._key_of = key_of
+        self._memo: dict[int, tuple[frozenset[str], int | None]] = {}
+        self._launcher: dict[int, bool] = {}
+
+    def _is_launcher(self, p: Proc) -> bool:
+        v = self._launcher.get(p.pid)
+        if v is None:
+            v = self._launcher[p.pid] = launcher_kind(p) is not None
+        return v
+
+    def _extend(self, info: tuple[frozenset[str], int | None], anc: Proc) -> tuple[frozenset[str], int | None]:
+        keys, outer = info
+        k = self._key_of.get(anc.pid)
+        if k is not None and k not in keys:
+            keys = keys | {k}
+        if outer is None and self._is_launcher(anc):
+            outer = anc.pid
+        return keys, outer
+
+    def of(self, pid: int) -> tuple[frozenset[str], int | None]:
+        """(script keys run by pid's ancestors, pid of the outermost launcher above pid or None)."""
+        memo, procs = self._memo, self._procs
+        found = memo.get(pid)
+        if found is not None:
+            return found
+        path: list[Proc] = []
+        seen: set[int] = set()
+        p = procs.get(pid)
+        info = self._EMPTY
+        while p is not None:
+            path.append(p)
+            seen.add(p.pid)
+            parent = procs.get(p.ppid)
+            if parent is None or parent.pid in seen:
+                break
+            above = memo.get(parent.pid)
+            if above is not None:
+                info = self._extend(above, parent)
+                break
+            p = parent
+        # path[-1]'s ancestors are summed up in info; walk back down.
+        for i in range(len(path) - 1, -1, -1):
+            if i < len(path) - 1:
+                info = self._extend(info, path[i + 1])
+            memo[path[i].pid] = info
+        return memo.get(pid, self._EMPTY)
 
 
 def _age_key(p: Proc) -> tuple[float, int]:
@@ -193,25 +241,17 @@ def build_report(
     groups: list[DuplicateGroup] = []
     scheduled: list[ScheduledInstance] = []
     distributed: list[Instance] = []
-    launcher_cache: dict[int, int | None] = {}
+    lineage = _Lineage(procs, {p.pid: key for key, members in by_key.items() for p in members})
 
     def top_launcher(p: Proc) -> int | None:
         # The outermost launcher above p (deepspeed runner -> deepspeed.launcher.launch -> ranks: the runner).
-        if p.pid in launcher_cache:
-            return launcher_cache[p.pid]
-        found = None
-        for a in _walk_ancestors(procs, p.pid):
-            if launcher_kind(a) is not None:
-                found = a.pid
-        launcher_cache[p.pid] = found
-        return found
+        return lineage.of(p.pid)[1]
 
     for key, members in by_key.items():
         if len(members) < min_instances:
             continue
-        pids = {p.pid for p in members}
         # 2. Workers: an ancestor runs the same script.
-        roots = [p for p in members if not any(a.pid in pids for a in _walk_ancestors(procs, p.pid))]
+        roots = [p for p in members if key not in lineage.of(p.pid)[0]]
         if len(roots) < min_instances:
             continue
         # 3. Runs: ranks joined by a common launcher, elastic run id, or rendezvous address.
