@@ -132,6 +132,22 @@ def leaver_task(seconds: str) -> int:
     return subprocess.Popen(["sleep", seconds], start_new_session=True).pid
 
 
+@ray.remote(max_retries=0)
+@tracked(grace=1.0)
+def scoped_sleeper_task(pidfile: str, marker: str) -> int:
+    """One recorded Python child whose command line names `marker` (a test's tmp_path: the app's filter and
+    act_scope); reports (worker pid, child pid) as this node sees them."""
+    import os
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(311)", marker])
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {p.pid}")
+    os.rename(pidfile + ".tmp", pidfile)
+    return p.wait()
+
+
 # ----------------------------------------------------------------------------------------------- fixtures
 
 
@@ -752,3 +768,140 @@ def test_tui_ray_backend_shows_and_acts_on_one_node(ray_cluster: RayCluster, pin
     results = backend.terminate([Target.pid(child)], 1.0, model.snapshot)
     assert [(r.pid, r.outcome) for r in results] == [(child, Outcome.EXITED)] and is_gone(child_host)
     assert ray.get(ref, timeout=60) == -signal.SIGTERM
+
+
+@pytest.mark.asyncio
+async def test_tui_app_switches_node_and_pauses_there(ray_cluster: RayCluster, pinned: Pinned,
+                                                      tmp_path: Path) -> None:
+    """procguard-tui on the cluster: starts on the head, `n` moves to the node that runs the test's process
+    (the namespace node if there is one: there the pid means another process than on the host), the summary
+    line names that node, `p`/`r` pause and resume it there, and the confirm dialog names the node."""
+    pytest.importorskip("textual")
+    from textual.pilot import Pilot
+
+    from procguard.core.signals import Member
+    from procguard.tui.app import Options, ProcguardApp
+    from procguard.tui.ray_backend import RayNodeBackend
+    from procguard.tui.screens.confirm import ConfirmScreen
+    from procguard.tui.widgets.summary import Summary
+
+    rc = ray_cluster
+    node = rc.ns or rc.worker
+    res = "pg_ns" if rc.ns else "pg_w1"
+    scope = str(tmp_path)
+    pidfile = tmp_path / "pids"
+    ref = scoped_sleeper_task.options(num_cpus=0, resources={res: 0.01}).remote(str(pidfile), scope)
+    _worker, child = _read_pids(pidfile)
+    child_host = pinned.add(host_pid(rc, node, child))
+    infos = {n.node_id: n for n in nodes()}
+    ids = list(infos)
+
+    def in_scope(m: Member) -> bool:
+        return scope in m.command
+
+    async def until(pilot: Pilot[None], pred: Any, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout  # a condition wait, not a timing assertion
+        while not pred():
+            assert time.monotonic() < deadline, f"condition not met within {timeout}s"
+            await pilot.pause(0.05)
+
+    def shown(app: ProcguardApp) -> str | None:
+        view = None if app.model is None else app.node_view(app.model.snapshot)
+        return None if view is None else view.node_id
+
+    def row_state(app: ProcguardApp, pid: int) -> str | None:
+        row = next((r for r in app.process_table.rows if r.kind == "proc" and r.id == pid), None)
+        return None if row is None or row.proc is None else row.proc.state
+
+    backend = RayNodeBackend(rc.address, node="head")
+    app = ProcguardApp(Options(interval=0.5, filter=scope, grace=1.0), backend=backend, act_scope=in_scope)
+    try:
+        async with app.run_test(size=(130, 30)) as pilot:
+            await until(pilot, lambda: shown(app) == rc.head)
+            assert app.cluster_mode and app.check_action("next_node", ()) is True
+            assert "procguard.node" in [b for _k, _d, b in app.key_table()]
+            summary = str(app.query_one(Summary).render())
+            assert f"node {rc.head[:8]} {infos[rc.head].ip} (head) · 1 of {len(ids)}" in summary, summary
+            if node != rc.ns:  # head and worker share this machine's /proc: the head lists the child too
+                await until(pilot, lambda: app.process_table.index_of(("p", child)) is not None)
+                assert app.process_table.move_to_key(("p", child))
+                await pilot.press("space")
+                assert app.marks
+
+            for _ in range(len(ids)):
+                if shown(app) == node:
+                    break
+                before = shown(app)
+                await pilot.press("n")
+                await until(pilot, lambda before=before: not app.switching_node and shown(app) != before)
+                assert not app.marks  # marks never carry over to another node
+            assert shown(app) == node
+            assert app.process_table.cursor == 0 and not app.marks
+            summary = str(app.query_one(Summary).render())
+            assert f"node {node[:8]} {infos[node].ip} · {ids.index(node) + 1} of {len(ids)}" in summary, summary
+
+            table = app.process_table
+            await until(pilot, lambda: table.index_of(("p", child)) is not None)
+            assert table.move_to_key(("p", child))
+            await pilot.pause()
+            row = app.selected_row()
+            assert row is not None and row.proc is not None and scope in row.proc.command
+
+            await pilot.press("p")
+            await until(pilot, lambda: proc_state(child_host) == "T")
+            (ns_snap,) = cluster_snapshot(node_ids=[node])  # the owning node's agent sees it stopped
+            assert ns_snap.snapshot is not None and ns_snap.snapshot[child].state == "T"
+            await until(pilot, lambda: row_state(app, child) == "T")
+
+            await pilot.press("r")
+            await until(pilot, lambda: proc_state(child_host) not in ("T", None))
+            await until(pilot, lambda: row_state(app, child) not in ("T", None))
+
+            # The confirm dialog names the node; cancelling signals nothing.
+            assert table.move_to_key(("p", child))
+            await pilot.press("t")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            dialog = app.screen
+            assert isinstance(dialog, ConfirmScreen) and dialog.node is not None and node[:8] in dialog.node
+            assert [m.pid for m in dialog.plan.blast.acting] == [child]
+            await pilot.press("n")
+            await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            assert proc_state(child_host) in ("S", "R")
+            errors = [t for t, sev in app.notices if sev == "error"]
+            assert not errors, errors
+    finally:
+        cancel(ref, grace=0.5)
+    assert is_gone(child_host)
+
+
+def test_tui_ray_errors_are_one_line(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    """An address where nothing listens and a node that is not in the cluster: one line naming it, exit 2,
+    the process gone (stdout is a terminal, as the app needs, so only these errors stop it)."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+        runs = []
+        # The plain command fails as fast on a dead address (ray.init alone would retry for minutes).
+        out = subprocess.run([sys.executable, "-m", "procguard.core.cli", "ps", "--ray", dead], capture_output=True,
+                             text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1 and dead in out.stderr, out.stderr
+        for argv in (["--ray", dead], ["--ray", ray_cluster.address, "--node", "ffff0000"]):
+            master, slave = os.openpty()
+            p = subprocess.Popen([sys.executable, "-m", "procguard.tui.app", *argv], stdin=subprocess.DEVNULL,
+                                 stdout=slave, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            os.close(slave)
+            runs.append((argv, p, master))
+        try:
+            for argv, p, _m in runs:
+                _out, err = p.communicate(timeout=120)
+                assert p.returncode == 2 and err.count("\n") == 1, (argv, p.returncode, err)
+                assert err.startswith(f"procguard-tui: --ray {argv[1]}: "), err
+                assert argv[-1] in err and "Traceback" not in err
+        finally:
+            for _argv, p, master in runs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+                os.close(master)

@@ -234,15 +234,18 @@ def test_worker_of_a_guarded_run_is_not_its_duplicate(procs: ProcStarter, tmp_pa
 
 
 def test_signal_handlers_installed_and_restored(env: dict[str, str]) -> None:
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        pytest.skip("the test runner has its own SIGTERM handler")
-    with guard("inproc", on_duplicate="ignore", lock=False, flush_on_exit=False) as g:
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-        e = registry.get_entry(os.getpid())
-        assert e is not None and e.extra["name"] == "inproc"
-        assert isinstance(g, Guard)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert registry.get_entry(os.getpid()) is None
+    # The default disposition, whatever the runner (or a library it loaded, e.g. ray) installed before us.
+    runner_handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with guard("inproc", on_duplicate="ignore", lock=False, flush_on_exit=False) as g:
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            e = registry.get_entry(os.getpid())
+            assert e is not None and e.extra["name"] == "inproc"
+            assert isinstance(g, Guard)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert registry.get_entry(os.getpid()) is None
+    finally:
+        signal.signal(signal.SIGTERM, runner_handler)
 
 
 def test_user_sigterm_handler_is_left_alone(env: dict[str, str]) -> None:

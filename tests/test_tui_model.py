@@ -199,3 +199,52 @@ def test_readme_lists_every_key_and_screenshot() -> None:
         assert flag in section, flag
     for shot in SHOTS:
         assert f"(screenshots/{shot.name}.svg)" in section, shot.name
+
+
+def test_ray_options_need_ray_and_plain_use_never_loads_it() -> None:
+    """--node without --ray and --demo with --ray: one line, exit 2, before anything connects. Importing the
+    app, parsing options and building the app (the non-cluster path) never imports ray."""
+    import subprocess
+    import sys
+
+    code = ("import sys, io, contextlib\n"
+            "from procguard.tui.app import ProcguardApp, Options, build_parser, main\n"
+            "build_parser().parse_args(['--ray', 'auto', '--node', 'head'])\n"
+            "app = ProcguardApp(Options())\n"
+            "assert not app.cluster_mode and app.check_action('next_node', ()) is False\n"
+            "assert 'procguard.node' not in [b for _k, _d, b in app.key_table()]\n"
+            "for argv in (['--node', 'head'], ['--demo', '--ray', 'auto']):\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        try:\n"
+            "            main(argv)\n"
+            "        except SystemExit as e:\n"
+            "            assert e.code == 2, e.code\n"
+            "    print(err.getvalue(), end='')\n"
+            "print('ray loaded' if 'ray' in sys.modules else 'no ray')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines == ["procguard-tui: --node needs --ray (see --help)",
+                     "procguard-tui: --demo and --ray exclude each other (see --help)", "no ray"], out.stdout
+
+
+def test_summary_names_the_cluster_node() -> None:
+    """Cluster mode: the node every row lives on comes first in the summary line (compact when narrow). The
+    ray backend module itself imports no ray (only its backend, when constructed, does)."""
+    import sys
+
+    from procguard.tui.ray_backend import NodeView
+    from procguard.tui.widgets.summary import summary_markup
+
+    had_ray = "ray" in sys.modules
+    view = NodeView("c4744161" + "0" * 48, "10.0.0.7", False, 2, 3)
+    assert (view.label, view.compact) == ("c4744161 10.0.0.7 · 2 of 3", "c4744161 2/3")
+    assert NodeView("ab" * 28, "10.0.0.1", True, 1, 3).label == "abababab 10.0.0.1 (head) · 1 of 3"
+    assert NodeView("ab" * 28, "?", False, 0, 2).label == "abababab ? · gone (2 left)"
+    model = demo_model()
+    assert "node" not in summary_markup(model, 120)
+    wide = summary_markup(model, 120, view.label, view.compact)
+    assert wide.startswith("[$text-muted]node[/] [b $text-accent]c4744161 10.0.0.7 · 2 of 3[/]"), wide
+    assert "c4744161 2/3" in summary_markup(model, 80, view.label, view.compact)
+    assert had_ray or "ray" not in sys.modules

@@ -22,6 +22,7 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 from textual.worker import get_current_worker
@@ -68,6 +69,7 @@ from procguard.tui.views.gpu import GpuView
 from procguard.tui.views.locks import LocksView
 from procguard.tui.widgets.process_table import ProcessTable
 from procguard.tui.widgets.summary import StatusLine, Summary
+from procguard.tui.widgets.table import KeyedTable
 
 VIEWS = ("processes", "duplicates", "locks", "gpu")
 VIEW_TITLES = {"processes": "Processes", "duplicates": "Duplicates", "locks": "Locks", "gpu": "GPU"}
@@ -82,6 +84,7 @@ VIEW_HINTS = {  # (narrow, wide)
             "· Enter details"),
 }
 KEYMAP_ENV = "PROCGUARD_TUI_KEYMAP"
+CLUSTER_ONLY = frozenset({"procguard.node"})  # binding ids shown (footer, help, palette) only with --ray
 
 
 def _version() -> str:
@@ -102,6 +105,15 @@ class Options:
     no_confirm: bool = False
 
 
+class NodeSwitched(Message):
+    """A node switch finished (cluster mode): the first model of the new node, or why it failed."""
+
+    def __init__(self, model: Model | None, error: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.error = error
+
+
 class ViewTabs(Tabs, can_focus=False):
     """The view tabs: clickable, never focused (keys 1-4 switch views, arrows belong to the tables)."""
 
@@ -120,8 +132,10 @@ class FilterInput(Input):
 
 class ProcguardApp(App[None]):
     """`backend`: where data comes from and actions go (LiveBackend by default; demo.DemoBackend for the demo
-    scenario). `act_scope`: when given, every dry run is checked against it and an action that would touch
-    any process outside it is refused (tests scope the app to their own processes this way)."""
+    scenario; ray_backend.RayNodeBackend for one node of a Ray cluster, which turns on cluster mode: the node
+    shown named in the summary line, `n` to switch node). `act_scope`: when given, every dry run is checked
+    against it and an action that would touch any process outside it is refused (tests scope the app to their
+    own processes this way)."""
 
     CSS_PATH = "app.tcss"
     TITLE = "procguard-tui"
@@ -147,6 +161,7 @@ class ProcguardApp(App[None]):
         Binding("ctrl+a", "mark_all", "Mark all", show=False, id="procguard.mark_all"),
         Binding("escape", "clear_marks", "Clear marks", show=False, id="procguard.clear_marks"),
         Binding("enter", "details", "Details", show=False, id="procguard.details"),
+        Binding("n", "next_node", "Node", id="procguard.node", tooltip="show the next node of the cluster"),
         Binding("question_mark", "help", "Help", id="procguard.help"),
         Binding("q", "quit", "Quit", id="procguard.quit"),
     ]
@@ -160,6 +175,10 @@ class ProcguardApp(App[None]):
 
             backend = LiveBackend()
         self.backend: Backend = backend
+        # Cluster mode: a backend that shows one node of several and says which node a snapshot shows.
+        self.cluster_mode = callable(getattr(backend, "view_of", None)) and callable(
+            getattr(backend, "next_node", None))
+        self.switching_node = False
         self.act_scope = act_scope
         self.model: Model | None = None
         self.view = "processes"
@@ -222,6 +241,8 @@ class ProcguardApp(App[None]):
             return
         if self.model is not None and message.model.seq <= self.model.seq:
             return  # an action's refresh overtook this one
+        if self.switching_node:
+            return  # the switch brings the new node's first model itself (NodeSwitched)
         self._apply_model(message.model)
 
     def on_collect_failed(self, message: CollectFailed) -> None:
@@ -230,10 +251,16 @@ class ProcguardApp(App[None]):
         self.tell(f"refresh failed: {message.reason}", "error")
 
     def _apply_model(self, model: Model) -> None:
+        if self.cluster_mode and self.model is not None and (
+                getattr(self.node_view(model.snapshot), "node_id", None)
+                != getattr(self.node_view(self.model.snapshot), "node_id", None)):
+            self._forget_node()
         self.model = model
         self.models_applied += 1
         self.marks = prune_marks(self.marks, model)
-        self.query_one(Summary).show(model)
+        view = self.node_view(model.snapshot)
+        self.query_one(Summary).show(model, node=self.node_label(model),
+                                     node_compact=None if view is None else view.compact)
         self._refresh_view()
 
     def _refresh_view(self) -> None:
@@ -284,6 +311,58 @@ class ProcguardApp(App[None]):
         table.focus()
         self.refresh_bindings()
         self._refresh_view()
+
+    # ------------------------------------------------------------------------------------------ nodes
+
+    def node_view(self, snapshot: Any) -> Any | None:
+        """Cluster mode: the NodeView of the node a snapshot shows (None otherwise)."""
+        if not self.cluster_mode:
+            return None
+        return self.backend.view_of(snapshot)  # type: ignore[attr-defined]
+
+    def node_label(self, model: Model | None) -> str | None:
+        if not self.cluster_mode or model is None:
+            return None
+        view = self.node_view(model.snapshot)
+        return "?" if view is None else view.label
+
+    def action_next_node(self) -> None:
+        if not self.cluster_mode or self.switching_node:
+            return
+        self.switching_node = True
+        self.tell("switching node…")
+        self._node_worker()
+
+    @work(thread=True, exclusive=True, group="node", exit_on_error=False)
+    def _node_worker(self) -> None:
+        try:
+            self.backend.next_node()  # type: ignore[attr-defined]
+            model = self.backend.collect()
+        except Exception as e:  # the node left, the cluster went away: say so, stay where we are
+            self.post_message(NodeSwitched(None, f"{type(e).__name__}: {e}"))
+            return
+        self.post_message(NodeSwitched(model))
+
+    def on_node_switched(self, message: NodeSwitched) -> None:
+        self.switching_node = False
+        if not self._ui_live():
+            return
+        if message.model is None:
+            self.tell(f"switching node failed: {message.error}", "error")
+            return
+        self._apply_model(message.model)  # the new one replaces the model whatever its seq
+        self.refresh_bindings()
+        self.tell(f"node {self.node_label(message.model)}")
+
+    def _forget_node(self) -> None:
+        """Another node is shown: its pids mean other processes, so nothing carries over: marks, progress
+        labels, cursors (every table starts again at its top)."""
+        self.marks.clear()
+        self.status.clear()
+        for table in self.query(KeyedTable):
+            table.set_rows([])
+
+    # ------------------------------------------------------------------------------------------ views
 
     def action_cycle_grouping(self) -> None:
         i = GROUPINGS.index(self.view_state.grouping)
@@ -397,6 +476,8 @@ class ProcguardApp(App[None]):
             return self.view == "duplicates"
         if action == "clean_locks":
             return self.view == "locks"
+        if action == "next_node":
+            return self.cluster_mode
         return True
 
     def action_terminate(self) -> None:
@@ -413,6 +494,9 @@ class ProcguardApp(App[None]):
 
     def _plan(self, kind: Kind) -> None:
         if self.model is None:
+            return
+        if self.switching_node:
+            self.tell("switching node: nothing was signalled", "warning")
             return
         targets = self.selected_targets()
         if not targets:
@@ -434,6 +518,9 @@ class ProcguardApp(App[None]):
     def action_end_duplicates(self) -> None:
         if self.model is None:
             return
+        if self.switching_node:
+            self.tell("switching node: nothing was signalled", "warning")
+            return
         group = self.query_one(DuplicatesView).selected_group()
         if group is None:
             self.tell("select a duplicate group (or one of its runs) first", "warning")
@@ -453,6 +540,14 @@ class ProcguardApp(App[None]):
         if not self._ui_live():
             return
         plan = message.plan
+        where = self.node_view(plan.snapshot)
+        shown = None if self.model is None else self.node_view(self.model.snapshot)
+        if self.cluster_mode and (self.switching_node or where is None or shown is None
+                                  or where.node_id != shown.node_id):
+            # The dry run was made on a node no longer shown: never act on what the screen no longer shows.
+            self.tell(f"{VERBS[plan.kind].lower()}: the node changed since the dry run, nothing was signalled",
+                      "warning")
+            return
         if plan.kind in CONFIRMED and plan.blast.acting and not self.options.no_confirm:
             def decided(ok: bool | None) -> None:
                 if ok:
@@ -460,7 +555,7 @@ class ProcguardApp(App[None]):
                 else:
                     self.tell(f"{VERBS[plan.kind].lower()} cancelled: nothing was signalled")
 
-            self.push_screen(ConfirmScreen(plan), decided)
+            self.push_screen(ConfirmScreen(plan, node=None if where is None else where.label), decided)
         else:
             self.start_plan(plan)
 
@@ -605,6 +700,8 @@ class ProcguardApp(App[None]):
         out = []
         for b in self.BINDINGS:
             assert isinstance(b, Binding)
+            if b.id in CLUSTER_ONLY and not self.cluster_mode:
+                continue
             key = self.user_keymap.get(b.id or "", b.key)
             desc = LONG_DESCRIPTIONS.get(b.id or "", b.description)
             out.append((", ".join(self.get_key_display(b.with_key(k)) for k in key.split(",")), desc, b.id or ""))
@@ -646,6 +743,7 @@ PALETTE_TITLES = {
     "procguard.mark_all": "Mark all shown",
     "procguard.clear_marks": "Clear marks",
     "procguard.details": "Details",
+    "procguard.node": "Next cluster node",
 }
 
 LONG_DESCRIPTIONS = {
@@ -668,6 +766,7 @@ LONG_DESCRIPTIONS = {
     "procguard.mark_all": "mark every process shown",
     "procguard.clear_marks": "clear the marks",
     "procguard.details": "details: command, cwd, rank/job, locks, children, GPU",
+    "procguard.node": "cluster (--ray): show the next node (marks cleared; pids are per node)",
     "procguard.help": "this help",
     "procguard.quit": "quit",
 }
@@ -732,12 +831,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", type=_user, default=None, metavar="NAME", help="only show this user's processes")
     p.add_argument("--no-confirm", action="store_true", help="act on t / k / d without the confirm dialog")
     p.add_argument("--demo", action="store_true", help="show the built-in demo scenario (actions are simulated)")
+    p.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="a Ray cluster (HOST:PORT, auto): its nodes one at a time (n switches), actions run on "
+                        "the node shown (needs procguard[ray])")
+    p.add_argument("--node", metavar="NODE", default=None,
+                   help="with --ray: the node to start on (head, a node id or unique prefix, or an IP; default head)")
     p.add_argument("--version", action="version", version=f"procguard-tui {_version()}")
     return p
 
 
+def _ray_backend(address: str, node: str) -> Backend:
+    """Connect to the cluster (Ray is imported here, never without --ray). Errors: one line, exit 2, and no
+    connection left open."""
+    try:
+        from procguard.tui.ray_backend import RayNodeBackend
+
+        return RayNodeBackend(address, node=node)
+    except Exception as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, ImportError) and "procguard[ray]" not in text:
+            text = f"needs Ray: pip install 'procguard[ray]' ({text})"
+        elif isinstance(e, ValueError):  # find_node: no such node / several match
+            text = f"--node {node}: {text}"
+        with contextlib.suppress(Exception):
+            from procguard.tui.ray_backend import disconnect
+
+            disconnect()
+        print(f"procguard-tui: --ray {address}: {text}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.node is not None and args.ray is None:
+        parser.error("--node needs --ray")
+    if args.demo and args.ray is not None:
+        parser.error("--demo and --ray exclude each other")
     options = Options(interval=args.interval, filter=args.filter, grace=args.grace, user=args.user,
                       no_confirm=args.no_confirm)
     backend: Backend | None = None
@@ -748,7 +878,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not sys.stdout.isatty():
         print("procguard-tui: needs a terminal (use `procguard ps` for scripts)", file=sys.stderr)
         sys.exit(2)
-    ProcguardApp(options, backend=backend).run()
+    if args.ray is not None:
+        backend = _ray_backend(args.ray, args.node or "head")
+    try:
+        ProcguardApp(options, backend=backend).run()
+    finally:
+        if args.ray is not None:
+            from procguard.tui.ray_backend import disconnect
+
+            disconnect()
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ and protections (Ray's own processes refused when a group or tree sweeps them up
     backend = RayNodeBackend("auto", node="head")   # or a node id / unique prefix / IP
     backend.nodes()                                  # the cluster's nodes, head first, to offer a switch
     backend.node_id = other.node_id                  # switch node (the next collect() shows it)
+    backend.next_node()                              # or: the next one, in nodes() order
+    backend.view_of(model.snapshot)                  # which node a model shows (NodeView: label "1 of 3")
 
 Pids are those of the selected node (another node may reuse the same number for another process), so a Model
-always holds one node. Differences from LiveBackend: `on_progress` gets one "done" event when the remote
+always holds one node, and an action goes to the node of the snapshot its plan was made from (not to whatever
+node is selected when it runs). Differences from LiveBackend: `on_progress` gets one "done" event when the remote
 action has finished (the agent's escalation runs remotely); the guarded-process registry is per node and not
 read (guarded processes show as unguarded, flush still goes to the node).
 """
@@ -17,8 +20,9 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from procguard.core import duplicates as _duplicates
@@ -39,6 +43,42 @@ def _cluster() -> Any:
     return cluster
 
 
+@dataclass(frozen=True)
+class NodeView:
+    """Which node a snapshot came from, and where it stood among the live nodes then (index from 1)."""
+
+    node_id: str
+    ip: str
+    is_head: bool
+    index: int  # 0 when the node had left the cluster
+    count: int
+
+    @property
+    def short(self) -> str:
+        return self.node_id[:8]
+
+    @property
+    def label(self) -> str:
+        """`1a2b3c4d 10.0.0.2 (head) · 1 of 3`: names the node every row of the view lives on."""
+        head = " (head)" if self.is_head else ""
+        where = f"{self.index} of {self.count}" if self.index else f"gone ({self.count} left)"
+        return f"{self.short} {self.ip}{head} · {where}"
+
+    @property
+    def compact(self) -> str:
+        """`1a2b3c4d 1/3`, for narrow screens."""
+        return f"{self.short} {self.index}/{self.count}" if self.index else f"{self.short} gone"
+
+
+def disconnect() -> None:
+    """Leave the cluster (ray.shutdown) if this process is connected; starts or imports nothing otherwise."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 class RayNodeBackend:
     """Data and actions of one node of a Ray cluster. Thread-safe like LiveBackend."""
 
@@ -47,9 +87,10 @@ class RayNodeBackend:
 
     def __init__(self, address: str = "auto", node: str = "head", *, slow_interval: float = 5.0) -> None:
         cluster = _cluster()
-        cluster.connect(address)
+        cluster.connect(address)  # a HOST:PORT nobody listens on fails at once, not after minutes
         self.address = address
         self.node_id: str = cluster.find_node(node, cluster.nodes()).node_id
+        self._views: dict[int, tuple[weakref.ref[Snapshot], NodeView]] = {}
         self.slow_interval = slow_interval
         self.locks_every_refresh = False
         self._lock = threading.Lock()
@@ -68,10 +109,45 @@ class RayNodeBackend:
         """The NodeInfo of the node shown (None if it left the cluster)."""
         return next((n for n in self.nodes() if n.node_id == self.node_id), None)
 
+    def next_node(self, step: int = 1) -> str:
+        """Select the node `step` places after the selected one in nodes() order (wrapping); returns its id.
+        The next collect() shows it."""
+        ids = [n.node_id for n in self.nodes()]
+        if not ids:
+            raise RuntimeError("the cluster has no live node")
+        with self._lock:
+            i = ids.index(self.node_id) if self.node_id in ids else -step
+            self.node_id = ids[(i + step) % len(ids)]
+            return self.node_id
+
+    def view_of(self, snapshot: Snapshot) -> NodeView | None:
+        """The node a snapshot from collect() shows (None for a snapshot this backend did not make)."""
+        with self._lock:
+            got = self._views.get(id(snapshot))
+        if got is None or got[0]() is not snapshot:
+            return None
+        return got[1]
+
+    def _node_for(self, snapshot: Snapshot) -> str:
+        view = self.view_of(snapshot)
+        return self.node_id if view is None else view.node_id
+
+    def _remember(self, snap: Snapshot, nid: str, among: Sequence[Any]) -> None:
+        """(lock held) Which node snap shows. Entries go when their snapshot is collected."""
+        ids = [n.node_id for n in among]
+        info = next((n for n in among if n.node_id == nid), None)
+        view = NodeView(nid, info.ip if info else "?", bool(info and info.is_head),
+                        ids.index(nid) + 1 if nid in ids else 0, len(ids))
+        key = id(snap)
+        self._views[key] = (weakref.ref(snap, lambda _r, key=key: self._views.pop(key, None)), view)
+
     # ------------------------------------------------------------------------------------------ data
 
     def _call(self, fn: str, **kwargs: Any) -> Any:
-        return _cluster().node_call(None, self.node_id, fn, **kwargs)
+        return self._call_on(self.node_id, fn, **kwargs)
+
+    def _call_on(self, nid: str, fn: str, **kwargs: Any) -> Any:
+        return _cluster().node_call(None, nid, fn, **kwargs)
 
     def collect(self) -> Model:
         cluster = _cluster()
@@ -79,6 +155,7 @@ class RayNodeBackend:
             self._seq += 1
             nid = self.node_id
             errors: list[str] = []
+            among = cluster.nodes()
             (ns,) = cluster.cluster_snapshot(node_ids=[nid]) or [None]
             if ns is None or ns.snapshot is None:
                 why = "the node left the cluster" if ns is None else ns.error
@@ -86,15 +163,18 @@ class RayNodeBackend:
                 snap = Snapshot({})
             else:
                 snap = ns.snapshot
+            self._remember(snap, nid, among)
             try:
-                gpu = self._call("gpu")
+                gpu = self._call_on(nid, "gpu")
             except Exception as e:  # noqa: BLE001 - reported in the model, the rest still comes
                 gpu = GpuSnapshot(False, f"GPU query failed: {e}", (), (), time.time())
             now = time.monotonic()
             if self.locks_every_refresh or now - self._locks_at >= self.slow_interval or self._locks_node != nid:
+                if self._locks_node != nid:  # another node's locks must not show here, even if this call fails
+                    self._locks, self._stale = (), ()
                 self._locks_at, self._locks_node = now, nid
                 try:
-                    entries = self._call("locks")
+                    entries = self._call_on(nid, "locks")
                     self._locks = tuple(e for e in entries if not e.stale)
                     self._stale = tuple(e.path for e in entries if e.stale)
                 except Exception as e:  # noqa: BLE001
@@ -102,7 +182,7 @@ class RayNodeBackend:
             groups: Sequence[DuplicateGroup] = ()
             sched: Sequence[ScheduledInstance] = ()
             try:
-                report = self._call("duplicates")
+                report = self._call_on(nid, "duplicates")
                 groups = _duplicates.enrich(report.groups, snap, gpu, held=self._locks)
                 filled = _duplicates.enrich([DuplicateGroup(s.identity, (s.instance,))
                                              for s in report.scheduler_managed], snap, gpu, held=self._locks)
@@ -122,39 +202,45 @@ class RayNodeBackend:
 
     # ------------------------------------------------------------------------------------------ actions
 
-    def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
-        return [nm.member for nm in _cluster().cluster_resolve(None, self.node_id, list(targets))]
+    # Each goes to the node of `snapshot` (the one the plan was made from), whatever node is selected now.
 
-    def _act(self, action: str, targets: Sequence[Target], grace: float,
+    def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
+        nid = self._node_for(snapshot)
+        return [nm.member for nm in _cluster().cluster_resolve(None, nid, list(targets))]
+
+    def _act(self, action: str, targets: Sequence[Target], grace: float, snapshot: Snapshot,
              on_progress: ProgressFn | None = None) -> list[SignalResult]:
-        results = [r.result for r in _cluster().cluster_signal(None, self.node_id, action, list(targets), grace)]
+        nid = self._node_for(snapshot)
+        results = [r.result for r in _cluster().cluster_signal(None, nid, action, list(targets), grace)]
         if on_progress is not None:
             on_progress(Progress("done", tuple(r.pid for r in results), 0.0))
         return results
 
     def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
                   on_progress: ProgressFn | None = None) -> list[SignalResult]:
-        return self._act("term", targets, grace, on_progress)
+        return self._act("term", targets, grace, snapshot, on_progress)
 
     def kill(self, targets: Sequence[Target], snapshot: Snapshot,
              on_progress: ProgressFn | None = None) -> list[SignalResult]:
-        return self._act("kill", targets, 0.0, on_progress)
+        return self._act("kill", targets, 0.0, snapshot, on_progress)
 
     def pause(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
-        return self._act("pause", targets, 0.0)
+        return self._act("pause", targets, 0.0, snapshot)
 
     def resume(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
-        return self._act("resume", targets, 0.0)
+        return self._act("resume", targets, 0.0, snapshot)
 
     def flush(self, pid: int) -> str:
         return str(self._call("flush", pid=pid, timeout=10.0))
 
     def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot) -> TerminateReport:
-        return self._call("terminate_duplicates", keep="oldest", script=identity, grace=grace, dry_run=True)
+        return self._call_on(self._node_for(snapshot), "terminate_duplicates", keep="oldest", script=identity,
+                             grace=grace, dry_run=True)
 
     def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
                        on_progress: ProgressFn | None = None) -> TerminateReport:
-        report = self._call("terminate_duplicates", keep="oldest", script=identity, grace=grace)
+        report = self._call_on(self._node_for(snapshot), "terminate_duplicates", keep="oldest", script=identity,
+                               grace=grace)
         if on_progress is not None:
             on_progress(Progress("done", (), 0.0))
         return report
@@ -166,4 +252,4 @@ class RayNodeBackend:
         return removed
 
 
-__all__ = ["RayNodeBackend"]
+__all__ = ["NodeView", "RayNodeBackend", "disconnect"]

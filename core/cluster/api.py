@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,18 @@ _lock = threading.RLock()
 _cache: dict[str, Any] = {}
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT that nothing listens on fails here at once with a one-line ClusterError: ray.init would
+    retry it for minutes. "auto", "local" and ray:// addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {e.strerror or e}") from None
+
+
 def connect(address: str | None = None) -> None:
     """Connect this process to the cluster at `address` ("auto", "HOST:PORT", "ray://..."), once."""
     if ray.is_initialized():
@@ -124,6 +137,8 @@ def connect(address: str | None = None) -> None:
     with _lock:
         if ray.is_initialized():
             return
+        if address:
+            check_reachable(address)
         try:
             ray.init(address=address or "auto", logging_level=logging.ERROR, log_to_driver=False,
                      configure_logging=True)

@@ -1,7 +1,7 @@
 """The confirm dialog: the blast radius of an action before it happens.
 
 Every process that would be signalled (pid, user, command; refused ones with the reason), the GPU memory and
-the locks that would be freed, and the grace. `y` or Enter confirms, `n` or Escape cancels.
+the locks that would be freed, the grace, and in cluster mode the node they all live on. `y` or Enter confirms, `n` or Escape cancels.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class ConfirmScreen(ModalScreen[bool]):
     }
     ConfirmScreen.-kill > #dialog { border: round $error; }
     ConfirmScreen #title { text-style: bold; color: $text-warning; margin-bottom: 1; }
+    ConfirmScreen #title.-node { margin-bottom: 0; }
+    ConfirmScreen #node { margin-bottom: 1; }
     ConfirmScreen.-kill #title { color: $text-error; }
     ConfirmScreen #members { height: auto; max-height: 20; background: $surface; }
     ConfirmScreen #members > Static { text-wrap: nowrap; text-overflow: ellipsis; }
@@ -85,14 +87,17 @@ class ConfirmScreen(ModalScreen[bool]):
     ConfirmScreen #keys { margin-top: 1; color: $text-muted; }
     """
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, node: str | None = None) -> None:
         super().__init__(classes="-kill" if plan.kind == "kill" else "")
         self.plan = plan
+        self.node = node  # cluster mode: the node the action goes to (its label)
 
     def compose(self) -> ComposeResult:
         plan = self.plan
         with Vertical(id="dialog"):
-            yield Static(escape(plan.title), id="title")
+            yield Static(escape(plan.title), id="title", classes="-node" if self.node is not None else "")
+            if self.node is not None:
+                yield Static(f"[$text-muted]on node[/] [b $text-accent]{escape(self.node)}[/]", id="node")
             with VerticalScroll(id="members"):
                 yield Static("\n".join(member_lines(plan)) or "[$text-muted](nothing)[/]")
             if plan.notes:

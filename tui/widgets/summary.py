@@ -1,5 +1,5 @@
-"""The summary line on top (processes, Python processes, duplicate groups, held locks, stopped, GPU memory)
-and the status line under it (grouping, sort, filter, marks). Theme colours only, through markup variables."""
+"""The summary line on top (in cluster mode first the node shown; then processes, Python processes, duplicate
+groups, held locks, stopped, GPU memory) and the status line under it (grouping, sort, filter, marks). Theme colours only, through markup variables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from textual.widgets import Static
 from procguard.tui.model import Model, fmt_bytes, summarize_model
 
 
-def summary_markup(model: Model | None, width: int = 80) -> str:
+def summary_markup(model: Model | None, width: int = 80, node: str | None = None,
+                   node_compact: str | None = None) -> str:
+    """`node`: in cluster mode, which node every row shows (short id, IP, "k of N"); it comes first
+    (`node_compact` instead below 100 columns)."""
     if model is None:
         return "[$text-muted]reading the process table…[/]"
     s = summarize_model(model)
@@ -30,6 +33,9 @@ def summary_markup(model: Model | None, width: int = 80) -> str:
         parts.append("[$text-muted]GPU n/a[/]")
     sep = " [$text-muted]·[/] " if width >= 100 else " "
     text = sep.join(parts)
+    if node is not None:
+        shown = node_compact if (node_compact and width < 100) else node
+        text = f"[$text-muted]node[/] [b $text-accent]{escape(shown)}[/] [$text-muted]│[/] {text}"
     if model.errors:
         text += f"  [$text-error]⚠ {escape(model.errors[0])}[/]"
     return text
@@ -46,8 +52,8 @@ class Summary(Static):
         super().__init__("", **kw)  # type: ignore[arg-type]
         self._text = ""
 
-    def show(self, model: Model | None) -> None:
-        text = summary_markup(model, self.size.width or 80)
+    def show(self, model: Model | None, node: str | None = None, node_compact: str | None = None) -> None:
+        text = summary_markup(model, self.size.width or 80, node, node_compact)
         if text != self._text:
             self._text = text
             self.update(text)
