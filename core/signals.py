@@ -338,6 +338,20 @@ def _scan() -> dict[int, _Row]:
     return rows
 
 
+def _captured_groups(targets: list[Target], rows: dict[int, _Row], known: set[int], capture_ticks: int) -> set[int]:
+    """The group targets whose pgid still names the captured group. A pgid that now leads a process born after
+    the capture was reused (the captured group emptied, the number went to someone else): not ours."""
+    out = set()
+    for t in targets:
+        if t.kind != "group":
+            continue
+        lead = rows.get(t.id)
+        if lead is not None and lead.pid not in known and lead.start_ticks >= capture_ticks:
+            continue
+        out.add(t.id)
+    return out
+
+
 def _new_members(targets: list[Target], pinned: list[_Pinned], capture_ticks: int,
                  rows: dict[int, _Row] | None = None) -> list[int]:
     """Members of group/tree targets that were not captured: forked meanwhile, or reparented orphans."""
@@ -347,7 +361,7 @@ def _new_members(targets: list[Target], pinned: list[_Pinned], capture_ticks: in
         rows = _scan()
     known = {p.pid for p in pinned}
     found: set[int] = set()
-    groups = {t.id for t in targets if t.kind == "group"}
+    groups = _captured_groups(targets, rows, known, capture_ticks)
     for r in rows.values():
         if r.pgid in groups and r.pid not in known and r.state not in ("Z", "X"):
             found.add(r.pid)
@@ -442,10 +456,10 @@ def _freeze_and_collect(targets: list[Target], pinned: list[_Pinned], capture_ti
 
 def _kill_phase(targets: list[Target], pinned: list[_Pinned], t0: float, capture_ticks: int,
                 on_progress: ProgressFn | None) -> None:
-    # Groups die at once with killpg; only while a pinned member is still alive in it, so the pgid is ours.
+    # Groups die at once with killpg, when that is safe: see _killpg_safe. Otherwise every member is killed
+    # one by one below, which the rescan for newcomers completes.
     for t in targets:
-        if t.kind == "group" and any(p.result is None and p.member.pgid == t.id and not p.exited()
-                                     for p in pinned):
+        if t.kind == "group" and _killpg_safe(t.id, pinned):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(t.id, signal.SIGKILL)
     if any(t.kind == "tree" for t in targets):
@@ -472,8 +486,8 @@ def _kill_phase(targets: list[Target], pinned: list[_Pinned], t0: float, capture
 
 def _dead_newcomers(targets: list[Target], pinned: list[_Pinned], capture_ticks: int, rows: dict[int, _Row],
                     target: Target, t0: float) -> list[_Pinned]:
-    groups = {t.id for t in targets if t.kind == "group"}
     known = {p.pid for p in pinned}
+    groups = _captured_groups(targets, rows, known, capture_ticks)
     out = []
     for r in rows.values():
         if r.state != "Z" or r.pgid not in groups or r.pid in known or r.start_ticks < capture_ticks:
@@ -490,6 +504,30 @@ def _dead_newcomers(targets: list[Target], pinned: list[_Pinned], capture_ticks:
             p.finish(Outcome.EXITED, time.monotonic() - t0, "appeared during the grace and exited")
         out.append(p)
     return out
+
+
+def _killpg_safe(pgid: int, pinned: list[_Pinned]) -> bool:
+    """killpg only hits what we mean to kill when (1) a pinned member is alive and in the group *now* (so the
+    pgid is still the captured group, not a reused number), (2) no member of the group was refused (procguard,
+    its shell or another protected process shares it: a script's `sleep & procguard kill --group $!`), and
+    (3) no process of our own lineage is in the group at this moment."""
+    alive_in_group = False
+    for p in pinned:
+        if p.member.pgid != pgid:
+            continue
+        if p.result is not None and p.result.outcome is Outcome.REFUSED:
+            return False
+        if p.result is None and not p.exited():
+            st = procfs.read_stat(p.pid)
+            if st is not None and st.pgid == pgid and st.start_ticks == p.member.start_ticks:
+                alive_in_group = True
+    if not alive_in_group:
+        return False
+    for pid in own_lineage():
+        st = procfs.read_stat(pid)
+        if st is not None and st.pgid == pgid:
+            return False
+    return True
 
 
 def _sigkill_and_confirm(pinned: list[_Pinned], t0: float, on_progress: ProgressFn | None) -> None:

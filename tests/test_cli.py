@@ -109,6 +109,29 @@ def test_refused_gives_exit_1() -> None:
     assert json.loads(out.stdout)["results"][0]["outcome"] == "refused"
 
 
+@pytest.mark.parametrize("action", ["kill", "term"])
+def test_group_action_spares_procguard_and_its_shell_in_that_group(procs: ProcStarter, tmp_path: Path,
+                                                                  action: str) -> None:
+    # A non-interactive shell keeps its background jobs in its own process group, so procguard (run from it)
+    # and the shell are members of the very group they name: a killpg would take both down.
+    script = tmp_path / "job.sh"
+    grace = "--grace 0.5" if action == "term" else ""
+    # The job ignores SIGTERM, so `term` reaches its SIGKILL phase too (where the killpg was).
+    script.write_text(f"""bash -c 'trap "" TERM; exec sleep 300' &
+echo $! > {tmp_path}/sleep.pid
+"{sys.executable}" -m procguard.core.cli {action} --group $! {grace} --json > {tmp_path}/out.json
+echo $? > {tmp_path}/rc
+""")
+    shell = procs.popen(["bash", str(script)], start_new_session=True)
+    assert shell.wait(timeout=60) == 0  # the shell lived to the end of its script
+    sleeper = int((tmp_path / "sleep.pid").read_text())
+    procs.track(sleeper)
+    assert (tmp_path / "rc").read_text().strip() == "1"  # procguard lived to report: some members refused
+    got = {r["pid"]: r["outcome"] for r in json.loads((tmp_path / "out.json").read_text())["results"]}
+    assert got[sleeper] == "killed" and got[shell.pid] == "refused", got
+    wait_for(lambda: is_gone(sleeper))
+
+
 def test_pause_resume_cli(procs: ProcStarter) -> None:
     child = procs.python(SLEEPER)
     assert pg("pause", str(child.pid)).returncode == 0

@@ -295,3 +295,16 @@ def test_summary_line() -> None:
     line = signals.summarize([mk(1, Outcome.EXITED, 0.1), mk(2, Outcome.EXITED, 0.1), mk(3, Outcome.EXITED, 0.2),
                               mk(4, Outcome.KILLED, 5.0)])
     assert line == "4 ended: 3 exited on SIGTERM, 1 killed after 5.0 s"
+
+
+def test_a_reused_pgid_is_not_the_captured_group() -> None:
+    # Pure: a pgid that now leads a process born after the capture was reused, so no newcomer in it is ours
+    # (producing a real pgid reuse would need the pid counter to wrap around).
+    rows = {
+        500: signals._Row(500, 1, 500, start_ticks=900, state="S"),  # leads group 500, born after capture
+        600: signals._Row(600, 1, 600, start_ticks=100, state="S"),  # the captured leader of group 600
+    }
+    targets = [Target.group(500), Target.group(600), Target.group(700)]
+    assert signals._captured_groups(targets, rows, known={600}, capture_ticks=800) == {600, 700}
+    # Known (captured and pinned) leaders are the group itself, whenever they were born.
+    assert signals._captured_groups(targets, rows, known={500, 600}, capture_ticks=800) == {500, 600, 700}

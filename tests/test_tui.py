@@ -183,6 +183,9 @@ async def test_escape_cancels_dialog_and_nothing_is_signalled(procs: ProcStarter
         for key, cancel in (("t", "escape"), ("k", "n")):
             await pilot.press(key)
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("t", "space", "2")  # app keys do nothing under the dialog
+            await pilot.pause(0.3)  # time for a (wrongly) started dry run to open a second dialog
+            assert len(app.screen_stack) == 2 and app.view == "processes" and not app.marks
             await pilot.press(cancel)
             await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
         await wait_until(pilot, lambda: notices(app).count("cancelled") == 2)

@@ -23,7 +23,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.message import Message
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 from textual.worker import get_current_worker
 
@@ -468,6 +468,10 @@ class ProcguardApp(App[None]):
     # ------------------------------------------------------------------------------------------ actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in _APP_ACTIONS and self.screen_stack and isinstance(self.screen_stack[-1], ModalScreen):
+            # App bindings stay live under a dialog: `t` would stack a second one, `space` or `1` would change
+            # the selection the open dialog is about. The dialog's own keys (y/n/Escape) are the screen's.
+            return False
         if action in ("cycle_grouping", "toggle_mark", "mark_all", "filter", "cycle_sort", "reverse_sort"):
             return self.view == "processes"
         if action == "clear_marks":
@@ -717,6 +721,11 @@ class ProcguardApp(App[None]):
             desc = LONG_DESCRIPTIONS.get(b.id or "", b.description)
             title = PALETTE_TITLES.get(b.id or "", b.description)
             yield SystemCommand(title, desc, _palette_callback(self, b.action))
+
+
+# Everything bound on the app but quit: blocked while a dialog (confirm, details, help) is open.
+_APP_ACTIONS = frozenset(b.action.partition("(")[0] for b in ProcguardApp.BINDINGS
+                         if isinstance(b, Binding) and b.action != "quit")
 
 
 def _palette_callback(app: ProcguardApp, action: str) -> Callable[[], Any]:

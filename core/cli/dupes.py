@@ -114,7 +114,7 @@ def _print_terminate(rep: TerminateReport) -> None:
             print(f"  {m.pid:>7} {m.username[:10]:<10} {one_line(m.command)}{note}")
     else:
         for r in rep.results:
-            print(f"  {r.pid:>7} {r.outcome.value:<12} {' '.join(r.cmdline) or r.name}"
+            print(f"  {r.pid:>7} {r.outcome.value:<12} {one_line(' '.join(r.cmdline)) or r.name}"
                   + (f"  ({r.reason})" if r.reason else ""))
         print(signals.summarize(list(rep.results)))
 

@@ -96,6 +96,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         for r in results:
             why = f": {r.reason}" if r.reason else ""
-            print(f"{r.pid:>7} {r.outcome.value:<12} {r.elapsed:8.3f}s  {' '.join(r.cmdline) or r.name}{why}")
+            print(f"{r.pid:>7} {r.outcome.value:<12} {r.elapsed:8.3f}s  {one_line(' '.join(r.cmdline)) or r.name}{why}")
         print(signals.summarize(results), file=sys.stderr)
     return 0 if all(r.outcome in ok for r in results) else 1
