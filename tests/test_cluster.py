@@ -42,6 +42,7 @@ from procguard.core.cluster import (  # noqa: E402
     cluster_signal_many,
     cluster_snapshot,
     find_node,
+    nodeops,  # noqa: E402
     nodes,
     ray_process_kind,
     tracked,
@@ -412,6 +413,20 @@ def test_find_node_by_prefix_head_or_ip() -> None:
         find_node("abcd", ns + [NodeInfo("abcd9" + "1" * 51, "x", "y", False)])
     with pytest.raises(ValueError, match="no node 'zzzz'"):
         find_node("zzzz", ns)
+
+
+def test_agent_action_skips_a_pid_that_names_another_process_since_the_dry_run(procs: ProcStarter) -> None:
+    # What an agent does with the app's dry run (no cluster needed: the node side is plain core code).
+    p = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(60)", name="reuse_check")
+    st = procfs.read_stat(p.pid)
+    assert st is not None
+    (r,) = nodeops.act("pause", [Target.pid(p.pid)], expect={p.pid: st.start_ticks + 1})
+    assert r.outcome == Outcome.ALREADY_GONE and "another process" in (r.reason or "")
+    assert proc_state(p.pid) in ("S", "R")  # not signalled
+    (r,) = nodeops.act("pause", [Target.pid(p.pid)], expect={p.pid: st.start_ticks})
+    assert r.outcome == Outcome.PAUSED
+    (r,) = nodeops.act("resume", [Target.pid(p.pid)])
+    assert r.outcome == Outcome.RESUMED
 
 
 def test_core_and_plain_cli_never_load_ray() -> None:

@@ -211,7 +211,11 @@ class RayNodeBackend:
     def _act(self, action: str, targets: Sequence[Target], grace: float, snapshot: Snapshot,
              on_progress: ProgressFn | None = None) -> list[SignalResult]:
         nid = self._node_for(snapshot)
-        results = [r.result for r in _cluster().cluster_signal(None, nid, action, list(targets), grace)]
+        # What the confirm dialog showed: the agent refuses a pid that names another process by now.
+        expect = {t.id: p.start_ticks for t in targets if t.kind in ("pid", "tree")
+                  if (p := snapshot.get(t.id)) is not None}
+        results = [r.result for r in _cluster().cluster_signal(None, nid, action, list(targets), grace,
+                                                               expect=expect)]
         if on_progress is not None:
             on_progress(Progress("done", tuple(r.pid for r in results), 0.0))
         return results

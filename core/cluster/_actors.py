@@ -21,7 +21,7 @@ from procguard.core.signals import Member, SignalResult, Target
 NAMESPACE = "procguard"
 REGISTRY_NAME = "procguard-registry"
 AGENT_PREFIX = "procguard-agent-"
-PROTOCOL = 2  # bumped when the agent's methods change: an older detached agent is replaced
+PROTOCOL = 3  # bumped when the agent's methods change: an older detached agent is replaced
 _MAX_FINISHED = 10_000
 _MAX_CANCELLED = 10_000
 
@@ -117,8 +117,9 @@ class NodeAgent:
     def resolve(self, targets: Sequence[Target]) -> tuple[str, list[Member]]:
         return self.node_id, nodeops.resolve(targets)
 
-    def act(self, action: str, targets: Sequence[Target], grace: float) -> tuple[str, list[SignalResult]]:
-        return self.node_id, nodeops.act(action, targets, grace)
+    def act(self, action: str, targets: Sequence[Target], grace: float,
+            expect: dict[int, int] | None = None) -> tuple[str, list[SignalResult]]:
+        return self.node_id, nodeops.act(action, targets, grace, expect=expect)
 
     def end_task(self, entries: Sequence[TaskEntry], worker_pid: int, worker_start_ticks: int, grace: float,
                  force: bool) -> tuple[str, list[SignalResult]]:

@@ -362,8 +362,10 @@ def cluster_resolve(address: str | None, node_id: str, targets: Sequence[Target]
 
 
 def cluster_signal_many(address: str | None, action: str, targets_by_node: Mapping[str, Sequence[Target]],
-                        grace: float = 5.0) -> list[NodeSignalResult]:
-    """term|kill|pause|resume on several nodes at once, each on its own node by its agent."""
+                        grace: float = 5.0, expect: Mapping[str, Mapping[int, int]] | None = None
+                        ) -> list[NodeSignalResult]:
+    """term|kill|pause|resume on several nodes at once, each on its own node by its agent. `expect`: per node,
+    pid -> start ticks of the targets as the caller's dry run saw them (a pid reused since is not signalled)."""
     if action not in nodeops.ACTIONS:
         raise ValueError(f"unknown action {action!r} (one of {', '.join(nodeops.ACTIONS)})")
     connect(address)
@@ -374,7 +376,7 @@ def cluster_signal_many(address: str | None, action: str, targets_by_node: Mappi
     refs = {}
     for nid, ts in wanted.items():
         try:
-            refs[nid] = agent(nid).act.remote(action, ts, grace)
+            refs[nid] = agent(nid).act.remote(action, ts, grace, dict((expect or {}).get(nid, {})) or None)
         except Exception as e:  # noqa: BLE001
             got[nid] = e
     for nid, ref in refs.items():
@@ -400,12 +402,13 @@ def cluster_signal_many(address: str | None, action: str, targets_by_node: Mappi
 
 
 def cluster_signal(address: str | None, node_id: str, action: str, targets: Sequence[Target] | Target | int,
-                   grace: float = 5.0) -> list[NodeSignalResult]:
+                   grace: float = 5.0, expect: Mapping[int, int] | None = None) -> list[NodeSignalResult]:
     """term|kill|pause|resume `targets` (pids of that node) on node_id, with the core's escalation and
     pinning there, Ray's own processes refused unless named alone by pid."""
     if isinstance(targets, (int, Target)):
         targets = [targets if isinstance(targets, Target) else Target.pid(targets)]
-    return cluster_signal_many(address, action, {node_id: list(targets)}, grace)
+    return cluster_signal_many(address, action, {node_id: list(targets)}, grace,
+                               {node_id: expect} if expect else None)
 
 
 # ------------------------------------------------------------------------------------- tasks
@@ -444,7 +447,7 @@ def _end_entries(rec: TaskRecord, entries: Sequence[TaskEntry], with_worker: boo
     return out
 
 
-def _end_task(task_id: str, grace: float, force: bool, ref: Any = None, recursive: bool = True
+def _end_task(task_id: str, grace: float, force: bool, ref: Any = None, recursive: bool = False
               ) -> CancelReport:
     reg = registry()
     rec: TaskRecord | None = ray.get(reg.begin_cancel.remote(task_id), timeout=CALL_TIMEOUT)
@@ -469,12 +472,17 @@ def _end_task(task_id: str, grace: float, force: bool, ref: Any = None, recursiv
     return CancelReport(task_id, rec.node_id if rec else None, state, tuple(results), cancel_error)
 
 
-def cancel(ref: Any, grace: float = 5.0, force: bool = False, *, recursive: bool = True) -> CancelReport:
+def cancel(ref: Any, grace: float = 5.0, force: bool = False, *, recursive: bool = False) -> CancelReport:
     """Cancel the task behind `ref`: every process tree it started ends on the node that owns it (SIGTERM,
-    SIGKILL after `grace`; `force`: SIGKILL at once), then `ray.cancel(ref, force=force)`.
+    SIGKILL after `grace`; `force`: SIGKILL at once), then `ray.cancel(ref, force=force, recursive=recursive)`.
 
     A tracked task that returns because its child died reports TaskCancelledError to `ray.get`. The report
-    lists each process's outcome with the node id its agent reported."""
+    lists each process's outcome with the node id its agent reported.
+
+    `recursive` is off by default, unlike ray.cancel's: a recursive cancel also cancels the task's own calls to
+    the registry actor that it makes while its child dies, and Ray then stalls that worker's later calls to
+    the registry (30 s "waiting for seq_no", then failed), so the next tracked task on that worker hangs.
+    Cancel a task's own Ray child tasks with ray.cancel on their refs."""
     if grace < 0:
         raise ValueError(f"grace must be >= 0, not {grace}")
     if not ray.is_initialized():

@@ -5,7 +5,7 @@ process trees of a tracked task. Plain functions over this node's /proc; nothing
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -106,13 +106,30 @@ def resolve(targets: Sequence[Target], snap: Snapshot | None = None) -> list[Mem
 
 
 def act(action: str, targets: Sequence[Target], grace: float = 5.0,
-        snap: Snapshot | None = None) -> list[SignalResult]:
-    """term/kill/pause/resume with the core's pinning and escalation; Ray's processes refused if swept up."""
+        snap: Snapshot | None = None, expect: Mapping[int, int] | None = None) -> list[SignalResult]:
+    """term/kill/pause/resume with the core's pinning and escalation; Ray's processes refused if swept up.
+
+    `expect`: pid -> start ticks as the caller saw them (the app's dry run, made from an older snapshot). A
+    pid or tree target whose process has another start time now is a reused pid: not signalled, reported gone.
+    """
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
     snap = snap if snap is not None else process_snapshot()
+    reused: list[SignalResult] = []
+    if expect:
+        kept = []
+        for t in targets:
+            want = expect.get(t.id) if t.kind in ("pid", "tree") else None
+            now = snap.get(t.id)
+            if want is not None and (now is None or now.start_ticks != want):
+                reason = f"pid {t.id} ended since the dry run" + (
+                    " (the pid now names another process: not signalled)" if now is not None else "")
+                reused.append(SignalResult(t.id, Outcome.ALREADY_GONE, 0.0, reason, "", (), "?"))
+                continue
+            kept.append(t)
+        targets = kept
     allowed, refused = plan_targets(targets, snap)
-    results: list[SignalResult] = []
+    results: list[SignalResult] = list(reused)
     if allowed:
         if action == "term":
             results = signals.terminate(allowed, grace, snapshot=snap)
