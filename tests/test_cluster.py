@@ -51,7 +51,7 @@ from procguard.core.cluster import (  # noqa: E402
 from procguard.core.cluster.nodeops import rebuild_snapshot  # noqa: E402
 from procguard.core.cluster.protect import plan_targets  # noqa: E402
 from procguard.core.signals import Outcome, Target  # noqa: E402
-from procguard.core.snapshot import Proc  # noqa: E402
+from procguard.core.snapshot import Proc, process_snapshot  # noqa: E402
 from tests.conftest import ProcStarter, is_gone, proc_state, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -427,6 +427,21 @@ def test_agent_action_skips_a_pid_that_names_another_process_since_the_dry_run(p
     assert r.outcome == Outcome.PAUSED
     (r,) = nodeops.act("resume", [Target.pid(p.pid)])
     assert r.outcome == Outcome.RESUMED
+
+
+def test_a_reused_worker_only_gives_a_task_the_children_born_since_it_began(procs: ProcStarter) -> None:
+    # This test process stands in for a Ray worker: an earlier task left `before` running under it.
+    code = "import time\nprint('ready', flush=True)\ntime.sleep(60)"
+    before = procs.python(code, name="earlier_task_leftover")
+    time.sleep(0.05)  # a few clock ticks
+    since = nodeops.now_ticks()
+    time.sleep(0.05)
+    after = procs.python(code, name="this_task_child")
+    snap = process_snapshot()
+    targets = nodeops.task_targets([], snap, os.getpid(), snap[os.getpid()].start_ticks, since_ticks=since)
+    assert Target.tree(after.pid) in targets and Target.tree(before.pid) not in targets
+    left = {e.pid for e in nodeops.leftovers("node", os.getpid(), [], since)}
+    assert after.pid in left and before.pid not in left
 
 
 def test_core_and_plain_cli_never_load_ray() -> None:

@@ -21,7 +21,7 @@ from procguard.core.signals import Member, SignalResult, Target
 NAMESPACE = "procguard"
 REGISTRY_NAME = "procguard-registry"
 AGENT_PREFIX = "procguard-agent-"
-PROTOCOL = 3  # bumped when the agent's methods change: an older detached agent is replaced
+PROTOCOL = 4  # bumped when the agent's methods change: an older detached agent is replaced
 _MAX_FINISHED = 10_000
 _MAX_CANCELLED = 10_000
 
@@ -122,9 +122,9 @@ class NodeAgent:
         return self.node_id, nodeops.act(action, targets, grace, expect=expect)
 
     def end_task(self, entries: Sequence[TaskEntry], worker_pid: int, worker_start_ticks: int, grace: float,
-                 force: bool) -> tuple[str, list[SignalResult]]:
+                 force: bool, since_ticks: int = 0) -> tuple[str, list[SignalResult]]:
         mine = [e for e in entries if e.node_id == self.node_id]
-        return self.node_id, nodeops.end_task(mine, worker_pid, worker_start_ticks, grace, force)
+        return self.node_id, nodeops.end_task(mine, worker_pid, worker_start_ticks, grace, force, since_ticks)
 
     def call(self, fn: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
         """Node-local calls into the core: duplicates, locks, gpu reports; proc_extra, flush,

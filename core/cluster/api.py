@@ -430,7 +430,7 @@ def _end_entries(rec: TaskRecord, entries: Sequence[TaskEntry], with_worker: boo
     for nid, es in by_node.items():
         wpid, wticks = (rec.worker_pid, rec.worker_start_ticks) if with_worker and nid == rec.node_id else (0, 0)
         try:
-            refs[nid] = agent(nid).end_task.remote(es, wpid, wticks, grace, force)
+            refs[nid] = agent(nid).end_task.remote(es, wpid, wticks, grace, force, rec.started_ticks)
         except Exception as e:  # noqa: BLE001 - a node that is gone took its processes with it
             log.warning("procguard: cannot reach node %s to end task %s: %s", nid[:8], rec.task_id, e)
     out: list[NodeSignalResult] = []

@@ -46,6 +46,7 @@ class TaskRecord:
     started: float
     state: str = "running"  # running | finished | cancelling
     entries: tuple[TaskEntry, ...] = field(default=())
+    started_ticks: int = 0  # clock ticks since boot of the worker's node when the task began (0: unknown)
 
 
 # ------------------------------------------------------------------------------------------ snapshots
@@ -159,8 +160,24 @@ def _same(snap: Snapshot, pid: int, start_ticks: int) -> bool:
     return p is not None and p.start_ticks == start_ticks
 
 
+def now_ticks() -> int:
+    """Clock ticks since boot now, comparable with a process's start ticks on this node."""
+    try:
+        with open("/proc/uptime", "rb") as f:
+            return int(float(f.read().split()[0]) * procfs.CLK_TCK) - 1
+    except OSError:
+        return 0
+
+
+def _task_children(snap: Snapshot, worker_pid: int, since_ticks: int) -> list[Proc]:
+    # A reused worker still parents what an earlier task left running (recorded as that task's): only children
+    # born since this task began are this task's.
+    return [c for c in children(snap, worker_pid) if c.start_ticks >= since_ticks]
+
+
 def task_targets(entries: Sequence[TaskEntry], snap: Snapshot, worker_pid: int = 0,
-                 worker_start_ticks: int = 0, exclude_pgids: Sequence[int] = ()) -> list[Target]:
+                 worker_start_ticks: int = 0, exclude_pgids: Sequence[int] = (),
+                 since_ticks: int = 0) -> list[Target]:
     """What ending a task's processes means on this node.
 
     - each recorded process still alive (same start time): its tree;
@@ -179,23 +196,24 @@ def task_targets(entries: Sequence[TaskEntry], snap: Snapshot, worker_pid: int =
             if leader is None or leader.start_ticks == e.start_ticks:
                 out.append(Target.group(e.pgid))
     if worker_pid and _same(snap, worker_pid, worker_start_ticks):
-        out.extend(Target.tree(c.pid) for c in children(snap, worker_pid))
+        out.extend(Target.tree(c.pid) for c in _task_children(snap, worker_pid, since_ticks))
     return out
 
 
 def end_task(entries: Sequence[TaskEntry], worker_pid: int = 0, worker_start_ticks: int = 0,
-             grace: float = 5.0, force: bool = False) -> list[SignalResult]:
+             grace: float = 5.0, force: bool = False, since_ticks: int = 0) -> list[SignalResult]:
     """Terminate (force: kill at once) every process tree of a task on this node."""
     snap = process_snapshot()
     worker = snap.get(worker_pid) if worker_pid else None
     exclude = [worker.pgid] if worker is not None and worker.start_ticks == worker_start_ticks else []
-    targets = task_targets(entries, snap, worker_pid, worker_start_ticks, exclude)
+    targets = task_targets(entries, snap, worker_pid, worker_start_ticks, exclude, since_ticks)
     if not targets:
         return []
     return act("kill" if force else "term", targets, grace, snap)
 
 
-def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry]) -> list[TaskEntry]:
+def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry], since_ticks: int = 0
+              ) -> list[TaskEntry]:
     """At the end of a task: what it leaves running on this node (so a later cancel can still end it).
 
     Recorded processes still alive or whose own group still has members, and every descendant of the
@@ -208,7 +226,7 @@ def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry]) -> l
         if _same(snap, e.pid, e.start_ticks) or (e.pgid == e.pid and e.pgid in snap.group_map):
             out.append(e)
     known = {e.pid for e in out}
-    stack = [c.pid for c in children(snap, worker_pid)]
+    stack = [c.pid for c in _task_children(snap, worker_pid, since_ticks)]
     seen: set[int] = set()
     while stack:
         pid = stack.pop()
@@ -224,5 +242,5 @@ def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry]) -> l
     return out
 
 
-__all__ = ["ACTIONS", "TaskEntry", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers",
+__all__ = ["ACTIONS", "TaskEntry", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers", "now_ticks",
            "rebuild_snapshot", "resolve", "take_snapshot", "task_targets"]

@@ -88,7 +88,8 @@ def track_task(grace: float = 5.0) -> Iterator[TaskTracker]:
     task_id, job_id, node_id, name = _context()
     me = os.getpid()
     st = procfs.read_stat(me)
-    rec = TaskRecord(task_id, job_id, name, node_id, me, st.start_ticks if st else 0, time.time())
+    rec = TaskRecord(task_id, job_id, name, node_id, me, st.start_ticks if st else 0, time.time(),
+                     started_ticks=nodeops.now_ticks())
     reg = registry()
     tracker = TaskTracker(task_id, job_id, node_id, grace)
     if ray.get(reg.register_task.remote(rec)):
@@ -103,7 +104,7 @@ def track_task(grace: float = 5.0) -> Iterator[TaskTracker]:
         raise
     finally:
         try:
-            left = nodeops.leftovers(node_id, me, tracker.entries)
+            left = nodeops.leftovers(node_id, me, tracker.entries, rec.started_ticks)
             cancelled = ray.get(reg.finish_task.remote(task_id, left)) or tracker.cancelled
         except Exception as e:  # noqa: BLE001 - never mask the task's own outcome
             log.warning("procguard: could not finish task %s in the registry: %s", task_id, e)
