@@ -417,14 +417,6 @@ def _target_for_new(targets: list[Target]) -> Target:
     return next((t for t in targets if t.kind != "pid"), targets[0])
 
 
-def _current_ticks() -> int:
-    try:
-        with open("/proc/uptime", "rb") as f:
-            return int(float(f.read().split()[0]) * procfs.CLK_TCK) - 1
-    except OSError:
-        return 0
-
-
 # ---------------------------------------------------------------------------------------------- actions
 
 
@@ -572,7 +564,7 @@ def terminate(targets: TargetLike, grace: float = 5.0, *, snapshot: Snapshot | N
     if grace < 0:
         raise ValueError(f"grace must be >= 0, not {grace}")
     tlist = _normalize(targets)
-    capture_ticks = _current_ticks()
+    capture_ticks = procfs.now_ticks()
     members = resolve(tlist, snapshot)
     pinned, live = _pin_all(members)
     t0 = time.monotonic()
@@ -617,7 +609,7 @@ def kill(targets: TargetLike, *, snapshot: Snapshot | None = None,
          on_progress: ProgressFn | None = None) -> list[SignalResult]:
     """SIGKILL every member (trees frozen first, groups with killpg) and confirm death."""
     tlist = _normalize(targets)
-    capture_ticks = _current_ticks()
+    capture_ticks = procfs.now_ticks()
     pinned, _live = _pin_all(resolve(tlist, snapshot))
     t0 = time.monotonic()
     _kill_phase(tlist, pinned, t0, capture_ticks, on_progress)
@@ -626,7 +618,7 @@ def kill(targets: TargetLike, *, snapshot: Snapshot | None = None,
 
 def _stop_or_continue(targets: TargetLike, snapshot: Snapshot | None, sig: int) -> list[SignalResult]:
     tlist = _normalize(targets)
-    capture_ticks = _current_ticks()
+    capture_ticks = procfs.now_ticks()
     pinned, live = _pin_all(resolve(tlist, snapshot))
     t0 = time.monotonic()
     if sig == signal.SIGSTOP and any(t.kind == "tree" for t in tlist):

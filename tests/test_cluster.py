@@ -434,7 +434,7 @@ def test_a_reused_worker_only_gives_a_task_the_children_born_since_it_began(proc
     code = "import time\nprint('ready', flush=True)\ntime.sleep(60)"
     before = procs.python(code, name="earlier_task_leftover")
     time.sleep(0.05)  # a few clock ticks
-    since = nodeops.now_ticks()
+    since = procfs.now_ticks()
     time.sleep(0.05)
     after = procs.python(code, name="this_task_child")
     snap = process_snapshot()

@@ -160,15 +160,6 @@ def _same(snap: Snapshot, pid: int, start_ticks: int) -> bool:
     return p is not None and p.start_ticks == start_ticks
 
 
-def now_ticks() -> int:
-    """Clock ticks since boot now, comparable with a process's start ticks on this node."""
-    try:
-        with open("/proc/uptime", "rb") as f:
-            return int(float(f.read().split()[0]) * procfs.CLK_TCK) - 1
-    except OSError:
-        return 0
-
-
 def _task_children(snap: Snapshot, worker_pid: int, since_ticks: int) -> list[Proc]:
     # A reused worker still parents what an earlier task left running (recorded as that task's): only children
     # born since this task began are this task's.
@@ -242,5 +233,5 @@ def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry], sinc
     return out
 
 
-__all__ = ["ACTIONS", "TaskEntry", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers", "now_ticks",
+__all__ = ["ACTIONS", "TaskEntry", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers",
            "rebuild_snapshot", "resolve", "take_snapshot", "task_targets"]

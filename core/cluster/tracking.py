@@ -89,7 +89,7 @@ def track_task(grace: float = 5.0) -> Iterator[TaskTracker]:
     me = os.getpid()
     st = procfs.read_stat(me)
     rec = TaskRecord(task_id, job_id, name, node_id, me, st.start_ticks if st else 0, time.time(),
-                     started_ticks=nodeops.now_ticks())
+                     started_ticks=procfs.now_ticks())
     reg = registry()
     tracker = TaskTracker(task_id, job_id, node_id, grace)
     if ray.get(reg.register_task.remote(rec)):
