@@ -69,6 +69,22 @@ class SnapshotDiff(NamedTuple):
     changed: tuple[int, ...]  # same process, different state, ppid, pgid, cmdline or rss
 
 
+def tree_order(snap: Snapshot) -> list[tuple[int, Proc]]:
+    """Every process as (depth, proc), depth-first from the roots, children in pid order: `ps --tree`'s rows.
+    Iterative, so a very deep chain can't hit the recursion limit."""
+    out: list[tuple[int, Proc]] = []
+    stack = [(0, p) for p in reversed(roots(snap))]
+    seen: set[int] = set()
+    while stack:
+        depth, p = stack.pop()
+        if p.pid in seen:
+            continue
+        seen.add(p.pid)
+        out.append((depth, p))
+        stack.extend((depth + 1, c) for c in reversed(children(snap, p.pid)))
+    return out
+
+
 def _same_process(a: Proc, b: Proc) -> bool:
     return a.start_ticks == b.start_ticks if a.start_ticks and b.start_ticks else a.create_time == b.create_time
 

@@ -98,7 +98,7 @@ def _node_errors(items: Sequence[Any]) -> int:
 
 def ray_ps(args: argparse.Namespace) -> int:
     from procguard.core.cli.ps import proc_json
-    from procguard.core.views import children, roots
+    from procguard.core.views import tree_order
 
     cluster = connect(args.ray)
     only = None
@@ -112,16 +112,7 @@ def ray_ps(args: argparse.Namespace) -> int:
             continue
         snap = ns.snapshot
         if args.tree:
-            ordered: list[tuple[int, Any]] = []
-
-            def walk(p: Any, depth: int, snap: Any = snap, ordered: list[tuple[int, Any]] = ordered) -> None:
-                ordered.append((depth, p))
-                for c in children(snap, p.pid):
-                    walk(c, depth + 1)
-
-            for r in roots(snap):
-                walk(r, 0)
-            picked = [(d, p) for d, p in ordered if uid is None or p.uid == uid]
+            picked = [(d, p) for d, p in tree_order(snap) if uid is None or p.uid == uid]
         else:
             picked = [(0, p) for p in sorted(snap, key=lambda p: p.pid) if uid is None or p.uid == uid]
         rows.extend((ns.node, d, p, ns.ray_kinds.get(p.pid)) for d, p in picked)

@@ -8,7 +8,7 @@ import time
 from procguard.core.cli._args import human_bytes, one_line, print_json, user_arg
 from procguard.core.cli.cluster import add_node_option, add_ray_option
 from procguard.core.snapshot import Proc, Snapshotter
-from procguard.core.views import children, roots
+from procguard.core.views import tree_order
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -47,16 +47,7 @@ def run(args: argparse.Namespace) -> int:
     snap = snapper.take()
     uid = args.user
     if args.tree:
-        ordered: list[tuple[int, Proc]] = []
-
-        def walk(p: Proc, depth: int) -> None:
-            ordered.append((depth, p))
-            for c in children(snap, p.pid):
-                walk(c, depth + 1)
-
-        for r in roots(snap):
-            walk(r, 0)
-        rows = [(d, p) for d, p in ordered if uid is None or p.uid == uid]
+        rows = [(d, p) for d, p in tree_order(snap) if uid is None or p.uid == uid]
     else:
         rows = [(0, p) for p in sorted(snap, key=lambda p: p.pid) if uid is None or p.uid == uid]
     if args.json:
