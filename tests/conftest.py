@@ -9,12 +9,23 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 PY = sys.executable
+
+# Every process the suite starts inherits this marker: at the end of the run any process still carrying it
+# (or still a descendant of pytest) is a leak, listed, killed, and the run fails.
+RUN_MARKER = "PROCGUARD_TEST_RUN"
+os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)
+
+# The hostile side of permission tests: an unprivileged user (nobody) with no supplementary groups.
+NOBODY_UID = 65534
+NOBODY = ["setpriv", f"--reuid={NOBODY_UID}", f"--regid={NOBODY_UID}", "--clear-groups"]
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="plays another user through setpriv: needs root")
 
 
 class ProcStarter:
@@ -112,3 +123,62 @@ def is_gone(pid: int) -> bool:
     """Dead or zombie (zombies count as dead: nobody may be reaping them yet)."""
     s = proc_state(pid)
     return s is None or s in ("Z", "X")
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose environment carries this run's marker, or that descend from us."""
+    me = os.getpid()
+    needle = f"{RUN_MARKER}={marker}".encode()
+    parents: dict[int, int] = {}
+    found: list[int] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] in (b"Z", b"X"):
+            continue
+        parents[pid] = int(fields[1])
+        if needle in env.split(b"\0"):
+            found.append(pid)
+    for pid in parents:
+        p, seen = parents.get(pid), 0
+        while p and p != me and seen < 64:
+            p, seen = parents.get(p), seen + 1
+        if p == me and pid not in found:
+            found.append(pid)
+    return sorted(found)
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f"{pid} " + f.read().replace(b"\0", b" ").decode(errors="replace")[:160]
+    except OSError:
+        return str(pid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    marker = os.environ.get(RUN_MARKER, "")
+    if not marker:
+        return
+    leftovers = _marked_pids(marker)
+    deadline = time.monotonic() + 3.0  # a finalizer's SIGKILL may still be in flight
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leftovers = _marked_pids(marker)
+    if not leftovers:
+        return
+    described = [_describe(p) for p in leftovers]
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    sys.stderr.write("\nprocesses left running by the test suite (now killed):\n  " + "\n  ".join(described) + "\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
