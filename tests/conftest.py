@@ -98,6 +98,21 @@ def procs(tmp_path: Path) -> Iterator[ProcStarter]:
         starter.cleanup()
 
 
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A root-owned 0755 folder under /tmp that `nobody` can reach (pytest's own tmp_path is 0700): make
+    sub-folders in it with the modes a test needs. Removed at teardown whatever nobody left in it."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="procguard-test-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def wait_for(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.01) -> object:
     """Poll until pred() is truthy; returns its value or fails the test. Not a timing assertion."""
     deadline = time.monotonic() + timeout
