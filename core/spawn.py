@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from procguard.core import signals
@@ -173,6 +173,45 @@ class Tracked(list):  # type: ignore[type-arg]
     results: list[SignalResult]
 
 
+class _Recorder(list):  # type: ignore[type-arg]
+    """A recorder on the per-thread stack whose `append` (called by the hook) also calls a callback."""
+
+    def __init__(self, callback: Callable[[subprocess.Popen[Any]], None]) -> None:
+        super().__init__()
+        self.callback = callback
+
+    def append(self, popen: subprocess.Popen[Any]) -> None:
+        super().append(popen)
+        self.callback(popen)
+
+
+def _push(rec: list[Any]) -> list[list[Any]]:
+    _install_hook()
+    stack: list[list[Any]] | None = getattr(_local, "stack", None)
+    if stack is None:
+        stack = []
+        _local.stack = stack
+    stack.append(rec)
+    return stack
+
+
+@contextlib.contextmanager
+def on_popen(callback: Callable[[subprocess.Popen[Any]], None]) -> Iterator[list[subprocess.Popen[Any]]]:
+    """Call `callback(popen)` in this thread right after every `subprocess.Popen` this thread starts inside
+    the block (one Popen hook serves this and `track_subprocesses`). Yields the list of those Popens.
+
+    An exception raised by the callback propagates out of the `subprocess.Popen(...)` call that triggered it
+    (the process has been started by then).
+    """
+    rec = _Recorder(callback)
+    stack = _push(rec)
+    try:
+        yield rec
+    finally:
+        with contextlib.suppress(ValueError):
+            stack.remove(rec)
+
+
 @contextlib.contextmanager
 def track_subprocesses(*, terminate_on_exit: bool = False, grace: float = 5.0) -> Iterator[Tracked]:
     """Record every subprocess.Popen this thread starts inside the block.
@@ -181,12 +220,9 @@ def track_subprocesses(*, terminate_on_exit: bool = False, grace: float = 5.0) -
     are terminated with escalation before the exception goes on. On a normal exit they keep running unless
     terminate_on_exit=True.
     """
-    _install_hook()
     rec = Tracked()
     rec.results = []
-    stack: list[Tracked] = getattr(_local, "stack", None) or []
-    _local.stack = stack
-    stack.append(rec)
+    stack = _push(rec)
     try:
         yield rec
     except BaseException:

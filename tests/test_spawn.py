@@ -147,3 +147,21 @@ def test_track_subprocesses_is_per_thread(procs: ProcStarter) -> None:
     t.join()
     assert tracked == [mine]
     assert other[0].poll() is None  # the other thread's child is untouched
+
+
+def test_on_popen_sees_this_threads_popens_only() -> None:
+    import threading
+
+    from procguard.core.spawn import on_popen
+
+    seen: list[int] = []
+    other: list[subprocess.Popen[bytes]] = []
+    with on_popen(lambda p: seen.append(p.pid)) as popens:
+        mine = subprocess.Popen(["true"])
+        t = threading.Thread(target=lambda: other.append(subprocess.Popen(["true"])))
+        t.start()
+        t.join()
+    after = subprocess.Popen(["true"])
+    for p in (mine, after, *other):
+        p.wait()
+    assert seen == [mine.pid] and [p.pid for p in popens] == [mine.pid]

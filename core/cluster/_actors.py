@@ -134,9 +134,9 @@ class NodeAgent:
 
             value: Any = duplicates.duplicate_report(**kwargs)
         elif fn == "locks":
-            from procguard.core import held_locks
+            from procguard.core.held_locks import list_locks
 
-            value = held_locks.list_locks(**kwargs)
+            value = list_locks(**kwargs)
         elif fn == "gpu":
             from procguard.core import gpu
 
@@ -159,9 +159,9 @@ class NodeAgent:
 
             value = duplicates.terminate_duplicates(**kwargs)
         elif fn == "clean_stale_locks":
-            from procguard.core import held_locks
+            from procguard.core.held_locks import clean_stale_locks
 
-            value = held_locks.clean_stale_locks(**kwargs)
+            value = clean_stale_locks(**kwargs)
         else:
             raise ValueError(f"unknown node report {fn!r}")
         return self.node_id, value

@@ -30,8 +30,8 @@ from ray.exceptions import TaskCancelledError
 
 from procguard.core import procfs
 from procguard.core.cluster import nodeops
-from procguard.core.cluster._popen_hook import record_popens
 from procguard.core.cluster.nodeops import TaskEntry, TaskRecord
+from procguard.core.spawn import on_popen
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,7 +97,7 @@ def track_task(grace: float = 5.0) -> Iterator[TaskTracker]:
         raise TaskCancelledError(error_message="cancelled by procguard before it started")
     failed: BaseException | None = None
     try:
-        with record_popens(tracker._on_popen):
+        with on_popen(tracker._on_popen):
             yield tracker
     except BaseException as e:
         failed = e
