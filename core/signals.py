@@ -1,9 +1,18 @@
 """Signalling processes, groups and trees safely: terminate with SIGTERM -> SIGKILL escalation, kill, pause,
 resume.
 
-Every target set is captured first and each member pinned (a pidfd opened and checked against the start time
-the snapshot saw), so a pid reused by the time we signal is never hit. Exits are awaited on the pidfds, which
-turn readable at exit, before anyone reaps: zombies count as dead.
+Every action runs in explicit phases, each a small function below:
+
+1. capture: resolve the targets to members and pin each one (a pidfd opened and checked against the start
+   time the snapshot saw), so a pid reused by the time we signal is never hit;
+2. signal: SIGTERM (SIGCONT to stopped members, whose SIGTERM would stay pending), SIGSTOP or SIGCONT;
+3. wait: exits are awaited on the pidfds, which turn readable at exit, before anyone reaps (zombies count as
+   dead); without pidfds, /proc is polled against each member's start time;
+4. rescan: group and tree targets are rescanned for members that appeared meanwhile (forked, or orphans of a
+   tree), which are pinned and signalled too;
+5. kill: survivors of the grace get SIGKILL (a group at once with killpg when that is safe, a tree frozen
+   with SIGSTOP first so it can't fork past us);
+6. confirm: each death (or stop, or continue) is seen before it is reported.
 """
 
 from __future__ import annotations
@@ -19,11 +28,15 @@ from enum import Enum
 from typing import Literal, NamedTuple
 
 from procguard.core import procfs
+from procguard.core.procid import ProcId
 from procguard.core.protect import own_lineage, protection_reason
-from procguard.core.snapshot import Proc, Snapshot, process_snapshot, username_of
-from procguard.core.views import group_members, tree
+from procguard.core.snapshot import DEAD_STATES, STOPPED_STATES, Proc, Snapshot, process_snapshot, username_of
+from procguard.core.views import descendant_pids, group_members, tree
 
 HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
+# The switch for the pidfd-less path: set it False (tests do, through monkeypatch) to pin, signal and await
+# members by start-time checks on /proc alone, as on kernels or sandboxes without pidfds.
+USE_PIDFD = HAS_PIDFD
 KILL_CONFIRM_TIMEOUT = 2.0  # how long a SIGKILLed process may take to die before it is reported survived
 STOP_CONFIRM_TIMEOUT = 1.0
 _MAX_FREEZE_ROUNDS = 50
@@ -88,6 +101,11 @@ class Member:
     @property
     def command(self) -> str:
         return " ".join(self.cmdline) if self.cmdline else f"[{self.name}]"
+
+    @property
+    def id(self) -> ProcId:
+        """The identity this member was captured with: what pinning and every later check compare against."""
+        return ProcId(self.pid, self.start_ticks)
 
     @classmethod
     def of(cls, p: Proc, target: Target, protected: str | None = None) -> Member:
@@ -175,10 +193,11 @@ def resolve(targets: TargetLike, snapshot: Snapshot | None = None) -> list[Membe
 class _Pinned:
     """A member with a handle that can't be confused with a later process of the same pid."""
 
-    __slots__ = ("member", "fd", "result", "signalled")
+    __slots__ = ("member", "id", "fd", "result", "signalled")
 
     def __init__(self, member: Member) -> None:
         self.member = member
+        self.id = member.id  # every "is it still ours" check compares against this identity
         self.fd: int | None = None
         self.result: SignalResult | None = None
         self.signalled = False
@@ -200,12 +219,11 @@ class _Pinned:
             self.fd = None
 
     def same_process(self) -> bool:
-        st = procfs.read_stat(self.pid)
-        return st is not None and st.start_ticks == self.member.start_ticks
+        return self.id.alive()
 
     def pin(self) -> bool:
         """Open the pidfd and check it is our process; False (and already-gone) when it is not."""
-        if HAS_PIDFD:
+        if USE_PIDFD:
             try:
                 self.fd = os.pidfd_open(self.pid)
             except ProcessLookupError:
@@ -241,12 +259,11 @@ class _Pinned:
             poller = select.poll()
             poller.register(self.fd, select.POLLIN)
             return bool(poller.poll(0))
-        st = procfs.read_stat(self.pid)
-        return st is None or st.start_ticks != self.member.start_ticks or st.state in ("Z", "X")
+        return not self.id.running()
 
     def state(self) -> str | None:
         st = procfs.read_stat(self.pid)
-        if st is None or st.start_ticks != self.member.start_ticks:
+        if st is None or st.start_ticks != self.id.start_ticks:
             return None
         return st.state
 
@@ -260,49 +277,131 @@ def _pin_all(members: Sequence[Member]) -> tuple[list[_Pinned], list[_Pinned]]:
         all_.append(p)
         if m.protected:
             p.finish(Outcome.REFUSED, 0.0, m.protected)
-        elif m.state in ("Z", "X"):
+        elif m.state in DEAD_STATES:
             p.finish(Outcome.ALREADY_GONE, 0.0, "already exited (zombie)")
         elif p.pin():
             live.append(p)
     return all_, live
 
 
+def _finish_denied_or_gone(p: _Pinned, err: str | None, t0: float) -> bool:
+    if err == "denied":
+        p.finish(Outcome.DENIED, time.monotonic() - t0, f"no permission to signal pid {p.pid} "
+                 f"(owned by {p.member.username})")
+        return True
+    if err == "gone":
+        p.finish(Outcome.ALREADY_GONE, time.monotonic() - t0, "exited before it was signalled")
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- one run
+
+
+class _Run:
+    """One action's state across its phases: the targets, when they were captured, every pinned member (those
+    found by rescans are appended), the clock every elapsed time counts from, and who hears of progress."""
+
+    __slots__ = ("targets", "capture_ticks", "pinned", "t0", "on_progress")
+
+    def __init__(self, targets: list[Target], capture_ticks: int, pinned: list[_Pinned],
+                 on_progress: ProgressFn | None) -> None:
+        self.targets = targets
+        self.capture_ticks = capture_ticks
+        self.pinned = pinned
+        self.t0 = time.monotonic()
+        self.on_progress = on_progress
+
+    def has(self, kind: str) -> bool:
+        return any(t.kind == kind for t in self.targets)
+
+    def unfinished(self) -> list[_Pinned]:
+        return [p for p in self.pinned if p.result is None]
+
+    def newcomers(self, rows: dict[int, _Row] | None = None) -> list[_Pinned]:
+        """Pinned members of group/tree targets that appeared since the capture (see _new_members)."""
+        pids = _new_members(self.targets, self.pinned, self.capture_ticks, rows)
+        return _pin_new(pids, _target_for_new(self.targets)) if pids else []
+
+
+def _capture(targets: TargetLike, snapshot: Snapshot | None,
+             on_progress: ProgressFn | None = None) -> tuple[_Run, list[_Pinned]]:
+    """Phase 1: resolve and pin. Returns the run and its live members (refused or vanished ones are finished)."""
+    tlist = _normalize(targets)
+    capture_ticks = procfs.now_ticks()  # before resolving: anything born after this is a newcomer
+    pinned, live = _pin_all(resolve(tlist, snapshot))
+    return _Run(tlist, capture_ticks, pinned, on_progress), live
+
+
+def _send_each(run: _Run, procs: Iterable[_Pinned], sig: int) -> None:
+    for p in procs:
+        _finish_denied_or_gone(p, p.send(sig), run.t0)
+
+
+def _send_term(run: _Run, procs: Sequence[_Pinned]) -> None:
+    """Phase 2 of terminate: SIGTERM, then SIGCONT to stopped members (a stopped process keeps SIGTERM pending
+    until it is continued)."""
+    for p in procs:
+        if not _finish_denied_or_gone(p, p.send(signal.SIGTERM), run.t0):
+            p.signalled = True
+    for p in procs:
+        if p.result is None and p.state() in STOPPED_STATES:
+            p.send(signal.SIGCONT)
+
+
+# ---------------------------------------------------------------------------------------------- waiting
+
+
 def _wait_exits(pinned: list[_Pinned], deadline: float, t0: float, outcome: Outcome,
                 on_progress: ProgressFn | None, grace_end: float | None = None) -> list[_Pinned]:
-    """Wait until every pinned process exits or the deadline passes; finish the exited ones. Returns the rest."""
+    """Phase 3: wait until every pinned process exits or the deadline passes; finish the exited ones with
+    `outcome`. Returns the rest."""
     alive = [p for p in pinned if p.result is None]
     if not alive:
         return []
-    tick = 0.25 if on_progress else None
     if all(p.fd is not None for p in alive):
-        poller = select.poll()
-        by_fd = {}
-        for p in alive:
-            assert p.fd is not None
-            poller.register(p.fd, select.POLLIN)
-            by_fd[p.fd] = p
-        while by_fd:
-            now = time.monotonic()
-            if now >= deadline:
-                break
-            wait = deadline - now if tick is None else min(deadline - now, tick)
-            events = poller.poll(max(0, int(wait * 1000) + 1))
-            now = time.monotonic()
-            done: list[int] = []
-            for fd, _ev in events:
-                p = by_fd.pop(fd, None)
-                if p is not None:
-                    poller.unregister(fd)
-                    p.finish(outcome, now - t0)
-                    done.append(p.pid)
-            if on_progress:
-                if done:
-                    on_progress(Progress("exited", tuple(done), max(0.0, (grace_end or deadline) - now)))
-                else:
-                    on_progress(Progress("waiting", tuple(p.pid for p in by_fd.values()),
-                                         max(0.0, (grace_end or deadline) - now)))
-        return list(by_fd.values())
-    # No pidfds: short adaptive waits on /proc.
+        return _wait_pidfds(alive, deadline, t0, outcome, on_progress, grace_end or deadline)
+    return _wait_polling(alive, deadline, t0, outcome)
+
+
+def _wait_pidfds(alive: list[_Pinned], deadline: float, t0: float, outcome: Outcome,
+                 on_progress: ProgressFn | None, report_end: float) -> list[_Pinned]:
+    """Sleep in poll() on the pidfds; with a progress listener, wake every 0.25 s to report."""
+    poller = select.poll()
+    by_fd: dict[int, _Pinned] = {}
+    for p in alive:
+        assert p.fd is not None
+        poller.register(p.fd, select.POLLIN)
+        by_fd[p.fd] = p
+    tick = 0.25 if on_progress else None
+    while by_fd:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        wait = deadline - now if tick is None else min(deadline - now, tick)
+        events = poller.poll(max(0, int(wait * 1000) + 1))
+        now = time.monotonic()
+        done: list[int] = []
+        for fd, _ev in events:
+            hit = by_fd.pop(fd, None)
+            if hit is not None:
+                poller.unregister(fd)
+                hit.finish(outcome, now - t0)
+                done.append(hit.pid)
+        if on_progress:
+            _report_wait(on_progress, done, by_fd.values(), max(0.0, report_end - now))
+    return list(by_fd.values())
+
+
+def _report_wait(on_progress: ProgressFn, done: list[int], waiting: Iterable[_Pinned], remaining: float) -> None:
+    if done:
+        on_progress(Progress("exited", tuple(done), remaining))
+    else:
+        on_progress(Progress("waiting", tuple(p.pid for p in waiting), remaining))
+
+
+def _wait_polling(alive: list[_Pinned], deadline: float, t0: float, outcome: Outcome) -> list[_Pinned]:
+    """No pidfds: short adaptive waits on /proc, each member checked against its start time."""
     sleep = 0.0005
     while True:
         now = time.monotonic()
@@ -314,6 +413,22 @@ def _wait_exits(pinned: list[_Pinned], deadline: float, t0: float, outcome: Outc
             return alive
         time.sleep(min(sleep, max(0.0, deadline - now)))
         sleep = min(sleep * 2, 0.02)
+
+
+def _await_grace(run: _Run, grace_end: float) -> None:
+    """Phases 3 and 4 of terminate: wait for exits; when all are done inside the grace, rescan for members
+    that appeared meanwhile and SIGTERM them too, within what is left of the grace."""
+    while True:
+        rest = _wait_exits(run.pinned, grace_end, run.t0, Outcome.EXITED, run.on_progress, grace_end)
+        if rest and time.monotonic() >= grace_end:
+            return  # the kill phase rescans for newcomers: one scan after the grace, not two
+        fresh = run.newcomers()
+        late = time.monotonic() >= grace_end  # then the kill phase takes them, unsignalled so far
+        if fresh and not late:
+            _send_term(run, fresh)
+        run.pinned.extend(fresh)
+        if not fresh or late:
+            return
 
 
 # ---------------------------------------------------------------------------------------------- rescans
@@ -354,148 +469,103 @@ def _captured_groups(targets: list[Target], rows: dict[int, _Row], known: set[in
 
 def _new_members(targets: list[Target], pinned: list[_Pinned], capture_ticks: int,
                  rows: dict[int, _Row] | None = None) -> list[int]:
-    """Members of group/tree targets that were not captured: forked meanwhile, or reparented orphans."""
+    """Phase 4: members of group/tree targets that were not captured: forked meanwhile, or reparented orphans.
+    Never our own lineage, pid 0 or 1, or a zombie."""
     if not any(t.kind != "pid" for t in targets):
         return []
     if rows is None:
         rows = _scan()
     known = {p.pid for p in pinned}
-    found: set[int] = set()
     groups = _captured_groups(targets, rows, known, capture_ticks)
-    for r in rows.values():
-        if r.pgid in groups and r.pid not in known and r.state not in ("Z", "X"):
-            found.add(r.pid)
-    tree_pins = [p for p in pinned if p.member.target.kind == "tree"]
-    if tree_pins:
-        members = {p.pid for p in tree_pins}
-        member_pgids = {p.member.pgid for p in tree_pins}
-        cmap: dict[int, list[int]] = {}
-        for r in rows.values():
-            cmap.setdefault(r.ppid, []).append(r.pid)
-        frontier = list(members)
-        seen = set(members)
-        while frontier:
-            nxt = []
-            for pid in frontier:
-                for c in cmap.get(pid, ()):
-                    if c not in seen:
-                        seen.add(c)
-                        nxt.append(c)
-            frontier = nxt
-        found.update(seen - members)
-        # A member that exited left its children to init: catch those born after capture in one of the
-        # tree's own process groups (a shell's group it shares with the tree is safe: its children keep it).
-        for r in rows.values():
-            if (r.ppid == 1 and r.pid not in seen and r.pgid in member_pgids
-                    and r.start_ticks >= capture_ticks):
-                found.add(r.pid)
+    found = {r.pid for r in rows.values() if r.pgid in groups and r.state not in DEAD_STATES}
+    found |= _tree_newcomers([p for p in pinned if p.member.target.kind == "tree"], rows, capture_ticks)
     lineage = own_lineage()
     return sorted(pid for pid in found - known if pid not in lineage and pid > 1
-                  and rows.get(pid, _Row(0, 0, 0, 0, "Z")).state not in ("Z", "X"))
+                  and rows.get(pid, _Row(0, 0, 0, 0, "Z")).state not in DEAD_STATES)
 
 
-def _pin_new(pids: list[int], targets: list[Target], snap_target: Target) -> list[_Pinned]:
+def _tree_newcomers(tree_pins: list[_Pinned], rows: dict[int, _Row], capture_ticks: int) -> set[int]:
+    """Everything below the tree members now, plus their orphans: a member that exited left its children to
+    init, so catch those born after the capture in one of the tree's own process groups (a shell's group it
+    shares with the tree is safe: its children keep it)."""
+    if not tree_pins:
+        return set()
+    members = {p.pid for p in tree_pins}
+    cmap: dict[int, list[int]] = {}
+    for r in rows.values():
+        cmap.setdefault(r.ppid, []).append(r.pid)
+    below = set(descendant_pids(cmap, members))
+    member_pgids = {p.member.pgid for p in tree_pins}
+    orphans = {r.pid for r in rows.values()
+               if r.ppid == 1 and r.pgid in member_pgids and r.start_ticks >= capture_ticks
+               and r.pid not in members and r.pid not in below}
+    return below | orphans
+
+
+def _member_from_stat(pid: int, st: procfs.Stat | None, start_ticks: int, state: str, pgid: int,
+                      target: Target, cmdline: tuple[str, ...]) -> Member:
+    """A Member for a newcomer, from what /proc says of it now (it was not in the captured snapshot)."""
+    uid = procfs.read_uid(pid)
+    return Member(pid, start_ticks, procfs.create_time(start_ticks), st.comm if st else "", cmdline,
+                  username_of(uid) if uid is not None else "?", uid if uid is not None else -1, state, pgid,
+                  target, None)
+
+
+def _pin_new(pids: list[int], target: Target) -> list[_Pinned]:
     out: list[_Pinned] = []
     for pid in pids:
         st = procfs.read_stat(pid)
-        if st is None:
+        if st is None or st.flags & procfs.PF_KTHREAD:
             continue
         cmd = procfs.read_cmdline(pid) or ()
-        uid = procfs.read_uid(pid)
-        m = Member(pid, st.start_ticks, procfs.create_time(st.start_ticks), st.comm, cmd,
-                   username_of(uid) if uid is not None else "?", uid if uid is not None else -1, st.state,
-                   st.pgid, snap_target, None)
-        p = _Pinned(m)
-        if st.flags & procfs.PF_KTHREAD:
-            continue
+        p = _Pinned(_member_from_stat(pid, st, st.start_ticks, st.state, st.pgid, target, cmd))
         if p.pin():
             out.append(p)
     return out
 
 
 def _target_for_new(targets: list[Target]) -> Target:
+    """What a newcomer is reported under: the first group or tree target (only those have newcomers)."""
     return next((t for t in targets if t.kind != "pid"), targets[0])
 
 
-# ---------------------------------------------------------------------------------------------- actions
-
-
-def _finish_denied_or_gone(p: _Pinned, err: str | None, t0: float) -> bool:
-    if err == "denied":
-        p.finish(Outcome.DENIED, time.monotonic() - t0, f"no permission to signal pid {p.pid} "
-                 f"(owned by {p.member.username})")
-        return True
-    if err == "gone":
-        p.finish(Outcome.ALREADY_GONE, time.monotonic() - t0, "exited before it was signalled")
-        return True
-    return False
-
-
-def _freeze_and_collect(targets: list[Target], pinned: list[_Pinned], capture_ticks: int, t0: float) -> None:
-    """Stop every tree member and rescan until no new member appears, so a forking tree can't outrun us."""
-    new_target = _target_for_new(targets)
-    for _ in range(_MAX_FREEZE_ROUNDS):
-        for p in pinned:
-            if p.result is None and not p.signalled:
-                err = p.send(signal.SIGSTOP)
-                _finish_denied_or_gone(p, err, t0)
-                p.signalled = True
-        fresh = _pin_new(_new_members(targets, pinned, capture_ticks), targets, new_target)
-        if not fresh:
-            return
-        pinned.extend(fresh)
-
-
-def _kill_phase(targets: list[Target], pinned: list[_Pinned], t0: float, capture_ticks: int,
-                on_progress: ProgressFn | None) -> None:
-    # Groups die at once with killpg, when that is safe: see _killpg_safe. Otherwise every member is killed
-    # one by one below, which the rescan for newcomers completes.
-    for t in targets:
-        if t.kind == "group" and _killpg_safe(t.id, pinned):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(t.id, signal.SIGKILL)
-    if any(t.kind == "tree" for t in targets):
-        for p in pinned:
-            p.signalled = False
-        _freeze_and_collect(targets, pinned, capture_ticks, t0)
-        _sigkill_and_confirm(pinned, t0, on_progress)
-        return
-    # The captured members first: their confirmed death is what the caller waits for, and a rescan of the
-    # whole table costs tens of ms at a few thousand processes. Members that appeared meanwhile were already
-    # hit by the killpg above (group targets); the rescan finds them to confirm and report them.
-    _sigkill_and_confirm(pinned, t0, on_progress)
-    if not any(t.kind == "group" for t in targets):
-        return
-    rows = _scan()
-    target = _target_for_new(targets)
-    # Newcomers the killpg already ended are zombies by now: report them from their wait status.
-    pinned.extend(_dead_newcomers(targets, pinned, capture_ticks, rows, target, t0))
-    fresh = _pin_new(_new_members(targets, pinned, capture_ticks, rows), targets, target)
-    if fresh:
-        pinned.extend(fresh)
-        _sigkill_and_confirm(fresh, t0, on_progress)
-
-
-def _dead_newcomers(targets: list[Target], pinned: list[_Pinned], capture_ticks: int, rows: dict[int, _Row],
-                    target: Target, t0: float) -> list[_Pinned]:
-    known = {p.pid for p in pinned}
-    groups = _captured_groups(targets, rows, known, capture_ticks)
+def _dead_newcomers(run: _Run, rows: dict[int, _Row]) -> list[_Pinned]:
+    """Newcomers of the captured groups that are zombies now (the killpg ended them, or they exited during the
+    grace), finished from their wait status: killed or exited."""
+    known = {p.pid for p in run.pinned}
+    groups = _captured_groups(run.targets, rows, known, run.capture_ticks)
+    target = _target_for_new(run.targets)
     out = []
     for r in rows.values():
-        if r.state != "Z" or r.pgid not in groups or r.pid in known or r.start_ticks < capture_ticks:
+        if r.state != "Z" or r.pgid not in groups or r.pid in known or r.start_ticks < run.capture_ticks:
             continue
-        st = procfs.read_stat(r.pid)
-        uid = procfs.read_uid(r.pid)
-        m = Member(r.pid, r.start_ticks, procfs.create_time(r.start_ticks), st.comm if st else "", (),
-                   username_of(uid) if uid is not None else "?", uid if uid is not None else -1, "Z", r.pgid,
-                   target, None)
-        p = _Pinned(m)
+        p = _Pinned(_member_from_stat(r.pid, procfs.read_stat(r.pid), r.start_ticks, "Z", r.pgid, target, ()))
         if r.exit_code & 0x7F == signal.SIGKILL:
-            p.finish(Outcome.KILLED, time.monotonic() - t0)
+            p.finish(Outcome.KILLED, time.monotonic() - run.t0)
         else:
-            p.finish(Outcome.EXITED, time.monotonic() - t0, "appeared during the grace and exited")
+            p.finish(Outcome.EXITED, time.monotonic() - run.t0, "appeared during the grace and exited")
         out.append(p)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- kill
+
+
+def _stop_unsignalled(run: _Run) -> None:
+    for p in run.pinned:
+        if p.result is None and not p.signalled:
+            _finish_denied_or_gone(p, p.send(signal.SIGSTOP), run.t0)
+            p.signalled = True
+
+
+def _freeze_and_collect(run: _Run) -> None:
+    """Stop every tree member and rescan until no new member appears, so a forking tree can't outrun us."""
+    for _ in range(_MAX_FREEZE_ROUNDS):
+        _stop_unsignalled(run)
+        fresh = run.newcomers()
+        if not fresh:
+            return
+        run.pinned.extend(fresh)
 
 
 def _killpg_safe(pgid: int, pinned: list[_Pinned]) -> bool:
@@ -503,23 +573,60 @@ def _killpg_safe(pgid: int, pinned: list[_Pinned]) -> bool:
     pgid is still the captured group, not a reused number), (2) no member of the group was refused (procguard,
     its shell or another protected process shares it: a script's `sleep & procguard kill --group $!`), and
     (3) no process of our own lineage is in the group at this moment."""
-    alive_in_group = False
-    for p in pinned:
-        if p.member.pgid != pgid:
-            continue
-        if p.result is not None and p.result.outcome is Outcome.REFUSED:
-            return False
-        if p.result is None and not p.exited():
-            st = procfs.read_stat(p.pid)
-            if st is not None and st.pgid == pgid and st.start_ticks == p.member.start_ticks:
-                alive_in_group = True
-    if not alive_in_group:
+    in_group = [p for p in pinned if p.member.pgid == pgid]
+    if any(p.result is not None and p.result.outcome is Outcome.REFUSED for p in in_group):
         return False
-    for pid in own_lineage():
-        st = procfs.read_stat(pid)
-        if st is not None and st.pgid == pgid:
-            return False
-    return True
+    if not any(_pinned_in_group_now(p, pgid) for p in in_group):
+        return False
+    return not any(_in_group_now(pid, pgid) for pid in own_lineage())
+
+
+def _pinned_in_group_now(p: _Pinned, pgid: int) -> bool:
+    if p.result is not None or p.exited():
+        return False
+    st = procfs.read_stat(p.pid)
+    return st is not None and st.pgid == pgid and st.start_ticks == p.id.start_ticks
+
+
+def _in_group_now(pid: int, pgid: int) -> bool:
+    st = procfs.read_stat(pid)
+    return st is not None and st.pgid == pgid
+
+
+def _killpg_groups(run: _Run) -> None:
+    """Groups die at once with killpg, when that is safe (see _killpg_safe). Otherwise every member is killed
+    one by one, which the rescan for newcomers completes."""
+    for t in run.targets:
+        if t.kind == "group" and _killpg_safe(t.id, run.pinned):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(t.id, signal.SIGKILL)
+
+
+def _kill_phase(run: _Run) -> None:
+    """Phases 5 and 6: SIGKILL whatever is left and confirm each death."""
+    _killpg_groups(run)
+    if run.has("tree"):
+        for p in run.pinned:
+            p.signalled = False
+        _freeze_and_collect(run)
+        _sigkill_and_confirm(run.pinned, run.t0, run.on_progress)
+        return
+    # The captured members first: their confirmed death is what the caller waits for, and a rescan of the
+    # whole table costs tens of ms at a few thousand processes. Members that appeared meanwhile were already
+    # hit by the killpg above (group targets); the rescan finds them to confirm and report them.
+    _sigkill_and_confirm(run.pinned, run.t0, run.on_progress)
+    if run.has("group"):
+        _kill_group_newcomers(run)
+
+
+def _kill_group_newcomers(run: _Run) -> None:
+    rows = _scan()
+    # Newcomers the killpg already ended are zombies by now: report them from their wait status.
+    run.pinned.extend(_dead_newcomers(run, rows))
+    fresh = run.newcomers(rows)
+    if fresh:
+        run.pinned.extend(fresh)
+        _sigkill_and_confirm(fresh, run.t0, run.on_progress)
 
 
 def _sigkill_and_confirm(pinned: list[_Pinned], t0: float, on_progress: ProgressFn | None) -> None:
@@ -554,6 +661,9 @@ def _results(pinned: list[_Pinned]) -> list[SignalResult]:
     return out
 
 
+# ---------------------------------------------------------------------------------------------- actions
+
+
 def terminate(targets: TargetLike, grace: float = 5.0, *, snapshot: Snapshot | None = None,
               on_progress: ProgressFn | None = None) -> list[SignalResult]:
     """SIGTERM every member (SIGCONT to stopped ones), wait up to `grace` seconds, then SIGKILL survivors.
@@ -563,103 +673,82 @@ def terminate(targets: TargetLike, grace: float = 5.0, *, snapshot: Snapshot | N
     """
     if grace < 0:
         raise ValueError(f"grace must be >= 0, not {grace}")
-    tlist = _normalize(targets)
-    capture_ticks = procfs.now_ticks()
-    members = resolve(tlist, snapshot)
-    pinned, live = _pin_all(members)
-    t0 = time.monotonic()
-    for p in live:
-        err = p.send(signal.SIGTERM)
-        if not _finish_denied_or_gone(p, err, t0):
-            p.signalled = True
-    for p in live:
-        # A stopped process keeps SIGTERM pending until it is continued.
-        if p.result is None and p.state() in ("T", "t"):
-            p.send(signal.SIGCONT)
-    grace_end = t0 + grace
+    run, live = _capture(targets, snapshot, on_progress)
+    _send_term(run, live)
+    grace_end = run.t0 + grace
     if on_progress:
         on_progress(Progress("sigterm", tuple(p.pid for p in live if p.result is None), grace))
-    new_target = _target_for_new(tlist)
-    while True:
-        rest = _wait_exits(pinned, grace_end, t0, Outcome.EXITED, on_progress, grace_end)
-        if rest and time.monotonic() >= grace_end:
-            break  # the kill phase rescans for newcomers: one scan after the grace, not two
-        # Members that appeared meanwhile get their SIGTERM too, within what is left of the grace.
-        fresh = _pin_new(_new_members(tlist, pinned, capture_ticks), tlist, new_target) if tlist else []
-        if not fresh or time.monotonic() >= grace_end:
-            pinned.extend(fresh)
-            break
-        for p in fresh:
-            err = p.send(signal.SIGTERM)
-            if not _finish_denied_or_gone(p, err, t0):
-                p.signalled = True
-                if p.state() in ("T", "t"):
-                    p.send(signal.SIGCONT)
-        pinned.extend(fresh)
-        if not rest and all(p.result is not None for p in pinned):
-            continue
-    if any(p.result is None for p in pinned):
-        _kill_phase(tlist, pinned, t0, capture_ticks, on_progress)
+    _await_grace(run, grace_end)
+    if run.unfinished():
+        _kill_phase(run)
     if on_progress:
-        on_progress(Progress("done", tuple(p.pid for p in pinned), 0.0))
-    return _results(pinned)
+        on_progress(Progress("done", tuple(p.pid for p in run.pinned), 0.0))
+    return _results(run.pinned)
 
 
 def kill(targets: TargetLike, *, snapshot: Snapshot | None = None,
          on_progress: ProgressFn | None = None) -> list[SignalResult]:
     """SIGKILL every member (trees frozen first, groups with killpg) and confirm death."""
-    tlist = _normalize(targets)
-    capture_ticks = procfs.now_ticks()
-    pinned, _live = _pin_all(resolve(tlist, snapshot))
-    t0 = time.monotonic()
-    _kill_phase(tlist, pinned, t0, capture_ticks, on_progress)
-    return _results(pinned)
+    run, _live = _capture(targets, snapshot, on_progress)
+    _kill_phase(run)
+    return _results(run.pinned)
 
 
 def _stop_or_continue(targets: TargetLike, snapshot: Snapshot | None, sig: int) -> list[SignalResult]:
-    tlist = _normalize(targets)
-    capture_ticks = procfs.now_ticks()
-    pinned, live = _pin_all(resolve(tlist, snapshot))
-    t0 = time.monotonic()
-    if sig == signal.SIGSTOP and any(t.kind == "tree" for t in tlist):
-        _freeze_and_collect(tlist, pinned, capture_ticks, t0)
+    run, live = _capture(targets, snapshot)
+    stopping = sig == signal.SIGSTOP
+    if stopping and run.has("tree"):
+        _freeze_and_collect(run)
     else:
-        for p in live:
-            _finish_denied_or_gone(p, p.send(sig), t0)
-        if sig == signal.SIGSTOP:
-            # Members forked meanwhile would run on unstopped.
-            for _ in range(_MAX_FREEZE_ROUNDS):
-                fresh = _pin_new(_new_members(tlist, pinned, capture_ticks), tlist, _target_for_new(tlist))
-                if not fresh:
-                    break
-                for p in fresh:
-                    _finish_denied_or_gone(p, p.send(sig), t0)
-                pinned.extend(fresh)
-    want_stopped = sig == signal.SIGSTOP
-    pending = [p for p in pinned if p.result is None]
+        _send_each(run, live, sig)
+        if stopping:
+            _stop_newcomers(run)
+    _confirm_states(run, stopping)
+    return _results(run.pinned)
+
+
+def _stop_newcomers(run: _Run) -> None:
+    """Members forked meanwhile would run on unstopped: stop them too, until no new one appears."""
+    for _ in range(_MAX_FREEZE_ROUNDS):
+        fresh = run.newcomers()
+        if not fresh:
+            return
+        _send_each(run, fresh, signal.SIGSTOP)
+        run.pinned.extend(fresh)
+
+
+def _confirm_states(run: _Run, want_stopped: bool) -> None:
+    """Phase 6 of pause/resume: wait until /proc shows every member stopped (or running again)."""
+    pending = run.unfinished()
     deadline = time.monotonic() + STOP_CONFIRM_TIMEOUT
     sleep = 0.0002
     while pending:
         now = time.monotonic()
-        for p in pending:
-            st = p.state()
-            if st is None or st in ("Z", "X"):
-                p.finish(Outcome.ALREADY_GONE, now - t0, "exited meanwhile")
-            elif (st in ("T", "t")) == want_stopped:
-                p.finish(Outcome.PAUSED if want_stopped else Outcome.RESUMED, now - t0)
-        pending = [p for p in pending if p.result is None]
+        pending = [p for p in pending if not _state_confirmed(p, want_stopped, now - run.t0)]
         if not pending:
-            break
+            return
         if now >= deadline:
-            for p in pending:
-                st = p.state()
-                why = ("did not stop" if want_stopped else "is still stopped (traced by a debugger?)")
-                p.finish(Outcome.SURVIVED, now - t0, f"pid {p.pid} {why} after {STOP_CONFIRM_TIMEOUT:g} s "
-                         f"(state {st or '?'})")
-            break
+            _finish_unconfirmed(pending, want_stopped, now - run.t0)
+            return
         time.sleep(sleep)
         sleep = min(sleep * 2, 0.01)
-    return _results(pinned)
+
+
+def _state_confirmed(p: _Pinned, want_stopped: bool, elapsed: float) -> bool:
+    st = p.state()
+    if st is None or st in DEAD_STATES:
+        p.finish(Outcome.ALREADY_GONE, elapsed, "exited meanwhile")
+    elif (st in STOPPED_STATES) == want_stopped:
+        p.finish(Outcome.PAUSED if want_stopped else Outcome.RESUMED, elapsed)
+    return p.result is not None
+
+
+def _finish_unconfirmed(pending: list[_Pinned], want_stopped: bool, elapsed: float) -> None:
+    why = "did not stop" if want_stopped else "is still stopped (traced by a debugger?)"
+    for p in pending:
+        st = p.state()
+        p.finish(Outcome.SURVIVED, elapsed, f"pid {p.pid} {why} after {STOP_CONFIRM_TIMEOUT:g} s "
+                 f"(state {st or '?'})")
 
 
 def pause(targets: TargetLike, *, snapshot: Snapshot | None = None) -> list[SignalResult]:

@@ -20,6 +20,10 @@ from typing import NamedTuple
 from procguard.core import procfs
 from procguard.core.pyproc import PythonCmd, parse_python_cmdline
 
+# Process states (the letter in /proc/PID/stat, as ps shows it) that callers ask about by meaning, not letter.
+DEAD_STATES = frozenset({"Z", "X"})  # exited: a zombie not yet reaped (Z), or being reaped right now (X)
+STOPPED_STATES = frozenset({"T", "t"})  # stopped by a signal (T: SIGSTOP, SIGTSTP...) or by a tracer (t)
+
 
 class Proc(NamedTuple):
     """One process as seen at snapshot time."""
@@ -46,6 +50,17 @@ class Proc(NamedTuple):
     def command(self) -> str:
         """The command line as one string, or [comm] when there is none (kernel threads, zombies)."""
         return " ".join(self.cmdline) if self.cmdline else f"[{self.name}]"
+
+    @property
+    def dead(self) -> bool:
+        """Exited but still in the table (a zombie, or being reaped): it can't be signalled or stopped, and its
+        pid is not free for reuse yet."""
+        return self.state in DEAD_STATES
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped by a signal or a tracer: it runs again (and acts on pending signals) only once continued."""
+        return self.state in STOPPED_STATES
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from procguard.core.snapshot import Proc, Snapshot
@@ -11,22 +12,29 @@ def children(snap: Snapshot, pid: int) -> list[Proc]:
     return [snap.procs[c] for c in snap.children_map.get(pid, ()) if c != pid]
 
 
-def descendants(snap: Snapshot, pid: int) -> list[Proc]:
-    """Every process below pid, breadth first (pid itself not included)."""
-    out: list[Proc] = []
-    seen = {pid}
-    frontier = [pid]
-    cmap = snap.children_map
+def descendant_pids(children_map: Mapping[int, Iterable[int]], roots: Iterable[int]) -> list[int]:
+    """Every pid below any of `roots` in a ppid -> child pids map, breadth first, each once, roots not included
+    (even when one root is below another). The one tree walk: `descendants` over a snapshot, and signals'
+    rescans over their own stat-only table."""
+    out: list[int] = []
+    frontier = list(roots)
+    seen = set(frontier)
     while frontier:
         nxt: list[int] = []
         for p in frontier:
-            for c in cmap.get(p, ()):
+            for c in children_map.get(p, ()):
                 if c not in seen:
                     seen.add(c)
-                    out.append(snap.procs[c])
+                    out.append(c)
                     nxt.append(c)
         frontier = nxt
     return out
+
+
+def descendants(snap: Snapshot, pid: int) -> list[Proc]:
+    """Every process below pid, breadth first (pid itself not included)."""
+    procs = snap.procs
+    return [procs[c] for c in descendant_pids(snap.children_map, (pid,))]
 
 
 def tree(snap: Snapshot, pid: int) -> list[Proc]:

@@ -16,21 +16,22 @@ from procguard.core.signals import Outcome, Target
 from procguard.core.snapshot import process_snapshot
 from tests.conftest import ProcStarter, is_gone, proc_state, wait_for
 
-# A leader in its own session that starts N children; children ignore SIGTERM when IGNORE is set.
+# A leader in its own session that starts N children; children ignore SIGTERM when IGNORE is set. They get
+# SIG_IGN by inheriting it across fork, so it is in place before the leader reports them: set after the fork,
+# a child not yet scheduled could still die of the SIGTERM (then EXITED, not KILLED).
 GROUP = """
 import os, signal, sys, time
 n = int(sys.argv[1]); ignore_children = sys.argv[2] == "1"; ignore_leader = sys.argv[3] == "1"
+if ignore_children:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 kids = []
 for i in range(n):
     pid = os.fork()
     if pid == 0:
-        if ignore_children:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
             time.sleep(60)
     kids.append(pid)
-if ignore_leader:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore_leader else signal.SIG_DFL)
 print(" ".join(map(str, kids)), flush=True)
 print("ready", flush=True)
 while True:
@@ -47,7 +48,17 @@ def start_group(procs: ProcStarter, n: int, ignore_children: bool = False, ignor
     for k in kids:
         procs.track(k)
     procs.wait_ready(p)
+    assert all(ignores_sigterm(pid) == ignore_children for pid in kids)
+    assert ignores_sigterm(p.pid) == ignore_leader
     return p, kids
+
+
+def ignores_sigterm(pid: int) -> bool:
+    """SIGTERM is in the process's ignored set (/proc/PID/status SigIgn)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    raise AssertionError(f"pid {pid}: no SigIgn line in /proc/{pid}/status")
 
 
 def outcomes(results: list[signals.SignalResult]) -> dict[int, Outcome]:
