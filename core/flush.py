@@ -10,10 +10,17 @@ Remote, cooperative (no tool can empty another process's allocator from outside)
   runs `flush_gpu_caches()` and writes the answer to this process's registry entry as
   `flush={"flushed", "backend", "before", "after", "freed", "message", "time", "started", "request_id"}`.
   Requests that arrive while a flush runs are answered by one more flush; requests queued together share one.
-- `request_flush(pid)` reads the target's registry entry (refusing processes that aren't guarded), writes
-  `flush_request={"id", "time"}` to it, sends the entry's `flush_signal` and polls the entry until an answer
-  carries its id, or started after the request was made (a concurrent requester's flush counts too: it ran
-  after ours was asked), up to the timeout.
+- `request_flush(pid)` reads the target's registry entry and believes it only under the registry's trust rule
+  (a regular file owned by the process's owner or root, in a folder private to that owner, naming the same
+  pid and start ticks): anything else is NotGuarded, and nothing is sent. It then sends the entry's
+  `flush_signal` to that very process (pinned with a pidfd and its start ticks) and polls the entry until the
+  answer carries its request id, or started after the request was made (a concurrent requester's flush
+  counts too: it ran after ours was asked), up to the timeout.
+- The request id channel is for a requester of the target's own uid only: it writes
+  `flush_request={"id", "time"}` into the target's entry, which lies in a folder private to both. A requester
+  of another uid (root flushing a user's process) writes nothing anywhere: it sends the signal alone and
+  matches the answer by time (`started` >= when it asked). The guarded process writes its answer in its own
+  entry, which the requester reads under the trust rule.
 - `start_allocator_publisher()` writes `allocator={"allocated", "reserved", "time"}` to the entry every few
   seconds while torch's CUDA (or MPS) allocator is in use, so a viewer can tell what a flush would free.
 
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import os
 import queue
 import signal
@@ -90,9 +98,23 @@ class FlushResult:
 
     @classmethod
     def from_answer(cls, a: Mapping[str, Any]) -> FlushResult:
-        return cls(flushed=bool(a.get("flushed", a.get("freed") is not None)), backend=a.get("backend"),
-                   reserved_before=a.get("before"), reserved_after=a.get("after"), freed=a.get("freed"),
-                   message=str(a.get("message", "")), time=float(a.get("time", 0.0)))
+        """From the registry form. The answer is the guarded process's word: odd types become None / 0, and
+        the message is kept exact (a terminal gets it through sanitize.safe)."""
+        backend = a.get("backend")
+        t = a.get("time")
+        return cls(flushed=bool(a.get("flushed", a.get("freed") is not None)),
+                   backend=backend if isinstance(backend, str) else None,
+                   reserved_before=_count(a.get("before")), reserved_after=_count(a.get("after")),
+                   freed=_count(a.get("freed")), message=str(a.get("message", "")),
+                   time=float(t) if _number(t) else 0.0)
+
+
+def _count(v: Any) -> int | None:
+    return int(v) if _number(v) else None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class FlushError(Exception):
@@ -206,6 +228,12 @@ def _registry() -> Any:
     from procguard.core import registry  # the guarded side only needs it once a request comes
 
     return registry
+
+
+def _safe(text: object) -> str:
+    from procguard.core.sanitize import safe
+
+    return safe(text)
 
 
 def _field(entry: Any, name: str) -> Any:
@@ -403,47 +431,98 @@ def _alive(pid: int) -> bool:
     return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] not in (b"Z", b"X")
 
 
-def _answers(answer: Any, request_id: str, asked: float) -> bool:
+def _answers(answer: Any, request_id: str | None, asked: float) -> bool:
     if not isinstance(answer, Mapping):
         return False
-    if answer.get("request_id") == request_id:
+    if request_id is not None and answer.get("request_id") == request_id:
         return True
     started = answer.get("started")
-    return isinstance(started, (int, float)) and started >= asked
+    return _number(started) and started >= asked
+
+
+def _not_guarded(reg: Any, pid: int) -> NotGuarded:
+    if not _alive(pid):
+        return NotGuarded(f"pid {pid}: no such process")
+    why = ""
+    with contextlib.suppress(Exception):
+        ignored = reg.get_entry(pid, include_untrusted=True)
+        if ignored is not None and not ignored.trusted:
+            why = f" (a registry entry for it was ignored: {_safe(ignored.untrusted_reason)})"
+    return NotGuarded(
+        f"pid {pid} is not a guarded process{why}: it does not answer flush requests (only a process can free "
+        "its own GPU cache); wrap its main in `with procguard.core.guard.guard():` (or decorate it with "
+        "@guard), restart it, then ask again")
+
+
+def _flush_signal(entry: Any) -> int:
+    signum = entry.flush_signal
+    if not signum:
+        raise NotGuarded(f"pid {entry.pid} is guarded without a flush signal (guard(flush_signal=None)): it does "
+                         "not answer flush requests; guard it with a flush signal (SIGUSR1 by default)")
+    if not isinstance(signum, int) or isinstance(signum, bool) or signum not in signal.valid_signals():
+        raise NotGuarded(f"pid {entry.pid}: its registry entry names an invalid flush signal "
+                         f"{_safe(repr(signum))}")
+    return int(signum)
+
+
+def _send(entry: Any, signum: int) -> None:
+    """Send `signum` to the very process the entry names: a pidfd pins it, then its start ticks are checked
+    again, so a pid reused since the entry was judged is never hit. ProcessLookupError when it is gone."""
+    pid, ident = entry.pid, entry.proc_id
+    if ident is None or not (hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")):
+        os.kill(pid, signum)
+        return
+    fd = os.pidfd_open(pid)
+    try:
+        if not ident.alive():
+            raise ProcessLookupError(pid)
+        signal.pidfd_send_signal(fd, signum)
+    finally:
+        os.close(fd)
 
 
 def request_flush(pid: int, timeout: float = 10.0) -> FlushResult:
     """Ask guarded process `pid` to flush its GPU caches; wait up to `timeout` seconds for its answer.
 
-    Raises NotGuarded (not in the registry, no flush signal, no such process), FlushTimeout (no answer in
-    time), FlushError (it exited while we waited), PermissionError (not allowed to signal it).
+    Only an entry the registry trusts counts (see the module doc); a requester of another uid writes nothing
+    and matches the answer by time. Raises NotGuarded (no trusted entry, no flush signal, no such process),
+    FlushTimeout (no answer in time), FlushError (it exited while we waited), PermissionError (not allowed to
+    signal it).
     """
     reg = _registry()
     entry = reg.get_entry(pid)
-    if entry is None:
-        if not _alive(pid):
-            raise NotGuarded(f"pid {pid}: no such process")
-        raise NotGuarded(
-            f"pid {pid} is not a guarded process: it does not answer flush requests (only a process can free "
-            "its own GPU cache); wrap its main in `with procguard.core.guard.guard():` (or decorate it with "
-            "@guard), restart it, then ask again")
-    signum = entry.flush_signal
-    if not signum:
-        raise NotGuarded(f"pid {pid} is guarded without a flush signal (guard(flush_signal=None)): it does not "
-                         "answer flush requests; guard it with a flush signal (SIGUSR1 by default)")
-    request_id = uuid.uuid4().hex
+    if entry is None or not entry.trusted:
+        raise _not_guarded(reg, pid)
+    signum = _flush_signal(entry)
     asked = time.time()
-    # Best effort: without it (say the entry isn't writable by us) the answer is matched on its start time.
-    with contextlib.suppress(Exception):
-        reg.update_entry(pid, flush_request={"id": request_id, "time": asked})
+    request_id: str | None = None
+    owner = _process_owner(pid)
+    if owner is not None and owner == os.geteuid():
+        # Same user: the request id goes into the target's entry, in a folder private to us both. Best effort:
+        # without it (the entry is in a folder we don't see) the answer is matched on its start time.
+        request_id = uuid.uuid4().hex
+        with contextlib.suppress(Exception):
+            reg.update_entry(pid, flush_request={"id": request_id, "time": asked})
     try:
-        os.kill(pid, signum)
+        _send(entry, signum)
     except ProcessLookupError:
         raise NotGuarded(f"pid {pid}: no such process (its registry entry is stale)") from None
+    return _await_answer(reg, pid, signum, request_id, asked, timeout)
+
+
+def _process_owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _await_answer(reg: Any, pid: int, signum: int, request_id: str | None, asked: float,
+                  timeout: float) -> FlushResult:
     deadline = time.monotonic() + timeout
     pause = 0.002
     while True:
-        entry = reg.get_entry(pid)
+        entry = reg.get_entry(pid)  # trusted only: an answer planted by someone else is not read
         answer = _field(entry, "flush")
         if _answers(answer, request_id, asked):
             return FlushResult.from_answer(answer)

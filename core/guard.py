@@ -22,7 +22,9 @@ On entry, in this order (anything set up is undone if a later step fails):
    DuplicateRunning naming the holder; ignore goes on without the lock.
 4. The flush handler (flush.install_flush_handler(flush_signal), SIGUSR1 by default; None: no handler) and
    the allocator publisher, where the flush module provides them.
-5. Registration in the per-user registry (registry.register), so viewers show the process as guarded.
+5. Registration in the per-user registry (registry.register), so viewers show the process as guarded. The
+   entry goes only to a registry folder private to this process's user; when none can be had (another user
+   made the predictable ones first) the guard goes on unregistered, with a RuntimeWarning and a note.
 
 On exit (return, exception, SIGTERM, SIGINT, SIGHUP): flush GPU caches if ``flush_on_exit`` (first, so a
 successor waiting on the lock finds the memory free), stop the publisher, unregister, uninstall the flush
@@ -57,6 +59,7 @@ from typing import Any, TypeVar
 from procguard.core import registry
 from procguard.core.duplicates import SCHEDULER_VARS, Instance, duplicate_report
 from procguard.core.identity import ScriptIdentity, identity_of
+from procguard.core.sanitize import safe
 from procguard.core.snapshot import Snapshot, process_snapshot
 
 __all__ = ["guard", "Guard", "DuplicateRunning"]
@@ -74,7 +77,8 @@ def _describe(inst: Instance) -> str:
     cmd = inst.command
     if len(cmd) > 160:
         cmd = cmd[:159] + "…"
-    return f"pid {inst.pid} (since {_since(inst.create_time)}, user {inst.username}): {cmd}"
+    # The other run's argv and user name are that process's words: escaped before they reach a terminal.
+    return f"pid {inst.pid} (since {_since(inst.create_time)}, user {safe(inst.username)}): {safe(cmd)}"
 
 
 class DuplicateRunning(SystemExit):
@@ -260,7 +264,7 @@ class Guard(contextlib.ContextDecorator):
         older = [i for i in instances if i is not mine and (i.create_time, i.pid) < (mine.create_time, mine.pid)]
         if not older:
             return False
-        display = self.identity.display
+        display = safe(self.identity.display)  # from argv: escaped for the messages below
         if self.on_duplicate == "abort":
             listing = "; ".join(_describe(i) for i in older)
             raise DuplicateRunning(f"{display} is already running: {listing}", display, older)
@@ -299,11 +303,11 @@ class Guard(contextlib.ContextDecorator):
             holder = getattr(e, "holder", None)
             holder_pid = getattr(holder, "pid", None)
             if self.on_duplicate == "ignore":
-                self.notes.append(f"no lock (on_duplicate='ignore'): {e}")
-                warnings.warn(f"procguard: {e}; going on without the lock (on_duplicate='ignore')",
+                self.notes.append(f"no lock (on_duplicate='ignore'): {safe(e)}")
+                warnings.warn(f"procguard: {safe(e)}; going on without the lock (on_duplicate='ignore')",
                               RuntimeWarning, stacklevel=4)
                 return
-            raise DuplicateRunning(f"already running: {e}", str(lock_name), (), holder_pid) from None
+            raise DuplicateRunning(f"already running: {safe(e)}", str(lock_name), (), holder_pid) from None
         stack.callback(lk.release)
         if getattr(lk, "is_noop", False):
             self.notes.append(f"no lock: {lk.noop_reason}")
@@ -339,8 +343,10 @@ class Guard(contextlib.ContextDecorator):
                                            flush_signal=self.flush_signal if flush_installed else None,
                                            extra=extra)
         except OSError as e:
-            self.notes.append(f"not registered: {e}")
-            warnings.warn(f"procguard: could not register this process: {e}", RuntimeWarning, stacklevel=4)
+            # PrivateDirError when every registry folder is unusable (say, made by another user first).
+            self.notes.append(f"not registered: {safe(e)}")
+            warnings.warn(f"procguard: could not register this process: {safe(e)}", RuntimeWarning,
+                          stacklevel=4)
             return
         pid = os.getpid()
         stack.callback(registry.unregister, pid)

@@ -1,17 +1,33 @@
 """Per-user registry of guarded processes: one JSON file per process, `<pid>.json`, in a private folder.
 
-Folder: ``platformdirs.user_runtime_dir("procguard")/registry``, or ``<tmp>/procguard-<uid>/registry`` when
-that can't be used; both mode 0700. ``PROCGUARD_REGISTRY_DIR`` overrides it (tests, containers). Readers look
-in every place an entry may have been written (a guarded process and the reader may not share
-XDG_RUNTIME_DIR), so an entry is found wherever its writer put it.
+Folder: ``platformdirs.user_runtime_dir("procguard")/registry``, else ``/run/user/<uid>/procguard/registry``,
+``<tmp>/runtime-<uid>/procguard/registry`` or ``<tmp>/procguard-<uid>/registry``: the first that is, or can be
+made, private to us (`privdir.ensure_private_dir`: ours, mode 0700, no symlink or others-writable folder on the
+way). A predictable folder another user created first is never adopted: it is skipped, and when none is left
+`register` raises PrivateDirError naming each folder and why. ``PROCGUARD_REGISTRY_DIR`` overrides the list
+(tests, containers). Readers look in every place an entry may have been written (a guarded process and the
+reader may not share XDG_RUNTIME_DIR), so an entry is found wherever its writer put it.
 
-An entry is only believed while its process lives: the pid must exist with the same start time (clock ticks
-since boot, stored as ``extra["start_ticks"]``; ``create_time`` is the same epoch float a Snapshot reports).
-Entries of processes that died without cleaning up (SIGKILL) are ignored and pruned by readers.
+Trust rule (the README's "Security model"): an entry is believed, for actions (flush) and for showing a
+process as guarded, only when all of these hold:
 
-Only a process writes its own entry: register/update_entry/unregister take a per-process lock, so a publisher
-thread and a flush-handler thread can update one entry without losing each other's fields. Writes go through
-a temporary file and os.replace, so readers never see half an entry.
+- the file is a regular file with one link, owned by the uid of ``/proc/PID`` (the process's owner) or root;
+- its folder is private to that uid (`privdir.private_dir_problem(folder, uid)`: owned by it, mode 0700, no
+  symlink or others-writable folder on the way, root's sticky /tmp excepted);
+- it names the same process: the pid of its file name, and the same start time (``start_ticks``, clock ticks
+  since boot; entries written before that field read ``extra["start_ticks"]``).
+
+Files are read with ``O_NOFOLLOW`` and a 64 KiB cap (`privdir.read_small`). An entry whose process is gone
+(pid and start ticks no longer match: SIGKILL, no clean-up) is stale and ignored; readers prune stale entries
+only in our own private folders, never another user's. An entry of a live process that fails the rest of the
+rule is ignored too; viewers can ask for it (``include_untrusted=True``) and get it with ``trusted=False`` and
+``untrusted_reason`` (already sanitized for a terminal).
+
+Writing: procguard writes only its own entries, only in folders private to it, through
+`privdir.write_atomic` (an ``mkstemp`` temp file, then rename). register/update_entry/unregister take a
+per-process lock and an flock on the folder, so a publisher thread, a flush-handler thread and a same-user
+requester (`flush.request_flush` writes its request id into the target's entry) don't lose each other's fields.
+A requester of another uid (root) never writes: see `procguard.core.flush`.
 """
 
 from __future__ import annotations
@@ -21,18 +37,20 @@ import fcntl
 import glob
 import json
 import os
-import stat
+import re
 import sys
 import tempfile
 import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from procguard.core import procfs
+from procguard.core import privdir, procfs
+from procguard.core.procid import ProcId
+from procguard.core.sanitize import safe
 
 __all__ = [
     "RegistryEntry",
@@ -46,7 +64,9 @@ __all__ = [
 ]
 
 ENV_OVERRIDE = "PROCGUARD_REGISTRY_DIR"
-_TOLERANCE = 0.05  # seconds: create_time comparisons when no start ticks are stored
+_TOLERANCE = 0.05  # seconds: create_time comparisons where there are no start ticks (no /proc)
+_NAME = re.compile(r"([1-9][0-9]{0,9})\.json")
+_UID_DIR = re.compile(r"(?:procguard|runtime)-[0-9]{1,10}")
 
 # RLock: update_entry may be reached from a signal handler interrupting this very thread mid-write.
 _write_lock = threading.RLock()
@@ -62,11 +82,26 @@ class RegistryEntry:
     flush_signal: int | None  # signal number that asks this process to flush its GPU caches
     started: float  # when the guard registered (epoch seconds)
     argv: list[str]
-    uid: int
-    extra: dict[str, Any] = field(default_factory=dict)  # start_ticks, flush results, allocator figures...
+    uid: int  # as the writer said; the trust rule uses the owner of /proc/PID, not this
+    extra: dict[str, Any] = field(default_factory=dict)  # flush results, allocator figures...
+    start_ticks: int | None = None  # with pid: the process's identity (ProcId)
+    # How this reader judged the file (never stored in it):
+    trusted: bool = field(default=True, compare=False)
+    untrusted_reason: str | None = field(default=None, compare=False)
+    path: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def proc_id(self) -> ProcId | None:
+        return None if self.start_ticks is None else ProcId(self.pid, self.start_ticks)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (what a reader's judgement says about the file is left out)."""
+        return {k: getattr(self, k) for k in _STORED}
 
 
-_FIELDS = frozenset(f.name for f in fields(RegistryEntry))
+_LOCAL = frozenset({"trusted", "untrusted_reason", "path"})
+_STORED = tuple(f.name for f in fields(RegistryEntry) if f.name not in _LOCAL)
+_FIELDS = frozenset(_STORED)
 
 
 # ---------------------------------------------------------------------------------------------- folders
@@ -83,15 +118,11 @@ def _platform_dir() -> str | None:
         return None
 
 
-def _tmp_dir(uid: int) -> str:
-    return os.path.join(tempfile.gettempdir(), f"procguard-{uid}", "registry")
-
-
 def _candidates(uid: int) -> list[str]:
     """Every folder an entry of `uid` may be in, preferred first."""
     override = os.environ.get(ENV_OVERRIDE)
     if override:
-        return [override]
+        return [os.path.abspath(override)]
     out: list[str] = []
     if uid == os.geteuid():
         p = _platform_dir()
@@ -101,33 +132,16 @@ def _candidates(uid: int) -> list[str]:
     out += [
         f"/run/user/{uid}/procguard/registry",
         os.path.join(tmp, f"runtime-{uid}", "procguard", "registry"),
-        _tmp_dir(uid),
+        os.path.join(tmp, f"procguard-{uid}", "registry"),
     ]
     seen: set[str] = set()
     return [p for p in out if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
 
 
-def _safe_dir(path: str, uid: int) -> bool:
-    """An existing folder owned by `uid`, not a symlink, closed to others: safe to write entries into."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077
-
-
-def _make_private_dir(path: str, uid: int) -> bool:
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path, 0o700)
-    except OSError:
-        return False
-    return _safe_dir(path, uid)
-
-
 def registry_dir(uid: int | None = None) -> Path:
-    """The folder new entries of `uid` (default: ours) go to; created, mode 0700, for our own uid."""
+    """The folder new entries of `uid` (default: ours) go to. For our own uid: created or verified private to
+    us (PrivateDirError, naming each folder tried and why, when none can be). For another uid: where its
+    entries would be looked for first (nothing is created or checked)."""
     own = os.geteuid()
     uid = own if uid is None else uid
     cands = _candidates(uid)
@@ -136,26 +150,39 @@ def registry_dir(uid: int | None = None) -> Path:
             if os.path.isdir(p):
                 return Path(p)
         return Path(cands[-1])
+    problems: list[str] = []
     for p in cands:
-        if _safe_dir(p, uid) or _make_private_dir(p, uid):
-            return Path(p)
-    raise PermissionError(f"no private registry folder usable for uid {uid} (tried {', '.join(cands)})")
+        base = f"/run/user/{uid}"
+        if p.startswith(base + "/") and not os.path.isdir(base) and not os.environ.get(ENV_OVERRIDE):
+            continue  # the login manager makes /run/user/<uid>; we don't
+        try:
+            return privdir.ensure_private_dir(p)
+        except privdir.PrivateDirError as e:
+            problems.append(str(e))
+    raise privdir.PrivateDirError(f"no private registry folder for uid {uid}: {'; '.join(problems)}")
 
 
 def _own_dirs() -> list[str]:
-    return [p for p in _candidates(os.geteuid()) if os.path.isdir(p)]
+    """Our candidate folders that exist and are private to us: the only ones we write, rename or unlink in."""
+    return [p for p in _candidates(os.geteuid()) if privdir.private_dir_problem(p) is None]
 
 
 def _all_dirs() -> list[str]:
+    """Every registry folder to read (ours first): whoever made them, entries are judged file by file."""
     override = os.environ.get(ENV_OVERRIDE)
     if override:
-        return [override] if os.path.isdir(override) else []
+        return [os.path.abspath(override)] if os.path.isdir(override) else []
     tmp = tempfile.gettempdir()
-    found = set(_own_dirs())
-    for pattern in ("/run/user/*/procguard/registry", os.path.join(tmp, "runtime-*", "procguard", "registry"),
-                    os.path.join(tmp, "procguard-*", "registry")):
-        found.update(p for p in glob.glob(pattern) if os.path.isdir(p))
-    return sorted(found)
+    own = _own_dirs()
+    found: set[str] = set()
+    # (pattern, the folder level that names the uid): other names are not ours to read.
+    for pattern, up, uid_name in (("/run/user/*/procguard/registry", 3, re.compile(r"[0-9]{1,10}")),
+                                  (os.path.join(tmp, "runtime-*", "procguard", "registry"), 3, _UID_DIR),
+                                  (os.path.join(tmp, "procguard-*", "registry"), 2, _UID_DIR)):
+        for p in glob.glob(pattern):
+            if uid_name.fullmatch(Path(p).parts[-up]) and p not in own and os.path.isdir(p):
+                found.add(p)
+    return own + sorted(found)
 
 
 # ---------------------------------------------------------------------------------------------- liveness
@@ -174,73 +201,120 @@ def _create_time_now(pid: int) -> float | None:
     try:  # pragma: no cover - non-Linux path
         import psutil
 
-        return psutil.Process(pid).create_time()
+        return float(psutil.Process(pid).create_time())
     except Exception:  # noqa: BLE001
         return None
 
 
 def _alive(entry: RegistryEntry) -> bool:
-    ticks = entry.extra.get("start_ticks")
-    if isinstance(ticks, int) and procfs.HAS_PROC:
-        return _start_ticks(entry.pid) == ticks
-    now = _create_time_now(entry.pid)
-    return now is not None and abs(now - entry.create_time) <= _TOLERANCE
+    """The very process the entry names (pid and start time) still exists."""
+    ident = entry.proc_id
+    if procfs.HAS_PROC:
+        return ident is not None and ident.alive()
+    now = _create_time_now(entry.pid)  # pragma: no cover - non-Linux path
+    return now is not None and abs(now - entry.create_time) <= _TOLERANCE  # pragma: no cover
+
+
+def _owner(pid: int) -> int | None:
+    """The uid that owns the process (the owner of /proc/PID: its effective uid; root for a non-dumpable one)."""
+    if procfs.HAS_PROC:
+        return procfs.read_uid(pid)
+    try:  # pragma: no cover - non-Linux path
+        import psutil
+
+        return int(psutil.Process(pid).uids().effective)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- files
 
 
+def _opt_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
 def _from_json(data: dict[str, Any]) -> RegistryEntry | None:
     try:
         extra = data.get("extra") or {}
+        extra = dict(extra) if isinstance(extra, dict) else {}
+        ticks = data.get("start_ticks", extra.get("start_ticks"))  # entries before the field: in extra
         return RegistryEntry(
             pid=int(data["pid"]),
             create_time=float(data["create_time"]),
             script=str(data.get("script", "")),
-            lock=data.get("lock"),
-            flush_signal=data.get("flush_signal"),
+            lock=data.get("lock") if isinstance(data.get("lock"), str) else None,
+            flush_signal=_opt_int(data.get("flush_signal")),
             started=float(data.get("started", 0.0)),
             argv=[str(a) for a in data.get("argv") or []],
             uid=int(data.get("uid", -1)),
-            extra=dict(extra) if isinstance(extra, dict) else {},
+            extra=extra,
+            start_ticks=_opt_int(ticks),
         )
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def _read_file(path: str) -> RegistryEntry | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+def _parse(path: str) -> tuple[RegistryEntry, os.stat_result] | None:
+    got = privdir.read_small(path)
+    if got is None:
         return None
-    return _from_json(data) if isinstance(data, dict) else None
+    raw, st = got
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    entry = _from_json(data) if isinstance(data, dict) else None
+    return None if entry is None else (entry, st)
+
+
+def _trust_problem(entry: RegistryEntry, path: str, st: os.stat_result) -> str | None:
+    """Why the file at `path` (its fstat `st`) is not to be believed about the live process it names."""
+    m = _NAME.fullmatch(os.path.basename(path))
+    if m is None or int(m.group(1)) != entry.pid:
+        return f"the file {os.path.basename(path)} names pid {entry.pid}"
+    owner = _owner(entry.pid)
+    if owner is None:
+        return f"the owner of pid {entry.pid} is unknown"
+    if st.st_nlink != 1:
+        return f"{path} has {st.st_nlink} links"
+    problem = privdir.trusted_file_problem(st, os.path.dirname(path), owner)
+    return None if problem is None else f"{path}: {problem}"
+
+
+def _load(path: str, own: bool) -> RegistryEntry | None:
+    """The entry in `path`, judged (see the module doc); None when missing, garbage or stale. A stale entry is
+    pruned when `own` (the folder is private to us) and the file is ours."""
+    got = _parse(path)
+    if got is None:
+        return None
+    entry, st = got
+    if not _alive(entry):
+        if own and st.st_uid == os.geteuid():
+            _prune_stale(path, entry)
+        return None
+    entry.path = path
+    problem = _trust_problem(entry, path, st)
+    if problem is not None:
+        entry.trusted, entry.untrusted_reason = False, safe(problem)
+    return entry
 
 
 def _write_file(directory: str, entry: RegistryEntry) -> None:
-    path = os.path.join(directory, f"{entry.pid}.json")
-    tmp = os.path.join(directory, f".{entry.pid}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(asdict(entry), f, separators=(",", ":"), default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    data = json.dumps(entry.to_json(), separators=(",", ":"), default=str).encode()
+    privdir.write_atomic(directory, f"{entry.pid}.json", data)
 
 
 @contextlib.contextmanager
 def _dir_locked(directory: str) -> Iterator[None]:
-    """Serialise read-modify-write of entries with other processes (a requester writing into a target's entry)
-    with flock on the folder itself. Reentrant within a thread (a nested call skips the flock: it would wait on
-    itself)."""
+    """Serialise read-modify-write of entries with other processes of our uid (a requester writing into a
+    target's entry) with flock on the folder itself. Reentrant within a thread (a nested call skips the flock:
+    it would wait on itself)."""
     depth = getattr(_depth, "n", 0)
     fd = None
     if depth == 0:
         try:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:
             if fd is not None:
@@ -255,27 +329,23 @@ def _dir_locked(directory: str) -> Iterator[None]:
             os.close(fd)  # drops the flock
 
 
-def _find_file(pid: int, dirs: list[str]) -> str | None:
-    for d in dirs:
-        p = os.path.join(d, f"{pid}.json")
-        if os.path.exists(p):
-            return p
-    return None
-
-
-def _prune(path: str) -> None:
-    # Best effort: another reader may have pruned it first, or it belongs to another user.
+def _unlink(path: str) -> None:
+    # Only called for files in our own private folders. Best effort: another reader may have pruned it first.
     with contextlib.suppress(OSError):
         os.unlink(path)
 
 
 def _prune_stale(path: str, stale: RegistryEntry) -> None:
-    """Remove a dead process's entry, unless a new process with the same pid has registered meanwhile."""
-    with _dir_locked(os.path.dirname(path)):
-        now = _read_file(path)
-        if now is not None and (now.create_time, now.extra.get("start_ticks")) == (
-                stale.create_time, stale.extra.get("start_ticks")):
-            _prune(path)
+    """Remove a dead process's entry from our own folder, unless a new process with the same pid has registered
+    meanwhile."""
+    directory = os.path.dirname(path)
+    if privdir.private_dir_problem(directory) is not None:
+        return  # not our folder: never remove anything in it
+    with _dir_locked(directory):
+        got = _parse(path)
+        if got is not None and got[1].st_uid == os.geteuid() and \
+                (got[0].create_time, got[0].start_ticks) == (stale.create_time, stale.start_ticks):
+            _unlink(path)
 
 
 # ---------------------------------------------------------------------------------------------- API
@@ -283,100 +353,111 @@ def _prune_stale(path: str, stale: RegistryEntry) -> None:
 
 def register(*, script: str, lock: str | None = None, flush_signal: int | None = None,
              extra: dict[str, Any] | None = None) -> RegistryEntry:
-    """Register the current process (replacing an entry it wrote before)."""
+    """Register the current process (replacing an entry it wrote before). Raises PrivateDirError (an OSError)
+    when no registry folder private to us can be had."""
     pid = os.getpid()
     ticks = _start_ticks(pid)
     ctime = procfs.create_time(ticks) if ticks is not None else (_create_time_now(pid) or time.time())
     argv = list(procfs.read_cmdline(pid) or ()) if procfs.HAS_PROC else []
     if not argv:
         argv = list(getattr(sys, "orig_argv", sys.argv))
-    ext: dict[str, Any] = dict(extra or {})
-    if ticks is not None:
-        ext["start_ticks"] = ticks
-    entry = RegistryEntry(pid, ctime, script, lock, flush_signal, time.time(), argv, os.geteuid(), ext)
+    entry = RegistryEntry(pid, ctime, script, lock, flush_signal, time.time(), argv, os.geteuid(),
+                          dict(extra or {}), ticks)
     with _write_lock:
         directory = str(registry_dir())
         # An older entry of ours in another folder (XDG_RUNTIME_DIR changed) would be found first by readers.
         for d in _own_dirs():
             if d != directory:
-                _prune(os.path.join(d, f"{pid}.json"))
+                _unlink(os.path.join(d, f"{pid}.json"))
         with _dir_locked(directory):
             _write_file(directory, entry)
+    entry.path = os.path.join(directory, f"{pid}.json")
     return entry
 
 
 def unregister(pid: int | None = None) -> None:
-    """Remove the entry of `pid` (default: this process). Missing entries are fine."""
+    """Remove the entry of `pid` (default: this process) from our own folders. Missing entries are fine."""
     pid = os.getpid() if pid is None else pid
     with _write_lock:
         for d in _own_dirs():
             with _dir_locked(d):
-                _prune(os.path.join(d, f"{pid}.json"))
+                _unlink(os.path.join(d, f"{pid}.json"))
 
 
 def update_entry(pid: int, /, **fields_: Any) -> None:
     """Merge `fields_` into the entry of `pid`: known fields are replaced, other keys merged into `extra`.
 
-    No-op when the entry does not exist (unregistered already: a late publisher must not bring it back).
-    Meant for a process's own entry; atomic for readers.
+    Only entries in our own private folders are touched (a process's own entry, or a same-user requester's
+    write into its target's). No-op when the entry does not exist (unregistered already: a late publisher must
+    not bring it back). Atomic for readers.
     """
     with _write_lock:
-        path = _find_file(pid, _own_dirs())
-        if path is None:
+        for d in _own_dirs():
+            path = os.path.join(d, f"{pid}.json")
+            if os.path.lexists(path):
+                break
+        else:
             return
-        with _dir_locked(os.path.dirname(path)):
-            entry = _read_file(path)  # re-read under the lock: the file may be gone by now
-            if entry is None:
+        with _dir_locked(d):
+            got = _parse(path)  # re-read under the lock: the file may be gone by now
+            if got is None or got[0].pid != pid:
                 return
+            entry = got[0]
             for k, v in fields_.items():
-                if k in ("pid", "uid"):
-                    continue  # the file name and folder say whose entry it is
+                if k in ("pid", "uid", "start_ticks"):
+                    continue  # the file name, folder and process say whose entry it is
                 if k == "extra" and isinstance(v, dict):
                     entry.extra.update(v)
                 elif k in _FIELDS:
                     setattr(entry, k, v)
                 else:
                     entry.extra[k] = v
-            _write_file(os.path.dirname(path), entry)
+            _write_file(d, entry)
 
 
-def get_entry(pid: int) -> RegistryEntry | None:
-    """The live entry of `pid` (ours, or any user's we can read); None when absent or stale."""
-    dirs = _own_dirs()
-    path = _find_file(pid, dirs)
-    if path is None:
-        dirs = [d for d in _all_dirs() if d not in dirs]
-        path = _find_file(pid, dirs)
-    if path is None:
-        return None
-    entry = _read_file(path)
-    if entry is None or entry.pid != pid:
-        return None
-    if not _alive(entry):
-        _prune_stale(path, entry)
-        return None
-    return entry
+def get_entry(pid: int, *, include_untrusted: bool = False) -> RegistryEntry | None:
+    """The live, trusted entry of `pid` (ours, or any user's we can read); None when absent, stale or not to be
+    believed (module doc). With `include_untrusted`, an entry of the live process that fails the trust rule is
+    returned when no trusted one exists, with ``trusted=False`` and the reason: for viewers, never for
+    actions."""
+    own = _own_dirs()
+    untrusted: RegistryEntry | None = None
+    for d in own:
+        entry = _load(os.path.join(d, f"{pid}.json"), own=True)
+        if entry is not None and entry.trusted:
+            return entry
+        untrusted = untrusted or entry
+    # Every folder is read, not just the first holding a file: a planted file must not hide the real entry.
+    for d in _all_dirs():
+        if d in own:
+            continue
+        entry = _load(os.path.join(d, f"{pid}.json"), own=False)
+        if entry is not None and entry.trusted:
+            return entry
+        untrusted = untrusted or entry
+    return untrusted if include_untrusted else None
 
 
-def read_entries(all_users: bool = False) -> list[RegistryEntry]:
-    """Live entries, by pid; stale files are pruned. `all_users` reads every registry folder we can (root:
-    everybody's); otherwise only our own."""
-    dirs = _all_dirs() if all_users else _own_dirs()
+def read_entries(all_users: bool = False, *, include_untrusted: bool = False) -> list[RegistryEntry]:
+    """Live trusted entries, by pid; our own stale files are pruned. `all_users` reads every registry folder we
+    can (root: everybody's); otherwise only our own. `include_untrusted` adds the live processes' entries that
+    fail the trust rule (``trusted=False``, ``untrusted_reason``), where no trusted one exists for the pid."""
+    own = _own_dirs()
+    dirs = _all_dirs() if all_users else own
     out: dict[int, RegistryEntry] = {}
     for d in dirs:
         try:
             names = os.listdir(d)
         except OSError:
             continue
+        is_own = d in own
         for name in names:
-            if not name.endswith(".json") or name.startswith("."):
+            if _NAME.fullmatch(name) is None:
                 continue
-            path = os.path.join(d, name)
-            entry = _read_file(path)
-            if entry is None:
+            entry = _load(os.path.join(d, name), own=is_own)
+            if entry is None or not (entry.trusted or include_untrusted):
                 continue
-            if not _alive(entry):
-                _prune_stale(path, entry)
-                continue
-            out.setdefault(entry.pid, entry)
+            have = out.get(entry.pid)
+            if have is None or (entry.trusted and not have.trusted):
+                out[entry.pid] = entry
     return [out[p] for p in sorted(out)]

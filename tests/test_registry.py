@@ -37,7 +37,10 @@ def test_register_get_unregister_self(regdir: Path) -> None:
         assert (got.script, got.lock, got.flush_signal, got.uid) == ("/x/train.py", "/l/train.lock",
                                                                       signal.SIGUSR1, os.geteuid())
         assert got.extra["name"] == "train"
-        assert got.extra["start_ticks"] == procfs.start_ticks_of(os.getpid())
+        # start ticks are a field of their own now (issue 12: pid + start ticks name the process)
+        assert got.start_ticks == procfs.start_ticks_of(os.getpid()) and got.trusted
+        assert got.proc_id is not None and got.proc_id.alive()
+        assert json.loads(f.read_text())["start_ticks"] == got.start_ticks
         # comparable with the snapshot's create_time
         assert got.create_time == process_snapshot()[os.getpid()].create_time
         assert got.argv == list(procfs.read_cmdline(os.getpid()) or ())

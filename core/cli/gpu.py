@@ -11,6 +11,7 @@ from procguard.core import flush as _flush
 from procguard.core import gpu as _gpu
 from procguard.core.cli import UsageError
 from procguard.core.cli._args import human_bytes, pid_arg, print_json, seconds_arg
+from procguard.core.sanitize import safe
 from procguard.core.snapshot import Snapshot, process_snapshot
 
 EntryLookup = Callable[[int], Any]
@@ -39,7 +40,8 @@ def _registry_lookup() -> EntryLookup:
 
     def lookup(pid: int) -> Any:
         try:
-            return registry.get_entry(pid)
+            # Untrusted entries too, flagged (registry trust rule): shown as such, never as guarded.
+            return registry.get_entry(pid, include_untrusted=True)
         except Exception:  # an unreadable entry doesn't break the listing
             return None
 
@@ -48,18 +50,23 @@ def _registry_lookup() -> EntryLookup:
 
 def gpu_report(gpu: _gpu.GpuSnapshot, lookup: EntryLookup | None = None) -> dict[str, Any]:
     """The `gpu --json` object: devices, and processes enriched from the registry (guarded, and the allocator
-    figures a guarded process publishes: reserved, allocated; null when unknown)."""
+    figures a guarded process publishes: reserved, allocated; null when unknown). Only an entry the registry
+    trusts counts; a process whose entry was ignored gets ``untrusted_entry`` (why), and no figures from it."""
     lookup = lookup or _registry_lookup()
     devices = [{"index": d.index, "name": d.name, "uuid": d.uuid, "memory_total": d.memory_total,
                 "memory_used": d.memory_used, "utilization": d.utilization} for d in gpu.devices]
     processes = []
     for p in sorted(gpu.processes, key=lambda p: (p.device, -(p.memory_used or 0), p.pid)):
         entry = lookup(p.pid)
-        alloc = _flush._field(entry, "allocator")
+        trusted = entry is not None and bool(getattr(entry, "trusted", True))
+        alloc = _flush._field(entry, "allocator") if trusted else None
         alloc = alloc if isinstance(alloc, dict) else {}
-        processes.append({"pid": p.pid, "device": p.device, "memory_used": p.memory_used,
-                          "guarded": entry is not None, "reserved": alloc.get("reserved"),
-                          "allocated": alloc.get("allocated")})
+        row: dict[str, Any] = {"pid": p.pid, "device": p.device, "memory_used": p.memory_used,
+                               "guarded": trusted, "reserved": alloc.get("reserved"),
+                               "allocated": alloc.get("allocated")}
+        if entry is not None and not trusted:
+            row["untrusted_entry"] = getattr(entry, "untrusted_reason", None) or "not trusted"
+        processes.append(row)
     return {"available": gpu.available, "reason": gpu.reason, "devices": devices, "processes": processes}
 
 
@@ -116,5 +123,5 @@ def run_flush(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"pid": args.pid, **result.to_dict()})
     else:
-        print(f"pid {args.pid}: {result.message}")
+        print(f"pid {args.pid}: {safe(result.message)}")  # the guarded process's words
     return 0
