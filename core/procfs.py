@@ -109,16 +109,23 @@ def read_stat(pid: int) -> Stat | None:
         return None
 
 
-def read_cmdline(pid: int) -> tuple[str, ...] | None:
-    try:
-        data = read_bytes(f"{PROC}/{pid}/cmdline")
-    except OSError:
-        return None
+def parse_cmdline(data: bytes) -> tuple[str, ...]:
+    """The argv in the bytes of /proc/PID/cmdline: NUL-separated, NUL-terminated. Empty for a kernel thread or a
+    zombie. Bytes that are not UTF-8 survive as surrogates (surrogateescape: `os.fsencode` gives them back;
+    `sanitize.safe` shows them as `\\xNN`). An empty argument stays an empty string."""
     if not data:
         return ()
     if data.endswith(b"\0"):
         data = data[:-1]
     return tuple(data.decode("utf-8", "surrogateescape").split("\0"))
+
+
+def read_cmdline(pid: int) -> tuple[str, ...] | None:
+    try:
+        data = read_bytes(f"{PROC}/{pid}/cmdline")
+    except OSError:
+        return None
+    return parse_cmdline(data)
 
 
 def read_uid(pid: int) -> int | None:

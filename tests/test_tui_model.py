@@ -243,8 +243,9 @@ def test_summary_names_the_cluster_node() -> None:
     assert NodeView("ab" * 28, "10.0.0.1", True, 1, 3).label == "abababab 10.0.0.1 (head) · 1 of 3"
     assert NodeView("ab" * 28, "?", False, 0, 2).label == "abababab ? · gone (2 left)"
     model = demo_model()
-    assert "node" not in summary_markup(model, 120)
-    wide = summary_markup(model, 120, view.label, view.compact)
-    assert wide.startswith("[$text-muted]node[/] [b $text-accent]c4744161 10.0.0.7 · 2 of 3[/]"), wide
-    assert "c4744161 2/3" in summary_markup(model, 80, view.label, view.compact)
+    assert "node" not in summary_markup(model, 120).plain
+    wide = summary_markup(model, 120, view.label, view.compact)  # Content: the label is plain text in it
+    assert wide.markup.startswith("[$text-muted]node[/$text-muted] [b $text-accent]c4744161 10.0.0.7 · 2 of 3"
+                                  "[/b $text-accent]"), wide.markup
+    assert "c4744161 2/3" in summary_markup(model, 80, view.label, view.compact).plain
     assert had_ray or "ray" not in sys.modules

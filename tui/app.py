@@ -64,6 +64,7 @@ from procguard.tui.model import (
 from procguard.tui.screens.confirm import ConfirmScreen
 from procguard.tui.screens.details import DetailsScreen
 from procguard.tui.screens.help import HelpScreen
+from procguard.tui.text import plain
 from procguard.tui.views.duplicates import DuplicatesView
 from procguard.tui.views.gpu import GpuView
 from procguard.tui.views.locks import LocksView
@@ -610,7 +611,7 @@ class ProcguardApp(App[None]):
         for pid in (*message.pids, *(r.pid for r in done.results)):
             self.status.pop(pid, None)
         if not self._ui_live():
-            self.notices.append((done.message, done.severity))  # for the record; no screen to show it on
+            self.notices.append((plain(done.message), done.severity))  # for the record; no screen to show it on
             return
         self._push_status()
         self.tell(done.message, done.severity)
@@ -695,6 +696,9 @@ class ProcguardApp(App[None]):
     # ------------------------------------------------------------------------------------------ misc
 
     def tell(self, text: str, severity: str = "information") -> None:
+        """Every notification goes through here: results, errors and flush answers quote commands, paths and
+        messages of other users' processes, so the whole text is made safe and never parsed as markup."""
+        text = plain(text)
         self.notices.append((text, severity))
         self.notify(text, severity=severity, timeout=8 if severity == "information" else 12,  # type: ignore[arg-type]
                     markup=False)

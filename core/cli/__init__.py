@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from procguard.core.sanitize import safe
+
 # Command modules, in help order. A module registers its subcommands with `register(subparsers)`.
 COMMAND_MODULES = ("ps", "signals", "run", "dupes", "locks", "gpu")
 
@@ -57,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(args.func(args) or 0)
     except UsageError as e:
-        print(f"procguard: error: {e}", file=sys.stderr)
+        # A message can quote a path or a name another user chose: one line, nothing raw reaches the terminal.
+        print(f"procguard: error: {safe(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from procguard.core.cli import UsageError
+from procguard.core.sanitize import safe
 
 
 def pid_arg(text: str) -> int:
@@ -20,11 +21,10 @@ def pid_arg(text: str) -> int:
     return pid
 
 
-def one_line(text: str) -> str:
-    """A command line on one row: newlines and other control characters escaped (`python -c` scripts)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def one_line(text: object) -> str:
+    """Text from a process (a command line, a path, a name) on one row, safe for a terminal: the one sanitizer,
+    `procguard.core.sanitize.safe` (newlines and other control characters escaped, e.g. `python -c` scripts)."""
+    return safe(text)
 
 
 def seconds_arg(flag: str):  # type: ignore[no-untyped-def]

@@ -15,7 +15,8 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import human_bytes, one_line, pid_arg, print_json
+from procguard.core.cli._args import human_bytes, pid_arg, print_json
+from procguard.core.sanitize import safe
 
 
 class NodePid(NamedTuple):
@@ -88,7 +89,7 @@ def _node_errors(items: Sequence[Any]) -> int:
     bad = 0
     for it in items:
         if it.error:
-            print(f"procguard: node {it.node.short} ({it.node.ip}): {it.error}", file=sys.stderr)
+            print(f"procguard: node {safe(it.node.short)} ({safe(it.node.ip)}): {safe(it.error)}", file=sys.stderr)
             bad += 1
     return bad
 
@@ -128,9 +129,10 @@ def ray_ps(args: argparse.Namespace) -> int:
         print(f"{'NODE':<8} {'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} S {'USER':<10} {'RSS':>7} {'CPU%':>5} "
               "COMMAND")
         for node, d, p, kind in rows:
-            tag = f"  [ray: {kind}]" if kind else ""
-            print(f"{node.short:<8} {p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} {p.username[:10]:<10} "
-                  f"{human_bytes(p.rss):>7} {p.cpu_percent:>5.1f} {'  ' * d}{one_line(p.command)}{tag}")
+            tag = f"  [ray: {safe(kind)}]" if kind else ""
+            print(f"{safe(node.short):<8} {p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} "
+                  f"{safe(p.username)[:10]:<10} {human_bytes(p.rss):>7} {p.cpu_percent:>5.1f} {'  ' * d}"
+                  f"{safe(p.command)}{tag}")
     return 1 if _node_errors(snaps) else 0
 
 
@@ -156,6 +158,7 @@ def check_local_targets(args: argparse.Namespace) -> None:
 def ray_signals(args: argparse.Namespace, ok: set[Any]) -> int:
     """term|kill|pause|resume --ray: each target acted on by the agent of the node that owns it."""
     from procguard.core import signals
+    from procguard.core.cli.signals import result_line
 
     for t in args.targets:
         if not isinstance(t, NodePid) and not args.node:
@@ -190,23 +193,22 @@ def ray_signals(args: argparse.Namespace, ok: set[Any]) -> int:
             print(f"would {args.action} {len(members)} process(es):")
             for nm in members:
                 m = nm.member
-                note = f"  [refused: {m.protected}]" if m.protected else ""
-                print(f"{nm.node_id[:8]:<8} {m.pid:>7} {m.username[:10]:<10} {m.state} {one_line(m.command)}{note}")
+                note = f"  [refused: {safe(m.protected)}]" if m.protected else ""
+                print(f"{safe(nm.node_id)[:8]:<8} {m.pid:>7} {safe(m.username)[:10]:<10} {safe(m.state)} "
+                      f"{safe(m.command)}{note}")
         return 0
     try:
         results = cluster.cluster_signal_many(None, args.action, targets, getattr(args, "grace", 0.0))
     except cluster.ClusterError as e:
-        print(f"procguard: {e}", file=sys.stderr)
+        print(f"procguard: {safe(e)}", file=sys.stderr)
         return 1
     if args.json:
         print_json({"results": [r.to_json() for r in results]})
     else:
         for nr in results:
             r = nr.result
-            why = f": {r.reason}" if r.reason else ""
-            print(f"{nr.node_id[:8]:<8} {r.pid:>7} {r.outcome.value:<12} {r.elapsed:8.3f}s  "
-                  f"{one_line(' '.join(r.cmdline)) or r.name}{why}")
-        print(signals.summarize([nr.result for nr in results]), file=sys.stderr)
+            print(f"{safe(nr.node_id)[:8]:<8} {r.pid:>7} {r.outcome.value:<12} {r.elapsed:8.3f}s  {result_line(r)}")
+        print(safe(signals.summarize([nr.result for nr in results])), file=sys.stderr)
     return 0 if all(nr.result.outcome in ok for nr in results) else 1
 
 
@@ -234,11 +236,11 @@ def ray_dupes(args: argparse.Namespace) -> int:
                 continue
             for g in r.value.groups:
                 found = True
-                print(f"{r.node.short} ({r.node.ip}) {g.identity.display}: {len(g.instances)} runs")
+                print(f"{safe(r.node.short)} ({safe(r.node.ip)}) {safe(g.identity.display)}: {len(g.instances)} runs")
                 print(f"  {'NODE':<8} {'PID':>7} {'USER':<10} CWD  COMMAND")
                 for inst in g.instances:
-                    print(f"  {r.node.short:<8} {inst.pid:>7} {inst.username[:10]:<10} {inst.cwd or '?'}  "
-                          f"{one_line(inst.command)}")
+                    print(f"  {safe(r.node.short):<8} {inst.pid:>7} {safe(inst.username)[:10]:<10} "
+                          f"{safe(inst.cwd or '?')}  {safe(inst.command)}")
         if not found:
             print("no duplicate runs")
     return 1 if _node_errors(reports) else 0
@@ -263,9 +265,9 @@ def ray_locks(args: argparse.Namespace) -> int:
             print(f"{'NODE':<8} {'PID':>7} {'KIND':<6} {'MODE':<5} {'MANAGED':<7} PATH")
             for node, e in rows:
                 pid = "-" if e.pid is None else str(e.pid)
-                kind = "stale" if e.stale else (e.kind or "-")
-                print(f"{node.short:<8} {pid:>7} {kind:<6} {(e.mode or '-'):<5} "
-                      f"{'yes' if e.managed else '-':<7} {e.path}")
+                kind = "stale" if e.stale else safe(e.kind or "-")
+                print(f"{safe(node.short):<8} {pid:>7} {kind:<6} {safe(e.mode or '-'):<5} "
+                      f"{'yes' if e.managed else '-':<7} {safe(e.path)}")
     return 1 if _node_errors(reports) else 0
 
 
@@ -288,7 +290,7 @@ def ray_gpu(args: argparse.Namespace) -> int:
         for r in reports:
             if r.value is None:
                 continue
-            print(f"node {r.node.short} ({r.node.ip}){' head' if r.node.is_head else ''}:")
+            print(f"node {safe(r.node.short)} ({safe(r.node.ip)}){' head' if r.node.is_head else ''}:")
             snap = snaps.get(r.node.node_id)
             from procguard.core.snapshot import Snapshot
 
@@ -298,5 +300,5 @@ def ray_gpu(args: argparse.Namespace) -> int:
     return 1 if _node_errors(reports) else 0
 
 
-__all__ = ["NodePid", "add_node_option", "add_ray_option", "check_local_targets", "load_cluster", "one_line", "ray_dupes",
+__all__ = ["NodePid", "add_node_option", "add_ray_option", "check_local_targets", "load_cluster", "ray_dupes",
            "ray_gpu", "ray_locks", "ray_ps", "ray_signals", "register_ray_flags", "target_arg"]

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 from procguard.core import signals
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import one_line, print_json, seconds_arg
+from procguard.core.cli._args import print_json, seconds_arg
 from procguard.core.cli.cluster import add_node_option, add_ray_option, check_local_targets, target_arg
+from procguard.core.sanitize import safe, safe_join
 from procguard.core.signals import Outcome, SignalResult, Target
 from procguard.core.snapshot import Snapshot, process_snapshot
 
@@ -69,6 +70,12 @@ def _act(action: str, targets: list[Target], snap: Snapshot, grace: float) -> li
     return fns[action]()
 
 
+def result_line(r: SignalResult) -> str:
+    """The command and the reason of one result, made safe (both can carry another user's text)."""
+    why = f": {safe(r.reason)}" if r.reason else ""
+    return f"{safe_join(r.cmdline) or safe(r.name)}{why}"
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "ray", None):
         from procguard.core.cli.cluster import ray_signals
@@ -86,8 +93,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"would {args.action} {len(members)} process(es):")
             for m in members:
-                note = f"  [refused: {m.protected}]" if m.protected else ""
-                print(f"{m.pid:>7} {m.username[:10]:<10} {m.state} {one_line(m.command)}{note}")
+                note = f"  [refused: {safe(m.protected)}]" if m.protected else ""
+                print(f"{m.pid:>7} {safe(m.username)[:10]:<10} {m.state} {safe(m.command)}{note}")
         return 0
     results = _act(args.action, targets, snap, getattr(args, "grace", 0.0))
     ok = ACTIONS[args.action][1]
@@ -95,7 +102,6 @@ def run(args: argparse.Namespace) -> int:
         print_json({"results": [r.to_json() for r in results]})
     else:
         for r in results:
-            why = f": {r.reason}" if r.reason else ""
-            print(f"{r.pid:>7} {r.outcome.value:<12} {r.elapsed:8.3f}s  {one_line(' '.join(r.cmdline)) or r.name}{why}")
-        print(signals.summarize(results), file=sys.stderr)
+            print(f"{r.pid:>7} {r.outcome.value:<12} {r.elapsed:8.3f}s  {result_line(r)}")
+        print(safe(signals.summarize(results)), file=sys.stderr)
     return 0 if all(r.outcome in ok for r in results) else 1

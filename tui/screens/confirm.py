@@ -1,7 +1,9 @@
 """The confirm dialog: the blast radius of an action before it happens.
 
 Every process that would be signalled (pid, user, command; refused ones with the reason), the GPU memory and
-the locks that would be freed, the grace, and in cluster mode the node they all live on. `y` or Enter confirms, `n` or Escape cancels.
+the locks that would be freed, the grace, and in cluster mode the node they all live on. `y` or Enter confirms,
+`n` or Escape cancels. Commands, user names, lock paths, notes and refusal reasons are another user's text: they
+go in as plain text (`tui.text.fill`).
 """
 
 from __future__ import annotations
@@ -11,46 +13,49 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
-from textual.markup import escape
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from procguard.tui.actions import Plan
 from procguard.tui.model import DEAD_STATES, fmt_bytes, fmt_bytes_long, truncate
+from procguard.tui.text import fill, join_lines, plain
 
 MAX_LINES = 400  # a session of thousands: the dialog says how many more there are
 
 
-def member_lines(plan: Plan, width: int = 200) -> list[str]:
-    lines: list[str] = []
+def member_lines(plan: Plan, width: int = 200) -> list[Content]:
+    lines: list[Content] = []
     members = plan.blast.members
     gpu = plan.blast.gpu_by_pid
     for m in members[:MAX_LINES]:
-        cmd = escape(truncate(m.command, width))
-        user = escape(truncate(m.username, 10))
+        # Escaped first, then cut: the escapes count in the width.
+        cmd = truncate(plain(m.command), width)
+        user = f"{truncate(plain(m.username), 10):<10}"
         mem = f"[$text-accent]{fmt_bytes(gpu[m.pid]):>6}[/] " if gpu.get(m.pid) else " " * 7 if gpu else ""
         if m.protected:
-            lines.append(f"[$text-muted]{m.pid:>7}  {user:<10} {cmd}[/]\n"
-                         f"         [$text-error]refused: {escape(m.protected)}[/]")
+            lines.append(fill(f"[$text-muted]{m.pid:>7}  $user $cmd[/]\n"
+                              "         [$text-error]refused: $why[/]", user=user, cmd=cmd, why=m.protected))
         elif m.state in DEAD_STATES:
-            lines.append(f"[$text-muted]{m.pid:>7}  {user:<10} {mem}{cmd}  (zombie: already ended, "
-                         "nothing to signal)[/]")
+            lines.append(fill(f"[$text-muted]{m.pid:>7}  $user {mem}$cmd  (zombie: already ended, "
+                              "nothing to signal)[/]", user=user, cmd=cmd))
         else:
-            lines.append(f"[b]{m.pid:>7}[/]  [$text-muted]{user:<10}[/] {mem}{cmd}")
+            lines.append(fill(f"[b]{m.pid:>7}[/]  [$text-muted]$user[/] {mem}$cmd", user=user, cmd=cmd))
     if len(members) > MAX_LINES:
-        lines.append(f"[$text-muted]… and {len(members) - MAX_LINES} more[/]")
+        lines.append(fill(f"[$text-muted]… and {len(members) - MAX_LINES} more[/]"))
     return lines
 
 
-def frees_markup(plan: Plan) -> str:
+def frees_markup(plan: Plan) -> Content:
     b = plan.blast
     parts = []
     if b.gpu_bytes:
         parts.append(f"[b $text-accent]{fmt_bytes_long(b.gpu_bytes)}[/] GPU memory")
     else:
         parts.append("no GPU memory")
-    if b.locks:
-        parts.append("locks " + ", ".join(f"[b]{escape(p)}[/]" for p in b.locks))
+    locks = {f"lock{i}": p for i, p in enumerate(b.locks)}  # paths: another user's names, as values
+    if locks:
+        parts.append("locks " + ", ".join(f"[b]${name}[/]" for name in locks))
     else:
         parts.append("no locks")
     text = "[$text-muted]Frees:[/] " + " · ".join(parts)
@@ -58,7 +63,7 @@ def frees_markup(plan: Plan) -> str:
         text += f"\n[$text-muted]Grace:[/] [b]{plan.grace:g} s[/] between SIGTERM and SIGKILL"
     if b.refused:
         text += f"\n[$text-error]{len(b.refused)} protected process(es) will be refused[/]"
-    return text
+    return fill(text, **locks)
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -95,13 +100,14 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         plan = self.plan
         with Vertical(id="dialog"):
-            yield Static(escape(plan.title), id="title", classes="-node" if self.node is not None else "")
+            yield Static(Content(plan.title), id="title", classes="-node" if self.node is not None else "")
             if self.node is not None:
-                yield Static(f"[$text-muted]on node[/] [b $text-accent]{escape(self.node)}[/]", id="node")
+                yield Static(fill("[$text-muted]on node[/] [b $text-accent]$node[/]", node=self.node), id="node")
             with VerticalScroll(id="members"):
-                yield Static("\n".join(member_lines(plan)) or "[$text-muted](nothing)[/]")
+                lines = member_lines(plan)
+                yield Static(join_lines(lines) if lines else fill("[$text-muted](nothing)[/]"))
             if plan.notes:
-                yield Static("\n".join(escape(n) for n in plan.notes), id="notes")
+                yield Static(join_lines(plain(n) for n in plan.notes), id="notes")
             yield Static(frees_markup(plan), id="frees")
             yield Static("[b]y[/]/[b]Enter[/] confirm    [b]n[/]/[b]Esc[/] cancel", id="keys")
 

@@ -11,76 +11,96 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
+from textual.content import Content
 from textual.css.query import NoMatches
-from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from procguard.core import views
 from procguard.tui.actions import Backend
 from procguard.tui.model import Model, ProcExtra, display_command, fmt_age, fmt_bytes_long, fmt_cpu
+from procguard.tui.text import fill, join_lines, plain
 
 
-def details_markup(model: Model, pid: int, extra: ProcExtra | None) -> str:
+def _row(label: str, value: Content | str) -> Content:
+    """One `label  value` line; `value` is Content made by `fill` (or our own plain text)."""
+    return Content.assemble((f"{label:>10}", "$text-muted"), "  ", value)
+
+
+def _muted(text: str) -> Content:
+    return fill("[$text-muted]$t[/]", t=text)
+
+
+def _extra_rows(extra: ProcExtra | None) -> list[Content]:
+    if extra is None:
+        return [_row("cwd", _muted("reading…"))]
+    rows = [_row("cwd", fill("$cwd", cwd=extra.cwd) if extra.cwd else _muted("unknown (not ours to read)"))]
+    if extra.env is None:
+        rows.append(_row("env", _muted("unreadable (another user's process)")))
+    elif extra.env:
+        rows.append(_row("rank/job", plain("  ".join(f"{k}={v}" for k, v in sorted(extra.env.items())))))
+    else:
+        rows.append(_row("rank/job", _muted("no rank or scheduler variables")))
+    return rows
+
+
+def _guard_row(model: Model, pid: int) -> list[Content]:
+    guard = model.guarded.get(pid)
+    if guard is None:
+        return []
+    g = fill("script $script", script=guard.script)
+    if guard.lock:
+        g = join_lines([g, fill(f"{'':>12}lock $lock", lock=guard.lock)])
+    if guard.reserved is not None:
+        g = join_lines([g, f"{'':>12}torch reserved {fmt_bytes_long(guard.reserved)}, allocated "
+                           f"{fmt_bytes_long(guard.allocated)}: a flush (f) frees about "
+                           f"{fmt_bytes_long(guard.flushable)}"])
+    return [_row("guarded", g)]
+
+
+def _gpu_row(model: Model, pid: int) -> Content:
+    if not model.gpu.available:
+        return _row("GPU", fill("[$text-muted]n/a: $reason[/]", reason=model.gpu.reason or "no GPU"))
+    gpu = model.gpu_by_pid.get(pid)
+    devs = sorted({g.device for g in model.gpu.processes if g.pid == pid})
+    where = f" on GPU {', '.join(map(str, devs))}" if devs else ""
+    orphan = "   [$text-error]orphan: its parent died[/]" if pid in model.orphans else ""
+    return _row("GPU", fill(f"{fmt_bytes_long(gpu or 0)}{where}{orphan}"))
+
+
+def details_markup(model: Model, pid: int, extra: ProcExtra | None) -> Content:
+    """Every value from the process (command, user, cwd, environment, paths, names) goes in through
+    `tui.text` as plain text: this screen shows the most of another user's text."""
     snap = model.snapshot
     p = snap.get(pid)
     if p is None:
-        return f"[$text-error]pid {pid} has ended[/]"
-    e = escape
-
-    def row(label: str, value: str) -> str:
-        return f"[$text-muted]{label:>10}[/]  {value}"
-
-    lines = [f"[b]{e(p.command)}[/]", ""]
-    lines.append(row("pid", f"{p.pid}   ppid {p.ppid}   pgid {p.pgid}   sid {p.sid}"))
-    lines.append(row("user", f"{e(p.username)} (uid {p.uid})"))
-    lines.append(row("state", f"{p.state}   threads {p.num_threads}   CPU {fmt_cpu(p.cpu_percent)}%   "
-                              f"RSS {fmt_bytes_long(p.rss)}"))
-    lines.append(row("started", f"{fmt_age(model.time - p.create_time)} ago"))
-    if extra is None:
-        lines.append(row("cwd", "[$text-muted]reading…[/]"))
-    else:
-        lines.append(row("cwd", e(extra.cwd) if extra.cwd else "[$text-muted]unknown (not ours to read)[/]"))
-        if extra.env is None:
-            lines.append(row("env", "[$text-muted]unreadable (another user's process)[/]"))
-        elif extra.env:
-            env = "  ".join(f"{e(k)}={e(v)}" for k, v in sorted(extra.env.items()))
-            lines.append(row("rank/job", env))
-        else:
-            lines.append(row("rank/job", "[$text-muted]no rank or scheduler variables[/]"))
+        return fill(f"[$text-error]pid {pid} has ended[/]")
+    lines: list[Content | str] = [fill("[b]$cmd[/]", cmd=p.command), ""]
+    lines.append(_row("pid", f"{p.pid}   ppid {p.ppid}   pgid {p.pgid}   sid {p.sid}"))
+    lines.append(_row("user", fill(f"$user (uid {p.uid})", user=p.username)))
+    lines.append(_row("state", fill(f"$state   threads {p.num_threads}   CPU {fmt_cpu(p.cpu_percent)}%   "
+                                    f"RSS {fmt_bytes_long(p.rss)}", state=p.state)))
+    lines.append(_row("started", f"{fmt_age(model.time - p.create_time)} ago"))
+    lines += _extra_rows(extra)
     if p.python is not None:
         py = p.python
-        lines.append(row("python", f"{py.kind} {e(py.target)}"
-                                   + (f"   options {e(' '.join(py.options))}" if py.options else "")))
-    gpu = model.gpu_by_pid.get(pid)
-    if model.gpu.available:
-        devs = sorted({g.device for g in model.gpu.processes if g.pid == pid})
-        where = f" on GPU {', '.join(map(str, devs))}" if devs else ""
-        orphan = "   [$text-error]orphan: its parent died[/]" if pid in model.orphans else ""
-        lines.append(row("GPU", f"{fmt_bytes_long(gpu or 0)}{where}{orphan}"))
-    else:
-        lines.append(row("GPU", f"[$text-muted]n/a: {e(model.gpu.reason or 'no GPU')}[/]"))
-    guard = model.guarded.get(pid)
-    if guard is not None:
-        g = f"script {e(guard.script)}"
-        if guard.lock:
-            g += f"\n{'':>12}lock {e(guard.lock)}"
-        if guard.reserved is not None:
-            g += (f"\n{'':>12}torch reserved {fmt_bytes_long(guard.reserved)}, allocated "
-                  f"{fmt_bytes_long(guard.allocated)}: a flush (f) frees about {fmt_bytes_long(guard.flushable)}")
-        lines.append(row("guarded", g))
+        lines.append(_row("python", fill("$kind $target" + ("   options $options" if py.options else ""),
+                                         kind=py.kind, target=py.target, options=" ".join(py.options))))
+    lines.append(_gpu_row(model, pid))
+    lines += _guard_row(model, pid)
     locks = [lk for lk in model.locks if pid in lk.holders]
-    lines.append(row("locks", ", ".join(f"{e(lk.path)} ({lk.kind} {lk.mode})" for lk in locks) or "none"))
+    lines.append(_row("locks", plain(", ".join(f"{lk.path} ({lk.kind} {lk.mode})" for lk in locks)) or "none"))
     for g in model.duplicates:
         if any(pid == i.pid or pid in i.members for i in g.instances):
-            lines.append(row("duplicate", f"one of {len(g.instances)} runs of {e(g.identity.display)}"))
+            lines.append(_row("duplicate", fill(f"one of {len(g.instances)} runs of $script",
+                                                script=g.identity.display)))
     kids = views.children(snap, pid)
-    lines.append(row("children", str(len(kids)) if kids else "none"))
+    lines.append(_row("children", str(len(kids)) if kids else "none"))
     for k in kids[:50]:
-        lines.append(f"{'':>12}{k.pid:>7} {k.state} {e(display_command(k))}")
+        lines.append(fill(f"{'':>12}{k.pid:>7} $state $cmd", state=k.state, cmd=display_command(k)))
     if len(kids) > 50:
         lines.append(f"{'':>12}… and {len(kids) - 50} more")
-    return "\n".join(lines)
+    return join_lines(lines)
 
 
 class DetailsScreen(ModalScreen[None]):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.markup import escape
+from textual.content import Content
 from textual.widgets import Static
 
 from procguard.tui.model import Model, fmt_bytes
 from procguard.tui.tables import GPU_COLUMNS, TableRow, device_lines, gpu_rows
+from procguard.tui.text import fill, join_lines, plain
 from procguard.tui.widgets.table import SimpleTable
 
 
@@ -21,19 +22,21 @@ def bar(fraction: float, width: int) -> str:
     return f"[{colour}]{'█' * filled}[/][$text-muted]{'░' * (width - filled)}[/]"
 
 
-def devices_markup(model: Model, width: int) -> str:
+def devices_markup(model: Model, width: int) -> Content:
+    """The device panel; the reason and device names (from the driver, or a node of a cluster) as plain text."""
     gpu = model.gpu
     if not gpu.available:
-        return (f"[b $text-warning]No GPU panel:[/] {escape(gpu.reason or 'no GPU')}\n"
-                "[$text-muted]Everything else works the same; GPU columns stay empty.[/]")
+        return fill("[b $text-warning]No GPU panel:[/] $reason\n"
+                    "[$text-muted]Everything else works the same; GPU columns stay empty.[/]",
+                    reason=gpu.reason or "no GPU")
     lines = []
     for d in device_lines(model):
         util = "-" if d.utilization is None else f"{d.utilization}%"
-        name = escape(d.name[:24])
+        name = plain(d.name)[:24]
         text = f"{fmt_bytes(d.used):>6}/{fmt_bytes(d.total):<6} util {util:>4}"
-        bar_w = max(4, width - len(f"GPU {d.index} ") - len(d.name[:24]) - len(text) - 6)
-        lines.append(f"[b]GPU {d.index}[/] {name} {bar(d.fraction, bar_w)} {text}")
-    return "\n".join(lines)
+        bar_w = max(4, width - len(f"GPU {d.index} ") - len(name) - len(text) - 6)
+        lines.append(fill(f"[b]GPU {d.index}[/] $name {bar(d.fraction, bar_w)} {text}", name=name))
+    return join_lines(lines)
 
 
 class GpuView(Vertical):

@@ -1,20 +1,23 @@
 """The summary line on top (in cluster mode first the node shown; then processes, Python processes, duplicate
-groups, held locks, stopped, GPU memory) and the status line under it (grouping, sort, filter, marks). Theme colours only, through markup variables."""
+groups, held locks, stopped, GPU memory) and the status line under it (grouping, sort, filter, marks). Theme
+colours only, through markup variables. The node label, an error text and the filter can carry another user's
+text: they go in as plain text (`tui.text`)."""
 
 from __future__ import annotations
 
-from textual.markup import escape
+from textual.content import Content
 from textual.widgets import Static
 
 from procguard.tui.model import Model, fmt_bytes, summarize_model
+from procguard.tui.text import fill, plain
 
 
 def summary_markup(model: Model | None, width: int = 80, node: str | None = None,
-                   node_compact: str | None = None) -> str:
+                   node_compact: str | None = None) -> Content:
     """`node`: in cluster mode, which node every row shows (short id, IP, "k of N"); it comes first
     (`node_compact` instead below 100 columns)."""
     if model is None:
-        return "[$text-muted]reading the process table…[/]"
+        return fill("[$text-muted]reading the process table…[/]")
     s = summarize_model(model)
 
     def item(n: int, label: str, bad: str = "") -> str:
@@ -32,13 +35,15 @@ def summary_markup(model: Model | None, width: int = 80, node: str | None = None
     else:
         parts.append("[$text-muted]GPU n/a[/]")
     sep = " [$text-muted]·[/] " if width >= 100 else " "
-    text = sep.join(parts)
+    text = sep.join(parts)  # numbers and our labels only
+    values: dict[str, object] = {}
     if node is not None:
-        shown = node_compact if (node_compact and width < 100) else node
-        text = f"[$text-muted]node[/] [b $text-accent]{escape(shown)}[/] [$text-muted]│[/] {text}"
+        values["node"] = node_compact if (node_compact and width < 100) else node
+        text = f"[$text-muted]node[/] [b $text-accent]$node[/] [$text-muted]│[/] {text}"
     if model.errors:
-        text += f"  [$text-error]⚠ {escape(model.errors[0])}[/]"
-    return text
+        values["error"] = model.errors[0]
+        text += "  [$text-error]⚠ $error[/]"
+    return fill(text, **values)
 
 
 class Summary(Static):
@@ -50,13 +55,14 @@ class Summary(Static):
 
     def __init__(self, **kw: object) -> None:
         super().__init__("", **kw)  # type: ignore[arg-type]
-        self._text = ""
+        self._shown: tuple[str, tuple[object, ...]] | None = None
 
     def show(self, model: Model | None, node: str | None = None, node_compact: str | None = None) -> None:
-        text = summary_markup(model, self.size.width or 80, node, node_compact)
-        if text != self._text:
-            self._text = text
-            self.update(text)
+        content = summary_markup(model, self.size.width or 80, node, node_compact)
+        key = (content.plain, tuple(content.spans))  # Content compares its text only: the colours count too
+        if key != self._shown:
+            self._shown = key
+            self.update(content)
 
 
 class StatusLine(Static):
@@ -69,6 +75,7 @@ class StatusLine(Static):
         self._text = ""
 
     def show(self, text: str) -> None:
+        """`text` is plain (it echoes the filter, which may be pasted from a command line)."""
         if text != self._text:
             self._text = text
-            self.update(escape(text))
+            self.update(Content(plain(text)))

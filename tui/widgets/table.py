@@ -6,7 +6,9 @@ When the row under the cursor vanished for good (the caller's `alive(key)` says 
 on demand in `render_line` and cached until the next `set_rows`, so a 5,000-row table costs what its
 visible lines cost.
 
-Subclasses provide `columns` and `render_cells(row, ...)`; `SimpleTable` draws `tables.TableRow`s.
+Subclasses provide `columns` and `render_cells(row, ...)`; `SimpleTable` draws `tables.TableRow`s. Cell texts
+are process text (commands, paths, user names): `_render_row` makes every one safe (`tui.text.plain`) where it
+becomes a segment, the one place for every table; row builders stay raw.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from procguard.tui.tables import Cell, Column, TableRow
+from procguard.tui.text import plain
 
 CellStyle = str  # component suffix, see COMPONENT_CLASSES ("" for none)
 
@@ -315,7 +318,7 @@ class KeyedTable(ScrollView, can_focus=True):
         if getattr(row, "kind", "") in ("section", "note"):
             cell = cells[0]
             st = base + self.style(cell.style) if cell.style else base
-            segments.append(Segment(fit(cell.text, width), st + overlay if overlay else st))
+            segments.append(Segment(fit(plain(cell.text), width), st + overlay if overlay else st))
         else:
             widths = self._column_widths(width)
             sep_style = base + overlay if overlay else base
@@ -328,12 +331,11 @@ class KeyedTable(ScrollView, can_focus=True):
                 st = base + self.style(cell.style) if cell.style else base
                 if overlay:
                     st = st + overlay
-                segments.append(Segment(fit(cell.text, w, col.align, col.clip), st))
+                segments.append(Segment(fit(plain(cell.text), w, col.align, col.clip), st))
             used = sum(widths) + max(0, len(widths) - 1)
             if used < width:
                 segments.append(Segment(" " * (width - used), sep_style))
         return Strip(segments, width)
-
 
     def _parts(self, parts: Sequence[tuple[str, str]], width: int, base: Style,
                overlay: Style | None) -> list[Segment]:
@@ -342,7 +344,7 @@ class KeyedTable(ScrollView, can_focus=True):
         for text, name in parts:
             if room <= 0:
                 break
-            text = text[:room]
+            text = plain(text)[:room]
             room -= len(text)
             st = base + self.style(name) if name else base
             out.append(Segment(text, st + overlay if overlay else st))
