@@ -238,7 +238,9 @@ def _from_json(data: dict[str, Any]) -> RegistryEntry | None:
     try:
         extra = data.get("extra") or {}
         extra = dict(extra) if isinstance(extra, dict) else {}
-        ticks = data.get("start_ticks", extra.get("start_ticks"))  # entries before the field: in extra
+        ticks = data.get("start_ticks")
+        if ticks is None:
+            ticks = extra.get("start_ticks")  # entries written before the field had them here
         return RegistryEntry(
             pid=int(data["pid"]),
             create_time=float(data["create_time"]),

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +27,7 @@ from procguard.core.flush import (
     start_allocator_publisher,
 )
 from procguard.core.gpu import GpuMonitor, gpu_memory_by_pid
-from tests.conftest import ProcStarter, wait_for
+from tests.conftest import NOBODY, NOBODY_UID, ProcStarter, needs_root, wait_for
 from tests.test_gpu import cuda_skip_reason, unused_pid
 
 PY = sys.executable
@@ -313,3 +316,123 @@ def test_remote_flush_releases_cuda_memory(procs: ProcStarter, reg: Path) -> Non
     wait_for(lambda: gpu_memory_by_pid(mon.snapshot(max_age=0)).get(pid, 0) <= held - size, 30)  # type: ignore[operator]
     entry = registry.get_entry(pid)
     assert entry is not None and entry.extra["allocator"]["reserved"] < size  # republished after the flush
+
+
+# --------------------------------------------------------------------------------------------------------
+# Trust: only an entry the registry believes is acted on; a requester of another uid writes nothing
+
+
+def pending_signals(pid: int) -> int:
+    """The signals pending for process `pid` (shared and main-thread masks of /proc/PID/status). A signal sent
+    to a process that blocks it stays here: proof that it was sent, with no waiting."""
+    mask = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("ShdPnd:", "SigPnd:")):
+                mask |= int(line.split()[1], 16)
+    return mask
+
+
+def bit(sig: int) -> int:
+    return 1 << (sig - 1)
+
+
+def test_untrusted_entry_is_refused_and_nothing_is_sent(procs: ProcStarter, reg: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pid = guarded(procs, "block")  # SIGUSR1 blocked: a signal sent stays pending, visible in /proc
+    os.chmod(reg, 0o755)  # the folder is no longer private: its entries are not to be believed
+    with pytest.raises(NotGuarded, match="not a guarded process .*ignored: .*mode 0755"):
+        request_flush(pid, timeout=5)
+    assert cli_main(["flush", str(pid)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pid {pid} is not a guarded process" in err
+    assert not pending_signals(pid) & bit(signal.SIGUSR1)
+    e = registry.get_entry(pid, include_untrusted=True)
+    assert e is not None and "flush_request" not in e.extra  # nothing written either
+    os.chmod(reg, 0o700)  # control: the same entry, believed again, gets the signal
+    with pytest.raises(FlushTimeout):
+        request_flush(pid, timeout=0.2)
+    assert pending_signals(pid) & bit(signal.SIGUSR1)
+
+
+def test_answer_without_request_id_matches_by_time_only() -> None:
+    from procguard.core.flush import _answers
+
+    old = {"request_id": None, "started": 100.0}
+    assert not _answers(old, None, 200.0)  # a missing id matches no missing id
+    assert _answers({"request_id": None, "started": 200.0}, None, 200.0)
+    assert _answers({"request_id": "a", "started": 1.0}, "a", 200.0)
+    assert not _answers({"request_id": None, "started": True}, None, 0.5)
+    bad = FlushResult.from_answer({"before": "x", "freed": float("inf"), "time": "soon", "backend": 3,
+                                   "message": "\x1b[2J"})
+    assert (bad.reserved_before, bad.freed, bad.time, bad.backend, bad.message) == (None, None, 0.0, None,
+                                                                                    "\x1b[2J")
+
+
+LOUD_ANSWER = """
+import os, signal, time
+from procguard.core import registry
+registry.register(script=__file__, flush_signal=signal.SIGUSR1)
+def answer(signum, frame):  # a guarded process answering in its own words
+    registry.update_entry(os.getpid(), flush={"flushed": False, "message": "\\x1b]0;pwned\\x07\\x1b[2Jdone",
+                                              "started": time.time(), "time": time.time(), "request_id": None})
+signal.signal(signal.SIGUSR1, answer)
+print("ready", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+def test_answer_text_is_escaped_on_the_terminal(procs: ProcStarter, reg: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    pid = procs.python(LOUD_ANSWER, name="loud").pid
+    assert cli_main(["flush", str(pid), "--timeout", "30"]) == 0
+    out = capsys.readouterr().out
+    assert out == f"pid {pid}: \\x1b]0;pwned\\x07\\x1b[2Jdone\n"
+    assert cli_main(["flush", str(pid), "--timeout", "30", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["message"] == "\x1b]0;pwned\x07\x1b[2Jdone"  # exact in JSON
+
+
+NOBODY_GUARDED = """
+import signal, time
+from procguard.core import registry
+from procguard.core.flush import install_flush_handler
+registry.register(script="nobody-guarded", flush_signal=signal.SIGUSR1)
+install_flush_handler()
+print("ready", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def nobody_reg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A registry folder private to nobody (0700, theirs) under /tmp, which nobody can reach; this test reads it
+    too (the reader sees only the PROCGUARD_REGISTRY_DIR folder)."""
+    d = Path(tempfile.mkdtemp(prefix="procguard-nobody-reg-", dir="/tmp"))
+    try:
+        os.chown(d, NOBODY_UID, NOBODY_UID)
+        monkeypatch.setenv(registry.ENV_OVERRIDE, str(d))
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_root
+def test_cross_user_flush_round_trip(procs: ProcStarter, nobody_reg: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    p = procs.popen([*NOBODY, PY, "-c", NOBODY_GUARDED], cwd="/", env=dict(os.environ), start_new_session=True,
+                    stdout=subprocess.PIPE)
+    procs.wait_ready(p)
+    entry = registry.get_entry(p.pid)
+    assert entry is not None and entry.trusted and os.stat(str(entry.path)).st_uid == NOBODY_UID
+    result = request_flush(p.pid, timeout=30)
+    assert result.message == NO_TORCH and result.flushed is False
+    entry = registry.get_entry(p.pid)
+    assert entry is not None
+    assert entry.extra["flush"]["request_id"] is None  # answered to the signal alone
+    assert "flush_request" not in entry.extra  # root wrote nothing into the user's entry
+    assert cli_main(["flush", str(p.pid), "--json", "--timeout", "30"]) == 0
+    assert json.loads(capsys.readouterr().out)["message"] == NO_TORCH
+    assert {os.lstat(f).st_uid for f in nobody_reg.iterdir()} == {NOBODY_UID}
+    assert [f.name for f in nobody_reg.iterdir()] == [f"{p.pid}.json"]

@@ -300,3 +300,41 @@ def test_guard_waits_for_nothing_it_does_not_own(procs: ProcStarter, script: Pat
     b = start(procs, script, "terminate", env)
     wait_for(lambda: is_gone(a.pid))
     assert not is_gone(bystander.pid) and not is_gone(b.pid)
+
+
+def test_guard_goes_on_unregistered_when_no_private_registry_folder(env: dict[str, str], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = tmp_path / "shared-registry"
+    shared.mkdir()
+    os.chmod(shared, 0o777)  # anyone could plant files in it: never written to
+    monkeypatch.setenv(registry.ENV_OVERRIDE, str(shared))
+    with pytest.warns(RuntimeWarning, match="could not register"), \
+            guard("unregistered", on_duplicate="ignore", lock=False, flush_on_exit=False) as g:
+        assert g.entry is None and any("not registered" in n and str(shared) in n for n in g.notes)
+    assert list(shared.iterdir()) == []
+
+
+ABORTING = """
+import sys, time
+from procguard.core.guard import guard
+with guard(on_duplicate="abort", lock=False):
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_duplicate_message_escapes_the_other_runs_argv(procs: ProcStarter, tmp_path: Path,
+                                                       env: dict[str, str]) -> None:
+    script = tmp_path / f"loud_{os.getpid()}_{tmp_path.name}.py"
+    script.write_text(ABORTING)
+    a = procs.popen([PY, str(script), "\x1b]0;pwned\x07\x1b[2J"], env=env, start_new_session=True,
+                    stdout=subprocess.PIPE)
+    procs.wait_ready(a)
+    time.sleep(0.03)  # the next run starts in a later clock tick: "older" is unambiguous
+    b = procs.popen([PY, str(script)], env=env, start_new_session=True, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
+    _out, err = b.communicate(timeout=60)
+    assert b.returncode == 1
+    msg = err.decode()
+    assert f"pid {a.pid}" in msg and "\\x1b]0;pwned\\x07\\x1b[2J" in msg
+    assert "\x1b" not in msg and "\x07" not in msg

@@ -7,12 +7,13 @@ import os
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 
-from procguard.core import procfs, registry
+from procguard.core import privdir, procfs, registry
 from procguard.core.snapshot import process_snapshot
 from tests.conftest import PY, ProcStarter, wait_for
 
@@ -168,3 +169,120 @@ def test_other_users_cannot_read_or_write_our_entries(procs: ProcStarter, regdir
     finally:
         registry.unregister()
     wait_for(lambda: registry.get_entry(os.getpid()) is None)
+
+
+# ---------------------------------------------------------------------------------------------- trust rule
+
+
+def write_own_entry(folder: Path, name: str | None = None, **change: object) -> Path:
+    """An entry for this very process (right pid and start ticks), written by hand into `folder`."""
+    me = os.getpid()
+    ticks = procfs.start_ticks_of(me)
+    assert ticks is not None
+    data = registry.RegistryEntry(me, procfs.create_time(ticks), "by-hand", None, signal.SIGUSR1, 0.0, [],
+                                  os.geteuid(), {}, ticks).to_json()
+    data.update(change)
+    path = folder / (name or f"{me}.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_entry_in_a_folder_others_can_reach_is_not_believed(regdir: Path) -> None:
+    regdir.mkdir(mode=0o700)
+    write_own_entry(regdir)
+    assert registry.get_entry(os.getpid()) is not None  # control: private folder, right identity
+    os.chmod(regdir, 0o755)
+    assert registry.get_entry(os.getpid()) is None
+    assert registry.read_entries() == [] and registry.read_entries(all_users=True) == []
+    flagged = registry.get_entry(os.getpid(), include_untrusted=True)
+    assert flagged is not None and flagged.trusted is False
+    assert flagged.untrusted_reason is not None and "mode 0755" in flagged.untrusted_reason
+    listed = registry.read_entries(all_users=True, include_untrusted=True)
+    assert [(e.pid, e.trusted) for e in listed] == [(os.getpid(), False)]
+    # Nor is it written to: register refuses the folder, in one line naming it.
+    with pytest.raises(privdir.PrivateDirError) as err:
+        registry.register(script="x")
+    assert str(regdir) in str(err.value) and "\n" not in str(err.value)
+    registry.update_entry(os.getpid(), flush={"x": 1})
+    assert "flush" not in json.loads((regdir / f"{os.getpid()}.json").read_text())["extra"]
+
+
+def test_entry_naming_another_process_or_another_start_is_not_believed(procs: ProcStarter,
+                                                                      regdir: Path) -> None:
+    regdir.mkdir(mode=0o700)
+    other = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(600)\n", name="plain").pid
+    write_own_entry(regdir, f"{other}.json")  # our entry, under another live process's name
+    assert registry.get_entry(other) is None
+    flagged = registry.get_entry(other, include_untrusted=True)
+    assert flagged is not None and not flagged.trusted and f"names pid {os.getpid()}" in str(flagged.untrusted_reason)
+    # the right pid with another start time is a previous process's entry: stale, never shown
+    ticks = procfs.start_ticks_of(other)
+    assert ticks is not None
+    write_own_entry(regdir, f"{other}.json", pid=other, start_ticks=ticks + 1)
+    assert registry.get_entry(other, include_untrusted=True) is None
+    write_own_entry(regdir, f"{other}.json", pid=other, start_ticks=ticks)
+    assert registry.get_entry(other) is not None  # control: owned by the process's owner, private folder
+
+
+def test_symlinked_hard_linked_or_oversized_entries_are_not_believed(regdir: Path, tmp_path: Path) -> None:
+    regdir.mkdir(mode=0o700)
+    me = os.getpid()
+    real = write_own_entry(tmp_path, "elsewhere.json")
+    (regdir / f"{me}.json").symlink_to(real)
+    assert registry.get_entry(me, include_untrusted=True) is None  # never read through a symlink
+    (regdir / f"{me}.json").unlink()
+    path = write_own_entry(regdir)
+    os.link(path, regdir / "second-name")
+    flagged = registry.get_entry(me, include_untrusted=True)
+    assert flagged is not None and not flagged.trusted and "2 links" in str(flagged.untrusted_reason)
+    (regdir / "second-name").unlink()
+    assert registry.get_entry(me) is not None
+    write_own_entry(regdir, padding="x" * privdir.MAX_FILE_BYTES)
+    assert registry.get_entry(me, include_untrusted=True) is None  # not read whole: not one of ours
+
+
+def test_old_entries_with_start_ticks_in_extra_are_read(regdir: Path) -> None:
+    regdir.mkdir(mode=0o700)
+    ticks = procfs.start_ticks_of(os.getpid())
+    path = write_own_entry(regdir, extra={"start_ticks": ticks})
+    data = json.loads(path.read_text())
+    del data["start_ticks"]  # as an entry written before the field was
+    path.write_text(json.dumps(data))
+    e = registry.get_entry(os.getpid())
+    assert e is not None and e.trusted and e.start_ticks == ticks
+
+
+@pytest.fixture
+def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temp dir the fallback candidates live in, for this test only (no override, no runtime dir)."""
+    t = tmp_path / "tmp"
+    t.mkdir()
+    monkeypatch.delenv(registry.ENV_OVERRIDE, raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(t))
+    monkeypatch.setattr(tempfile, "tempdir", str(t))
+    if os.path.isdir(f"/run/user/{os.geteuid()}"):
+        pytest.skip(f"/run/user/{os.geteuid()} exists: the temp-dir fallbacks are not reached")
+    return t
+
+
+def test_folders_others_can_write_are_skipped_then_refused(tmpdir_env: Path) -> None:
+    uid = os.geteuid()
+    runtime = tmpdir_env / f"runtime-{uid}"
+    runtime.mkdir()
+    os.chmod(runtime, 0o777)  # anyone could plant in it: not ours to use
+    d = registry.registry_dir()
+    assert d == tmpdir_env / f"procguard-{uid}" / "registry"
+    assert privdir.private_dir_problem(d) is None
+    assert list(runtime.iterdir()) == []
+    registry.register(script="fallback")
+    try:
+        assert registry.get_entry(os.getpid()) is not None and (d / f"{os.getpid()}.json").exists()
+    finally:
+        registry.unregister()
+    os.chmod(tmpdir_env / f"procguard-{uid}", 0o777)
+    with pytest.raises(privdir.PrivateDirError) as err:
+        registry.register(script="nowhere")
+    msg = str(err.value)
+    assert "\n" not in msg and f"runtime-{uid}" in msg and f"procguard-{uid}" in msg
+    assert list(runtime.iterdir()) == [] and list(d.iterdir()) == []
