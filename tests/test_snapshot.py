@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +124,25 @@ def test_zombie_keeps_what_was_read(procs: ProcStarter) -> None:
     wait_for(lambda: snapper.take()[p.pid].state == "Z")
     z = snapper.take()[p.pid]
     assert z.cmdline == cmd  # a zombie's /proc cmdline is empty; the earlier read is kept
+
+
+def test_dead_and_stopped_states(procs: ProcStarter) -> None:
+    running = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)")
+    stopped = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)")
+    dead = procs.python("print('ready', flush=True)")  # exits at once; nobody reaps it yet: a zombie
+    os.kill(stopped.pid, signal.SIGSTOP)
+    snapper = Snapshotter()
+    wait_for(lambda: snapper.take()[stopped.pid].state == "T" and snapper.take()[dead.pid].state == "Z")
+    snap = snapper.take()
+    assert (snap[running.pid].dead, snap[running.pid].stopped) == (False, False)
+    assert (snap[stopped.pid].dead, snap[stopped.pid].stopped) == (False, True)
+    assert (snap[dead.pid].dead, snap[dead.pid].stopped) == (True, False)
+
+
+def test_descendant_pids_of_several_roots() -> None:
+    # Pure: 1 -> 2 -> 3 -> 4, 1 -> 5, and a loop 6 <-> 7. A root below another root is not reported.
+    cmap = {1: [2, 5], 2: [3], 3: [4], 6: [7], 7: [6]}
+    assert views.descendant_pids(cmap, [1]) == [2, 5, 3, 4]  # breadth first
+    assert sorted(views.descendant_pids(cmap, [1, 3])) == [2, 4, 5]
+    assert views.descendant_pids(cmap, [6]) == [7]
+    assert views.descendant_pids(cmap, [9]) == []
