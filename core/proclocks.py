@@ -62,25 +62,45 @@ def _parse(lock_id: str, tokens: list[str], waiting: bool) -> LockEntry | None:
                      waiting=waiting)
 
 
-def read_proc_locks() -> list[LockEntry] | None:
-    """All entries of /proc/locks, holders and waiters; None where there is no /proc/locks."""
-    try:
-        with open(PROC_LOCKS, encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
+def parse_proc_locks(data: bytes) -> list[LockEntry]:
+    """The entries of /proc/locks content (holders and waiters): a pure function, fed fixtures in tests.
+
+    A waiter line has ``->`` after the id (nested waiters indent it further); a line that doesn't parse is
+    skipped, never guessed at.
+    """
     out: list[LockEntry] = []
-    for line in text.splitlines():
+    for line in data.decode("ascii", "replace").splitlines():
         toks = line.split()
         if not toks:
             continue
         rest, waiting = toks[1:], False
         while rest and rest[0].startswith("->"):
             rest, waiting = rest[1:], True
-        e = _parse(toks[0], rest, waiting)
+        e = _parse(toks[0].rstrip(":"), rest, waiting)
         if e is not None:
             out.append(e)
     return out
+
+
+def read_proc_locks() -> list[LockEntry] | None:
+    """All entries of /proc/locks, holders and waiters; None where there is no /proc/locks."""
+    try:
+        with open(PROC_LOCKS, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return parse_proc_locks(data)
+
+
+def fdinfo_lock_keys(data: bytes) -> list[LockKey]:
+    """The keys of the locks in one ``/proc/PID/fdinfo/N`` (its ``lock:`` lines, id dropped): pure."""
+    keys: list[LockKey] = []
+    for line in data.split(b"\n"):
+        if line.startswith(b"lock:"):
+            toks = line.decode("ascii", "replace").split()[2:]  # drop "lock:" and the id
+            if len(toks) >= 7:
+                keys.append(tuple(toks[:7]))
+    return keys
 
 
 def _read_fdinfo(path: str) -> bytes | None:
@@ -116,11 +136,9 @@ def fd_locks_of(pid: int, wanted: set[LockKey], into: FdIndex) -> bool:
         data = _read_fdinfo(base + fdname)
         if not data or b"lock:" not in data:
             continue
-        for line in data.split(b"\n"):
-            if line.startswith(b"lock:"):
-                key = tuple(line.decode("ascii", "replace").split()[2:9])  # drop "lock:" and the id
-                if key in wanted:
-                    into.setdefault(key, []).append((pid, int(fdname)))
+        for key in fdinfo_lock_keys(data):
+            if key in wanted:
+                into.setdefault(key, []).append((pid, int(fdname)))
     return True
 
 

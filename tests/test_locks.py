@@ -360,7 +360,11 @@ def test_forked_child_sharing_the_descriptor_is_a_holder(procs: ProcStarter, tmp
     with pytest.raises(AlreadyRunning) as ei:
         SingleInstanceLock(path).acquire()
     assert ei.value.holders == (child,)
-    assert f"held by pid {child}, which inherited it from pid {parent.pid}" in str(ei.value)
+    # The metadata names the exited parent, not the real holder: it is not repeated as the holder's word.
+    assert ei.value.holder is None and ei.value.metadata is not None and ei.value.metadata.pid == parent.pid
+    msg = str(ei.value)
+    assert msg.startswith(f"{path} is held by pid {child} (")
+    assert f"it names pid {parent.pid}, which does not hold the lock (pid {child} does)" in msg
     assert stale_lock_files([tmp_path]) == []
 
 
@@ -583,7 +587,8 @@ def test_cli_json_and_clean_stale_scoped_to_dir(procs: ProcStarter, tmp_path: Pa
     r = _cli("--json", "--dir", str(d))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    keys = {"path", "pid", "holders", "kind", "mode", "managed", "stale", "holder"}
+    keys = {"path", "pid", "holders", "kind", "mode", "managed", "stale", "holder", "metadata",
+            "metadata_trusted", "metadata_problem"}
     assert all(set(o) == keys for o in out)
     by_path = {o["path"]: o for o in out}
     assert set(by_path) == {_real(held), _real(stale)}
@@ -591,9 +596,11 @@ def test_cli_json_and_clean_stale_scoped_to_dir(procs: ProcStarter, tmp_path: Pa
     assert (h["pid"], h["holders"], h["kind"], h["mode"], h["managed"], h["stale"]) == (
         holder.pid, [holder.pid], "flock", "write", True, False)
     assert h["holder"]["pid"] == holder.pid and h["holder"]["argv"][-1] == str(held)
+    assert (h["metadata_trusted"], h["metadata_problem"], h["metadata"]) == (True, None, h["holder"])
     s = by_path[_real(stale)]
     assert (s["pid"], s["holders"], s["kind"], s["stale"], s["managed"]) == (None, [], None, True, True)
     assert s["holder"]["pid"] == dead
+    assert s["metadata_trusted"] is True  # our own file: what it says about its dead holder is believed
 
     r = _cli("--dir", str(d))
     assert r.returncode == 0 and "held.lock" in r.stdout and "stale" in r.stdout and str(holder.pid) in r.stdout

@@ -8,8 +8,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from procguard.core.held_locks import HeldLock, clean_stale_locks, list_locks, stale_lock_files
-from procguard.core.lockfile import read_holder
+from procguard.core import procfs
+from procguard.core.held_locks import (
+    HeldLock,
+    clean_stale_locks,
+    cleanable_folder_problem,
+    list_locks,
+    stale_entry,
+    stale_lock_files,
+)
+from procguard.core.lockfile import open_folder, short_command
+from procguard.core.sanitize import safe
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="List every file lock held on this machine (flock, POSIX, OFD) with its real holders, "
         "then managed lock files that nobody holds (stale).")
     p.add_argument("--json", action="store_true", help="print a JSON array (keys: path, pid, holders, kind, "
-                   "mode, managed, stale, holder)")
+                   "mode, managed, stale, holder, metadata, metadata_trusted, metadata_problem; holder is the "
+                   "lock file's metadata only when it agrees with the real holder)")
     p.add_argument("--managed", action="store_true", help="only procguard lock files")
     p.add_argument("--clean-stale", action="store_true",
                    help="remove stale procguard lock files (never a held one) and list what was removed")
@@ -35,26 +45,49 @@ def _check_dirs(dirs: Sequence[str] | None) -> list[str] | None:
 
     for d in dirs:
         if not os.path.isdir(d):
-            raise UsageError(f"--dir {d}: not a folder")
+            raise UsageError(f"--dir {safe(d)}: not a folder")
     # Held locks are reported by their real path (from /proc/PID/fd): compare like with like.
     return [os.path.realpath(d) for d in dirs]
+
+
+def _check_clean_dirs(dirs: Sequence[str]) -> list[str]:
+    """The --dir folders as given (absolute), each one we may clean in: reached without another user's
+    symlink and owned by us (root: by root). Anything else is refused, one line naming the folder."""
+    from procguard.core.cli import UsageError
+
+    out: list[str] = []
+    for d in dirs:
+        try:
+            fd = open_folder(d)
+        except OSError as e:
+            raise UsageError(f"--dir {safe(d)}: {e.strerror or e}; not cleaning there") from None
+        try:
+            problem = cleanable_folder_problem(os.fstat(fd))
+        finally:
+            os.close(fd)
+        if problem is not None:
+            raise UsageError(f"--dir {safe(d)}: {problem}; not cleaning another user's folder")
+        out.append(os.path.abspath(d))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     dirs = _check_dirs(args.dirs)
     if args.clean_stale:
+        # The folders as given, not resolved: a symlink on the way is judged (and refused if another user
+        # planted it), never silently followed into a folder the user didn't name.
+        clean = None if args.dirs is None else _check_clean_dirs(args.dirs)
         # Read the metadata first: the report names what each removed file was left by.
-        before = {p: read_holder(p, wait=0) for p in stale_lock_files(dirs)}
+        before = {p: stale_entry(p) for p in stale_lock_files(clean)}
         removed = clean_stale_locks(paths=list(before))
-        entries = [HeldLock(path=str(p), pid=None, holders=(), kind=None, mode=None, managed=True,
-                            holder=before.get(p), stale=True) for p in removed]
+        entries = [before[p] for p in removed]
         if args.json:
             _print_json(entries)
         elif not entries:
             print("no stale lock files")
         else:
             for e in entries:
-                print(f"removed {e.path}{_was(e)}")
+                print(f"removed {safe(e.path)}{_was(e)}")
         return 0
     entries = list_locks(dirs, managed_only=args.managed)
     if args.json:
@@ -70,29 +103,38 @@ def _print_json(entries: Sequence[HeldLock]) -> None:
 
 
 def _was(e: HeldLock) -> str:
-    return f" (left by pid {e.holder.pid}: {e.holder.command(50)})" if e.holder else ""
+    if e.holder:
+        return f" (left by pid {e.holder.pid}: {e.holder.command(50)})"
+    return " (its metadata is not trusted)" if e.metadata else ""
 
 
-def _comm(pid: int | None) -> str:
+def _real_command(pid: int | None) -> str:
+    """The real holder's command line from /proc (comm for a kernel thread), terminal-safe."""
     if pid is None:
         return "?"
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
+    argv = procfs.read_cmdline(pid)
+    if argv:
+        return short_command(argv, 40)
+    st = procfs.read_stat(pid)
+    return safe(st.comm) if st is not None else "?"
 
 
 def _row(e: HeldLock) -> list[str]:
     if e.stale:
-        return ["-", "-", "stale", "-", "yes", f"left by pid {e.holder.pid}: {e.holder.command(40)}"
-                if e.holder else "-", e.path]
+        left = f"left by pid {e.holder.pid}: {e.holder.command(40)}" if e.holder else "-"
+        if e.metadata and not e.holder:
+            left = "[untrusted metadata]"
+        return ["-", "-", "stale", "-", "yes", left, safe(e.path)]
     others = ",".join(str(p) for p in e.holders if p != e.pid) or "-"
-    what = e.holder.command(40) + f" (since {e.holder.since()})" if e.holder else _comm(e.pid)
+    if e.holder:
+        what = e.holder.command(40) + f" (since {e.holder.since()})"
+    else:
+        # The kernel's holder; metadata that disagrees with it is never shown as the holder, only flagged.
+        what = _real_command(e.pid) + (" [metadata disagrees]" if e.metadata else "")
     if e.waiters:
         what += f" [{len(e.waiters)} waiting]"
     return [str(e.pid) if e.pid is not None else "?", others, e.kind or "-", e.mode or "-",
-            "yes" if e.managed else "-", what, e.path]
+            "yes" if e.managed else "-", what, safe(e.path)]
 
 
 def _print_table(entries: Sequence[HeldLock]) -> None:
@@ -105,4 +147,6 @@ def _print_table(entries: Sequence[HeldLock]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
     for e in entries:
         if e.warning:
-            print(f"warning: {e.path}: {e.warning}")
+            print(f"warning: {safe(e.path)}: {safe(e.warning)}")
+        elif e.stale and e.metadata_problem:
+            print(f"warning: {safe(e.path)}: lock file metadata ignored: {safe(e.metadata_problem)}")

@@ -12,6 +12,7 @@ from types import FrameType
 from procguard.core import signals
 from procguard.core.cli import UsageError
 from procguard.core.cli._args import seconds_arg
+from procguard.core.sanitize import safe
 from procguard.core.signals import Target
 from procguard.core.spawn import Spawned, SpawnError, spawn
 
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
             ok, message = check_before_run(cmd, os.getcwd(), args.on_duplicate, args.grace)
             if message:
-                print(f"procguard: {message}", file=sys.stderr)
+                print(f"procguard: {safe(message)}", file=sys.stderr)
             if not ok:
                 return EXIT_LOCKED
         if args.lock:
@@ -64,12 +65,13 @@ def run(args: argparse.Namespace) -> int:
                 lock = SingleInstanceLock(args.lock)
                 lock.acquire()
             except AlreadyRunning as e:
-                print(f"procguard: {e}", file=sys.stderr)
+                print(f"procguard: {safe(e)}", file=sys.stderr)
                 return EXIT_LOCKED
             except (OSError, ValueError) as e:
-                raise UsageError(f"--lock {args.lock!r}: {e}") from None
+                # LockError (a symlink, another user's file in a shared folder, ...): exit 2, nothing spawned.
+                raise UsageError(f"--lock {safe(args.lock)}: {e}") from None
             if lock.is_noop:
-                print(f"procguard: not locking: {lock.noop_reason}", file=sys.stderr)
+                print(f"procguard: not locking: {safe(lock.noop_reason)}", file=sys.stderr)
             else:
                 stack.callback(lock.release)
                 # The child inherits the descriptor: it keeps the lock even if procguard run is SIGKILLed.
@@ -89,7 +91,7 @@ def _supervise(cmd: list[str], grace: float, pass_fds: tuple[int, ...] = ()) -> 
         try:
             child = spawn(cmd, pass_fds=pass_fds)
         except SpawnError as e:
-            print(f"procguard: {e}", file=sys.stderr)
+            print(f"procguard: {safe(e)}", file=sys.stderr)
             return 127 if "no such program" in str(e) else 126
         rc = child.wait()
         # The leader is gone; whatever it left in its group would be orphaned: end it too.
