@@ -8,6 +8,7 @@ import os
 import pickle
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -620,3 +621,166 @@ def test_cli_usage_error_is_one_line_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr == f"procguard: error: --dir {tmp_path / 'missing'}: not a folder\n"
     assert r.stdout == ""
+
+
+# ---------------------------------------------------------------- planted paths, forged metadata (same user)
+
+def test_symlink_at_the_lock_path_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    link = tmp_path / "train.lock"
+    link.symlink_to(target)
+    with pytest.raises(LockError) as ei:
+        SingleInstanceLock(link).acquire()
+    assert str(ei.value) == f"lock path {link} is a symlink: refusing to follow it"
+    assert ei.value.filename == str(link)
+    assert target.read_text() == "keep me\n" and link.is_symlink()
+    dangling = tmp_path / "dangling.lock"
+    dangling.symlink_to(tmp_path / "would-be-created")
+    with pytest.raises(LockError):
+        SingleInstanceLock(dangling).acquire()
+    assert not (tmp_path / "would-be-created").exists()
+
+
+def test_own_symlinked_folders_are_still_followed(tmp_path: Path) -> None:
+    # Legitimate setups (a project folder linked from elsewhere) keep working: our own links are followed,
+    # relative ones and ".." included.
+    real = tmp_path / "a" / "b"
+    real.mkdir(parents=True)
+    (tmp_path / "via").symlink_to("a/b/../b")
+    with SingleInstanceLock(tmp_path / "via" / "sub" / "x.lock") as lock:
+        assert lock.held and (real / "sub" / "x.lock").exists()
+        [lk] = _locks_on(real / "sub" / "x.lock")
+        assert lk.holder is not None and lk.holder.pid == os.getpid()
+    assert not (real / "sub" / "x.lock").exists()
+
+
+def test_hard_linked_lock_file_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other-name"
+    other.write_text("data\n")
+    path = tmp_path / "h.lock"
+    os.link(other, path)
+    with pytest.raises(LockError) as ei:
+        SingleInstanceLock(path).acquire()
+    assert str(ei.value) == f"lock file {path} has 2 hard links: refusing to write to it"
+    assert other.read_text() == "data\n"
+
+
+def test_lock_error_and_already_running_escape_control_bytes(procs: ProcStarter, tmp_path: Path) -> None:
+    d = tmp_path / "evil\x1b]0;title\x07dir"
+    d.mkdir()
+    with pytest.raises(LockError) as ei:
+        SingleInstanceLock(d).acquire()
+    assert str(ei.value) == f"lock path {tmp_path}/evil\\x1b]0;title\\x07dir is a directory"
+    assert ei.value.filename == str(d)  # the exact path stays available to code
+    # A holder whose own argv (the metadata agrees with it) holds control bytes: shown, escaped.
+    path = tmp_path / "run\x1b[2J.lock"
+    p = _hold(procs, path)
+    with pytest.raises(AlreadyRunning) as ei2:
+        SingleInstanceLock(path).acquire()
+    msg = str(ei2.value)
+    assert ei2.value.holder is not None and ei2.value.holder.pid == p.pid
+    assert "run\\x1b[2J.lock" in msg and "\x1b" not in msg
+
+
+def test_big_lock_file_is_not_read_whole(tmp_path: Path) -> None:
+    path = tmp_path / "big.lock"
+    path.write_bytes(b'{"procguard":1,"pid":1}' + b" " * (64 * 1024))
+    assert read_holder(path, wait=0) is None
+
+
+# Holds a flock on argv[1] and writes argv[2] into it as its "metadata": whatever it likes.
+FORGE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.write(fd, sys.argv[2].encode())
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def forged_metadata(pid: int) -> str:
+    """Metadata naming `pid` (its true start time), with an argv and cwd full of terminal escapes."""
+    from procguard.core.procid import ProcId
+
+    ident = ProcId.of(pid)
+    assert ident is not None
+    return json.dumps({"procguard": 1, "pid": pid, "start_ticks": ident.start_ticks,
+                       "start_time": ident.create_time, "argv": ["python", "\x1b]0;pwned\x07train.py", "\x1b[2J"],
+                       "cwd": "/root\x1b[31m", "host": socket.gethostname(), "version": "1"})
+
+
+def _forge(procs: ProcStarter, path: Path, content: str, prefix: list[str] | None = None
+           ) -> subprocess.Popen[bytes]:
+    p = procs.popen([*(prefix or []), PY, "-c", FORGE, str(path), content, "\x1b[2J"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE)
+    procs.wait_ready(p)
+    return p
+
+
+@linux_only
+def test_metadata_naming_another_process_is_not_believed(procs: ProcStarter, tmp_path: Path) -> None:
+    path = tmp_path / "forged.lock"
+    forger = _forge(procs, path, forged_metadata(os.getpid()))  # claims to be this test process
+    with pytest.raises(AlreadyRunning) as ei:
+        SingleInstanceLock(path).acquire()
+    e = ei.value
+    assert e.holders == (forger.pid,) and e.holder is None
+    assert e.metadata is not None and e.metadata.pid == os.getpid() and "\x1b[2J" in e.metadata.argv
+    msg = str(e)
+    assert msg.startswith(f"{path} is held by pid {forger.pid} (")
+    assert f"it names pid {os.getpid()}, which does not hold the lock (pid {forger.pid} does)" in msg
+    assert "pwned" not in msg and "/root" not in msg  # the self-description is not repeated
+    assert not any(c in msg for c in "\x1b\x07")
+    again = pickle.loads(pickle.dumps(e))
+    assert str(again) == msg and again.metadata == e.metadata and again.holder is None
+
+    [lk] = _locks_on(path)
+    assert lk.holders == (forger.pid,) and lk.holder is None and lk.metadata == e.metadata
+    assert lk.metadata_trusted is False and lk.warning is not None and str(forger.pid) in lk.warning
+
+    r = _cli("--dir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert not any(c in r.stdout + r.stderr for c in "\x1b\x07")
+    [row] = [ln for ln in r.stdout.splitlines() if ln.startswith(str(forger.pid))]
+    assert "[metadata disagrees]" in row and "python3 -c" in row and "pwned" not in row  # its real argv
+    assert f"warning: {_real(path)}: lock file metadata ignored: it names pid {os.getpid()}" in r.stdout
+    r = _cli("--json", "--dir", str(tmp_path))
+    [o] = json.loads(r.stdout)
+    assert (o["pid"], o["holder"], o["metadata_trusted"]) == (forger.pid, None, False)
+    assert o["metadata"]["argv"] == ["python", "\x1b]0;pwned\x07train.py", "\x1b[2J"]  # exact in JSON
+
+
+@linux_only
+def test_metadata_with_a_reused_pid_is_not_believed(procs: ProcStarter, tmp_path: Path) -> None:
+    path = tmp_path / "reused.lock"
+    forger = _forge(procs, path, "{}")
+    # The live holder's pid, but another start time: what an earlier process with this pid would have written.
+    meta = json.loads(forged_metadata(forger.pid))
+    meta["start_ticks"] -= 1
+    with open(path, "r+") as f:  # same user: the file is writable
+        f.write(json.dumps(meta))
+        f.truncate()
+    with pytest.raises(AlreadyRunning) as ei:
+        SingleInstanceLock(path).acquire()
+    assert ei.value.holder is None and ei.value.holders == (forger.pid,)
+    assert f"it names pid {forger.pid} but not its start time" in str(ei.value)
+
+
+@linux_only
+def test_clean_stale_never_removes_through_or_a_symlink(procs: ProcStarter, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    stale = elsewhere / "s.lock"
+    _leave_stale(procs, stale)
+    d = tmp_path / "d"
+    d.mkdir()
+    link = d / "x.lock"
+    link.symlink_to(stale)
+    assert stale_lock_files([d]) == []
+    assert clean_stale_locks(paths=[link]) == []
+    assert clean_stale_locks([d]) == []
+    assert link.is_symlink() and stale.exists()
+    assert clean_stale_locks([elsewhere]) == [stale]  # the file itself, named by its own path, goes
