@@ -479,9 +479,14 @@ def _new_members(targets: list[Target], pinned: list[_Pinned], capture_ticks: in
     groups = _captured_groups(targets, rows, known, capture_ticks)
     found = {r.pid for r in rows.values() if r.pgid in groups and r.state not in DEAD_STATES}
     found |= _tree_newcomers([p for p in pinned if p.member.target.kind == "tree"], rows, capture_ticks)
+    return _signallable(found - known, rows)
+
+
+def _signallable(pids: set[int], rows: dict[int, _Row]) -> list[int]:
+    """Never our own lineage, pid 0 or 1, or a zombie (nor a pid gone from the table)."""
     lineage = own_lineage()
-    return sorted(pid for pid in found - known if pid not in lineage and pid > 1
-                  and rows.get(pid, _Row(0, 0, 0, 0, "Z")).state not in DEAD_STATES)
+    live = {pid for pid in pids if pid in rows and rows[pid].state not in DEAD_STATES}
+    return sorted(pid for pid in live if pid > 1 and pid not in lineage)
 
 
 def _tree_newcomers(tree_pins: list[_Pinned], rows: dict[int, _Row], capture_ticks: int) -> set[int]:
