@@ -3,16 +3,31 @@
 Called by the snapshot for every process on every refresh, so the common case (argv[0] is not a Python
 interpreter) must cost one string split and a prefix check. Only the argv is looked at; nothing is read from
 /proc here (resolving the script against the process's cwd is identity.py's job).
+
+Also pure parsing for identity.py: the entry point of a console-script wrapper (the small file pip writes into
+bin/), whether a file is an executable zipapp, and where a launcher's target sits in its arguments.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
-__all__ = ["PythonCmd", "parse_python_cmdline", "is_python_interpreter"]
+if TYPE_CHECKING:
+    from procguard.core.launchers import LaunchSpec
+
+__all__ = [
+    "PythonCmd",
+    "parse_python_cmdline",
+    "is_python_interpreter",
+    "console_entry_point",
+    "is_zipapp",
+    "shebang_interpreter",
+    "LaunchTarget",
+    "launch_target",
+]
 
 
 class PythonCmd(NamedTuple):
@@ -207,3 +222,134 @@ def _parse_interpreter_args(interpreter: str, argv: Sequence[str], start: int) -
     if i >= n:
         return PythonCmd(interpreter, "interactive", "", (), tuple(options))
     return PythonCmd(interpreter, "file", argv[i], tuple(argv[i + 1 :]), tuple(options))
+
+
+# ---------------------------------------------------------------------------------------------- console scripts
+
+# What pip (distlib), uv and setuptools write into bin/ for a console_scripts entry point: a shebang, imports,
+# `from pkg.mod import func` and `sys.exit(func())` under `if __name__ == "__main__":` (distlib may call an
+# attribute: `sys.exit(obj.attr())`); old setuptools goes through load_entry_point('dist', 'console_scripts', n).
+_FROM_IMPORT = re.compile(r"^from[ \t]+([A-Za-z_][\w.]*)[ \t]+import[ \t]+([A-Za-z_]\w*)[ \t]*$", re.M)
+_SYS_EXIT = re.compile(r"sys\.exit\(\s*([A-Za-z_][\w.]*)\(\)\s*\)")
+_LOAD_ENTRY = re.compile(r"load_entry_point\(\s*['\"]([^'\"]+)['\"]\s*,\s*['\"]console_scripts['\"]\s*,\s*"
+                         r"['\"]([^'\"]+)['\"]\s*\)")
+_WRAPPER_MAX = 2048  # wrappers are a few hundred bytes; a longer file is a program of its own
+
+
+def console_entry_point(head: bytes) -> str | None:
+    """The entry point ("pkg.mod:func", "pkg.mod:obj.attr", or "dist:name" for setuptools' load_entry_point) of
+    a console-script wrapper, from the file's first bytes; None for any other file (a script of its own)."""
+    if not head.startswith(b"#!") or len(head) > _WRAPPER_MAX or b"\0" in head:
+        return None
+    text = head.decode("utf-8", "replace")
+    if "__main__" not in text:
+        return None
+    m = _LOAD_ENTRY.search(text)
+    if m is not None:
+        return f"{m.group(1)}:{m.group(2)}"
+    call = _SYS_EXIT.search(text)
+    if call is None:
+        return None
+    func = call.group(1)
+    first = func.partition(".")[0]
+    for mod, name in _FROM_IMPORT.findall(text):
+        if name == first:
+            return f"{mod}:{func}"
+    return None
+
+
+def is_zipapp(head: bytes) -> bool:
+    """A zip archive, optionally after a shebang line (what `python -m zipapp -p INTERP` writes)."""
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    if head.startswith(b"#!"):
+        nl = head.find(b"\n")
+        return nl > 0 and head.startswith(b"PK\x03\x04", nl + 1)
+    return False
+
+
+def shebang_interpreter(head: bytes) -> list[str] | None:
+    """The interpreter argv of a `#!` line (`#!/usr/bin/env python3` -> ["/usr/bin/env", "python3"])."""
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    return line.split() or None
+
+
+# ---------------------------------------------------------------------------------------------- launchers
+
+
+class LaunchTarget(NamedTuple):
+    """What a launcher starts: kind "file" (a script path), "module", "exe" (a program run as is) or "argv"
+    (a whole command line, target = its argv[0])."""
+
+    kind: str
+    target: str
+    args: tuple[str, ...]
+
+
+def _known_options_target(args: Sequence[str], spec: LaunchSpec) -> LaunchTarget | None:
+    n = len(args)
+    i = 0
+    mode = "file"
+    while i < n:
+        a = args[i]
+        if a == "--":
+            i += 1
+            break
+        if a == "-" or not a.startswith("-"):
+            break
+        name, eq, _ = a.partition("=")
+        norm = name.replace("_", "-") if name.startswith("--") else name
+        if norm in spec.module_flags:
+            mode = "module"
+        elif norm in spec.exe_flags:
+            mode = "exe"
+        elif eq or norm in spec.flags or (not name.startswith("--") and len(name) > 2):
+            pass  # --opt=value, a flag, or a short option with its value attached (-r3)
+        elif norm in spec.values:
+            i += 1
+        else:
+            # Unknown option: it takes a value unless the next word looks like the target or another option.
+            nxt = args[i + 1] if i + 1 < n else "-"
+            if not (nxt.startswith("-") or nxt.endswith((".py", ".pyz"))):
+                i += 1
+        i += 1
+    if i >= n:
+        return None
+    return LaunchTarget(mode, args[i], tuple(args[i + 1 :]))
+
+
+def _generic_target(args: Sequence[str], is_file: Callable[[str], bool] | None) -> LaunchTarget | None:
+    """A launcher the user named: its options are unknown, so the target is `-- CMD`, `-m module`, or the first
+    word that is a Python interpreter, a .py/.pyz file or (is_file) an existing file."""
+    if "--" in args:
+        rest = args[list(args).index("--") + 1 :]
+        return LaunchTarget("argv", rest[0], tuple(rest[1:])) if rest else None
+    n = len(args)
+    for i, a in enumerate(args):
+        if a in ("-m", "--module"):
+            return LaunchTarget("module", args[i + 1], tuple(args[i + 2 :])) if i + 1 < n else None
+        if a.startswith("-"):
+            continue
+        if is_python_interpreter(a):
+            return LaunchTarget("argv", a, tuple(args[i + 1 :]))
+        if a.endswith((".py", ".pyz")):
+            return LaunchTarget("file", a, tuple(args[i + 1 :]))
+        if is_file is not None and is_file(a):
+            return LaunchTarget("exe", a, tuple(args[i + 1 :]))
+    return None
+
+
+def launch_target(args: Sequence[str], spec: LaunchSpec,
+                  is_file: Callable[[str], bool] | None = None) -> LaunchTarget | None:
+    """Where the target sits in a launcher's arguments (after the launcher program or module), or None when
+    there is none (`torchrun --help`, `accelerate config`: not a launch). `spec` says which options take a
+    value; `is_file` (generic launchers only) tells whether a word names an existing file."""
+    if spec.subcommand is not None:
+        if not args or args[0] != spec.subcommand:
+            return None
+        args = args[1:]
+    if not (spec.flags or spec.values):
+        return _generic_target(args, is_file)
+    return _known_options_target(args, spec)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import textwrap
 import time
@@ -209,7 +210,8 @@ def test_script_filter_and_min_instances() -> None:
 
 def test_json_schema() -> None:
     (g,) = report(table(mk(10, ["python", "/a/t.py", "x"]), mk(20, ["python", "/a/t.py"]))).groups
-    assert group_json(g) == {"script": "/a/t.py", "kind": "file", "instances": [
+    # The identity key and its parts travel with the group (issue 13: --json carries the key).
+    assert group_json(g) == {"script": "/a/t.py", "kind": "file", "key": "/a/t.py", "parts": {}, "instances": [
         {"pid": 10, "create_time": 10.0, "cwd": "/cwd/10", "args": ["x"], "username": "u1000"},
         {"pid": 20, "create_time": 20.0, "cwd": "/cwd/20", "args": [], "username": "u1000"}]}
 
@@ -220,7 +222,13 @@ def test_identity_for_command_resolves_against_the_given_cwd(tmp_path: Path) -> 
     real = os.path.realpath(tmp_path / "t.py")
     assert identity_for_command(["python3", "-u", "t.py"], str(tmp_path)) == ScriptIdentity("file", real, real)
     assert identity_for_command(["env", "python3", "link.py"], str(tmp_path)).key == real  # type: ignore[union-attr]
-    assert identity_for_command(["bash", "t.py"], str(tmp_path)) is None
+    # A program that is not Python is identified by its command (issue 13): executable + args + cwd.
+    cmd = identity_for_command(["bash", "t.py"], str(tmp_path))
+    assert cmd is not None and cmd.kind == "command"
+    assert dict(cmd.parts) == {"executable": os.path.realpath(shutil.which("bash") or ""), "name": "bash",
+                               "args": ("t.py",), "cwd": os.path.realpath(tmp_path)}
+    assert identity_for_command(["bash", "u.py"], str(tmp_path)) != cmd
+    assert identity_for_command(["no-such-program-here"], str(tmp_path)) is None
     assert identity_for_path("t.py", str(tmp_path)).key == real
 
 
@@ -535,7 +543,8 @@ def test_cli_dupes_json_and_terminate(procs: ProcStarter, tmp_path: Path) -> Non
                          timeout=60)
     assert out.returncode == 0, out.stderr.decode()
     data = json.loads(out.stdout)
-    assert data == [{"script": os.path.realpath(script), "kind": "file", "instances": [
+    real = os.path.realpath(script)
+    assert data == [{"script": real, "kind": "file", "key": real, "parts": {"script": real}, "instances": [
         {"pid": a.pid, "create_time": data[0]["instances"][0]["create_time"],
          "cwd": os.path.realpath(tmp_path / "cli"), "args": ["--seed", "1"], "username": data[0]["instances"][0]["username"]},
         {"pid": b.pid, "create_time": data[0]["instances"][1]["create_time"],
