@@ -464,15 +464,21 @@ def match_foreign_pids(processes: Iterable[GpuProcess], local_pids: Iterable[int
 
 
 def merge_holders(holders: Mapping[int, DeviceHolder], processes: Iterable[GpuProcess] = (),
-                  snapshot: Snapshot | None = None, minor_to_index: Mapping[int, int] | None = None
-                  ) -> tuple[list[MergedHolder], list[ForeignPid]]:
+                  snapshot: Snapshot | None = None, minor_to_index: Mapping[int, int] | None = None, *,
+                  local_pids: Iterable[int] | None = None) -> tuple[list[MergedHolder], list[ForeignPid]]:
     """Kernel holders and NVML's process list (`GpuSnapshot.processes`; empty without NVML) as one list, largest
     memory first, plus NVML pids that are not ours (unmatched ones are "host pid N (another PID namespace)").
-    With a snapshot: only processes in it (and foreign pids are those missing from it), each with its
-    orphan reason."""
+
+    Which pids are local: the snapshot's (then each holder also gets its orphan reason), else `local_pids`, else
+    every pid counts as local (nothing foreign). Pure."""
     processes = list(processes)
     by_pid = _nvml_by_pid(processes)
-    local_ids: set[int] = {p.pid for p in snapshot} if snapshot is not None else set(holders) | set(by_pid)
+    if snapshot is not None:
+        local_ids = {p.pid for p in snapshot}
+    elif local_pids is not None:
+        local_ids = set(local_pids)
+    else:
+        local_ids = set(holders) | set(by_pid)
     foreign = match_foreign_pids(processes, local_ids, holders, minor_to_index)
     matched = {f.local_pid: f for f in foreign if f.local_pid is not None}
     out = []
