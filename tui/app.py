@@ -870,7 +870,7 @@ def _ray_backend(address: str, node: str) -> Backend:
             from procguard.tui.ray_backend import disconnect
 
             disconnect()
-        print(f"procguard-tui: --ray {address}: {text}", file=sys.stderr)
+        print(f"procguard-tui: --ray {plain(address)}: {plain(text)}", file=sys.stderr)  # a node's words
         sys.exit(2)
 
 
