@@ -10,7 +10,7 @@ from pathlib import Path
 
 from procguard.core import views
 from procguard.core.snapshot import Snapshotter, process_snapshot
-from tests.conftest import ProcStarter, wait_for
+from tests.conftest import ProcStarter, proc_state, wait_for
 
 BUSY = """
 import os, time
@@ -22,6 +22,8 @@ while True:
 
 def test_snapshot_agrees_with_ps(procs: ProcStarter) -> None:
     child = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)", "--flag", "x y")
+    # Asleep first: just after 'ready' it can still be running (R) for the snapshot and asleep (S) for ps.
+    wait_for(lambda: proc_state(child.pid) == "S")
     snap = process_snapshot()
     out = subprocess.run(["ps", "-o", "pid=,ppid=,pgid=,sid=,stat=,user=", "-p", str(child.pid)],
                          capture_output=True, text=True, check=True).stdout.split()
