@@ -1,12 +1,13 @@
 """Per-user registry of guarded processes: one JSON file per process, `<pid>.json`, in a private folder.
 
-Folder: ``platformdirs.user_runtime_dir("procguard")/registry``, else ``/run/user/<uid>/procguard/registry``,
-``<tmp>/runtime-<uid>/procguard/registry`` or ``<tmp>/procguard-<uid>/registry``: the first that is, or can be
-made, private to us (`privdir.ensure_private_dir`: ours, mode 0700, no symlink or others-writable folder on the
-way). A predictable folder another user created first is never adopted: it is skipped, and when none is left
-`register` raises PrivateDirError naming each folder and why. ``PROCGUARD_REGISTRY_DIR`` overrides the list
-(tests, containers). Readers look in every place an entry may have been written (a guarded process and the
-reader may not share XDG_RUNTIME_DIR), so an entry is found wherever its writer put it.
+Folder: ``$XDG_RUNTIME_DIR/procguard/registry`` (elsewhere than Linux: platformdirs' runtime dir), else
+``/run/user/<uid>/procguard/registry``, ``<tmp>/runtime-<uid>/procguard/registry`` or
+``<tmp>/procguard-<uid>/registry``: the first that is, or can be made, private to us
+(`privdir.ensure_private_dir`: ours, mode 0700, no symlink or others-writable folder on the way). A predictable
+folder another user created first is never adopted: it is skipped, and when none is left `register` raises
+PrivateDirError naming each folder and why. ``PROCGUARD_REGISTRY_DIR`` overrides the list (tests, containers).
+Readers look in every place an entry may have been written (a guarded process and the reader may not share
+XDG_RUNTIME_DIR), so an entry is found wherever its writer put it.
 
 Trust rule (the README's "Security model"): an entry is believed, for actions (flush) and for showing a
 process as guarded, only when all of these hold:
@@ -108,7 +109,13 @@ _FIELDS = frozenset(_STORED)
 
 
 def _platform_dir() -> str | None:
-    try:
+    if sys.platform.startswith("linux"):
+        # What platformdirs.user_runtime_dir gives on Linux, without its cost on every read: $XDG_RUNTIME_DIR;
+        # its fallbacks (/run/user/<uid>, <tmp>/runtime-<uid>) are candidates of their own. Whether the folder
+        # is really ours is checked where it is used (private_dir_problem / ensure_private_dir).
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        return os.path.join(xdg, "procguard", "registry") if xdg and os.path.isabs(xdg) else None
+    try:  # pragma: no cover - other systems
         import platformdirs
 
         with warnings.catch_warnings():
@@ -167,13 +174,13 @@ def _own_dirs() -> list[str]:
     return [p for p in _candidates(os.geteuid()) if privdir.private_dir_problem(p) is None]
 
 
-def _all_dirs() -> list[str]:
-    """Every registry folder to read (ours first): whoever made them, entries are judged file by file."""
+def _all_dirs(own: list[str]) -> list[str]:
+    """Every registry folder to read, `own` (our `_own_dirs()`) first: whoever made them, entries are judged
+    file by file."""
     override = os.environ.get(ENV_OVERRIDE)
     if override:
         return [os.path.abspath(override)] if os.path.isdir(override) else []
     tmp = tempfile.gettempdir()
-    own = _own_dirs()
     found: set[str] = set()
     # (pattern, the folder level that names the uid): other names are not ours to read.
     for pattern, up, uid_name in (("/run/user/*/procguard/registry", 3, re.compile(r"[0-9]{1,10}")),
@@ -430,7 +437,7 @@ def get_entry(pid: int, *, include_untrusted: bool = False) -> RegistryEntry | N
             return entry
         untrusted = untrusted or entry
     # Every folder is read, not just the first holding a file: a planted file must not hide the real entry.
-    for d in _all_dirs():
+    for d in _all_dirs(own):
         if d in own:
             continue
         entry = _load(os.path.join(d, f"{pid}.json"), own=False)
@@ -445,7 +452,7 @@ def read_entries(all_users: bool = False, *, include_untrusted: bool = False) ->
     can (root: everybody's); otherwise only our own. `include_untrusted` adds the live processes' entries that
     fail the trust rule (``trusted=False``, ``untrusted_reason``), where no trusted one exists for the pid."""
     own = _own_dirs()
-    dirs = _all_dirs() if all_users else own
+    dirs = _all_dirs(own) if all_users else own
     out: dict[int, RegistryEntry] = {}
     for d in dirs:
         try:
