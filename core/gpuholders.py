@@ -12,10 +12,11 @@ environment variable PROCGUARD_GPU_DEV_DIR for the default):
   `nvmlDeviceGetMinorNumber`), `/dev/nvidiactl`, `/dev/nvidia-uvm` (and `-uvm-tools`);
 - AMD / Intel: `/dev/dri/renderD*` and `/dev/kfd`, shown as "device open" (no memory figures).
 
-Cost: one `stat` of /proc/PID/fd per process per scan. Since Linux 6.2 its st_size is the number of open fds;
-a process's fds are only listed and read (one readlink each) when it is new, when that count changed, or when
-its last full read is older than `max_age` (a closed-then-reopened fd keeps the count). Kernels that report size
-0 get the `max_age` rule alone. Other users' processes need root (their fd folders are private): they are
+Cost: one `stat` of /proc/PID/fd per process per scan (or per `recheck` seconds). Since Linux 6.2 its st_size
+is the number of open fds; a process's fds are only listed and read (one readlink each) when it is new, when
+that count changed, or when its last full read is older than `max_age` (a closed-then-reopened fd keeps the
+count), spread over that period so the rereads don't all fall on one refresh. Kernels that report size 0 get the
+`max_age` rule alone. Other users' processes need root (their fd folders are private): they are
 counted as `denied`, and NVML (when present) still lists them.
 """
 
@@ -223,8 +224,16 @@ class _ProcLike(Protocol):
 
 class _Entry(NamedTuple):
     nfds: int  # st_size of /proc/PID/fd when read (the fd count; 0 on kernels that don't report it)
-    at: float  # clock() of the full read
+    at: float  # clock() of the full read (first one: spread back over max_age, see _spread)
+    checked: float  # clock() of the last fd-count check
     fds: tuple[GpuFd, ...] | None  # None: denied
+
+
+def _spread(pid: int) -> float:
+    """A fixed fraction in [0, 1) per pid. Periodic work is due at `first + k * period`, with `first` moved back
+    by this fraction of the period, so processes that were first seen together (all of them, on the first scan)
+    don't come due together: the cost is spread over the period instead of a hitch once per period."""
+    return ((pid * 2654435761) & 0xFFFF) / 0x10000
 
 
 def _fd_count(pid: int) -> int | None:
@@ -238,10 +247,14 @@ class HolderScanner:
     """Repeated scans for GPU holders that only read what changed. One per refresh loop; not thread-safe (give
     each thread its own or lock around `scan`)."""
 
-    def __init__(self, patterns: DevicePatterns | None = None, *, max_age: float = 30.0,
+    def __init__(self, patterns: DevicePatterns | None = None, *, max_age: float = 30.0, recheck: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """max_age: seconds after which a process's fds are read again even if their count did not change.
+        recheck: seconds between fd-count checks (one stat) of a known process; 0 checks on every scan. A TUI
+        refreshing every second can pass a few seconds here: new processes are still read on their first scan."""
         self.patterns = patterns or default_patterns()
         self.max_age = max_age
+        self.recheck = recheck
         self._clock = clock
         self._cache: dict[tuple[int, int], _Entry] = {}
         self.stats = ScanStats()
@@ -259,20 +272,12 @@ class HolderScanner:
             stats.processes += 1
             key = (pid, ticks)
             entry = self._cache.get(key)
-            count = _fd_count(pid)
-            if count is None:
-                continue  # gone
-            if entry is None or entry.nfds != count or now - entry.at >= self.max_age:
-                stats.fd_reads += 1
-                try:
-                    fds = _read_fds(pid, self.patterns, counter)
-                except _Denied:
-                    fds = None
-                if fds is None and entry is None and not os.path.exists(f"{procfs.PROC}/{pid}"):
-                    continue
-                entry = _Entry(count, now, fds)
-            else:
+            if entry is not None and now - entry.checked < self.recheck and now - entry.at < self.max_age:
                 stats.cached += 1
+            else:
+                entry = self._check(pid, entry, now, counter, stats)
+                if entry is None:
+                    continue  # gone
             seen[key] = entry
             if entry.fds is None:
                 stats.denied += 1
@@ -283,6 +288,26 @@ class HolderScanner:
         stats.seconds = time.perf_counter() - t
         self.stats = stats
         return out
+
+    def _check(self, pid: int, entry: _Entry | None, now: float, counter: list[int], stats: ScanStats
+               ) -> _Entry | None:
+        count = _fd_count(pid)
+        if count is None:
+            return None
+        if entry is not None and entry.nfds == count and now - entry.at < self.max_age:
+            stats.cached += 1
+            return entry._replace(checked=now)
+        stats.fd_reads += 1
+        try:
+            fds = _read_fds(pid, self.patterns, counter)
+        except _Denied:
+            fds = None
+        if fds is None and entry is None and not os.path.exists(f"{procfs.PROC}/{pid}"):
+            return None
+        if entry is None:
+            lag = _spread(pid)
+            return _Entry(count, now - lag * self.max_age, now - lag * self.recheck, fds)
+        return _Entry(count, now, now, fds)
 
     @staticmethod
     def _ids(procs: Iterable[_ProcLike] | Snapshot | None) -> Iterable[tuple[int, int]]:

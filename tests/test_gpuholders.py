@@ -229,6 +229,20 @@ def test_scan_is_cached_until_the_fds_change(dev: Path, procs: ProcStarter) -> N
     assert scanner.scan(target) == {} and scanner.stats.fd_reads == 0  # gone: dropped
 
 
+def test_recheck_interval(dev: Path, procs: ProcStarter) -> None:
+    """With recheck, a known process's fd count is only looked at every `recheck` seconds; new ones at once."""
+    p = hold(procs, dev, "nvidia1")
+    now = [0.0]
+    scanner = G.HolderScanner(G.DevicePatterns.under(str(dev)), max_age=1000, recheck=5, clock=lambda: now[0])
+    assert scanner.scan(ids(p))[p.pid].minors == (1,)
+    command(p, "open nvidia0")
+    assert scanner.scan(ids(p))[p.pid].minors == (1,) and scanner.stats.cached == 1
+    q = hold(procs, dev, "nvidia0")
+    assert set(scanner.scan(ids(p, q))) == {p.pid, q.pid}  # the newcomer is read on its first scan
+    now[0] = 5.0
+    assert scanner.scan(ids(p, q))[p.pid].minors == (0, 1)
+
+
 # P starts W (same group and session) and D (setsid'd), both holding nvidia0, writes their pids, and exits:
 # W is left behind (re-parented, its group and session leader P gone); D is a daemon (its own session leader).
 ORPHANER = """
