@@ -290,18 +290,15 @@ class Guard(contextlib.ContextDecorator):
         return False
 
     def _take_lock(self, stack: contextlib.ExitStack, lock_name: str | os.PathLike[str]) -> None:
-        try:
-            from procguard.core.locks import AlreadyRunning, SingleInstanceLock
-        except ImportError as e:
-            self.notes.append(f"no lock: procguard.core.locks unavailable ({e})")
-            return
+        from procguard.core.locks import AlreadyRunning, SingleInstanceLock
+
         timeout = self.grace if self.terminated else None  # holders just ended: let the lock settle
         lk = SingleInstanceLock(lock_name, timeout=timeout)
         try:
             lk.acquire()
         except AlreadyRunning as e:
-            holder = getattr(e, "holder", None)
-            holder_pid = getattr(holder, "pid", None)
+            # The metadata's pid only when the kernel agrees it holds the lock; else the real holder.
+            holder_pid = e.holder.pid if e.holder is not None else (e.holders[0] if e.holders else None)
             if self.on_duplicate == "ignore":
                 self.notes.append(f"no lock (on_duplicate='ignore'): {safe(e)}")
                 warnings.warn(f"procguard: {safe(e)}; going on without the lock (on_duplicate='ignore')",
@@ -309,7 +306,7 @@ class Guard(contextlib.ContextDecorator):
                 return
             raise DuplicateRunning(f"already running: {safe(e)}", str(lock_name), (), holder_pid) from None
         stack.callback(lk.release)
-        if getattr(lk, "is_noop", False):
+        if lk.is_noop:
             self.notes.append(f"no lock: {lk.noop_reason}")
             return
         self.lock_path = str(lk.path)
@@ -321,11 +318,8 @@ class Guard(contextlib.ContextDecorator):
         if not _in_main_thread():
             self.notes.append("no flush handler: guard entered outside the main thread")
             return False
-        try:
-            from procguard.core.flush import flush_handler_installed, install_flush_handler
-        except ImportError:
-            self.notes.append("no flush handler: procguard.core.flush unavailable")
-            return False
+        from procguard.core.flush import flush_handler_installed, install_flush_handler
+
         uninstall = install_flush_handler(sig)
         stack.callback(uninstall)
         # Asked of the flush module, not by comparing handlers: a handler this process installed before the
@@ -354,17 +348,13 @@ class Guard(contextlib.ContextDecorator):
     def _start_publisher(self, stack: contextlib.ExitStack) -> None:
         if self.entry is None:
             return
-        try:
-            from procguard.core.flush import start_allocator_publisher
-        except ImportError:
-            return
+        from procguard.core.flush import start_allocator_publisher
+
         stack.callback(start_allocator_publisher())
 
     def _flush(self) -> None:
-        try:
-            from procguard.core.flush import flush_gpu_caches
-        except ImportError:
-            return  # the GPU module hasn't landed: nothing to flush with
+        from procguard.core.flush import flush_gpu_caches
+
         try:
             flush_gpu_caches()
         except Exception as e:  # noqa: BLE001 - exit steps must all run
