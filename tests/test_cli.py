@@ -227,3 +227,21 @@ def test_run_lock_bad_path_is_one_line(tmp_path: Path) -> None:
     out = pg("run", "--lock", str(tmp_path), "--", "true")
     assert out.returncode == 2
     assert str(tmp_path) in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_text_output_escapes_terminal_controls_and_json_keeps_them(procs: ProcStarter) -> None:
+    """argv with a title OSC, a clear-screen CSI, a C1 CSI and a bidi override: text output shows them escaped
+    (no raw control byte at all), --json keeps the exact value."""
+    hostile = ["\x1b]0;pwned\x07", "\x1b[2J", "\x9b31m", "\u202eevil"]
+    child = procs.popen([sys.executable, "-c", SLEEPER, *hostile], stdout=subprocess.PIPE, start_new_session=True)
+    procs.wait_ready(child)
+    escaped = "\\x1b]0;pwned\\x07 \\x1b[2J \\x9b31m \\u202eevil"
+    for args in (["ps"], ["ps", "--tree"], ["term", "--dry-run", str(child.pid)]):
+        out = subprocess.run([sys.executable, "-m", "procguard.core.cli", *args], capture_output=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+        assert out.returncode == 0
+        text = out.stdout.decode("utf-8")
+        assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text and "\u202e" not in text
+        assert any(ln.endswith(escaped) for ln in text.splitlines()), (args, text)
+    rows = json.loads(pg("ps", "--json").stdout)
+    assert next(r for r in rows if r["pid"] == child.pid)["cmdline"][-4:] == hostile

@@ -160,13 +160,13 @@ async def wait_until(pilot: Pilot[None], pred: Callable[[], object], timeout: fl
 
 
 def screen_text(app: ProcguardApp) -> str:
-    """What the screen shows now, line by line as the terminal gets it (every layer: a dialog over the main
-    screen, notifications): the text of every segment Textual would write. No raw control, bidi-override or
-    C1 character may be in it, nor in the SVG screenshot (the public view of the same frame)."""
+    """What the screen shows now (a dialog over the main screen, notifications), line by line as the terminal
+    gets it: the text of every segment Textual would write. No raw control, bidi-override or C1 character may
+    be in it, nor in the SVG screenshot (the public view of the same frame)."""
     svg = app.export_screenshot()
     bad = RAW.search(svg.replace("\n", ""))
     assert bad is None, f"raw {bad.group()!r} in the screenshot"
-    # What export_screenshot renders, without the SVG: the same full update of the current screen stack.
+    # What export_screenshot renders, without the SVG: a full update of the current screen stack.
     update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
     lines = ["".join(seg.text for strip in line for seg in strip if not seg.control)
              for line in update.strips]  # type: ignore[union-attr]
@@ -198,7 +198,8 @@ async def test_app_views_details_and_confirm_show_escapes(hostile: Hostile) -> N
         await pilot.pause()
         shown = screen_text(app)
         assert f"cwd  {safe(hostile.folder)}" in shown  # read from /proc/PID/cwd: ESC in it, escaped
-        assert ESCAPED_ARGS in shown and "\\x1b]2;x\\x07.py" in shown
+        # The full command (the table shows python3's basename: this line is the details screen's).
+        assert f"{hostile.argv[0]} {safe(hostile.script)} \\x1b]0;pwned\\x07 \\x1b[2J" in shown, shown
         await pilot.press("escape")
         await wait_until(pilot, lambda: not isinstance(app.screen, DetailsScreen))
 
@@ -206,8 +207,9 @@ async def test_app_views_details_and_confirm_show_escapes(hostile: Hostile) -> N
         await pilot.press("t")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.pause()
-        shown = screen_text(app)
-        assert f"{pid:>7}  nobody" in shown and "\\x1b]0;pwned\\x07 \\x1b[2J" in shown  # the blast radius
+        shown = screen_text(app)  # the blast radius: pid, user, full command; the lock it frees
+        assert f"{pid:>7}  nobody     {hostile.argv[0]} {safe(hostile.script)} \\x1b]0;pwned\\x07 \\x1b[2J" in shown, shown
+        assert f"locks {safe(hostile.script)}" in shown, shown
         await pilot.press("n")
         await wait_until(pilot, lambda: any("cancelled" in t for t, _ in app.notices))
         assert not is_gone(pid)

@@ -438,3 +438,47 @@ async def test_flush_reports_the_result_or_the_reason() -> None:
         await pilot.press("f")
         await wait_until(pilot, lambda: "not a guarded process" in notices(app))
         assert app.notices[-1][1] == "error"
+
+
+async def test_escapes_in_a_command_line_never_reach_the_screen(procs: ProcStarter, tmp_path: Path) -> None:
+    """A command line holding a title OSC (as argv[0], so it leads every view of the command), a clear-screen
+    CSI, a bidi override and a newline is shown escaped in the table, the details screen and the confirm dialog,
+    and nothing raw is anywhere on screen (tests/test_hostile_terminal.py plays the same as another user)."""
+    from procguard.core.sanitize import UNSAFE
+    from procguard.tui.screens.details import DetailsScreen, details_markup
+
+    code = "import time; print('ready', flush=True); time.sleep(60)"
+    argv = ["\x1b]0;pwned\x07", "-c", code, "\x1b[2J", "\u202eevil", "two\nlines", str(tmp_path)]
+    p = procs.popen(argv, executable=sys.executable, stdout=subprocess.PIPE, start_new_session=True)
+    procs.wait_ready(p)
+    app = make_app(tmp_path)
+
+    def screen() -> str:
+        """The screen's lines as the terminal gets them (every layer), after checking nothing raw is in them
+        nor in the SVG screenshot of the same frame."""
+        assert UNSAFE.search(app.export_screenshot().replace("\n", "")) is None, "raw control character on screen"
+        update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+        text = "\n".join("".join(seg.text for strip in line for seg in strip if not seg.control)
+                         for line in update.strips)  # type: ignore[union-attr]
+        assert UNSAFE.search(text.replace("\n", "")) is None, text
+        return text
+
+    async with app.run_test(size=(200, 40)) as pilot:
+        await select(pilot, app, ("p", p.pid))
+        shown = screen()
+        assert "\\x1b]0;pwned\\x07 -c" in shown and "\\x1b[2J \\u202eevil two\\nlines" in shown
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None)
+        await pilot.pause()
+        assert "user  root (uid 0)" in screen()  # the details screen: nothing raw on it
+        body = details_markup(app.model, p.pid, app.screen.extra).plain  # type: ignore[arg-type, attr-defined]
+        assert body.startswith("\\x1b]0;pwned\\x07 -c ") and "\\x1b[2J \\u202eevil two\\nlines" in body
+        await pilot.press("escape")
+        await wait_until(pilot, lambda: not isinstance(app.screen, DetailsScreen))
+        await pilot.press("t")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.pause()
+        assert f"{p.pid:>7}  root       \\x1b]0;pwned\\x07 -c" in screen()  # the dialog's member line
+        await pilot.press("n")
+        await wait_until(pilot, lambda: "cancelled" in notices(app))
+    assert not is_gone(p.pid)

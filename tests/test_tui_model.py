@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from rich.style import Style
+
 from procguard.core.signals import Target
 from procguard.tui.actions import describe, progress_label
 from procguard.tui.app import build_parser, parse_keymap
@@ -249,3 +253,25 @@ def test_summary_names_the_cluster_node() -> None:
                                   "[/b $text-accent]"), wide.markup
     assert "c4744161 2/3" in summary_markup(model, 80, view.label, view.compact).plain
     assert had_ray or "ray" not in sys.modules
+
+
+def test_process_text_is_plain_and_safe_on_screen() -> None:
+    """tui.text: a value is made safe and never parsed as markup (a `[` or `$` in it is text); our template's
+    markup still styles; table cells go through the same rule where they become segments."""
+    from procguard.tui.tables import Cell, Column
+    from procguard.tui.text import fill, plain
+    from procguard.tui.widgets.table import SimpleTable
+
+    assert plain("a\x1b[2Jb\n") == "a\\x1b[2Jb\\n"
+    c = fill("[b]$cmd[/] by $user", cmd="[red]x[/] $user \x1b]0;t\x07", user="u\u202e")
+    assert c.plain == "[red]x[/] $user \\x1b]0;t\\x07 by u\\u202e"
+    assert [(s.start, s.end, s.style) for s in c.spans] == [(0, len("[red]x[/] $user \\x1b]0;t\\x07"), "b")]
+
+    class Row(NamedTuple):
+        key: tuple[str, int]
+        cells: tuple[Cell, ...]
+        kind: str = "item"
+
+    table = SimpleTable((Column("CMD", 0),))
+    strip = table._render_row(Row(("r", 1), (Cell("ok \x1b[2J \u202e"),)), 20, Style(), False)
+    assert "".join(seg.text for seg in strip).rstrip() == "ok \\x1b[2J \\u202e"
