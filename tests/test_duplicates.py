@@ -6,13 +6,16 @@ snapshot filtered to the test's own pids.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import tempfile
 import textwrap
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
@@ -23,6 +26,7 @@ from procguard.core.duplicates import (
     build_report,
     check_before_run,
     duplicate_report,
+    explain,
     find_duplicates,
     find_instances,
     group_json,
@@ -426,20 +430,132 @@ def test_scheduler_jobs_are_not_duplicates(procs: ProcStarter, tmp_path: Path) -
     assert not is_gone(a.pid) and not is_gone(b.pid)
 
 
-def test_real_torchrun_ranks_are_one_run(procs: ProcStarter, tmp_path: Path) -> None:
+RANK_SCRIPT = """
+import os, time
+here = os.path.dirname(os.path.abspath(__file__))
+name = os.path.basename(__file__)[:-3]
+tmp = os.path.join(here, "ranks", f".{os.getpid()}")
+with open(tmp, "w") as f:
+    f.write(name)
+os.rename(tmp, os.path.join(here, "ranks", str(os.getpid())))
+time.sleep(600)
+"""
+
+
+class Torchruns:
+    """Three real torchrun launches, started once for the module: a.py with 2 ranks (the venv's torchrun),
+    a.py with 1 rank (python -m torch.distributed.run) and b.py with 1 rank (torchrun). torch elastic starts
+    each rank in a session of its own, so killing a launcher's group misses them: every rank writes its pid
+    into ranks/, and teardown SIGKILLs the ranks (and anything else under the launchers) before the launchers.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.a = write(root / "a.py", RANK_SCRIPT)
+        self.b = write(root / "b.py", RANK_SCRIPT)
+        (root / "ranks").mkdir()
+        self.launchers: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        torchrun = str(Path(PY).with_name("torchrun"))
+        for argv in ([torchrun, "--standalone", "--nproc-per-node", "2", "a.py"],
+                     [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "a.py"],
+                     [torchrun, "--standalone", "--nproc-per-node", "1", "b.py"]):
+            self.launchers.append(subprocess.Popen(argv, cwd=self.root, env=clean_env(), stdin=subprocess.DEVNULL,
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                   start_new_session=True))
+        wait_for(lambda: len(self.ranks()) == 4, timeout=90)
+
+    def ranks(self, script: str | None = None) -> list[int]:
+        """Pids of the ranks that are up (of `script`, "a" or "b", when given)."""
+        out = []
+        for f in (self.root / "ranks").iterdir():
+            if f.name.isdigit() and (script is None or f.read_text() == script):
+                out.append(int(f.name))
+        return sorted(out)
+
+    def ranks_of(self, launcher: subprocess.Popen[bytes]) -> list[int]:
+        return sorted(p.pid for p in process_snapshot() if p.ppid == launcher.pid and p.pid in self.ranks())
+
+    def close(self) -> None:
+        snap = process_snapshot()
+        mine = {p.pid for p in self.launchers}
+        under = set(self.ranks())
+        changed = True
+        while changed:  # everything below the launchers, whatever session it is in
+            changed = False
+            for p in snap:
+                if (p.ppid in mine or p.ppid in under) and p.pid not in under and p.pid not in mine:
+                    under.add(p.pid)
+                    changed = True
+        for pid in under:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for p in self.launchers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def torchruns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Torchruns]:
     pytest.importorskip("torch")
-    script = write(tmp_path / "tr" / "train.py", """
-        import os, time
-        open(os.path.join(os.path.dirname(__file__), f"rank{os.environ['RANK']}"), "w").close()
-        time.sleep(600)
-    """)
-    p = procs.popen([PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py"],
-                    cwd=tmp_path / "tr", env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    start_new_session=True)
-    wait_for(lambda: (tmp_path / "tr" / "rank0").exists() and (tmp_path / "tr" / "rank1").exists(), timeout=60)
-    assert find_duplicates(script=script) == []
-    (run,) = find_instances(script)
-    assert (run.pid, run.launcher, len(run.members)) == (p.pid, "torch.distributed.run", 2)
+    if not Path(PY).with_name("torchrun").exists():
+        pytest.skip("no torchrun next to the test interpreter")
+    saved = {v: os.environ.pop(v) for v in LAUNCH_VARS if v in os.environ}  # module scope: no monkeypatch
+    t = Torchruns(tmp_path_factory.mktemp("torchruns"))
+    try:
+        t.start()
+        yield t
+    finally:
+        t.close()
+        os.environ.update(saved)
+
+
+def test_real_torchrun_ranks_are_one_run(torchruns: Torchruns) -> None:
+    t1, t2, _ = torchruns.launchers
+    runs = find_instances(torchruns.a)
+    assert [(r.pid, r.launcher) for r in runs] == [(t1.pid, "torchrun"), (t2.pid, "torch.distributed.run")]
+    assert sorted(runs[0].members) == torchruns.ranks_of(t1) and len(runs[0].members) == 2
+    assert sorted(runs[1].members) == torchruns.ranks_of(t2) and len(runs[1].members) == 1
+
+
+def test_real_torchrun_same_script_is_one_group_other_script_none(torchruns: Torchruns) -> None:
+    t1, t2, t3 = torchruns.launchers
+    snap = own_snapshot(*torchruns.launchers, extra=tuple(torchruns.ranks()))
+    report = duplicate_report(snap)
+    (g,) = report.groups  # torchrun a.py twice: one group; torchrun b.py: a job of its own
+    assert g.identity.key == os.path.realpath(torchruns.a) and g.identity.launcher is None
+    assert [i.pid for i in g.instances] == [t1.pid, t2.pid]
+    assert find_duplicates(script=torchruns.b) == []
+    (only_b,) = find_instances(torchruns.b)
+    assert (only_b.pid, only_b.launcher) == (t3.pid, "torchrun")
+    # The launcher is identified by its target; the ranks are never runs of their own.
+    e = explain(t1.pid, snap)
+    assert e.counted and e.identity is not None and e.identity.launcher == "torchrun"
+    assert dict(e.identity.parts) == {"script": os.path.realpath(torchruns.a)}
+    for rank in torchruns.ranks("a"):
+        r = explain(rank, snap)
+        assert (r.counted, r.code) == (False, "rank") and r.related in (t1.pid, t2.pid)
+        assert r.identity is not None and r.identity.key == g.identity.key
+
+
+def test_cli_explain_a_rank_and_a_launcher(torchruns: Torchruns) -> None:
+    t1 = torchruns.launchers[0]
+    rank = torchruns.ranks_of(t1)[0]
+    cli = [PY, "-m", "procguard.core.cli", "dupes", "--explain"]
+    out = subprocess.run([*cli, str(rank), "--json"], capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert (data["pid"], data["counted"], data["code"], data["related"]) == (rank, False, "rank", t1.pid)
+    assert data["identity"]["kind"] == "file" and data["identity"]["key"] == os.path.realpath(torchruns.a)
+    out = subprocess.run([*cli, str(t1.pid)], capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "identity: launcher target (torchrun): script" in out.stdout
+    assert f"script: {os.path.realpath(torchruns.a)}" in out.stdout and "counted: yes" in out.stdout
 
 
 def test_terminate_keeps_oldest_and_touches_nothing_else(procs: ProcStarter, tmp_path: Path) -> None:
@@ -636,3 +752,348 @@ def test_procguard_run_on_duplicate(procs: ProcStarter, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "ready" in out.stdout and "ended 1 other run" in out.stderr
     assert is_gone(a.pid)
+
+
+# ---------------------------------------------------------------------------------------------- issue 13: what a job is
+
+PG = str(Path(PY).with_name("procguard"))  # the real console script, as users start it
+
+
+def children_of(pid: int) -> list[Proc]:
+    return [p for p in process_snapshot() if p.ppid == pid]
+
+
+def start_pg_run(procs: ProcStarter, cmd: list[str], cwd: Path, ready: bool = False) -> tuple[
+        subprocess.Popen[bytes], int]:
+    """`procguard run -- CMD` for real; returns (the launcher, its child: the job). The child runs in a session
+    of its own, so it is tracked for teardown by pid."""
+    p = procs.popen([PG, "run", "--", *cmd], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
+                    start_new_session=True)
+    kids = wait_for(lambda: [k for k in children_of(p.pid) if k.cmdline[:1] == (cmd[0],)])
+    child = kids[0].pid  # type: ignore[index]
+    procs.track(child)
+    if ready:
+        procs.wait_ready(p)
+    time.sleep(0.03)
+    return p, child
+
+
+def test_procguard_run_is_not_a_run_its_command_is(procs: ProcStarter, tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    started = [start_pg_run(procs, ["sleep", s], tmp_path / "w") for s in ("600", "610", "620")]
+    launchers = [p for p, _ in started]
+    # Three different commands under three `procguard run` launchers: nothing is a duplicate.
+    assert duplicate_report(own_snapshot(*launchers)).groups == ()
+    e = explain(launchers[0].pid)
+    assert (e.counted, e.code, e.related, e.identity) == (False, "own", started[0][1], None)
+    job = explain(started[0][1])
+    assert job.counted and job.identity is not None and job.identity.kind == "command"
+    assert dict(job.identity.parts)["args"] == ("600",)
+    # The same command twice is one job twice.
+    again, child = start_pg_run(procs, ["sleep", "600"], tmp_path / "w")
+    (g,) = duplicate_report(own_snapshot(*launchers, again)).groups
+    assert [i.pid for i in g.instances] == [started[0][1], child]
+
+
+def test_procguard_run_of_the_same_python_twice_is_one_group(procs: ProcStarter, tmp_path: Path) -> None:
+    script = write(tmp_path / "pr" / "train.py")
+    a, ja = start_pg_run(procs, [PY, "train.py", "--lr", "1"], tmp_path / "pr", ready=True)
+    b, jb = start_pg_run(procs, [PY, str(script), "--lr", "2"], tmp_path, ready=True)
+    (g,) = find_duplicates(own_snapshot(a, b))
+    assert g.identity.key == os.path.realpath(script)
+    assert [i.pid for i in g.instances] == [ja, jb]  # the jobs, not the launchers
+    assert [i.pid for i in find_instances(script)] == [ja, jb]
+
+
+def test_procguards_own_cli_and_app_are_never_counted(procs: ProcStarter, tmp_path: Path) -> None:
+    from procguard.core.identity import classify, own_process
+
+    bin_dir = Path(PY).parent
+    for argv, own in ((["python3", str(bin_dir / "procguard"), "ps"], "cli"),
+                      (["python3", str(bin_dir / "procguard"), "run", "--", "x"], "run"),
+                      (["python3", str(bin_dir / "procguard-tui")], "app"),
+                      (["python3", "-m", "procguard.tui"], "app"),
+                      (["python3", "-m", "procguard.core.cli", "dupes"], "cli")):
+        c = classify(mk(os.getpid(), argv))  # real bin/ wrappers, read from disk
+        assert (c.identity, c.code, c.own) == (None, "own", own), argv
+        assert own_process(mk(os.getpid(), argv)) is not None
+    # The benchmark harness of this source tree is procguard's own too (its load processes are not).
+    root = Path(__file__).resolve().parent.parent
+    helper = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(600)", cwd=root)
+    assert classify(mk(helper.pid, ["python3", "-m", "bench", "--quick"])).own == "bench"
+    assert classify(mk(helper.pid, ["python3", "-m", "benchmarks"])).code == "job"
+    # Real processes: two identical `procguard run` launchers are no group (their commands differ).
+    a, _ = start_pg_run(procs, ["sleep", "601"], tmp_path)
+    b, _ = start_pg_run(procs, ["sleep", "602"], tmp_path)
+    assert duplicate_report(own_snapshot(a, b)).groups == ()
+    out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", str(a.pid), "--json"],
+                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["code"] == "own"
+
+
+CONSOLE_WRAPPER = """#!{py}
+# -*- coding: utf-8 -*-
+import re
+import sys
+from svcmod.cli import main
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit(main())
+"""
+
+SVC = """
+import sys, time
+
+def main():
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_console_script_is_entry_point_args_and_cwd(procs: ProcStarter, tmp_path: Path) -> None:
+    write(tmp_path / "lib" / "svcmod" / "__init__.py", "")
+    write(tmp_path / "lib" / "svcmod" / "cli.py", SVC)
+    wrapper = tmp_path / "bin" / "svc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(CONSOLE_WRAPPER.format(py=PY))
+    wrapper.chmod(0o755)
+    (tmp_path / "w").mkdir()
+    env = clean_env(PYTHONPATH=str(tmp_path / "lib"))
+    a1 = start(procs, [str(wrapper), "app:a"], tmp_path / "w", env)
+    a2 = start(procs, [str(wrapper), "app:a"], tmp_path / "w", env)
+    b = start(procs, [str(wrapper), "app:b"], tmp_path / "w", env)
+    elsewhere = start(procs, [str(wrapper), "app:a"], tmp_path, env)
+    (g,) = find_duplicates(own_snapshot(a1, a2, b, elsewhere))
+    assert g.identity.kind == "console" and [i.pid for i in g.instances] == [a1.pid, a2.pid]
+    assert dict(g.identity.parts) == {"entry point": "svcmod.cli:main", "program": os.path.realpath(wrapper),
+                                      "args": ("app:a",), "cwd": os.path.realpath(tmp_path / "w")}
+    assert explain(b.pid).reason == "the only run of this job"
+
+
+def test_executable_zipapp_is_a_console_script(procs: ProcStarter, tmp_path: Path) -> None:
+    import zipapp
+
+    write(tmp_path / "src" / "__main__.py", SVC + "\nmain()\n")
+    app = tmp_path / "app.pyz"
+    zipapp.create_archive(tmp_path / "src", app, interpreter=PY)
+    a = start(procs, [str(app), "--port", "1"], tmp_path)
+    b = start(procs, [str(app), "--port", "1"], tmp_path)
+    c = start(procs, [str(app), "--port", "2"], tmp_path)
+    (g,) = find_duplicates(own_snapshot(a, b, c))
+    assert g.identity.kind == "console" and [i.pid for i in g.instances] == [a.pid, b.pid]
+
+
+def test_python_m_module_twice_is_one_group(procs: ProcStarter, tmp_path: Path) -> None:
+    write(tmp_path / "m" / "pkg" / "__init__.py", "")
+    write(tmp_path / "m" / "pkg" / "mod.py")
+    a = start(procs, [PY, "-m", "pkg.mod", "--x", "1"], tmp_path / "m")
+    b = start(procs, [PY, "-u", "-m", "pkg.mod", "--x", "2"], tmp_path / "m")
+    (g,) = find_duplicates(own_snapshot(a, b))
+    assert (g.identity.kind, g.identity.key) == ("module", f"pkg.mod@{os.path.realpath(tmp_path / 'm')}")
+    assert [i.pid for i in g.instances] == [a.pid, b.pid]
+
+
+EXECS = """
+import os, sys, time
+print("ready", flush=True)
+if sys.stdin.readline():
+    os.execv(sys.executable, [sys.executable, sys.argv[1]])
+time.sleep(600)
+"""
+
+
+def test_terminate_skips_a_victim_whose_identity_changed(procs: ProcStarter, tmp_path: Path) -> None:
+    from procguard.core.duplicates import recheck_victims
+
+    script = write(tmp_path / "x" / "job.py", EXECS)
+    other = write(tmp_path / "x" / "other.py")
+    keeper = start(procs, [PY, "job.py", str(other)], tmp_path / "x")
+    changes = procs.popen([PY, "job.py", str(other)], cwd=tmp_path / "x", env=clean_env(),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+    procs.wait_ready(changes)
+    time.sleep(0.03)
+    same = start(procs, [PY, "job.py", str(other)], tmp_path / "x")
+    snap = process_snapshot()
+    dry = terminate_duplicates("oldest", script, grace=5, snapshot=snap, dry_run=True)
+    assert [i.pid for i in dry.ended] == [changes.pid, same.pid]
+    # Between the dialog and the action, one victim execs into another program (same pid, same start time).
+    assert changes.stdin is not None
+    changes.stdin.write(b"go\n")
+    changes.stdin.flush()
+    procs.wait_ready(changes)
+    (g,) = dry.groups
+    ok, changed = recheck_victims(g.identity, dry.ended)
+    assert [i.pid for i in ok] == [same.pid] and [i.pid for i, _ in changed] == [changes.pid]
+    assert "identity changed" in changed[0][1] and "other.py" in changed[0][1]
+    late = start(procs, [PY, "job.py", str(other)], tmp_path / "x")  # not in the confirmed plan
+    # The action, on the dialog's snapshot (as the app does): the changed run and the one that appeared since
+    # are left alone, the unchanged one is ended.
+    res = terminate_duplicates("oldest", script, grace=5, snapshot=snap, victims=dry.ended)
+    assert [i.pid for i in res.ended] == [same.pid] and [r.pid for r in res.results] == [same.pid]
+    assert [i.pid for i, _ in res.skipped] == [changes.pid]
+    assert is_gone(same.pid)
+    res = terminate_duplicates("oldest", script, grace=5, victims=dry.ended)
+    skipped = dict((i.pid, why) for i, why in res.skipped)
+    assert res.results == () and "not among the runs confirmed" in skipped[late.pid]
+    assert not is_gone(changes.pid) and not is_gone(keeper.pid) and not is_gone(late.pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a job as nobody")
+def test_root_never_ends_another_users_run_without_all_users(procs: ProcStarter) -> None:
+    from tests.conftest import NOBODY as AS_NOBODY
+
+    folder = Path(tempfile.mkdtemp(prefix="pg-dupes-"))  # nobody must reach the script: not under tmp_path
+    try:
+        folder.chmod(0o755)
+        script = write(folder / "shared.py")
+        script.chmod(0o644)
+        mine = start(procs, [PY, str(script)], folder)
+        theirs = start(procs, [*AS_NOBODY, PY, str(script)], folder)
+        dry = terminate_duplicates("oldest", script, grace=5, dry_run=True)
+        assert dry.ended == () and [(i.pid, i.username) for i, _ in dry.skipped] == [(theirs.pid, "nobody")]
+        res = terminate_duplicates("oldest", script, grace=5)
+        assert res.results == () and not is_gone(theirs.pid)
+        cli = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--script", str(script), "--terminate",
+                              "--json"], capture_output=True, text=True, env=clean_env(), timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["skipped"][0]["username"] == "nobody" and not is_gone(theirs.pid)
+        res = terminate_duplicates("oldest", script, grace=5, all_users=True)
+        assert [r.pid for r in res.results] == [theirs.pid] and is_gone(theirs.pid)
+        assert not is_gone(mine.pid)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to nobody")
+def test_explain_as_another_user_says_why(procs: ProcStarter, tmp_path: Path) -> None:
+    write(tmp_path / "o" / "t.py")
+    p = start(procs, [PY, "t.py"], tmp_path / "o")  # relative: nobody can't read root's cwd
+    out = subprocess.run([*NOBODY, PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid), "--json"],
+                         capture_output=True, text=True, env=clean_env(), timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert (data["counted"], data["code"], data["identity"]) == (False, "other_user", None)
+    assert "another user" in data["reason"]
+
+
+def test_explain_workers_scheduler_jobs_and_helpers(procs: ProcStarter, tmp_path: Path) -> None:
+    script = write(tmp_path / "ew" / "loader.py", WORKERS)
+    a, (forked, spawned, child) = start_workers(procs, script, tmp_path / "ew")
+    wait_for(lambda: all(k in process_snapshot() for k in (forked, spawned, child)))
+    w = explain(forked)
+    assert (w.counted, w.code, w.related) == (False, "worker", a.pid)
+    assert explain(child).code == "worker"
+    assert explain(spawned).code == "helper"  # multiprocessing's spawn child
+    write(tmp_path / "ew" / "array.py")
+    s = start(procs, [PY, "array.py"], tmp_path / "ew", clean_env(SLURM_JOB_ID="77"))
+    sched = explain(s.pid)
+    assert (sched.counted, sched.code) == (False, "scheduler") and "slurm job 77" in sched.reason
+    with pytest.raises(LookupError):
+        explain(2**22 + 1)
+
+
+def test_cli_explain_text_is_sanitized(procs: ProcStarter, tmp_path: Path) -> None:
+    write(tmp_path / "san" / "t.py")
+    p = start(procs, [PY, "t.py", "\x1b]0;owned\x07", "line\nbreak"], tmp_path / "san")
+    out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid)],
+                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\\x1b]0;owned\\x07" in out.stdout
+    assert "line\\nbreak" in out.stdout and "counted: yes, the only run of this job" in out.stdout
+    js = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid), "--json"],
+                        capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert json.loads(js.stdout)["cmdline"][-2:] == ["\x1b]0;owned\x07", "line\nbreak"]  # exact in JSON
+    bad = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", "x1"], capture_output=True,
+                         text=True, env=clean_env(), timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+LAUNCHER = """
+import subprocess, sys, time
+kids = [subprocess.Popen([sys.executable, sys.argv[-1]], stdout=subprocess.PIPE) for _ in range(2)]
+for k in kids:
+    k.stdout.readline()
+print(" ".join(str(k.pid) for k in kids), flush=True)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def start_launcher(procs: ProcStarter, argv: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    p = procs.popen(argv, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, start_new_session=True)
+    assert p.stdout is not None
+    kids = [int(x) for x in p.stdout.readline().split()]
+    for k in kids:
+        procs.track(k)
+    procs.wait_ready(p)
+    time.sleep(0.03)
+    return p, kids
+
+
+def test_user_launchers_are_identified_by_their_target(procs: ProcStarter, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from procguard.core.launchers import Settings
+
+    launcher = write(tmp_path / "tools" / "mylaunch", LAUNCHER)
+    write(tmp_path / "job" / "train.py")
+    write(tmp_path / "job" / "eval.py")
+    a, _ = start_launcher(procs, [PY, str(launcher), "--nodes", "2", "train.py"], tmp_path / "job")
+    b, _ = start_launcher(procs, [PY, str(launcher), "--nodes", "4", "train.py"], tmp_path / "job")
+    c, _ = start_launcher(procs, [PY, str(launcher), "--nodes", "2", "eval.py"], tmp_path / "job")
+    snap = own_snapshot(a, b, c)
+    # Unknown to procguard, the launcher is a script of its own: its 3 runs are "duplicates".
+    plain = duplicate_report(snap, settings=Settings())
+    assert [(g.identity.key, len(g.instances)) for g in plain.groups if g.identity.key == os.path.realpath(
+        launcher)] == [(os.path.realpath(launcher), 3)]
+    # Named in PROCGUARD_LAUNCHERS, each launch is a run of its target: train.py twice, eval.py once.
+    monkeypatch.setenv("PROCGUARD_LAUNCHERS", "torchrun-like, mylaunch")
+    (g,) = duplicate_report(snap).groups
+    assert g.identity.key == os.path.realpath(tmp_path / "job" / "train.py")
+    assert [(i.pid, i.launcher, len(i.members)) for i in g.instances] == [(a.pid, "mylaunch", 2),
+                                                                          (b.pid, "mylaunch", 2)]
+
+
+def test_never_duplicate_patterns(procs: ProcStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = write(tmp_path / "nd" / "notebook_server.py")
+    a = start(procs, [PY, "notebook_server.py"], tmp_path / "nd")
+    b = start(procs, [PY, str(script)], tmp_path)
+    assert len(find_duplicates(own_snapshot(a, b))) == 1
+    for pattern in ("notebook_*", f"{tmp_path}/nd/*.py"):
+        monkeypatch.setenv("PROCGUARD_NEVER_DUPLICATE", f"other, {pattern}")
+        assert find_duplicates(own_snapshot(a, b)) == []
+        e = explain(a.pid)
+        assert (e.counted, e.code) == (False, "never") and pattern in e.reason
+        assert e.identity is not None and e.identity.key == os.path.realpath(script)
+
+
+@pytest.mark.parametrize("var, value, entry", [
+    ("PROCGUARD_LAUNCHERS", "torchrun,my launcher", "my launcher"),
+    ("PROCGUARD_LAUNCHERS", "a,,b", ""),
+    ("PROCGUARD_LAUNCHERS", "bin/run", "bin/run"),
+    ("PROCGUARD_NEVER_DUPLICATE", "jupyter*,train[0-9.py", "train[0-9.py"),
+    ("PROCGUARD_NEVER_DUPLICATE", "x;rm", "x;rm"),
+])
+def test_invalid_setting_is_a_one_line_error(var: str, value: str, entry: str) -> None:
+    from procguard.core.launchers import SettingError, settings_from_env
+
+    with pytest.raises(SettingError) as err:
+        settings_from_env({var: value})
+    assert isinstance(err.value, ValueError) and err.value.entry == entry
+    assert str(err.value).startswith(f"{var}: {entry!r} ") and "\n" not in str(err.value)
+    out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes"], capture_output=True, text=True,
+                         env=clean_env(**{var: value}), timeout=60)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and var in out.stderr and repr(entry) in out.stderr
+
+
+def test_valid_settings_parse() -> None:
+    from procguard.core.launchers import Settings, settings_from_env
+
+    s = settings_from_env({"PROCGUARD_LAUNCHERS": " mylaunch , my.pkg.launch,run-*",
+                           "PROCGUARD_NEVER_DUPLICATE": "/opt/*/serve.py,jupyter-[a-z]*"})
+    assert s == Settings(("mylaunch", "my.pkg.launch", "run-*"), ("/opt/*/serve.py", "jupyter-[a-z]*"))
+    assert s.launcher_match("run-job") == "run-*" and s.launcher_match("other") is None
+    assert s.never_match(["x"], ["/opt/a/serve.py"]) == "/opt/*/serve.py"
+    assert settings_from_env({"PROCGUARD_LAUNCHERS": "  "}) == Settings()
