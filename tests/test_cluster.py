@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,8 +36,11 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from procguard.core import procfs  # noqa: E402
 from procguard.core.cli import main as cli_main  # noqa: E402
 from procguard.core.cluster import (  # noqa: E402
+    TaskEntry,
+    TaskOwner,
     TaskRecord,
     cancel,
+    cancel_tasks,
     cluster_resolve,
     cluster_signal,
     cluster_signal_many,
@@ -45,10 +49,14 @@ from procguard.core.cluster import (  # noqa: E402
     nodeops,  # noqa: E402
     nodes,
     ray_process_kind,
+    resolve_task_ids,
+    signal_nodes,
+    task_processes,
     tracked,
     tracked_tasks,
 )
-from procguard.core.cluster.nodeops import rebuild_snapshot  # noqa: E402
+from procguard.core.cluster.api import agent  # noqa: E402
+from procguard.core.cluster.nodeops import rebuild_snapshot, task_owners  # noqa: E402
 from procguard.core.cluster.protect import plan_targets  # noqa: E402
 from procguard.core.signals import Outcome, Target  # noqa: E402
 from procguard.core.snapshot import Proc, process_snapshot  # noqa: E402
@@ -149,6 +157,53 @@ def scoped_sleeper_task(pidfile: str, marker: str) -> int:
     return p.wait()
 
 
+@ray.remote(max_retries=0)
+@tracked(grace=1.0)
+def blocked_task(pidfile: str, seconds: str) -> None:
+    """A recorded `sleep` child, then the task's own code blocked in C (time.sleep: the KeyboardInterrupt of a
+    plain ray.cancel never reaches it); reports (worker pid, child pid)."""
+    import os
+    import subprocess
+    import time
+
+    p = subprocess.Popen(["sleep", seconds])
+    with open(pidfile + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {p.pid}")
+    os.rename(pidfile + ".tmp", pidfile)
+    time.sleep(600)
+
+
+# Ignores SIGTERM, but notes it in argv[1]; writes its pid to argv[2].
+STUBBORN = """\
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: open(sys.argv[1], "w").close())
+with open(sys.argv[2] + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+while True:
+    time.sleep(1)
+"""
+
+
+@ray.remote(max_retries=0)
+@tracked(grace=1.0)
+def stubborn_task(marker: str, pidfile: str) -> int:
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", STUBBORN, marker, pidfile]).wait()
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class Holder:
+    """An untracked actor (its worker's owner comes from Ray's actor table)."""
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
 # ----------------------------------------------------------------------------------------------- fixtures
 
 
@@ -160,6 +215,7 @@ class RayCluster:
     worker: str
     ns: str | None  # the PID-namespace node (None where unshare is not allowed)
     ns_init: int | None  # host pid of the namespace's pid 1
+    cluster: Any  # ray.cluster_utils.Cluster: nodes can be added and killed
 
 
 def _ours(marker: str) -> list[int]:
@@ -247,7 +303,11 @@ def ray_cluster() -> Iterator[RayCluster]:
     try:
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False,
-            "resources": {"pg_head": 1}})
+            "resources": {"pg_head": 1},
+            # A killed node is reported dead within ~2 s (default: ~15 s), for the node-failure test. A check
+            # that is slow to answer still has the default 10 s: a busy node is not taken for dead.
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4,
+                               "health_check_initial_delay_ms": 1000}})
         ns_proc = _start_ns_node(cluster.address, tmp)  # starts while the worker node starts
         cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE, resources={"pg_w1": 1})
         ns_id = ns_init = None
@@ -262,7 +322,10 @@ def ray_cluster() -> Iterator[RayCluster]:
         wait_for(lambda: len(nodes()) == want, timeout=60, interval=0.1)
         by_res = {next(k for k in ("pg_head", "pg_w1", "pg_ns") if k in n["Resources"]): n["NodeID"]
                   for n in ray.nodes() if n["Alive"]}
-        yield RayCluster(cluster.address, tmp, by_res["pg_head"], by_res["pg_w1"], ns_id, ns_init)
+        # Start every node's agent now, with time to spare on a busy machine: the tests' calls then get the
+        # default per-node timeout.
+        assert all(s.error is None for s in cluster_snapshot(node_timeout=120)), "an agent did not start"
+        yield RayCluster(cluster.address, tmp, by_res["pg_head"], by_res["pg_w1"], ns_id, ns_init, cluster)
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
@@ -415,6 +478,70 @@ def test_find_node_by_prefix_head_or_ip() -> None:
         find_node("zzzz", ns)
 
 
+def test_task_owners_from_the_registry_ray_tables_and_titles() -> None:
+    raylet = "/v/site-packages/ray/core/src/ray/raylet/raylet"
+    snap = rebuild_snapshot([
+        _proc(10, 1, 10, (raylet,)),
+        _proc(15, 20, 20, ("sleep", "left-by-an-earlier-task")),  # born before this task began
+        _proc(20, 10, 20, ("ray::train",)),
+        _proc(21, 20, 20, ("python", "child.py")),
+        _proc(22, 21, 22, ("sleep", "own-session")),
+        _proc(23, 20, 23, ("sh", "-c", "from os.system")),
+        _proc(30, 10, 30, ("ray::Holder.step",)),
+        _proc(31, 30, 30, ("python", "actor-child.py")),
+        _proc(40, 10, 40, ("ray::IDLE",)),
+        _proc(50, 1, 50, ("sleep", "leftover")),
+    ], time.time())
+    entry = TaskEntry("n1", 21, 20, 0.0, 121)
+    running = TaskRecord("t1" * 24, "01000000", "train", "n1", 20, 120, 0.0, "running", (entry,), started_ticks=121)
+    finished = TaskRecord("t0" * 24, "01000000", "prep", "n1", 99, 199, 0.0, "finished",
+                          (TaskEntry("n1", 50, 50, 0.0, 150, "leftover"),))
+    elsewhere = TaskRecord("t2" * 24, "02000000", "x", "n2", 21, 121, 0.0, "running", (TaskEntry("n2", 22, 22, 0.0, 122),))
+    known = {30: TaskOwner("01000000", None, "a1" * 16, "Holder")}
+
+    own = task_owners(snap, "n1", [running, finished, elsewhere], known=known)
+
+    t1 = TaskOwner("01000000", "t1" * 24, None, None, "train", "worker", True)
+    assert own[20] == t1
+    assert own[21] == own[22] == own[23] == TaskOwner("01000000", "t1" * 24, None, None, "train", "child", True)
+    assert own[50] == TaskOwner("01000000", "t0" * 24, None, None, "prep", "leftover", True)
+    assert own[30] == TaskOwner("01000000", None, "a1" * 16, "Holder", "Holder.step", "worker")
+    assert own[31] == TaskOwner("01000000", None, "a1" * 16, "Holder", None, "descendant")
+    assert not {10, 15, 40} & own.keys()  # Ray's raylet, an earlier task's leftover, an idle worker
+    assert own[20].short == "t1t1t1t1" and own[30].short == "actor a1a1a1a1"
+    assert own[22].matches("T1T1") and not own[22].matches("t1t") and own[31].matches("a1a1a1")
+
+
+def test_task_ids_resolve_by_prefix_among_tracked_tasks() -> None:
+    one, two = "ab120" + "0" * 43, "ab121" + "1" * 43
+    recs = [TaskRecord(tid, "01000000", "f", "n", 1, 1, 0.0) for tid in (one, two)]
+    full = "cd" * 24  # a full id stands for itself, tracked or not
+    assert resolve_task_ids(["AB120", full, one], recs) == [one, full]
+    for bad, why in (("ab1", "too short"), ("abcd", "matches no tracked task"), ("ab12", "matches 2 tracked"),
+                     ("xyz1", "invalid task id"), ("a" * 49, "invalid task id")):
+        with pytest.raises(ValueError, match=why):
+            resolve_task_ids([bad], recs)
+
+
+def test_registry_keeps_a_task_whose_worker_is_being_killed_from_returning() -> None:
+    """The registry's side of a force-cancel without a ref (no cluster needed: a plain class)."""
+    from procguard.core.cluster._actors import CANCELLED, DOOMED, GO_ON, Registry
+
+    reg = Registry()
+    rec = TaskRecord("t1", "01000000", "f", "n", 1, 1, 0.0)
+    for tid in ("t1", "t2", "t3"):
+        reg.register_task(TaskRecord(tid, "01000000", "f", "n", 1, 1, 0.0))
+    assert reg.finish_task("t3", []) == GO_ON
+    assert reg.begin_cancel("t1") == rec and reg.begin_cancel("t2") is not None
+    assert reg.done(["t1", "t2", "t9"]) == [False, False, True]  # t9: not tracked, nothing to wait for
+    assert reg.claim_kill("t1")
+    assert reg.finish_task("t1", []) == DOOMED  # it returned under the kill: it waits to be killed
+    assert reg.finish_task("t2", []) == CANCELLED and reg.done(["t2"]) == [True]
+    assert not reg.claim_kill("t2")  # returned in time: its worker is left alone
+    assert reg.end_cancel("t1") is not None and reg.end_cancel("t2") is not None
+    assert reg.register_task(TaskRecord("t1", "01000000", "f", "n", 2, 2, 0.0))  # a retry: cancelled at once
+
+
 def test_agent_action_skips_a_pid_that_names_another_process_since_the_dry_run(procs: ProcStarter) -> None:
     # What an agent does with the app's dry run (no cluster needed: the node side is plain core code).
     p = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(60)", name="reuse_check")
@@ -527,6 +654,100 @@ def test_cancel_after_the_task_returned_ends_what_it_left(ray_cluster: RayCluste
     assert [(r.node_id, r.pid, r.result.outcome) for r in report.results] == [(rc.worker, left, Outcome.EXITED)]
     assert is_gone(left)
     assert not any(r.task_id == rec.task_id for r in tracked_tasks())
+
+
+def _raises_by(ref: Any, deadline: float) -> BaseException:
+    """What ray.get(ref) raises, waiting no later than `deadline` (monotonic): GetTimeoutError if it would not."""
+    try:
+        ray.get(ref, timeout=max(0.01, deadline - time.monotonic()))
+    except ray.exceptions.GetTimeoutError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the error is the result
+        return e
+    raise AssertionError("the task returned a value")
+
+
+def test_cancel_escalates_on_a_task_blocked_in_c_code(ray_cluster: RayCluster, pinned: Pinned,
+                                                      tmp_path: Path) -> None:
+    """The task's child ends; the task itself, in time.sleep(600), ignores the plain cancel: after `grace` it is
+    force-cancelled (its worker killed), and ray.get raises within grace + 5 s of the cancel."""
+    rc = ray_cluster
+    pidfile = tmp_path / "pids"
+    ref = blocked_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(pidfile), "314.5")
+    worker, child = (pinned.add(p) for p in _read_pids(pidfile))
+    _record(ref)
+    grace = 1.0
+    start = time.monotonic()
+
+    report = cancel(ref, grace=grace)
+
+    err = _raises_by(ref, start + grace + 5.0)
+    assert isinstance(err, (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError)), err
+    assert report.state == "force-cancelled" and report.node_id == rc.worker and report.tracked
+    assert not report.running and report.ok, report
+    assert [(r.pid, r.result.outcome) for r in report.results] == [(child, Outcome.EXITED)]
+    assert is_gone(child) and is_gone(worker)  # the worker was killed by ray.cancel(force=True)
+    assert not any(r.task_id == ref.task_id().hex() for r in tracked_tasks())
+
+
+def test_cancel_by_task_id_kills_a_blocked_worker_and_its_retry_stops(ray_cluster: RayCluster, pinned: Pinned,
+                                                                      tmp_path: Path) -> None:
+    """What `procguard cancel` does from another process (no ref): the worker is SIGKILLed by its node's agent,
+    and the retry Ray then starts (max_retries=1) stops at once, as cancelled."""
+    rc = ray_cluster
+    pidfile = tmp_path / "pids"
+    ref = blocked_task.options(num_cpus=0, resources={"pg_w1": 0.01}, max_retries=1).remote(str(pidfile), "315.5")
+    worker, child = (pinned.add(p) for p in _read_pids(pidfile))
+    tid = _record(ref).task_id
+    grace = 1.0
+    start = time.monotonic()
+
+    (report,) = cancel_tasks(None, [tid[:12]], grace=grace)
+
+    assert report.task_id == tid and report.state == "force-cancelled" and report.ok, report
+    assert report.node_id == rc.worker
+    outcomes = {r.pid: r.result.outcome for r in report.results}
+    assert outcomes == {child: Outcome.EXITED, worker: Outcome.KILLED}
+    assert is_gone(child) and is_gone(worker)
+    err = _raises_by(ref, start + grace + 30.0)  # the retry needs a fresh worker
+    assert isinstance(err, ray.exceptions.TaskCancelledError), err
+    assert _read_pids(pidfile) == [worker, child]  # the retry never ran the task's code again
+    assert not any(r.task_id == tid for r in tracked_tasks())
+
+
+def test_owners_name_a_tasks_processes_and_an_actors_worker(ray_cluster: RayCluster, pinned: Pinned,
+                                                           tmp_path: Path) -> None:
+    rc = ray_cluster
+    pidfile, shellfile = tmp_path / "pids", tmp_path / "shell"
+    ref = tree_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(pidfile), str(shellfile))
+    child, grandchild = (pinned.add(p) for p in _read_pids(pidfile))
+    (shell,) = (pinned.add(p) for p in _read_pids(shellfile))
+    holder = Holder.options(resources={"pg_w1": 0.01}).remote()  # type: ignore[attr-defined]
+    try:
+        holder_pid = ray.get(holder.pid.remote(), timeout=120)
+        rec = _record(ref)
+        tid = ref.task_id().hex()
+
+        snaps = cluster_snapshot(node_ids=[rc.worker])
+
+        own = snaps[0].owners
+        assert own[rec.worker_pid] == TaskOwner(rec.job_id, tid, None, None, rec.name, "worker", True)
+        assert rec.name.endswith("tree_task")
+        for p in (child, grandchild, shell):  # recorded, below the recorded one (own session), via os.system
+            assert own[p] == TaskOwner(rec.job_id, tid, None, None, rec.name, "child", True), p
+        rows = task_processes(snaps, tid[:8])
+        assert sorted((n.node_id, p.pid) for n, p, _o in rows) == sorted(
+            (rc.worker, p) for p in (rec.worker_pid, child, grandchild, shell))
+        actor = own[holder_pid]
+        assert (actor.actor_id, actor.role, actor.tracked, actor.job_id, actor.task_id) == (
+            holder._actor_id.hex(), "worker", False, rec.job_id, None)
+        assert actor.actor_class is not None and actor.actor_class.endswith("Holder")
+        assert [p.pid for _n, p, _o in task_processes(snaps, holder._actor_id.hex()[:10])] == [holder_pid]
+        # The head node shares this machine's /proc here, but the task is the worker node's: not named there.
+        assert not task_processes(cluster_snapshot(node_ids=[rc.head]), tid)
+    finally:
+        ray.kill(holder)
+        cancel(ref, grace=0.5)
 
 
 def test_routing_into_a_pid_namespace_node(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path) -> None:
@@ -935,3 +1156,69 @@ def test_tui_ray_errors_are_one_line(ray_cluster: RayCluster, tmp_path: Path) ->
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
                 os.close(master)
+
+
+def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayCluster, pinned: Pinned,
+                                                               procs: ProcStarter, tmp_path: Path) -> None:
+    """A fourth node: its agent stopped (no answer in time), then the node killed in the middle of a cancel.
+    Runs last: the cluster keeps a dead node."""
+    rc = ray_cluster
+    doomed_node = rc.cluster.add_node(num_cpus=0, object_store_memory=OBJECT_STORE, resources={"pg_doom": 1})
+    try:
+        doomed = doomed_node.node_id
+        wait_for(lambda: doomed in {n.node_id for n in nodes()}, timeout=60, interval=0.1)
+        assert cluster_snapshot(node_ids=[doomed], node_timeout=120)[0].error is None  # its agent started
+        reported, agent_pid, _proto = ray.get(agent(doomed).ping.remote(), timeout=60)
+        assert reported == doomed
+        pinned.add(agent_pid)
+        mine = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(300)", name="other_node")
+
+        # 1. No answer in time: the node is named, the other nodes' answers come back.
+        os.kill(agent_pid, signal.SIGSTOP)
+        try:
+            snaps = cluster_snapshot(node_timeout=2.0)
+            results, failures = signal_nodes(None, "pause", {rc.worker: [Target.pid(mine.pid)],
+                                                             doomed: [Target.pid(1)]}, grace=0.0, node_timeout=2.0)
+        finally:
+            os.kill(agent_pid, signal.SIGCONT)
+        by_node = {s.node.node_id: s for s in snaps}
+        assert set(by_node) == {n.node_id for n in nodes()}
+        bad = by_node.pop(doomed)
+        assert bad.snapshot is None and bad.timed_out and "did not answer within 2 s" in (bad.error or "")
+        assert str(bad.failure).startswith(f"node {doomed[:8]} ")
+        assert all(s.snapshot is not None and s.error is None for s in by_node.values())
+        assert [(f.node_id, f.timed_out) for f in failures] == [(doomed, True)]
+        assert sorted((r.node_id, r.pid, r.outcome) for r in results) == sorted(
+            [(rc.worker, mine.pid, "paused"), (doomed, 1, "unreachable")])
+        assert proc_state(mine.pid) == "T"
+        os.kill(mine.pid, signal.SIGCONT)
+
+        # 2. The node dies while its agent waits out the grace of a cancel: its processes are unreachable.
+        marker, pidfile = tmp_path / "got-sigterm", tmp_path / "pids"
+        ref = stubborn_task.options(num_cpus=0, resources={"pg_doom": 0.01}).remote(str(marker), str(pidfile))
+        (stubborn,) = (pinned.add(p) for p in _read_pids(pidfile))
+        rec = _record(ref)
+        pinned.add(rec.worker_pid)
+        got: dict[str, Any] = {}
+        canceller = threading.Thread(target=lambda: got.update(report=cancel(ref, grace=60.0)), daemon=True)
+        canceller.start()
+        wait_for(marker.exists, timeout=60, interval=0.05)  # SIGTERM sent: the agent waits out the grace
+        rc.cluster.remove_node(doomed_node, allow_graceful=False)
+        canceller.join(timeout=90)
+        assert not canceller.is_alive()
+        report = got["report"]
+        assert report.node_id == doomed and not report.ok
+        assert [f.node_id for f in report.failures] == [doomed]
+        assert {(r.node_id, r.pid, r.outcome) for r in report.results} >= {(doomed, stubborn, "unreachable")}
+        assert all(r.unreachable for r in report.results if r.node_id == doomed)
+        with pytest.raises(ray.exceptions.RayError):
+            ray.get(ref, timeout=60)
+
+        # 3. Asked for by id once dead: named, and the other node still answers.
+        wait_for(lambda: doomed not in {n.node_id for n in nodes()}, timeout=60, interval=0.1)
+        ok, dead = cluster_snapshot(node_ids=[rc.worker, doomed])
+        assert ok.snapshot is not None and dead.snapshot is None and dead.node.node_id == doomed
+        assert dead.error == "left the cluster (dead)"
+    finally:
+        if doomed_node in rc.cluster.worker_nodes:
+            rc.cluster.remove_node(doomed_node, allow_graceful=False)

@@ -21,9 +21,14 @@ from procguard.core.signals import Member, SignalResult, Target
 NAMESPACE = "procguard"
 REGISTRY_NAME = "procguard-registry"
 AGENT_PREFIX = "procguard-agent-"
-PROTOCOL = 4  # bumped when the agent's methods change: an older detached agent is replaced
+PROTOCOL = 5  # bumped when the agents' or the registry's methods change: an older detached one is replaced
 _MAX_FINISHED = 10_000
 _MAX_CANCELLED = 10_000
+
+# finish_task's answers to the tracker in the task.
+GO_ON = ""  # not cancelled: the task's own outcome stands
+CANCELLED = "cancelled"  # raise TaskCancelledError
+DOOMED = "doomed"  # a canceller is killing this worker now: wait for it (never take up another task)
 
 
 class Registry:
@@ -33,6 +38,8 @@ class Registry:
         self._tasks: dict[str, TaskRecord] = {}
         self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._done: set[str] = set()  # cancelling, and the task's code has returned or raised
+        self._killing: set[str] = set()  # cancelling, and a canceller is killing its worker
 
     def ping(self) -> tuple[str, int, int]:
         return ray.get_runtime_context().get_node_id(), os.getpid(), PROTOCOL
@@ -50,25 +57,27 @@ class Registry:
         self._tasks[task_id] = replace(rec, entries=rec.entries + tuple(entries))
         return rec.state == "cancelling" or task_id in self._cancelled
 
-    def finish_task(self, task_id: str, left: Sequence[TaskEntry]) -> bool:
-        """The task's code returned or raised. Returns True when it was cancelled meanwhile."""
+    def finish_task(self, task_id: str, left: Sequence[TaskEntry]) -> str:
+        """The task's code returned or raised: GO_ON, CANCELLED (cancelled meanwhile), or DOOMED (its worker is
+        being killed: the caller waits for that, so the worker never starts another task under the kill)."""
         rec = self._tasks.get(task_id)
         cancelled = task_id in self._cancelled
         if rec is None:
-            return cancelled
+            return CANCELLED if cancelled else GO_ON
         if rec.state == "cancelling":
             # The cancel under way picks these up when it ends (end_cancel).
             self._tasks[task_id] = replace(rec, entries=rec.entries + tuple(left))
-            return True
+            self._done.add(task_id)
+            return DOOMED if task_id in self._killing else CANCELLED
         if cancelled or not left:
             self._tasks.pop(task_id, None)
-            return cancelled
+            return CANCELLED if cancelled else GO_ON
         self._tasks[task_id] = replace(rec, state="finished", entries=tuple(left))
         self._finished[task_id] = None
         while len(self._finished) > _MAX_FINISHED:
             old, _ = self._finished.popitem(last=False)
             self._tasks.pop(old, None)
-        return False
+        return GO_ON
 
     def begin_cancel(self, task_id: str) -> TaskRecord | None:
         """Mark the task cancelling (a running task that returns now reports itself cancelled)."""
@@ -82,9 +91,24 @@ class Registry:
         self._tasks[task_id] = replace(rec, state="cancelling")
         return replace(rec, state=was)
 
+    def done(self, task_ids: Sequence[str]) -> list[bool]:
+        """For each task being cancelled: has its code returned or raised (or is it not tracked at all)?"""
+        return [t in self._done or t not in self._tasks for t in task_ids]
+
+    def claim_kill(self, task_id: str) -> bool:
+        """Before a canceller kills the worker of a task that did not end within its grace: True when the task
+        is still running its code (from now on it cannot return into another task: see DOOMED)."""
+        rec = self._tasks.get(task_id)
+        if rec is None or rec.state != "cancelling" or task_id in self._done:
+            return False
+        self._killing.add(task_id)
+        return True
+
     def end_cancel(self, task_id: str) -> TaskRecord | None:
         """Forget the task; returns what was recorded meanwhile (processes started during the cancel)."""
         self._finished.pop(task_id, None)
+        self._done.discard(task_id)
+        self._killing.discard(task_id)
         return self._tasks.pop(task_id, None)
 
     def tasks(self, job_id: str | None = None) -> list[TaskRecord]:
@@ -122,9 +146,10 @@ class NodeAgent:
         return self.node_id, nodeops.act(action, targets, grace, expect=expect)
 
     def end_task(self, entries: Sequence[TaskEntry], worker_pid: int, worker_start_ticks: int, grace: float,
-                 force: bool, since_ticks: int = 0) -> tuple[str, list[SignalResult]]:
+                 force: bool, since_ticks: int = 0, kill_worker: bool = False) -> tuple[str, list[SignalResult]]:
         mine = [e for e in entries if e.node_id == self.node_id]
-        return self.node_id, nodeops.end_task(mine, worker_pid, worker_start_ticks, grace, force, since_ticks)
+        return self.node_id, nodeops.end_task(mine, worker_pid, worker_start_ticks, grace, force, since_ticks,
+                                              kill_worker)
 
     def call(self, fn: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
         """Node-local calls into the core: duplicates, locks, gpu reports; proc_extra, flush,

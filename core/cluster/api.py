@@ -1,20 +1,24 @@
-"""Driver side of cluster mode: connect, list nodes, reach each node's agent, cancel tracked tasks.
+"""Driver side of cluster mode: connect, list nodes, reach each node's agent, see and act on every node.
 
 Every function that takes `address` connects once (`ray.init(address=...)`, quiet) unless this process is
 already connected, and stays connected: later calls reuse the connection (and the agents found).
+
+Every node gets `timeout` seconds of its own (NODE_TIMEOUT by default; an action gets its grace on top), all
+nodes at once: a node that does not answer in time, or that dies meanwhile, is reported as a failure naming
+it (NodeSnapshot.error, NodeResult.error, NodeFailure), and the other nodes' answers still come back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import FrameType, MappingProxyType
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -28,13 +32,17 @@ from procguard.core.cluster._actors import (
     AgentActor,
     RegistryActor,
 )
-from procguard.core.cluster.nodeops import TaskEntry, TaskRecord
-from procguard.core.signals import KILL_CONFIRM_TIMEOUT, Member, SignalResult, Target
-from procguard.core.snapshot import Snapshot
+from procguard.core.cluster.nodeops import TaskOwner, TaskRecord
+from procguard.core.signals import KILL_CONFIRM_TIMEOUT, Member, Outcome, SignalResult, Target
+from procguard.core.snapshot import Proc, Snapshot
 
 log = logging.getLogger(__name__)
 
-CALL_TIMEOUT = 60.0  # seconds a node gets to answer a query (an action gets its grace on top)
+NODE_TIMEOUT = 10.0  # seconds each node gets to answer (an action gets its grace on top)
+CALL_TIMEOUT = NODE_TIMEOUT  # the former name
+
+# The outcome of a process on a node that could not be reached (it died, or did not answer in time).
+UNREACHABLE: Outcome = getattr(Outcome, "UNREACHABLE", Outcome.SURVIVED)
 
 
 class ClusterError(RuntimeError):
@@ -58,12 +66,49 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
+class NodeFailure:
+    """A node that failed a query or an action: it did not answer within its timeout, died, or is not (or no
+    longer) a live node of the cluster."""
+
+    node: NodeInfo
+    error: str  # one line, without the node's name
+    timed_out: bool = False
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+    def __str__(self) -> str:
+        where = f" ({self.node.ip})" if self.node.ip else ""
+        return f"node {self.node.short}{where}: {self.error}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"node": self.node.node_id, "node_ip": self.node.ip, "error": self.error,
+                "timed_out": self.timed_out}
+
+
+class NodeFailures(ClusterError):
+    """An action failed on some nodes: `failures` names them, `results` holds what the other nodes did (and
+    an `unreachable` result for each target of a failed node). The message is one line."""
+
+    def __init__(self, failures: Sequence[NodeFailure], results: Sequence[NodeSignalResult]) -> None:
+        super().__init__("; ".join(str(f) for f in failures))
+        self.failures = tuple(failures)
+        self.results = tuple(results)
+
+
+@dataclass(frozen=True)
 class NodeResult:
     """A node-local report (duplicates, locks, gpu...) with the node it came from; error if it failed."""
 
     node: NodeInfo
     value: Any = None
     error: str | None = None
+    timed_out: bool = False
+
+    @property
+    def failure(self) -> NodeFailure | None:
+        return NodeFailure(self.node, self.error, self.timed_out) if self.error is not None else None
 
 
 @dataclass(frozen=True)
@@ -72,14 +117,23 @@ class NodeSnapshot:
     snapshot: Snapshot | None
     ray_kinds: Mapping[int, str] = field(default_factory=dict)  # pid -> what part of Ray it is
     error: str | None = None
+    # pid -> the Ray task (or actor) that owns it: every Ray worker, every process of a tracked task.
+    owners: Mapping[int, TaskOwner] = field(default_factory=dict)
+    timed_out: bool = False
+
+    @property
+    def failure(self) -> NodeFailure | None:
+        return NodeFailure(self.node, self.error, self.timed_out) if self.error is not None else None
 
 
 @dataclass(frozen=True)
 class NodeSignalResult:
-    """One process's outcome; node_id is the node the agent that acted reported for itself."""
+    """One process's outcome; node_id is the node the agent that acted reported for itself. `unreachable`:
+    the node died or did not answer, so nothing is known of this process (result.reason says why)."""
 
     node_id: str
     result: SignalResult
+    unreachable: bool = False
 
     @property
     def pid(self) -> int:
@@ -87,10 +141,15 @@ class NodeSignalResult:
 
     @property
     def ok(self) -> bool:
-        return self.result.ok
+        return not self.unreachable and self.result.ok
+
+    @property
+    def outcome(self) -> str:
+        """The outcome's name: an Outcome value, or "unreachable"."""
+        return "unreachable" if self.unreachable else self.result.outcome.value
 
     def to_json(self) -> dict[str, object]:
-        return {"node": self.node_id, **self.result.to_json()}
+        return {"node": self.node_id, **self.result.to_json(), "outcome": self.outcome}
 
 
 @dataclass(frozen=True)
@@ -99,17 +158,8 @@ class NodeMember:
     member: Member
 
 
-@dataclass(frozen=True)
-class CancelReport:
-    task_id: str
-    node_id: str | None  # where the task ran (None if it was not tracked)
-    state: str  # cancelled (was running) | finished (had returned; its leftovers ended) | untracked
-    results: tuple[NodeSignalResult, ...]
-    ray_cancel_error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.results)
+def unreachable_result(node_id: str, pid: int, why: str) -> NodeSignalResult:
+    return NodeSignalResult(node_id, SignalResult(pid, UNREACHABLE, 0.0, why, "", (), "?"), unreachable=True)
 
 
 # ------------------------------------------------------------------------------------- connection
@@ -151,22 +201,34 @@ def _key() -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
-def _cached(name: str, make: Callable[[], Any]) -> Any:
+def _cache_get(name: str) -> Any:
     with _lock:
-        k = f"{_key()}|{name}"
-        v = _cache.get(k)
-        if v is None:
-            v = make()
-            _cache[k] = v
-        return v
+        return _cache.get(f"{_key()}|{name}")
+
+
+def _cache_put(name: str, value: Any) -> Any:
+    with _lock:
+        return _cache.setdefault(f"{_key()}|{name}", value)
+
+
+def _forget(name: str) -> None:
+    with _lock, contextlib.suppress(Exception):
+        _cache.pop(f"{_key()}|{name}", None)
+
+
+def _all_nodes() -> list[dict[str, Any]]:
+    return list(ray.nodes())
+
+
+def _info(n: Mapping[str, Any]) -> NodeInfo:
+    return NodeInfo(n["NodeID"], n.get("NodeManagerAddress", ""), n.get("NodeManagerHostname", ""),
+                    "node:__internal_head__" in (n.get("Resources") or {}))
 
 
 def nodes(address: str | None = None) -> list[NodeInfo]:
     """The live nodes, head first."""
     connect(address)
-    out = [NodeInfo(n["NodeID"], n.get("NodeManagerAddress", ""), n.get("NodeManagerHostname", ""),
-                    "node:__internal_head__" in (n.get("Resources") or {}))
-           for n in ray.nodes() if n.get("Alive")]
+    out = [_info(n) for n in _all_nodes() if n.get("Alive")]
     return sorted(out, key=lambda n: (not n.is_head, n.node_id))
 
 
@@ -201,48 +263,17 @@ def _head_id() -> str:
     return heads[0].node_id
 
 
-def registry(address: str | None = None) -> Any:
-    """The registry actor (detached, on the head node), created on first use."""
-    connect(address)
-
-    def make() -> Any:
-        with contextlib.suppress(ValueError):
-            return ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
-        return RegistryActor.options(
-            name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(_head_id(), soft=False)).remote()
-
-    return _cached("registry", make)
+# ------------------------------------------------------------------------------------- calls
 
 
-def _new_agent(node_id: str) -> Any:
-    return AgentActor.options(
-        name=AGENT_PREFIX + node_id, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+class _Failed(NamedTuple):
+    """A node's call that brought no answer: why (one line), and whether it ran out of time."""
+
+    error: str
+    timed_out: bool = False
 
 
-def agent(node_id: str, address: str | None = None) -> Any:
-    """The agent actor pinned to node_id (num_cpus=0, hard node affinity), created on first use. An agent
-    left by an older procguard (another protocol) is replaced."""
-    connect(address)
-
-    def make() -> Any:
-        h = _new_agent(node_id)
-        reported, _pid, proto = ray.get(h.ping.remote(), timeout=CALL_TIMEOUT)
-        if proto != PROTOCOL:
-            ray.kill(h, no_restart=True)
-            h = _new_agent(node_id)
-            reported, _pid, proto = ray.get(h.ping.remote(), timeout=CALL_TIMEOUT)
-        if reported != node_id:
-            raise RoutingError(f"the agent for node {node_id[:8]} runs on node {reported[:8]}")
-        return h
-
-    return _cached(AGENT_PREFIX + node_id, make)
-
-
-def _forget(node_id: str) -> None:
-    with _lock, contextlib.suppress(Exception):
-        _cache.pop(f"{_key()}|{AGENT_PREFIX}{node_id}", None)
+_LATE = _Failed("")  # marker: not ready by the deadline
 
 
 def _error_text(e: BaseException) -> str:
@@ -251,302 +282,463 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
-def _on_nodes(node_ids: Iterable[str], method: str, *args: Any, timeout: float = CALL_TIMEOUT
-              ) -> dict[str, Any]:
-    """Call method(*args) on each node's agent at once; node_id -> value, or the exception it raised."""
-    refs: dict[str, Any] = {}
-    out: dict[str, Any] = {}
-    for nid in node_ids:
-        try:
-            refs[nid] = getattr(agent(nid), method).remote(*args)
-        except Exception as e:  # noqa: BLE001 - one node's failure is reported, not raised
-            out[nid] = e
-    for nid, ref in refs.items():
-        try:
-            reported, value = ray.get(ref, timeout=timeout)
-        except Exception as e:  # noqa: BLE001
-            _forget(nid)
-            out[nid] = e
-            continue
-        if reported != nid:
-            raise RoutingError(f"node {nid[:8]}'s agent answered from node {reported[:8]}")
-        out[nid] = value
+def _secs(t: float) -> str:
+    return f"{t:g} s"
+
+
+def _live_ids() -> set[str]:
+    return {n["NodeID"] for n in _all_nodes() if n.get("Alive")}
+
+
+NODE_CHECK = 1.0  # seconds between looks at which nodes are alive while waiting for them
+
+
+def _wait_all(refs: Sequence[Any], deadline: float, nodes: Sequence[str] | None = None) -> list[Any]:
+    """Each ref's value, the exception it raised, or _LATE when not ready by `deadline` (all waited at once).
+    With `nodes` (the node each ref runs on), a ref whose node the GCS reports dead meanwhile is failed at
+    once: a call in flight to a node that died may otherwise not fail before Ray gives up on it."""
+    out: list[Any] = [_LATE] * len(refs)
+    pending = dict(enumerate(refs))
+    next_check = time.monotonic() + NODE_CHECK
+    while pending:
+        now = time.monotonic()
+        left = deadline - now
+        if left <= 0:
+            break
+        step = left if nodes is None else min(left, max(0.0, next_check - now))
+        ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=step, fetch_local=True)
+        done = set(ready)
+        for i, ref in list(pending.items()):
+            if ref not in done:
+                continue
+            del pending[i]
+            try:
+                out[i] = ray.get(ref, timeout=NODE_TIMEOUT)
+            except Exception as e:  # noqa: BLE001 - a failed call is reported, not raised
+                out[i] = e
+        if nodes is not None and pending and time.monotonic() >= next_check:
+            next_check = time.monotonic() + NODE_CHECK
+            live = _live_ids()
+            for i in [i for i in pending if nodes[i] not in live]:
+                del pending[i]
+                out[i] = _Failed("the node died (the cluster reports it dead)")
     return out
 
 
-def _node_list(address: str | None, only: Iterable[str] | None) -> list[NodeInfo]:
-    all_nodes = nodes(address)
+def _registry_handle() -> Any:
+    with contextlib.suppress(ValueError):
+        return ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+    return RegistryActor.options(
+        name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(_head_id(), soft=False)).remote()
+
+
+def registry(address: str | None = None, timeout: float = NODE_TIMEOUT) -> Any:
+    """The registry actor (detached, on the head node), created on first use; one left by an older procguard
+    (another protocol) is replaced. ClusterError when it does not answer within `timeout`."""
+    connect(address)
+    h = _cache_get("registry")
+    if h is not None:
+        return h
+    for _attempt in range(2):
+        h = _registry_handle()
+        (v,) = _wait_all([h.ping.remote()], time.monotonic() + timeout)
+        if isinstance(v, (_Failed, BaseException)):
+            why = _error_text(v) if isinstance(v, BaseException) else f"did not answer within {_secs(timeout)}"
+            raise ClusterError(f"procguard's registry on the head node: {why}")
+        if v[2] == PROTOCOL:
+            return _cache_put("registry", h)
+        ray.kill(h, no_restart=True)
+    raise ClusterError("procguard's registry on the head node: cannot replace an older one")
+
+
+def registry_call(method: str, *args: Any, timeout: float = NODE_TIMEOUT) -> Any:
+    """One call to the registry; ClusterError (one line) when it fails or does not answer in time."""
+    (v,) = _wait_all([getattr(registry(timeout=timeout), method).remote(*args)], time.monotonic() + timeout)
+    if isinstance(v, (_Failed, BaseException)):
+        _forget("registry")
+        why = _error_text(v) if isinstance(v, BaseException) else f"did not answer within {_secs(timeout)}"
+        raise ClusterError(f"procguard's registry on the head node: {why}")
+    return v
+
+
+def _new_agent(node_id: str) -> Any:
+    return AgentActor.options(
+        name=AGENT_PREFIX + node_id, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+
+
+def _agents(node_ids: Iterable[str], deadline: float) -> dict[str, Any]:
+    """node id -> its agent's handle, or _Failed. Missing agents are created (one left by an older procguard,
+    another protocol, is replaced) and pinged, all nodes at once, until `deadline`."""
+    out: dict[str, Any] = {}
+    todo: list[str] = []
+    for nid in dict.fromkeys(node_ids):
+        h = _cache_get(AGENT_PREFIX + nid)
+        if h is not None:
+            out[nid] = h
+        else:
+            todo.append(nid)
+    for _attempt in range(2):
+        if not todo:
+            break
+        handles: dict[str, Any] = {}
+        for nid in todo:
+            try:
+                handles[nid] = _new_agent(nid)
+            except Exception as e:  # noqa: BLE001 - one node's failure is reported, not raised
+                out[nid] = _Failed(_error_text(e))
+        pings = _wait_all([h.ping.remote() for h in handles.values()], deadline, list(handles))
+        todo = []
+        for (nid, h), v in zip(handles.items(), pings, strict=True):
+            if v is _LATE:
+                out[nid] = _Failed("its procguard agent did not answer in time", True)
+            elif isinstance(v, _Failed):
+                out[nid] = v
+            elif isinstance(v, BaseException):
+                out[nid] = _Failed(_error_text(v))
+            elif v[2] != PROTOCOL:
+                with contextlib.suppress(Exception):
+                    ray.kill(h, no_restart=True)
+                todo.append(nid)
+            elif v[0] != nid:
+                raise RoutingError(f"the agent for node {nid[:8]} runs on node {v[0][:8]}")
+            else:
+                out[nid] = _cache_put(AGENT_PREFIX + nid, h)
+    for nid in todo:
+        out[nid] = _Failed("cannot replace an older procguard agent")
+    return out
+
+
+def agent(node_id: str, address: str | None = None, timeout: float = NODE_TIMEOUT) -> Any:
+    """The agent actor pinned to node_id (num_cpus=0, hard node affinity), created on first use."""
+    connect(address)
+    h = _agents([node_id], time.monotonic() + timeout)[node_id]
+    if isinstance(h, _Failed):
+        raise ClusterError(f"node {node_id[:8]}: {h.error}")
+    return h
+
+
+Call = tuple[str, str, tuple[Any, ...]]  # (node id, agent method, args)
+
+
+def _calls(calls: Sequence[Call], timeout: float, extra: float = 0.0) -> list[Any]:
+    """Each call on its node's agent, all at once: its value, or _Failed. Every node gets `timeout` seconds
+    (plus `extra`, an action's grace) from now, its agent's start included; a node that answers from
+    elsewhere than it was pinned to is a RoutingError."""
+    deadline = time.monotonic() + timeout
+    handles = _agents([nid for nid, _m, _a in calls], deadline)
+    refs: list[Any] = []
+    out: list[Any] = [None] * len(calls)
+    for i, (nid, method, args) in enumerate(calls):
+        h = handles[nid]
+        if isinstance(h, _Failed):
+            out[i] = h
+            continue
+        try:
+            refs.append((i, getattr(h, method).remote(*args)))
+        except Exception as e:  # noqa: BLE001
+            out[i] = _Failed(_error_text(e))
+    got = _wait_all([r for _i, r in refs], deadline + extra, [calls[i][0] for i, _r in refs])
+    for (i, _r), v in zip(refs, got, strict=True):
+        nid = calls[i][0]
+        if isinstance(v, (_Failed, BaseException)):
+            _forget(AGENT_PREFIX + nid)
+            out[i] = (_Failed(_error_text(v)) if isinstance(v, BaseException) else v if v is not _LATE
+                      else _Failed(f"did not answer within {_secs(timeout + extra)}", True))
+            continue
+        reported, value = v
+        if reported != nid:
+            raise RoutingError(f"node {nid[:8]}'s agent answered from node {reported[:8]}")
+        out[i] = value
+    return out
+
+
+def _on_nodes(node_ids: Iterable[str], method: str, *args: Any, timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
+    """method(*args) on each node's agent at once; node_id -> value or _Failed."""
+    ids = list(dict.fromkeys(node_ids))
+    return dict(zip(ids, _calls([(nid, method, args) for nid in ids], timeout), strict=True))
+
+
+def _node_list(address: str | None, only: Iterable[str] | None) -> tuple[list[NodeInfo], list[NodeFailure]]:
+    """The live nodes (or those of `only`), and a failure for each node of `only` that is not live."""
+    connect(address)
+    every = {n["NodeID"]: n for n in _all_nodes()}
+    live = sorted((_info(n) for n in every.values() if n.get("Alive")), key=lambda n: (not n.is_head, n.node_id))
     if only is None:
-        return all_nodes
-    wanted = set(only)
-    return [n for n in all_nodes if n.node_id in wanted]
+        return live, []
+    wanted = list(dict.fromkeys(only))
+    by_id = {n.node_id: n for n in live}
+    gone = [NodeFailure(_info(every[nid]) if nid in every else NodeInfo(nid, "", "", False),
+                        "left the cluster (dead)" if nid in every else "is not a node of the cluster")
+            for nid in wanted if nid not in by_id]
+    return [by_id[nid] for nid in wanted if nid in by_id], gone
+
+
+def _one(address: str | None, node_id: str, method: str, *args: Any, timeout: float, extra: float = 0.0) -> Any:
+    connect(address)
+    (v,) = _calls([(node_id, method, args)], timeout, extra)
+    if isinstance(v, _Failed):
+        raise ClusterError(f"node {node_id[:8]}: {v.error}")
+    return v
+
+
+# ------------------------------------------------------------------------------------- ownership
+
+_state_api_down_until = 0.0
+
+
+def _actor_owners() -> dict[tuple[str, int], TaskOwner]:
+    """(node, pid) -> the live actor that process runs, from the GCS actor table (Ray's private state module,
+    as cheap as it gets; when it is not there, actors are known only by their workers' titles)."""
+    try:
+        from ray._private import state as ray_state
+
+        table = ray_state.actors(actor_state_name="ALIVE")
+    except Exception as e:  # noqa: BLE001 - optional
+        log.debug("procguard: no actor table: %s", e)
+        return {}
+    out: dict[tuple[str, int], TaskOwner] = {}
+    for aid, a in (table or {}).items():
+        node = (a.get("Address") or {}).get("NodeID")
+        pid = a.get("Pid")
+        if node and pid:
+            out[(node, int(pid))] = TaskOwner(a.get("JobID") or None, None, aid, a.get("ActorClassName") or None)
+    return out
+
+
+def _running_tasks(timeout: float) -> dict[tuple[str, int], TaskOwner]:
+    """(node, pid) -> the task each worker runs, from Ray's state API. It needs the cluster's dashboard: where
+    there is none, the answer is empty (and not asked again for a minute)."""
+    global _state_api_down_until
+    if time.monotonic() < _state_api_down_until:
+        return {}
+    try:
+        from ray.util.state import list_tasks
+
+        tasks = list_tasks(filters=[("state", "=", "RUNNING")], limit=10_000, timeout=max(1, int(timeout)),
+                           raise_on_missing_output=False)
+    except Exception as e:  # noqa: BLE001 - optional
+        log.debug("procguard: no state API: %s", e)
+        _state_api_down_until = time.monotonic() + 60.0
+        return {}
+    out: dict[tuple[str, int], TaskOwner] = {}
+    for t in tasks:
+        get = t.get if isinstance(t, dict) else lambda k, t=t: getattr(t, k, None)
+        node, pid = get("node_id"), get("worker_pid")
+        if node and pid:
+            out[(node, int(pid))] = TaskOwner(get("job_id"), get("task_id"), get("actor_id"), None,
+                                              get("name") or get("func_or_class_name"))
+    return out
+
+
+def _merge(a: TaskOwner | None, b: TaskOwner | None) -> TaskOwner | None:
+    """a's fields, with b's where a has none."""
+    if a is None or b is None:
+        return a or b
+    return TaskOwner(a.job_id or b.job_id, a.task_id or b.task_id, a.actor_id or b.actor_id,
+                     a.actor_class or b.actor_class, a.function or b.function, a.role, a.tracked or b.tracked)
+
+
+class _OwnerSources(NamedTuple):
+    records: list[TaskRecord]
+    workers: dict[tuple[str, int], TaskOwner]
+
+
+def _owner_sources(reg_ref: Any, deadline: float, timeout: float) -> _OwnerSources:
+    """What ownership is made of: the registry's tracked tasks (asked before: reg_ref), Ray's actor table and,
+    where there is a dashboard, its running tasks."""
+    actors = _actor_owners()
+    running = _running_tasks(timeout)
+    workers = {k: o for k in actors.keys() | running.keys()
+               if (o := _merge(running.get(k), actors.get(k))) is not None}
+    records: list[TaskRecord] = []
+    if reg_ref is not None:
+        (v,) = _wait_all([reg_ref], deadline)
+        if isinstance(v, (_Failed, BaseException)):
+            _forget("registry")
+            log.warning("procguard: the registry did not list tracked tasks: %s",
+                        _error_text(v) if isinstance(v, BaseException) else "no answer in time")
+        else:
+            records = list(v)
+    return _OwnerSources(records, workers)
 
 
 # ------------------------------------------------------------------------------------- views
 
 
-def cluster_snapshot(address: str | None = None, node_ids: Iterable[str] | None = None) -> list[NodeSnapshot]:
-    """Every node's process table (head first), with Ray's own processes named in ray_kinds."""
-    ns = _node_list(address, node_ids)
-    got = _on_nodes([n.node_id for n in ns], "snapshot")
+def cluster_snapshot(address: str | None = None, node_ids: Iterable[str] | None = None, *,
+                     node_timeout: float = NODE_TIMEOUT, owners: bool = True) -> list[NodeSnapshot]:
+    """Every node's process table (head first; or those of node_ids, in that order), with Ray's own
+    processes named in ray_kinds and, with `owners`, the task or actor behind each Ray worker and each
+    process of a tracked task in owners. A node that fails (no answer within `timeout`, dead, not in the
+    cluster) comes back with `error` set and no snapshot."""
+    ns, gone = _node_list(address, node_ids)
+    deadline = time.monotonic() + node_timeout
+    reg_ref = None
+    if owners:
+        try:
+            reg_ref = registry(timeout=node_timeout).tasks.remote(None)
+        except ClusterError as e:
+            log.warning("procguard: %s", e)
+    got = _on_nodes([n.node_id for n in ns], "snapshot", timeout=node_timeout)
+    sources = _owner_sources(reg_ref, deadline, node_timeout) if owners else _OwnerSources([], {})
     out: list[NodeSnapshot] = []
     for n in ns:
         v = got[n.node_id]
-        if isinstance(v, BaseException):
-            out.append(NodeSnapshot(n, None, {}, _error_text(v)))
+        if isinstance(v, _Failed):
+            out.append(NodeSnapshot(n, None, {}, v.error, timed_out=v.timed_out))
             continue
         procs, when, kinds = v
-        out.append(NodeSnapshot(n, nodeops.rebuild_snapshot(procs, when), MappingProxyType(kinds)))
+        snap = nodeops.rebuild_snapshot(procs, when)
+        own: dict[int, TaskOwner] = {}
+        if owners:
+            known = {pid: o for (nid, pid), o in sources.workers.items() if nid == n.node_id}
+            own = nodeops.task_owners(snap, n.node_id, sources.records, kinds, known)
+        out.append(NodeSnapshot(n, snap, MappingProxyType(kinds), owners=MappingProxyType(own)))
+    out.extend(NodeSnapshot(f.node, None, {}, f.error) for f in gone)
     return out
 
 
-def _reports(address: str | None, fn: str, kwargs: dict[str, Any], node_ids: Iterable[str] | None
-             ) -> list[NodeResult]:
-    ns = _node_list(address, node_ids)
-    got = _on_nodes([n.node_id for n in ns], "call", fn, kwargs)
-    return [NodeResult(n, None, _error_text(got[n.node_id])) if isinstance(got[n.node_id], BaseException)
-            else NodeResult(n, got[n.node_id]) for n in ns]
+def task_owners(address: str | None = None, node_ids: Iterable[str] | None = None, *,
+                node_timeout: float = NODE_TIMEOUT) -> tuple[dict[tuple[str, int], TaskOwner], list[NodeFailure]]:
+    """(node id, pid) -> owner for every Ray worker and every process of a tracked task, and the nodes that
+    failed (see cluster_snapshot)."""
+    snaps = cluster_snapshot(address, node_ids, node_timeout=node_timeout)
+    owners = {(s.node.node_id, pid): o for s in snaps for pid, o in s.owners.items()}
+    return owners, [f for s in snaps if (f := s.failure) is not None]
 
 
-def cluster_duplicates(address: str | None = None, node_ids: Iterable[str] | None = None,
-                       **kwargs: Any) -> list[NodeResult]:
+def task_processes(snaps: Iterable[NodeSnapshot], task: str) -> list[tuple[NodeInfo, Proc, TaskOwner]]:
+    """The processes of one task (or actor) in cluster_snapshot's answer: `task` is its id or a prefix of 4+
+    hex digits (TaskOwner.matches), node by node, in pid order."""
+    out: list[tuple[NodeInfo, Proc, TaskOwner]] = []
+    for s in snaps:
+        if s.snapshot is None:
+            continue
+        for pid, o in sorted(s.owners.items()):
+            p = s.snapshot.get(pid)
+            if p is not None and o.matches(task):
+                out.append((s.node, p, o))
+    return out
+
+
+def _reports(address: str | None, fn: str, kwargs: dict[str, Any], node_ids: Iterable[str] | None,
+             timeout: float) -> list[NodeResult]:
+    ns, gone = _node_list(address, node_ids)
+    got = _on_nodes([n.node_id for n in ns], "call", fn, kwargs, timeout=timeout)
+    out = [NodeResult(n, None, v.error, v.timed_out) if isinstance(v := got[n.node_id], _Failed)
+           else NodeResult(n, v) for n in ns]
+    return out + [NodeResult(f.node, None, f.error) for f in gone]
+
+
+def cluster_duplicates(address: str | None = None, node_ids: Iterable[str] | None = None, *,
+                       node_timeout: float = NODE_TIMEOUT, **kwargs: Any) -> list[NodeResult]:
     """duplicates.duplicate_report(**kwargs) on every node: value is that node's DuplicateReport."""
-    return _reports(address, "duplicates", kwargs, node_ids)
+    return _reports(address, "duplicates", kwargs, node_ids, node_timeout)
 
 
-def cluster_locks(address: str | None = None, node_ids: Iterable[str] | None = None,
-                  **kwargs: Any) -> list[NodeResult]:
+def cluster_locks(address: str | None = None, node_ids: Iterable[str] | None = None, *,
+                  node_timeout: float = NODE_TIMEOUT, **kwargs: Any) -> list[NodeResult]:
     """held_locks.list_locks(**kwargs) on every node (dirs=, managed_only=): value is list[HeldLock]."""
-    return _reports(address, "locks", kwargs, node_ids)
+    return _reports(address, "locks", kwargs, node_ids, node_timeout)
 
 
-def node_call(address: str | None, node_id: str, fn: str, **kwargs: Any) -> Any:
-    """One node-local call on node_id's agent (see NodeAgent.call); ClusterError when the node fails."""
-    connect(address)
-    got = _on_nodes([node_id], "call", fn, kwargs, timeout=CALL_TIMEOUT + float(kwargs.get("grace", 0.0)))
-    v = got[node_id]
-    if isinstance(v, BaseException):
-        raise ClusterError(f"node {node_id[:8]}: {_error_text(v)}")
-    return v
-
-
-def cluster_gpu(address: str | None = None, node_ids: Iterable[str] | None = None,
-                **kwargs: Any) -> list[NodeResult]:
+def cluster_gpu(address: str | None = None, node_ids: Iterable[str] | None = None, *,
+                node_timeout: float = NODE_TIMEOUT, **kwargs: Any) -> list[NodeResult]:
     """gpu.gpu_snapshot(**kwargs) on every node: value is that node's GpuSnapshot."""
-    return _reports(address, "gpu", kwargs, node_ids)
+    return _reports(address, "gpu", kwargs, node_ids, node_timeout)
+
+
+def node_call(address: str | None, node_id: str, fn: str, *, node_timeout: float = NODE_TIMEOUT,
+              **kwargs: Any) -> Any:
+    """One node-local call on node_id's agent (see NodeAgent.call); ClusterError when the node fails. The
+    node gets node_timeout, plus the call's own `grace` and `timeout` (a flush's wait), to answer."""
+    extra = float(kwargs.get("grace", 0.0)) + float(kwargs.get("timeout", 0.0) if fn == "flush" else 0.0)
+    return _one(address, node_id, "call", fn, kwargs, timeout=node_timeout, extra=extra)
 
 
 # ------------------------------------------------------------------------------------- actions
 
 
-def cluster_targets(address: str | None, node_id: str, pids: Sequence[int], scope: str = "pid"
-                    ) -> list[Target]:
+def cluster_targets(address: str | None, node_id: str, pids: Sequence[int], scope: str = "pid", *,
+                    node_timeout: float = NODE_TIMEOUT) -> list[Target]:
     """Turn pids of one node into targets (scope pid|group|tree), checked there; ValueError names a pid
     that node does not have."""
-    connect(address)
-    got = _on_nodes([node_id], "targets", list(pids), scope)[node_id]
-    if isinstance(got, BaseException):
-        raise ClusterError(f"node {node_id[:8]}: {_error_text(got)}")
+    got = _one(address, node_id, "targets", list(pids), scope, timeout=node_timeout)
     if isinstance(got, str):
         raise ValueError(f"{got} on node {node_id[:8]}")
     return list(got)
 
 
-def cluster_resolve(address: str | None, node_id: str, targets: Sequence[Target]) -> list[NodeMember]:
+def cluster_resolve(address: str | None, node_id: str, targets: Sequence[Target], *,
+                    node_timeout: float = NODE_TIMEOUT) -> list[NodeMember]:
     """The dry run on the owning node (Ray's processes marked protected unless named alone by pid)."""
-    connect(address)
-    got = _on_nodes([node_id], "resolve", list(targets))[node_id]
-    if isinstance(got, BaseException):
-        raise ClusterError(f"node {node_id[:8]}: {_error_text(got)}")
+    got = _one(address, node_id, "resolve", list(targets), timeout=node_timeout)
     return [NodeMember(node_id, m) for m in got]
 
 
-def cluster_signal_many(address: str | None, action: str, targets_by_node: Mapping[str, Sequence[Target]],
-                        grace: float = 5.0, expect: Mapping[str, Mapping[int, int]] | None = None
-                        ) -> list[NodeSignalResult]:
+def signal_nodes(address: str | None, action: str, targets_by_node: Mapping[str, Sequence[Target]],
+                 grace: float = 5.0, expect: Mapping[str, Mapping[int, int]] | None = None, *,
+                 node_timeout: float = NODE_TIMEOUT) -> tuple[list[NodeSignalResult], list[NodeFailure]]:
     """term|kill|pause|resume on several nodes at once, each on its own node by its agent. `expect`: per node,
-    pid -> start ticks of the targets as the caller's dry run saw them (a pid reused since is not signalled)."""
+    pid -> start ticks of the targets as the caller's dry run saw them (a pid reused since is not signalled).
+
+    Returns every node's results and the nodes that failed: each target of a failed node (no answer within
+    timeout + grace, dead, not in the cluster) gets an `unreachable` result (pid: the target's id)."""
     if action not in nodeops.ACTIONS:
         raise ValueError(f"unknown action {action!r} (one of {', '.join(nodeops.ACTIONS)})")
-    connect(address)
     wanted = {nid: list(ts) for nid, ts in targets_by_node.items() if ts}
     if not wanted:
-        return []
-    got: dict[str, Any] = {}
-    refs = {}
-    for nid, ts in wanted.items():
-        try:
-            refs[nid] = agent(nid).act.remote(action, ts, grace, dict((expect or {}).get(nid, {})) or None)
-        except Exception as e:  # noqa: BLE001
-            got[nid] = e
-    for nid, ref in refs.items():
-        try:
-            got[nid] = ray.get(ref, timeout=CALL_TIMEOUT + grace + KILL_CONFIRM_TIMEOUT)
-        except Exception as e:  # noqa: BLE001
-            _forget(nid)
-            got[nid] = e
+        connect(address)
+        return [], []
+    live, gone = _node_list(address, wanted)
+    info = {n.node_id: n for n in live} | {f.node_id: f.node for f in gone}
+    calls: list[Call] = [(n.node_id, "act", (action, wanted[n.node_id], grace,
+                                             dict((expect or {}).get(n.node_id, {})) or None)) for n in live]
+    got = _calls(calls, node_timeout, grace + KILL_CONFIRM_TIMEOUT)
+    failed: dict[str, NodeFailure] = {f.node_id: f for f in gone}
     out: list[NodeSignalResult] = []
-    errors = []
-    for nid in wanted:
-        v = got[nid]
-        if isinstance(v, BaseException):
-            errors.append(f"node {nid[:8]}: {_error_text(v)}")
-            continue
-        reported, results = v
-        if reported != nid:
-            raise RoutingError(f"node {nid[:8]}'s agent acted on node {reported[:8]}")
-        out.extend(NodeSignalResult(reported, r) for r in results)
-    if errors:
-        raise ClusterError("; ".join(errors))
-    return out
+    for (nid, _m, _a), v in zip(calls, got, strict=True):
+        if isinstance(v, _Failed):
+            failed[nid] = NodeFailure(info[nid], v.error, v.timed_out)
+        else:
+            out.extend(NodeSignalResult(nid, r) for r in v)
+    for nid, f in failed.items():
+        out.extend(unreachable_result(nid, t.id, str(f)) for t in wanted[nid])
+    return out, [failed[nid] for nid in wanted if nid in failed]
+
+
+def cluster_signal_many(address: str | None, action: str, targets_by_node: Mapping[str, Sequence[Target]],
+                        grace: float = 5.0, expect: Mapping[str, Mapping[int, int]] | None = None, *,
+                        node_timeout: float = NODE_TIMEOUT) -> list[NodeSignalResult]:
+    """signal_nodes(), raising NodeFailures (a ClusterError that carries every node's results) when a node
+    failed."""
+    results, failures = signal_nodes(address, action, targets_by_node, grace, expect, node_timeout=node_timeout)
+    if failures:
+        raise NodeFailures(failures, results)
+    return results
 
 
 def cluster_signal(address: str | None, node_id: str, action: str, targets: Sequence[Target] | Target | int,
-                   grace: float = 5.0, expect: Mapping[int, int] | None = None) -> list[NodeSignalResult]:
+                   grace: float = 5.0, expect: Mapping[int, int] | None = None, *,
+                   node_timeout: float = NODE_TIMEOUT) -> list[NodeSignalResult]:
     """term|kill|pause|resume `targets` (pids of that node) on node_id, with the core's escalation and
     pinning there, Ray's own processes refused unless named alone by pid."""
     if isinstance(targets, (int, Target)):
         targets = [targets if isinstance(targets, Target) else Target.pid(targets)]
     return cluster_signal_many(address, action, {node_id: list(targets)}, grace,
-                               {node_id: expect} if expect else None)
+                               {node_id: expect} if expect else None, node_timeout=node_timeout)
 
 
 # ------------------------------------------------------------------------------------- tasks
 
 
-def tracked_tasks(address: str | None = None, job_id: str | None = None) -> list[TaskRecord]:
+def tracked_tasks(address: str | None = None, job_id: str | None = None, *,
+                  node_timeout: float = NODE_TIMEOUT) -> list[TaskRecord]:
     """What the registry holds: running tracked tasks, and finished ones that left processes running."""
-    return list(ray.get(registry(address).tasks.remote(job_id), timeout=CALL_TIMEOUT))
-
-
-def _end_entries(rec: TaskRecord, entries: Sequence[TaskEntry], with_worker: bool, grace: float,
-                 force: bool) -> list[NodeSignalResult]:
-    by_node: dict[str, list[TaskEntry]] = {}
-    for e in entries:
-        by_node.setdefault(e.node_id, []).append(e)
-    if with_worker:
-        by_node.setdefault(rec.node_id, [])
-    refs = {}
-    for nid, es in by_node.items():
-        wpid, wticks = (rec.worker_pid, rec.worker_start_ticks) if with_worker and nid == rec.node_id else (0, 0)
-        try:
-            refs[nid] = agent(nid).end_task.remote(es, wpid, wticks, grace, force, rec.started_ticks)
-        except Exception as e:  # noqa: BLE001 - a node that is gone took its processes with it
-            log.warning("procguard: cannot reach node %s to end task %s: %s", nid[:8], rec.task_id, e)
-    out: list[NodeSignalResult] = []
-    for nid, ref in refs.items():
-        try:
-            reported, results = ray.get(ref, timeout=CALL_TIMEOUT + grace + KILL_CONFIRM_TIMEOUT)
-        except Exception as e:  # noqa: BLE001
-            _forget(nid)
-            log.warning("procguard: node %s failed to end task %s: %s", nid[:8], rec.task_id, e)
-            continue
-        if reported != nid:
-            raise RoutingError(f"node {nid[:8]}'s agent acted on node {reported[:8]}")
-        out.extend(NodeSignalResult(reported, r) for r in results)
-    return out
-
-
-def _end_task(task_id: str, grace: float, force: bool, ref: Any = None, recursive: bool = False
-              ) -> CancelReport:
-    reg = registry()
-    rec: TaskRecord | None = ray.get(reg.begin_cancel.remote(task_id), timeout=CALL_TIMEOUT)
-    results: list[NodeSignalResult] = []
-    if rec is not None:
-        results = _end_entries(rec, rec.entries, rec.state in ("running", "cancelling"), grace, force)
-    cancel_error = None
-    if ref is not None:
-        try:
-            ray.cancel(ref, force=force, recursive=recursive)
-        except Exception as e:  # noqa: BLE001 - e.g. force on an actor task
-            cancel_error = _error_text(e)
-    late: TaskRecord | None = ray.get(reg.end_cancel.remote(task_id), timeout=CALL_TIMEOUT)
-    if late is not None:
-        done = {(r.node_id, r.pid) for r in results}
-        known = {(e.node_id, e.pid, e.start_ticks) for e in (rec.entries if rec else ())}
-        fresh = [e for e in late.entries if (e.node_id, e.pid, e.start_ticks) not in known]
-        if fresh:
-            more = _end_entries(late, fresh, False, grace, force)
-            results.extend(r for r in more if (r.node_id, r.pid) not in done)
-    state = "untracked" if rec is None else "finished" if rec.state == "finished" else "cancelled"
-    return CancelReport(task_id, rec.node_id if rec else None, state, tuple(results), cancel_error)
-
-
-def cancel(ref: Any, grace: float = 5.0, force: bool = False, *, recursive: bool = False) -> CancelReport:
-    """Cancel the task behind `ref`: every process tree it started ends on the node that owns it (SIGTERM,
-    SIGKILL after `grace`; `force`: SIGKILL at once), then `ray.cancel(ref, force=force, recursive=recursive)`.
-
-    A tracked task that returns because its child died reports TaskCancelledError to `ray.get`. The report
-    lists each process's outcome with the node id its agent reported.
-
-    `recursive` is off by default, unlike ray.cancel's: a recursive cancel also cancels the task's own calls to
-    the registry actor that it makes while its child dies, and Ray then stalls that worker's later calls to
-    the registry (30 s "waiting for seq_no", then failed), so the next tracked task on that worker hangs.
-    Cancel a task's own Ray child tasks with ray.cancel on their refs."""
-    if grace < 0:
-        raise ValueError(f"grace must be >= 0, not {grace}")
-    if not ray.is_initialized():
-        raise ClusterError("cancel() needs a connected driver (ray.init)")
-    return _end_task(ref.task_id().hex(), grace, force, ref, recursive)
-
-
-def cancel_task_id(task_id: str, grace: float = 5.0, force: bool = False, address: str | None = None
-                   ) -> CancelReport:
-    """End a tracked task's processes by task id (hex) without a ref (no ray.cancel: from another driver)."""
     connect(address)
-    return _end_task(task_id, grace, force)
-
-
-def cancel_job(job_id: str | None = None, grace: float = 5.0, force: bool = False,
-               address: str | None = None) -> list[CancelReport]:
-    """End the processes of every tracked task of a job (default: this driver's job)."""
-    connect(address)
-    job = job_id if job_id is not None else ray.get_runtime_context().get_job_id()
-    recs = tracked_tasks(job_id=job)
-    return [_end_task(r.task_id, grace, force) for r in recs]
-
-
-_sigterm_prev: Any = None
-
-
-def cleanup_on_sigterm(grace: float = 2.0) -> Callable[[], None]:
-    """On SIGTERM to this driver (what `ray job stop` sends), end the process trees of every tracked task of
-    this job on their nodes, then hand over to the handler that was there (after ray.init, Ray's own, which
-    exits; a SIGTERM that lands inside ray.get makes that exit status 1), or exit 143 if there was none.
-    Call from the main thread after ray.init. Returns a function that puts the previous handler back.
-
-    `ray job stop` SIGKILLs after RAY_JOB_STOP_WAIT_TIME_S (3 s by default): keep `grace` below that."""
-    if not ray.is_initialized():
-        raise ClusterError("cleanup_on_sigterm() needs a connected driver (ray.init)")
-    job = ray.get_runtime_context().get_job_id()
-    prev = signal.getsignal(signal.SIGTERM)
-    running = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if running.is_set():
-            return
-        running.set()
-        try:
-            reports = cancel_job(job, grace)
-            n = sum(len(r.results) for r in reports)
-            log.info("procguard: SIGTERM: ended %d process(es) of %d tracked task(s)", n, len(reports))
-        except Exception as e:  # noqa: BLE001 - exit anyway
-            log.warning("procguard: SIGTERM clean-up failed: %s", e)
-        if callable(prev):
-            prev(signum, frame)
-            return
-        if prev == signal.SIG_IGN:
-            running.clear()
-            return
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-    def restore() -> None:
-        if signal.getsignal(signal.SIGTERM) is handler:
-            signal.signal(signal.SIGTERM, prev)
-
-    return restore
+    return list(registry_call("tasks", job_id, timeout=node_timeout))
 
 
 def shutdown_agents(address: str | None = None) -> int:
@@ -565,8 +757,9 @@ def shutdown_agents(address: str | None = None) -> int:
     return n
 
 
-__all__ = ["CancelReport", "ClusterError", "NodeInfo", "NodeMember", "NodeResult", "NodeSignalResult",
-           "NodeSnapshot", "RoutingError", "agent", "cancel", "cancel_job", "cancel_task_id", "cleanup_on_sigterm",
+__all__ = ["CALL_TIMEOUT", "NODE_TIMEOUT", "UNREACHABLE", "ClusterError", "NodeFailure", "NodeFailures", "NodeInfo",
+           "NodeMember", "NodeResult", "NodeSignalResult", "NodeSnapshot", "RoutingError", "agent",
            "cluster_duplicates", "cluster_gpu", "cluster_locks", "cluster_resolve", "cluster_signal",
            "cluster_signal_many", "cluster_snapshot", "cluster_targets", "connect", "find_node", "node_call",
-           "nodes", "registry", "shutdown_agents", "tracked_tasks"]
+           "nodes", "registry", "registry_call", "shutdown_agents", "signal_nodes", "task_owners",
+           "task_processes", "tracked_tasks", "unreachable_result"]

@@ -5,8 +5,8 @@ process trees of a tracked task. Plain functions over this node's /proc; nothing
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
@@ -14,7 +14,7 @@ from procguard.core import procfs, signals
 from procguard.core.cluster.protect import plan_targets, ray_kinds
 from procguard.core.signals import Member, Outcome, SignalResult, Target
 from procguard.core.snapshot import Proc, Snapshot, Snapshotter, process_snapshot
-from procguard.core.views import children
+from procguard.core.views import children, descendants, group_members, tree
 
 Action = Literal["term", "kill", "pause", "resume"]
 ACTIONS: tuple[str, ...] = ("term", "kill", "pause", "resume")
@@ -47,6 +47,43 @@ class TaskRecord:
     state: str = "running"  # running | finished | cancelling
     entries: tuple[TaskEntry, ...] = field(default=())
     started_ticks: int = 0  # clock ticks since boot of the worker's node when the task began (0: unknown)
+    actor_id: str | None = None  # hex, for an actor method
+
+
+@dataclass(frozen=True)
+class TaskOwner:
+    """Which Ray task (or actor) a process belongs to, as far as procguard can tell. Every field but role may
+    be unknown (None): a task id comes from procguard's registry (tracked tasks) or Ray's state API (when the
+    cluster runs a dashboard), an actor from the GCS actor table, a function name from the worker's title."""
+
+    job_id: str | None = None  # hex
+    task_id: str | None = None  # hex
+    actor_id: str | None = None  # hex
+    actor_class: str | None = None
+    function: str | None = None  # the task's function or method name, as Ray names the task
+    role: str = "worker"  # worker (the Ray worker running it) | child (started by it) | leftover (left
+    #                       running by a tracked task that returned) | descendant (below a Ray worker)
+    tracked: bool = False  # a task procguard tracks: `cancel_tasks` can end it
+
+    @property
+    def short(self) -> str:
+        """For a narrow TASK column: the task id's first 8 digits, else the actor's, else the function."""
+        if self.task_id:
+            return self.task_id[:8]
+        if self.actor_id:
+            return "actor " + self.actor_id[:8]
+        return self.function or (f"job {self.job_id}" if self.job_id else "")
+
+    def matches(self, ref: str) -> bool:
+        """`ref` (hex, any case) is this owner's task id or actor id, or a prefix of 4+ digits of one."""
+        ref = ref.strip().lower()
+        if len(ref) < 4:
+            return False
+        return any(x is not None and x.startswith(ref) for x in (self.task_id, self.actor_id))
+
+    def to_json(self) -> dict[str, object]:
+        return {"job": self.job_id, "task": self.task_id, "actor": self.actor_id, "actor_class": self.actor_class,
+                "function": self.function, "role": self.role, "tracked": self.tracked}
 
 
 # ------------------------------------------------------------------------------------------ snapshots
@@ -192,15 +229,26 @@ def task_targets(entries: Sequence[TaskEntry], snap: Snapshot, worker_pid: int =
 
 
 def end_task(entries: Sequence[TaskEntry], worker_pid: int = 0, worker_start_ticks: int = 0,
-             grace: float = 5.0, force: bool = False, since_ticks: int = 0) -> list[SignalResult]:
-    """Terminate (force: kill at once) every process tree of a task on this node."""
+             grace: float = 5.0, force: bool = False, since_ticks: int = 0, kill_worker: bool = False
+             ) -> list[SignalResult]:
+    """Terminate (force: kill at once) every process tree of a task on this node.
+
+    `kill_worker`: also SIGKILL the worker itself (a task that did not end within its grace, when no
+    `ray.cancel(force=True)` is possible). It is named alone by pid, with its start time checked, so only that
+    process is hit; killing the worker first keeps it from starting more children while they end."""
     snap = process_snapshot()
     worker = snap.get(worker_pid) if worker_pid else None
-    exclude = [worker.pgid] if worker is not None and worker.start_ticks == worker_start_ticks else []
+    same_worker = worker is not None and worker.start_ticks == worker_start_ticks
+    exclude = [worker.pgid] if worker is not None and same_worker else []
+    results: list[SignalResult] = []
+    if kill_worker and same_worker:
+        results = act("kill", [Target.pid(worker_pid)], 0.0, snap)
     targets = task_targets(entries, snap, worker_pid, worker_start_ticks, exclude, since_ticks)
     if not targets:
-        return []
-    return act("kill" if force else "term", targets, grace, snap)
+        return results
+    done = {r.pid for r in results}
+    more = act("kill" if force or kill_worker else "term", targets, grace, process_snapshot() if results else snap)
+    return results + [r for r in more if r.pid not in done]
 
 
 def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry], since_ticks: int = 0
@@ -233,5 +281,89 @@ def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry], sinc
     return out
 
 
-__all__ = ["ACTIONS", "TaskEntry", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers",
-           "rebuild_snapshot", "resolve", "take_snapshot", "task_targets"]
+# ------------------------------------------------------------------------------------------ ownership
+
+# Ray's own services that carry a `ray::` title but run no task.
+_SYSTEM_TITLES = frozenset({"DashboardAgent", "RuntimeEnvAgent"})
+
+
+def title_function(cmdline: Sequence[str]) -> str | None:
+    """The task a Ray worker runs, from its title (`ray::train` -> "train"); None when idle or not a worker."""
+    if not cmdline or not cmdline[0].startswith("ray::"):
+        return None
+    name = cmdline[0][5:].split(" ", 1)[0]
+    if not name or name.startswith("IDLE") or name in _SYSTEM_TITLES:
+        return None
+    return name
+
+
+def _claim(out: dict[int, TaskOwner], procs: Iterable[Proc], owner: TaskOwner, kinds: Mapping[int, str]) -> None:
+    # First claim wins: callers claim the most certain facts first. Ray's own processes are never a task's.
+    for p in procs:
+        if p.pid not in kinds and not p.dead:
+            out.setdefault(p.pid, owner)
+
+
+def _record_owner(rec: TaskRecord, workers: Mapping[int, TaskOwner]) -> TaskOwner:
+    w = workers.get(rec.worker_pid)
+    return TaskOwner(rec.job_id, rec.task_id, rec.actor_id or (w.actor_id if w else None),
+                     w.actor_class if w else None, rec.name or (w.function if w else None), "worker", True)
+
+
+def task_owners(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
+                kinds: Mapping[int, str] | None = None, known: Mapping[int, TaskOwner] | None = None
+                ) -> dict[int, TaskOwner]:
+    """pid -> owner on this node: every Ray worker, every process in a tracked task's trees, and what runs
+    below a worker whose job or actor is known.
+
+    `records`: the registry's tracked tasks (those of other nodes are skipped); `known`: pid -> what Ray's
+    own tables say about a worker (its actor, job, running task), which wins over the worker's title.
+    In order of certainty: recorded processes (their trees and own groups), then the worker's children born
+    since its task began (a threaded actor's: the latest task begun before the child), then the rest below
+    a worker (job and actor only: its task may be an earlier one).
+    """
+    kinds = ray_kinds(snap) if kinds is None else kinds
+    known = known or {}
+    workers: dict[int, TaskOwner] = {}
+    for pid, kind in kinds.items():
+        p = snap.get(pid)
+        if p is None or not kind.startswith("worker"):
+            continue
+        title = TaskOwner(function=title_function(p.cmdline), role="worker")
+        k = known.get(pid)
+        if k is not None:
+            title = replace(k, role="worker", function=k.function or title.function)
+        if title != TaskOwner(role="worker"):
+            workers[pid] = title
+    mine = sorted((r for r in records if r.node_id == node_id or any(e.node_id == node_id for e in r.entries)),
+                  key=lambda r: r.started_ticks, reverse=True)
+    running = [r for r in mine if r.node_id == node_id and r.state in ("running", "cancelling")
+               and _same(snap, r.worker_pid, r.worker_start_ticks)]
+    out: dict[int, TaskOwner] = {}
+    for r in running:
+        out.setdefault(r.worker_pid, _record_owner(r, workers))
+    out.update((pid, o) for pid, o in workers.items() if pid not in out)
+    for r in mine:
+        owner = replace(_record_owner(r, workers), role="leftover" if r.state == "finished" else "child")
+        for e in r.entries:
+            if e.node_id != node_id:
+                continue
+            if _same(snap, e.pid, e.start_ticks):
+                _claim(out, tree(snap, e.pid), owner, kinds)
+            leader = snap.get(e.pgid)
+            if e.pgid == e.pid and (leader is None or leader.start_ticks == e.start_ticks):
+                for m in group_members(snap, e.pgid):
+                    _claim(out, tree(snap, m.pid), owner, kinds)
+    for r in running:
+        owner = replace(_record_owner(r, workers), role="child")
+        for c in _task_children(snap, r.worker_pid, r.started_ticks):
+            _claim(out, tree(snap, c.pid), owner, kinds)
+    for pid, w in workers.items():
+        if w.job_id or w.actor_id:
+            below = TaskOwner(w.job_id, None, w.actor_id, w.actor_class, None, "descendant")
+            _claim(out, descendants(snap, pid), below, kinds)
+    return out
+
+
+__all__ = ["ACTIONS", "TaskEntry", "TaskOwner", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers",
+           "rebuild_snapshot", "resolve", "take_snapshot", "task_owners", "task_targets", "title_function"]

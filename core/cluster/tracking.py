@@ -36,6 +36,8 @@ from procguard.core.spawn import on_popen
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
+DOOMED_WAIT = 30.0  # seconds a task whose worker a canceller is killing waits for that kill
+
 
 class TaskTracker:
     """What a track_task() block has recorded so far (on this node, in this thread)."""
@@ -66,7 +68,7 @@ class TaskTracker:
             nodeops.end_task([entry], grace=self.grace)
 
 
-def _context() -> tuple[str, str, str, str]:
+def _context() -> tuple[str, str, str, str, str | None]:
     if not ray.is_initialized():
         raise RuntimeError("track_task() runs inside a Ray task or actor method")
     ctx = ray.get_runtime_context()
@@ -75,7 +77,20 @@ def _context() -> tuple[str, str, str, str]:
         raise RuntimeError("track_task() runs inside a Ray task or actor method, not on the driver")
     get_name = getattr(ctx, "get_task_name", None)
     name = (get_name() or "") if get_name is not None else ""
-    return task_id, ctx.get_job_id(), ctx.get_node_id(), name
+    return task_id, ctx.get_job_id(), ctx.get_node_id(), name, ctx.get_actor_id()
+
+
+def _finish(reg: Any, task_id: str, left: list[TaskEntry]) -> bool:
+    """Tell the registry the task's code ended; True when it was cancelled meanwhile."""
+    from procguard.core.cluster._actors import DOOMED
+
+    answer = ray.get(reg.finish_task.remote(task_id, left))
+    if answer == DOOMED:
+        # The canceller found this task still running after its grace and is SIGKILLing this worker right now:
+        # returning would let the worker take up another task under that kill.
+        log.warning("procguard: task %s was force-cancelled: waiting for its worker to be killed", task_id)
+        time.sleep(DOOMED_WAIT)
+    return bool(answer)
 
 
 @contextlib.contextmanager
@@ -85,11 +100,11 @@ def track_task(grace: float = 5.0) -> Iterator[TaskTracker]:
     counts as cancelled even when it returned because its child was killed."""
     from procguard.core.cluster.api import registry
 
-    task_id, job_id, node_id, name = _context()
+    task_id, job_id, node_id, name, actor_id = _context()
     me = os.getpid()
     st = procfs.read_stat(me)
     rec = TaskRecord(task_id, job_id, name, node_id, me, st.start_ticks if st else 0, time.time(),
-                     started_ticks=procfs.now_ticks())
+                     started_ticks=procfs.now_ticks(), actor_id=actor_id)
     reg = registry()
     tracker = TaskTracker(task_id, job_id, node_id, grace)
     if ray.get(reg.register_task.remote(rec)):
@@ -105,7 +120,7 @@ def track_task(grace: float = 5.0) -> Iterator[TaskTracker]:
     finally:
         try:
             left = nodeops.leftovers(node_id, me, tracker.entries, rec.started_ticks)
-            cancelled = ray.get(reg.finish_task.remote(task_id, left)) or tracker.cancelled
+            cancelled = _finish(reg, task_id, left) or tracker.cancelled
         except Exception as e:  # noqa: BLE001 - never mask the task's own outcome
             log.warning("procguard: could not finish task %s in the registry: %s", task_id, e)
             cancelled = False
