@@ -7,7 +7,11 @@ Safety, in this order:
 - each carries a unique marker token in its environment (and Pythons in argv too);
 - `close()` (also run from atexit and on SIGTERM/SIGHUP/SIGINT) SIGKILLs each process group this module created
   while its leader is still an unreaped child of ours, then every pid it started, by pid, and reaps them;
-- `leftovers()` scans /proc for the token afterwards: the smoke test and the runner both check it is empty.
+- `close()` ends with a scan of /proc for the token (like the test suite's session-end check for its own
+  marker): any process still carrying it is listed on stderr and SIGKILLed (pinned by a pidfd, token re-checked),
+  and `leftovers()` reports it from then on, so the runner and the smoke test fail the run.
+- Under the test suite, the suite's run marker (PROCGUARD_TEST_RUN) is passed on too, so its own leak check
+  covers the benchmark's processes as well.
 
 Only direct children are reaped here; processes the harness learns about otherwise (forked workers, the tmux
 server and its panes) are registered with `track()`, pinned by a pidfd, and SIGKILLed through it.
@@ -21,6 +25,7 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -30,6 +35,7 @@ from types import FrameType
 from bench import procstat
 
 MARK_ENV = "PGBENCH_TOKEN"
+TEST_RUN_ENV = "PROCGUARD_TEST_RUN"  # the test suite's per-run marker (tests/conftest.py), passed on when set
 SLEEP_SECONDS = "1800"  # a last resort: every load process ends by itself after this
 BATCH = 500  # sleepers per process group
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
@@ -64,6 +70,9 @@ class Load:
             "LANG": "C.UTF-8",
             MARK_ENV: self.token,
         }
+        if os.environ.get(TEST_RUN_ENV):
+            self.env[TEST_RUN_ENV] = os.environ[TEST_RUN_ENV]
+        self._leaked: dict[int, str] = {}  # pid -> command line of processes found alive after the cleanup
         self._children: set[int] = set()  # direct children not yet reaped
         self._leaders: set[int] = set()  # process groups we created whose leader is an unreaped child
         self._tracked: dict[int, int] = {}  # not our children: pid -> pidfd, killed through the pidfd
@@ -102,6 +111,7 @@ class Load:
             held = set()
         try:
             self.kill_all()
+            self._kill_leftovers()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
             for sig, old in self._old_handlers.items():
@@ -133,8 +143,35 @@ class Load:
         return True
 
     def leftovers(self) -> list[int]:
-        """Live processes that carry our token (should always be empty after close())."""
-        return procstat.pids_with_token(self.token)
+        """Processes that carry our token and were still alive after the cleanup (close() killed them), and
+        any alive now. Should always be empty after close()."""
+        return sorted(set(self._leaked) | set(procstat.pids_with_token(self.token)))
+
+    def _kill_leftovers(self) -> None:
+        """The run's end check: every process still carrying our token is a leak; list it, SIGKILL it."""
+        deadline = time.monotonic() + 2.0  # SIGKILLs just sent may still be in flight
+        found = procstat.pids_with_token(self.token)
+        while found and time.monotonic() < deadline:
+            time.sleep(0.05)
+            found = procstat.pids_with_token(self.token)
+        if not found:
+            return
+        for pid in found:
+            self._leaked[pid] = procstat.cmdline_text(pid)
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue  # gone meanwhile
+            try:
+                if self.token in procstat.environ_text(pid) or self.token in procstat.cmdline_text(pid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+            finally:
+                os.close(fd)
+        self.reap([p for p in found if p in self._children])
+        listing = "\n  ".join(f"{pid} {cmd[:160]}" for pid, cmd in sorted(self._leaked.items()))
+        print(f"bench: processes left running after the cleanup (now killed):\n  {listing}", file=sys.stderr,
+              flush=True)
 
     # ------------------------------------------------------------------------------------------ spawning
 

@@ -94,6 +94,14 @@ def pids_with_token(token: str) -> list[int]:
     return found
 
 
+def cmdline_text(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
 def environ_text(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
