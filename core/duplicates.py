@@ -266,23 +266,29 @@ def _candidates(procs: Mapping[int, Proc], identity_of: Callable[[Proc], ScriptI
                 script: ScriptIdentity | None) -> dict[int, ScriptIdentity]:
     """Identity of every process that may be a run: Python jobs, and the children of `procguard run`."""
     out: dict[int, ScriptIdentity] = {}
-    for p in procs.values():
-        if p.kernel_thread or p.state in ("Z", "X"):
-            continue
-        py = p.python
-        if py is None:
-            # A program that is not Python is a job only as the command `procguard run` started.
-            parent = procs.get(p.ppid)
-            if parent is None or parent.python is None or not is_runner(parent):
-                continue
-        elif py.kind == "interactive":
-            continue
+    runners: set[int] = set()
+
+    def take(p: Proc) -> None:
         ident = identity_of(p)
         if ident is None or (script is not None and ident.key != script.key):
-            continue
+            return
         if ident.launcher is None and launcher_of(p) is not None:
-            continue  # a launcher not identified by its target is a wrapper, not the job
+            return  # a launcher not identified by its target is a wrapper, not the job
         out[p.pid] = ident
+
+    for p in procs.values():
+        py = p.python
+        if py is None or py.kind == "interactive" or p.state in ("Z", "X"):
+            continue
+        if py.args[:1] == ("run",) and is_runner(p):
+            runners.add(p.pid)  # `procguard run`: never a run itself, its child is
+            continue
+        take(p)
+    if runners:
+        # A program that is not Python is a job only as the command `procguard run` started.
+        for p in procs.values():
+            if p.python is None and p.ppid in runners and not p.kernel_thread and p.state not in ("Z", "X"):
+                take(p)
     return out
 
 
@@ -408,7 +414,10 @@ def _args_of(p: Proc) -> tuple[str, ...]:
 def _make_instance(t: _Table, run: list[Proc], ranks_of: Mapping[int, list[Proc]],
                    cwd_of: Callable[[Proc], str | None], why: Why | None) -> Instance:
     """One run: its roots (oldest first), the job processes it covers, the process that stands for it."""
-    members = sorted((m for r in run for m in (ranks_of.get(r.pid) or [r])), key=_age_key)
+    if len(run) == 1 and not ranks_of:
+        members = run
+    else:
+        members = sorted((m for r in run for m in (ranks_of.get(r.pid) or [r])), key=_age_key)
     head = run[0]
     roots: list[int] = []
     launcher_name: str | None = None
@@ -434,11 +443,14 @@ def _make_instance(t: _Table, run: list[Proc], ranks_of: Mapping[int, list[Proc]
         for m in members:
             if m.pid != head.pid:
                 why.setdefault(m.pid, ("rank", head.pid, f"rank of pid {head.pid} (one run with it)"))
-    pinned = {head.pid: head}
-    for pid in (*roots, *(m.pid for m in members)):
-        p = t.procs.get(pid)
-        if p is not None:
-            pinned.setdefault(pid, p)
+    pinned = {head.pid: ProcId(head.pid, head.start_ticks)}
+    for pid in roots:
+        if pid not in pinned:
+            p = t.procs[pid]
+            pinned[pid] = ProcId(pid, p.start_ticks)
+    for m in members:
+        if m.pid not in pinned:
+            pinned[m.pid] = ProcId(m.pid, m.start_ticks)
     return Instance(
         pid=head.pid,
         create_time=head.create_time,
@@ -451,7 +463,7 @@ def _make_instance(t: _Table, run: list[Proc], ranks_of: Mapping[int, list[Proc]
         members=tuple(m.pid for m in members),
         roots=tuple(roots),
         launcher=launcher_name,
-        pinned=tuple(ProcId(p.pid, p.start_ticks) for p in pinned.values()),
+        pinned=tuple(pinned.values()),
     )
 
 
@@ -476,7 +488,7 @@ def _report_with(snap: Snapshot, res: IdentityResolver, settings: Settings, scri
                  min_instances: int, why: Why | None = None) -> DuplicateReport:
     res.use(settings)
     return build_report(snap.procs, res.identity, res.env, _cwd, script=script, min_instances=min_instances,
-                        is_runner=res.is_runner, launcher_of=lambda p: launcher_kind(p, settings), why=why)
+                        is_runner=res.is_runner, launcher_of=res.launcher, why=why)
 
 
 def duplicate_report(snapshot: Snapshot | None = None,

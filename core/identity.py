@@ -301,8 +301,19 @@ _heads: dict[str, tuple[tuple[int, int, int, int], _Head]] = {}
 _heads_lock = threading.Lock()
 
 
+def _sig(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def _read_head(path: str) -> _Head:
-    """The _Head of `path`, cached per file version (device, inode, mtime, size)."""
+    """The _Head of `path`, cached per file version (device, inode, mtime, size): one stat when cached."""
+    hit = _heads.get(path)
+    if hit is not None:
+        try:
+            if _sig(os.stat(path, follow_symlinks=False)) == hit[0]:
+                return hit[1]
+        except OSError:
+            pass
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
@@ -313,10 +324,7 @@ def _read_head(path: str) -> _Head:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return _Head("special", None, False, False)
-        sig = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        hit = _heads.get(path)
-        if hit is not None and hit[0] == sig:
-            return hit[1]
+        sig = _sig(st)
         head = os.pread(fd, _HEAD_BYTES, 0)
     except OSError:
         return _Head("denied", None, False, False)
@@ -462,9 +470,10 @@ def _which(program: str, cwd: str) -> str | None:
     return os.path.realpath(found) if found and os.path.exists(found) else None
 
 
-def _script_identity(path: str, args: tuple[str, ...], where: _Where) -> ScriptIdentity | Classified:
+def _script_identity(path: str, args: tuple[str, ...], where: _Where, head: _Head | None = None
+                     ) -> ScriptIdentity | Classified:
     """A script file's identity: a console wrapper or zipapp by entry + args + cwd, else its real path."""
-    head = _read_head(path)
+    head = head if head is not None else _read_head(path)
     if head.state == "denied" and (_basename(os.path.dirname(path)) == "bin" or path.endswith(".pyz")):
         # Only a wrapper in bin/ (or a zipapp) would be identified otherwise: an unreadable one can't be told.
         return where.unreadable(f"its program {path} can't be read, so its identity can't be told")
@@ -542,7 +551,7 @@ def _classify_file(py: PythonCmd, where: _Where, settings: Settings, launchers: 
             got = _launch(spec, spec.name, py.args, where, settings)
             if got is not None:
                 return got
-    found = _script_identity(path, py.args, where)
+    found = _script_identity(path, py.args, where, head)
     return found if isinstance(found, Classified) else _finish(found, settings)
 
 
@@ -684,6 +693,7 @@ class IdentityResolver:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self._cls: dict[tuple[int, int | float], tuple[tuple[str, ...], Classified]] = {}
+        self._launch: dict[tuple[int, int | float], tuple[tuple[str, ...], str | None]] = {}
         self._env: dict[tuple[int, int | float], tuple[tuple[str, ...], Mapping[str, str] | None]] = {}
         self._lock = threading.Lock()
         self._settings = settings if settings is not None else Settings()
@@ -698,6 +708,7 @@ class IdentityResolver:
             with self._lock:
                 self._settings = settings
                 self._cls.clear()
+                self._launch.clear()
 
     def classify(self, proc: Proc) -> Classified:
         key = _proc_key(proc)
@@ -709,11 +720,22 @@ class IdentityResolver:
             self._cls[key] = (proc.cmdline, found)
         return found
 
+    def launcher(self, proc: Proc) -> str | None:
+        """launcher_kind(proc) with these settings, cached (asked about every ancestor of every run)."""
+        key = _proc_key(proc)
+        hit = self._launch.get(key)
+        if hit is not None and (hit[0] is proc.cmdline or hit[0] == proc.cmdline):
+            return hit[1]
+        found = launcher_kind(proc, self._settings)
+        with self._lock:
+            self._launch[key] = (proc.cmdline, found)
+        return found
+
     def identity(self, proc: Proc) -> ScriptIdentity | None:
         """The job identity of `proc` (also a non-Python process's command identity: the caller decides
         whether a command counts)."""
         c = self.classify(proc)
-        return c.identity if c.is_job else None
+        return c.identity if c.code == "job" else None
 
     def is_runner(self, proc: Proc) -> bool:
         """`proc` is a `procguard run` launcher."""
@@ -735,7 +757,7 @@ class IdentityResolver:
     def prune(self, live: Iterable[Proc]) -> None:
         keys = {_proc_key(p) for p in live}
         with self._lock:
-            for cache in (self._cls, self._env):
+            for cache in (self._cls, self._launch, self._env):
                 for k in [k for k in cache if k not in keys]:
                     del cache[k]  # type: ignore[attr-defined]
 
