@@ -56,7 +56,7 @@ from procguard.core.cluster import (  # noqa: E402
     tracked_tasks,
 )
 from procguard.core.cluster.api import agent  # noqa: E402
-from procguard.core.cluster.nodeops import rebuild_snapshot, task_owners  # noqa: E402
+from procguard.core.cluster.nodeops import owners_on_node, rebuild_snapshot  # noqa: E402
 from procguard.core.cluster.protect import plan_targets  # noqa: E402
 from procguard.core.signals import Outcome, Target  # noqa: E402
 from procguard.core.snapshot import Proc, process_snapshot  # noqa: E402
@@ -499,7 +499,7 @@ def test_task_owners_from_the_registry_ray_tables_and_titles() -> None:
     elsewhere = TaskRecord("t2" * 24, "02000000", "x", "n2", 21, 121, 0.0, "running", (TaskEntry("n2", 22, 22, 0.0, 122),))
     known = {30: TaskOwner("01000000", None, "a1" * 16, "Holder")}
 
-    own = task_owners(snap, "n1", [running, finished, elsewhere], known=known)
+    own = owners_on_node(snap, "n1", [running, finished, elsewhere], known=known)
 
     t1 = TaskOwner("01000000", "t1" * 24, None, None, "train", "worker", True)
     assert own[20] == t1
@@ -739,8 +739,8 @@ def test_owners_name_a_tasks_processes_and_an_actors_worker(ray_cluster: RayClus
         assert sorted((n.node_id, p.pid) for n, p, _o in rows) == sorted(
             (rc.worker, p) for p in (rec.worker_pid, child, grandchild, shell))
         actor = own[holder_pid]
-        assert (actor.actor_id, actor.role, actor.tracked, actor.job_id, actor.task_id) == (
-            holder._actor_id.hex(), "worker", False, rec.job_id, None)
+        assert (actor.actor_id, actor.role, actor.tracked, actor.job_id, actor.task_id, actor.function) == (
+            holder._actor_id.hex(), "worker", False, rec.job_id, None, None)  # idle: no function
         assert actor.actor_class is not None and actor.actor_class.endswith("Holder")
         assert [p.pid for _n, p, _o in task_processes(snaps, holder._actor_id.hex()[:10])] == [holder_pid]
         # The head node shares this machine's /proc here, but the task is the worker node's: not named there.
@@ -1209,6 +1209,7 @@ def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayC
         report = got["report"]
         assert report.node_id == doomed and not report.ok
         assert [f.node_id for f in report.failures] == [doomed]
+        assert "the node died" in report.failures[0].error
         assert {(r.node_id, r.pid, r.outcome) for r in report.results} >= {(doomed, stubborn, "unreachable")}
         assert all(r.unreachable for r in report.results if r.node_id == doomed)
         with pytest.raises(ray.exceptions.RayError):

@@ -276,7 +276,15 @@ class _Failed(NamedTuple):
 _LATE = _Failed("")  # marker: not ready by the deadline
 
 
+_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnschedulableError, ray.exceptions.NodeDiedError,
+         ray.exceptions.WorkerCrashedError)
+
+
 def _error_text(e: BaseException) -> str:
+    """One line. An agent that died or can't be placed any more: its node is gone, mostly (Ray's own message
+    for it is a paragraph)."""
+    if isinstance(e, _GONE):
+        return f"unreachable: the node died, or its procguard agent did ({type(e).__name__})"
     text = str(e).strip()
     line = text.splitlines()[-1] if text else ""
     return f"{type(e).__name__}: {line}" if line else type(e).__name__
@@ -350,6 +358,17 @@ def registry(address: str | None = None, timeout: float = NODE_TIMEOUT) -> Any:
             return _cache_put("registry", h)
         ray.kill(h, no_restart=True)
     raise ClusterError("procguard's registry on the head node: cannot replace an older one")
+
+
+def _existing_registry(timeout: float) -> Any:
+    """The registry if there is one (a cluster where no task was ever tracked has none: a view does not
+    create it), else None."""
+    if _cache_get("registry") is None:
+        try:
+            ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+        except ValueError:
+            return None
+    return registry(timeout=timeout)
 
 
 def registry_call(method: str, *args: Any, timeout: float = NODE_TIMEOUT) -> Any:
@@ -571,14 +590,15 @@ def cluster_snapshot(address: str | None = None, node_ids: Iterable[str] | None 
                      node_timeout: float = NODE_TIMEOUT, owners: bool = True) -> list[NodeSnapshot]:
     """Every node's process table (head first; or those of node_ids, in that order), with Ray's own
     processes named in ray_kinds and, with `owners`, the task or actor behind each Ray worker and each
-    process of a tracked task in owners. A node that fails (no answer within `timeout`, dead, not in the
+    process of a tracked task in owners. A node that fails (no answer within node_timeout, dead, not in the
     cluster) comes back with `error` set and no snapshot."""
     ns, gone = _node_list(address, node_ids)
     deadline = time.monotonic() + node_timeout
     reg_ref = None
     if owners:
         try:
-            reg_ref = registry(timeout=node_timeout).tasks.remote(None)
+            reg = _existing_registry(node_timeout)
+            reg_ref = reg.tasks.remote(None) if reg is not None else None
         except ClusterError as e:
             log.warning("procguard: %s", e)
     got = _on_nodes([n.node_id for n in ns], "snapshot", timeout=node_timeout)
@@ -594,7 +614,7 @@ def cluster_snapshot(address: str | None = None, node_ids: Iterable[str] | None 
         own: dict[int, TaskOwner] = {}
         if owners:
             known = {pid: o for (nid, pid), o in sources.workers.items() if nid == n.node_id}
-            own = nodeops.task_owners(snap, n.node_id, sources.records, kinds, known)
+            own = nodeops.owners_on_node(snap, n.node_id, sources.records, kinds, known)
         out.append(NodeSnapshot(n, snap, MappingProxyType(kinds), owners=MappingProxyType(own)))
     out.extend(NodeSnapshot(f.node, None, {}, f.error) for f in gone)
     return out

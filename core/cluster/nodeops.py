@@ -240,14 +240,15 @@ def end_task(entries: Sequence[TaskEntry], worker_pid: int = 0, worker_start_tic
     worker = snap.get(worker_pid) if worker_pid else None
     same_worker = worker is not None and worker.start_ticks == worker_start_ticks
     exclude = [worker.pgid] if worker is not None and same_worker else []
+    # Targets from the snapshot taken before the worker dies: its children are found as its children.
+    targets = task_targets(entries, snap, worker_pid, worker_start_ticks, exclude, since_ticks)
     results: list[SignalResult] = []
     if kill_worker and same_worker:
         results = act("kill", [Target.pid(worker_pid)], 0.0, snap)
-    targets = task_targets(entries, snap, worker_pid, worker_start_ticks, exclude, since_ticks)
     if not targets:
         return results
     done = {r.pid for r in results}
-    more = act("kill" if force or kill_worker else "term", targets, grace, process_snapshot() if results else snap)
+    more = act("kill" if force or kill_worker else "term", targets, grace, snap)
     return results + [r for r in more if r.pid not in done]
 
 
@@ -310,9 +311,41 @@ def _record_owner(rec: TaskRecord, workers: Mapping[int, TaskOwner]) -> TaskOwne
                      w.actor_class if w else None, rec.name or (w.function if w else None), "worker", True)
 
 
-def task_owners(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
-                kinds: Mapping[int, str] | None = None, known: Mapping[int, TaskOwner] | None = None
-                ) -> dict[int, TaskOwner]:
+def _worker_owners(snap: Snapshot, kinds: Mapping[int, str], known: Mapping[int, TaskOwner]) -> dict[int, TaskOwner]:
+    """Every Ray worker with something known of it: Ray's tables (`known`), else its title."""
+    out: dict[int, TaskOwner] = {}
+    for pid, kind in kinds.items():
+        p = snap.get(pid)
+        if p is None or not kind.startswith("worker"):
+            continue
+        title = TaskOwner(function=title_function(p.cmdline), role="worker")
+        k = known.get(pid)
+        if k is not None:
+            # An idle actor's title is its class name: that is no function.
+            fn = k.function or (title.function if title.function != k.actor_class else None)
+            title = replace(k, role="worker", function=fn)
+        if title != TaskOwner(role="worker"):
+            out[pid] = title
+    return out
+
+
+def _claim_recorded(out: dict[int, TaskOwner], snap: Snapshot, node_id: str, rec: TaskRecord, owner: TaskOwner,
+                    kinds: Mapping[int, str]) -> None:
+    """The trees of a task's recorded processes on this node, and the members of the groups they led."""
+    for e in rec.entries:
+        if e.node_id != node_id:
+            continue
+        if _same(snap, e.pid, e.start_ticks):
+            _claim(out, tree(snap, e.pid), owner, kinds)
+        leader = snap.get(e.pgid)
+        if e.pgid == e.pid and (leader is None or leader.start_ticks == e.start_ticks):
+            for m in group_members(snap, e.pgid):
+                _claim(out, tree(snap, m.pid), owner, kinds)
+
+
+def owners_on_node(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
+                   kinds: Mapping[int, str] | None = None, known: Mapping[int, TaskOwner] | None = None
+                   ) -> dict[int, TaskOwner]:
     """pid -> owner on this node: every Ray worker, every process in a tracked task's trees, and what runs
     below a worker whose job or actor is known.
 
@@ -323,18 +356,7 @@ def task_owners(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
     a worker (job and actor only: its task may be an earlier one).
     """
     kinds = ray_kinds(snap) if kinds is None else kinds
-    known = known or {}
-    workers: dict[int, TaskOwner] = {}
-    for pid, kind in kinds.items():
-        p = snap.get(pid)
-        if p is None or not kind.startswith("worker"):
-            continue
-        title = TaskOwner(function=title_function(p.cmdline), role="worker")
-        k = known.get(pid)
-        if k is not None:
-            title = replace(k, role="worker", function=k.function or title.function)
-        if title != TaskOwner(role="worker"):
-            workers[pid] = title
+    workers = _worker_owners(snap, kinds, known or {})
     mine = sorted((r for r in records if r.node_id == node_id or any(e.node_id == node_id for e in r.entries)),
                   key=lambda r: r.started_ticks, reverse=True)
     running = [r for r in mine if r.node_id == node_id and r.state in ("running", "cancelling")
@@ -345,15 +367,7 @@ def task_owners(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
     out.update((pid, o) for pid, o in workers.items() if pid not in out)
     for r in mine:
         owner = replace(_record_owner(r, workers), role="leftover" if r.state == "finished" else "child")
-        for e in r.entries:
-            if e.node_id != node_id:
-                continue
-            if _same(snap, e.pid, e.start_ticks):
-                _claim(out, tree(snap, e.pid), owner, kinds)
-            leader = snap.get(e.pgid)
-            if e.pgid == e.pid and (leader is None or leader.start_ticks == e.start_ticks):
-                for m in group_members(snap, e.pgid):
-                    _claim(out, tree(snap, m.pid), owner, kinds)
+        _claim_recorded(out, snap, node_id, r, owner, kinds)
     for r in running:
         owner = replace(_record_owner(r, workers), role="child")
         for c in _task_children(snap, r.worker_pid, r.started_ticks):
@@ -366,4 +380,4 @@ def task_owners(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
 
 
 __all__ = ["ACTIONS", "TaskEntry", "TaskOwner", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers",
-           "rebuild_snapshot", "resolve", "take_snapshot", "task_owners", "task_targets", "title_function"]
+           "owners_on_node", "rebuild_snapshot", "resolve", "take_snapshot", "task_targets", "title_function"]
