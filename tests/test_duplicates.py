@@ -769,7 +769,7 @@ def start_pg_run(procs: ProcStarter, cmd: list[str], cwd: Path, ready: bool = Fa
     of its own, so it is tracked for teardown by pid."""
     p = procs.popen([PG, "run", "--", *cmd], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
                     start_new_session=True)
-    kids = wait_for(lambda: [k for k in children_of(p.pid) if k.cmdline[:1] == (cmd[0],)])
+    kids = wait_for(lambda: [k for k in children_of(p.pid) if k.cmdline[:1] == (cmd[0],)], timeout=60)
     child = kids[0].pid  # type: ignore[index]
     procs.track(child)
     if ready:
