@@ -51,6 +51,8 @@ from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import Any
 
+from procguard.core import format as fmt
+
 __all__ = [
     "FlushError",
     "FlushResult",
@@ -59,22 +61,10 @@ __all__ = [
     "allocator_figures",
     "flush_gpu_caches",
     "flush_handler_installed",
-    "format_bytes",
     "install_flush_handler",
     "request_flush",
     "start_allocator_publisher",
 ]
-
-
-def format_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(v) < 1024 or unit == "TiB":
-            return f"{int(v)} B" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +186,8 @@ def flush_gpu_caches() -> FlushResult:
                            time.time())
     freed = max(0, before - after)
     name = "CUDA" if backend == "cuda" else "MPS"
-    msg = (f"flushed {name} cache: freed {format_bytes(freed)} "
-           f"(reserved {format_bytes(before)} -> {format_bytes(after)})")
+    msg = (f"flushed {name} cache: freed {fmt.bytes_long(freed)} "
+           f"(reserved {fmt.bytes_long(before)} -> {fmt.bytes_long(after)})")
     return FlushResult(True, backend, before, after, freed, msg, time.time())
 
 

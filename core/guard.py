@@ -49,13 +49,13 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
 
+from procguard.core import format as fmt
 from procguard.core import registry
 from procguard.core.duplicates import SCHEDULER_VARS, Instance, duplicate_report
 from procguard.core.identity import ScriptIdentity, identity_of
@@ -68,17 +68,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _POLICIES = ("abort", "terminate", "ignore")
 
 
-def _since(t: float) -> str:
-    fmt = "%H:%M:%S" if time.localtime(t)[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M:%S"
-    return time.strftime(fmt, time.localtime(t))
-
-
 def _describe(inst: Instance) -> str:
     cmd = inst.command
     if len(cmd) > 160:
         cmd = cmd[:159] + "…"
     # The other run's argv and user name are that process's words: escaped before they reach a terminal.
-    return f"pid {inst.pid} (since {_since(inst.create_time)}, user {safe(inst.username)}): {safe(cmd)}"
+    return f"pid {inst.pid} (since {fmt.clock(inst.create_time)}, user {safe(inst.username)}): {safe(cmd)}"
 
 
 class DuplicateRunning(SystemExit):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from procguard.core import format as fmt
 from procguard.core import procfs
 from procguard.core.privdir import PrivateDirError, ensure_private_dir, private_dir_problem
 from procguard.core.procid import ProcId
@@ -106,7 +106,7 @@ class LockHolder:
         t = self.start_time if self.start_time is not None else self.acquired_at
         if t is None:
             return "?"
-        return clock(t)
+        return fmt.clock(t)
 
     def to_dict(self) -> dict[str, Any]:
         """Exact values (for --json: JSON escapes control characters itself)."""
@@ -123,16 +123,6 @@ class LockHolder:
         return False
 
 
-def clock(t: float) -> str:
-    """Epoch seconds for humans: HH:MM:SS today, a full date otherwise, '?' when out of range."""
-    try:
-        when = time.localtime(t)
-    except (OverflowError, OSError, ValueError):  # metadata can say anything
-        return "?"
-    fmt = "%H:%M:%S" if when[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M:%S"
-    return time.strftime(fmt, when)
-
-
 def short_command(argv: Sequence[str], width: int = 80) -> str:
     """A command line on one terminal-safe line: interpreter basename, then the arguments, cut to `width`."""
     if not argv:
@@ -140,20 +130,6 @@ def short_command(argv: Sequence[str], width: int = 80) -> str:
     # One line whatever the arguments hold (python -c code has newlines); then every control char escaped.
     text = safe(" ".join(shlex.join([os.path.basename(argv[0]), *argv[1:]]).split()))
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def procguard_version() -> str:
-    return _version()
-
-
-@functools.lru_cache(maxsize=1)
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("procguard")
-    except Exception:  # noqa: BLE001 - a source tree without installed metadata
-        return "0+unknown"
 
 
 def own_metadata() -> bytes:
@@ -179,7 +155,7 @@ def own_metadata() -> bytes:
         cwd = "?"
     meta = {"procguard": META_FORMAT, "pid": pid, "argv": argv, "cwd": cwd, "host": socket.gethostname(),
             "start_time": start, "start_ticks": ident.start_ticks if ident is not None else None,
-            "acquired_at": time.time(), "version": _version()}
+            "acquired_at": time.time(), "version": fmt.version()}
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n"
 
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from procguard.core import format as fmt
 from procguard.core import procfs
 from procguard.core.held_locks import (
     HeldLock,
@@ -39,7 +40,6 @@ from procguard.core.lockfile import (
     LinkRefused,
     LockError,
     LockHolder,
-    clock,
     holder_problem,
     lock_dir,
     lock_path_for,
@@ -144,7 +144,7 @@ def _describe_pids(pids: tuple[int, ...]) -> str:
         text += f" ({short_command(argv, 160)})"
     ident = ProcId.of(pids[0])
     if ident is not None:
-        text += f", running since {clock(ident.create_time)}"
+        text += f", running since {fmt.clock(ident.create_time)}"
     return text
 
 

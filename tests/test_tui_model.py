@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 from rich.style import Style
 
+from procguard.core import format as fmt
 from procguard.core.signals import Target
 from procguard.tui.actions import describe, progress_label
 from procguard.tui.app import build_parser, parse_keymap
@@ -18,8 +19,6 @@ from procguard.tui.model import (
     ViewState,
     blast_radius,
     build_rows,
-    fmt_age,
-    fmt_bytes,
     prune_marks,
     pure_resolve,
     summarize_model,
@@ -129,8 +128,8 @@ def test_summary_and_other_views() -> None:
 
 
 def test_formatting_and_fit() -> None:
-    assert fmt_bytes(0, blank_zero=True) == "" and fmt_bytes(1536) == "1.5K" and fmt_bytes(300 * 1024**3) == "300G"
-    assert fmt_age(59) == "59s" and fmt_age(3600 + 120) == "1h02m" and fmt_age(2 * 86400 + 3600) == "2d01h"
+    assert fmt.bytes_short(0, blank_zero=True) == "" and fmt.bytes_short(1536) == "1.5K" and fmt.bytes_short(300 * 1024**3) == "300G"
+    assert fmt.age(59) == "59s" and fmt.age(3600 + 120) == "1h02m" and fmt.age(2 * 86400 + 3600) == "2d01h"
     assert fit("abcdef", 4) == "abc…" and fit("ab", 4, "right") == "  ab"
     assert fit("/a/b/c/train.lock", 8, clip="start") == "…in.lock"
     assert fit("日本語テキスト", 5) == "日本…"

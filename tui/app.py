@@ -27,6 +27,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 from textual.worker import get_current_worker
 
+from procguard.core import format as fmt
 from procguard.core.signals import Member, Target
 from procguard.tui.actions import (
     CONFIRMED,
@@ -86,15 +87,6 @@ VIEW_HINTS = {  # (narrow, wide)
 }
 KEYMAP_ENV = "PROCGUARD_TUI_KEYMAP"
 CLUSTER_ONLY = frozenset({"procguard.node"})  # binding ids shown (footer, help, palette) only with --ray
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("procguard")
-    except Exception:  # noqa: BLE001 - a source tree without metadata
-        return "0+unknown"
 
 
 @dataclass(frozen=True)
@@ -849,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the node shown (needs procguard[ray])")
     p.add_argument("--node", metavar="NODE", default=None,
                    help="with --ray: the node to start on (head, a node id or unique prefix, or an IP; default head)")
-    p.add_argument("--version", action="version", version=f"procguard-tui {_version()}")
+    p.add_argument("--version", action="version", version=f"procguard-tui {fmt.version()}")
     return p
 
 

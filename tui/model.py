@@ -495,52 +495,6 @@ def summarize_model(model: Model) -> Summary:
 # ---------------------------------------------------------------------------------------------- formatting
 
 
-def fmt_bytes(n: int | None, *, blank_zero: bool = False) -> str:
-    """Compact sizes for columns: 512K, 1.2M, 38.0G."""
-    if n is None:
-        return "-"
-    if n == 0 and blank_zero:
-        return ""
-    v = float(n)
-    for unit in ("B", "K", "M", "G", "T"):
-        if v < 1024 or unit == "T":
-            if unit == "B":
-                return f"{int(v)}B"
-            return f"{v:.1f}{unit}" if v < 100 else f"{v:.0f}{unit}"
-        v /= 1024
-    return f"{n}B"  # pragma: no cover
-
-
-def fmt_bytes_long(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if v < 1024 or unit == "TiB":
-            return f"{int(v)} B" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def fmt_age(seconds: float) -> str:
-    """Elapsed time, two units at most: 45s, 12m, 3h05m, 2d04h."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m{s:02d}s" if m < 10 else f"{m}m"
-    h, m = divmod(m, 60)
-    if h < 24:
-        return f"{h}h{m:02d}m"
-    d, h = divmod(h, 24)
-    return f"{d}d{h:02d}h"
-
-
-def fmt_cpu(v: float) -> str:
-    return f"{v:.1f}" if v < 1000 else f"{v:.0f}"
-
-
 def truncate(text: str, width: int) -> str:
     if width <= 0:
         return ""

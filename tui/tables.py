@@ -5,18 +5,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from procguard.core import format as fmt
 from procguard.core.duplicates import DuplicateGroup, Instance
 from procguard.core.gpu import unknown_gpu_pids
 from procguard.core.signals import Target
-from procguard.tui.model import (
-    FLAG_GUARDED,
-    FLAG_ORPHAN_GPU,
-    Model,
-    display_command,
-    fmt_age,
-    fmt_bytes,
-    fmt_bytes_long,
-)
+from procguard.tui.model import FLAG_GUARDED, FLAG_ORPHAN_GPU, Model, display_command
 
 
 class Cell(NamedTuple):
@@ -71,11 +64,11 @@ def _instance_row(model: Model, g: DuplicateGroup, inst: Instance, oldest: bool)
     locks = ", ".join(p.rpartition("/")[2] for p in inst.locks) or "-"
     ranks = f" ({len(inst.members)} ranks)" if len(inst.members) > 1 else ""
     args = " ".join(inst.args) + ranks
-    since = fmt_age(model.time - inst.create_time)
+    since = fmt.age(model.time - inst.create_time)
     keep = "success" if oldest else ""
     roots = inst.roots or (inst.pid,)
     return TableRow(("inst", inst.pid), (_c(inst.pid, keep), _c(since, keep), _c(inst.username),
-                                          _c(fmt_bytes(inst.gpu_memory, blank_zero=True), "accent"),
+                                          _c(fmt.bytes_short(inst.gpu_memory, blank_zero=True), "accent"),
                                           _c(locks), _c(inst.cwd or "?", "dim"), _c(args or "-")),
                     pid=inst.pid, targets=tuple(Target.tree(r) for r in roots), ref=g)
 
@@ -96,8 +89,8 @@ def duplicate_rows(model: Model) -> list[TableRow]:
         for s in model.scheduled:
             inst = s.instance
             rows.append(TableRow(("sched", inst.pid), (
-                _c(inst.pid), _c(fmt_age(model.time - inst.create_time)), _c(inst.username),
-                _c(fmt_bytes(inst.gpu_memory, blank_zero=True), "accent"), _c(", ".join(inst.locks) or "-"),
+                _c(inst.pid), _c(fmt.age(model.time - inst.create_time)), _c(inst.username),
+                _c(fmt.bytes_short(inst.gpu_memory, blank_zero=True), "accent"), _c(", ".join(inst.locks) or "-"),
                 _c(inst.cwd or "?", "dim"), _c(f"[{s.scheduler} {s.job_id}] {s.identity.display} "
                                                f"{' '.join(inst.args)}")),
                 pid=inst.pid, targets=tuple(Target.tree(r) for r in (inst.roots or (inst.pid,)))))
@@ -191,16 +184,16 @@ def gpu_rows(model: Model) -> list[TableRow]:
         else:
             assert p is not None
             cmd, user, style = display_command(p), p.username, ""
-        reserved = fmt_bytes(guard.reserved) if guard and guard.reserved is not None else ""
-        allocated = fmt_bytes(guard.allocated) if guard and guard.allocated is not None else ""
+        reserved = fmt.bytes_short(guard.reserved) if guard and guard.reserved is not None else ""
+        allocated = fmt.bytes_short(guard.allocated) if guard and guard.allocated is not None else ""
         rows.append(TableRow(("gpu", gp.pid, gp.device), (
-            _c(gp.pid), _c(gp.device), _c(fmt_bytes(gp.memory_used), "accent"), _c(reserved),
+            _c(gp.pid), _c(gp.device), _c(fmt.bytes_short(gp.memory_used), "accent"), _c(reserved),
             _c(allocated), _c(flags, "error" if FLAG_ORPHAN_GPU in flags else "success"), _c(user),
             _c(cmd, style)), pid=None if gp.pid in unknown else gp.pid,
             targets=() if gp.pid in unknown else (Target.pid(gp.pid),)))
     flushable = [(pid, g) for pid, g in sorted(model.guarded.items()) if g.flushable]
     if flushable:
         total = sum(g.flushable or 0 for _, g in flushable)
-        rows.append(note("flush", f"Flushing (f) the guarded processes would free ~{fmt_bytes_long(total)} "
+        rows.append(note("flush", f"Flushing (f) the guarded processes would free ~{fmt.bytes_long(total, 'unknown')} "
                                   "(torch reserved, not allocated)"))
     return rows

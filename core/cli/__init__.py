@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from procguard.core import format as fmt
 from procguard.core.sanitize import safe
 
 # Command modules, in help order. A module registers its subcommands with `register(subparsers)`.
@@ -25,19 +26,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def version() -> str:
-    try:
-        from importlib.metadata import version as v
-
-        return v("procguard")
-    except Exception:  # noqa: BLE001 - running from a source tree without metadata
-        return "0+unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="procguard", description="Find duplicate Python runs, explain locks, and control "
                      "process groups and trees safely (SIGTERM -> SIGKILL escalation).")
-    parser.add_argument("--version", action="version", version=f"procguard {version()}")
+    parser.add_argument("--version", action="version", version=f"procguard {fmt.version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         modname = f"{__name__}.{name}"

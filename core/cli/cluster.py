@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from procguard.core import format as fmt
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import human_bytes, pid_arg, print_json
+from procguard.core.cli._args import pid_arg, print_json
 from procguard.core.sanitize import safe
 
 
@@ -131,7 +132,7 @@ def ray_ps(args: argparse.Namespace) -> int:
         for node, d, p, kind in rows:
             tag = f"  [ray: {safe(kind)}]" if kind else ""
             print(f"{safe(node.short):<8} {p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} "
-                  f"{safe(p.username)[:10]:<10} {human_bytes(p.rss):>7} {p.cpu_percent:>5.1f} {'  ' * d}"
+                  f"{safe(p.username)[:10]:<10} {fmt.bytes_short(p.rss):>7} {p.cpu_percent:>5.1f} {'  ' * d}"
                   f"{safe(p.command)}{tag}")
     return 1 if _node_errors(snaps) else 0
 

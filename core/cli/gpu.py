@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from procguard.core import flush as _flush
+from procguard.core import format as fmt
 from procguard.core import gpu as _gpu
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import human_bytes, pid_arg, print_json, seconds_arg
+from procguard.core.cli._args import pid_arg, print_json, seconds_arg
 from procguard.core.sanitize import safe
 from procguard.core.snapshot import Snapshot, process_snapshot
 
@@ -76,8 +77,8 @@ def format_gpu(report: dict[str, Any], snap: Snapshot, gpu: _gpu.GpuSnapshot) ->
     lines = []
     for d in gpu.devices:
         util = "-" if d.utilization is None else f"{d.utilization}%"
-        lines.append(f"GPU {d.index}: {d.name}  {d.uuid}  memory {human_bytes(d.memory_used)} used / "
-                     f"{human_bytes(d.memory_total)} ({human_bytes(d.memory_free)} free)  util {util}")
+        lines.append(f"GPU {d.index}: {d.name}  {d.uuid}  memory {fmt.bytes_short(d.memory_used)} used / "
+                     f"{fmt.bytes_short(d.memory_total)} ({fmt.bytes_short(d.memory_free)} free)  util {util}")
     if not report["processes"]:
         lines.append("no processes hold GPU memory")
         return lines
@@ -92,8 +93,8 @@ def format_gpu(report: dict[str, Any], snap: Snapshot, gpu: _gpu.GpuSnapshot) ->
             user, command = proc.username[:10], proc.command
             if proc.pid in orphans:
                 command = f"[orphaned: parent died] {command}"
-        lines.append(f"{p['pid']:>7} {p['device']:>3} {human_bytes(p['memory_used']):>8} "
-                     f"{human_bytes(p['reserved']):>8} {human_bytes(p['allocated']):>8} "
+        lines.append(f"{p['pid']:>7} {p['device']:>3} {fmt.bytes_short(p['memory_used']):>8} "
+                     f"{fmt.bytes_short(p['reserved']):>8} {fmt.bytes_short(p['allocated']):>8} "
                      f"{'yes' if p['guarded'] else '-':<5} {user:<10} {command}")
     return lines
 

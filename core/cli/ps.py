@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from procguard.core.cli._args import human_bytes, print_json, user_arg
+from procguard.core import format as fmt
+from procguard.core.cli._args import print_json, user_arg
 from procguard.core.cli.cluster import add_node_option, add_ray_option
 from procguard.core.sanitize import safe
 from procguard.core.snapshot import Proc, Snapshotter
@@ -63,5 +64,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} S {'USER':<10} {'RSS':>7} {'CPU%':>5} COMMAND")
     for d, p in rows:
         print(f"{p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} {safe(p.username)[:10]:<10} "
-              f"{human_bytes(p.rss):>7} {p.cpu_percent:>5.1f} {'  ' * d}{safe(p.command)}")
+              f"{fmt.bytes_short(p.rss):>7} {p.cpu_percent:>5.1f} {'  ' * d}{safe(p.command)}")
     return 0

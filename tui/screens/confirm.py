@@ -17,8 +17,9 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from procguard.core import format as fmt
 from procguard.tui.actions import Plan
-from procguard.tui.model import DEAD_STATES, fmt_bytes, fmt_bytes_long, truncate
+from procguard.tui.model import DEAD_STATES, truncate
 from procguard.tui.text import fill, join_lines, plain
 
 MAX_LINES = 400  # a session of thousands: the dialog says how many more there are
@@ -32,7 +33,7 @@ def member_lines(plan: Plan, width: int = 200) -> list[Content]:
         # Escaped first, then cut: the escapes count in the width.
         cmd = truncate(plain(m.command), width)
         user = f"{truncate(plain(m.username), 10):<10}"
-        mem = f"[$text-accent]{fmt_bytes(gpu[m.pid]):>6}[/] " if gpu.get(m.pid) else " " * 7 if gpu else ""
+        mem = f"[$text-accent]{fmt.bytes_short(gpu[m.pid]):>6}[/] " if gpu.get(m.pid) else " " * 7 if gpu else ""
         if m.protected:
             lines.append(fill(f"[$text-muted]{m.pid:>7}  $user $cmd[/]\n"
                               "         [$text-error]refused: $why[/]", user=user, cmd=cmd, why=m.protected))
@@ -50,7 +51,7 @@ def frees_markup(plan: Plan) -> Content:
     b = plan.blast
     parts = []
     if b.gpu_bytes:
-        parts.append(f"[b $text-accent]{fmt_bytes_long(b.gpu_bytes)}[/] GPU memory")
+        parts.append(f"[b $text-accent]{fmt.bytes_long(b.gpu_bytes, 'unknown')}[/] GPU memory")
     else:
         parts.append("no GPU memory")
     locks = {f"lock{i}": p for i, p in enumerate(b.locks)}  # paths: another user's names, as values

@@ -16,9 +16,10 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from procguard.core import format as fmt
 from procguard.core import views
 from procguard.tui.actions import Backend
-from procguard.tui.model import Model, ProcExtra, display_command, fmt_age, fmt_bytes_long, fmt_cpu
+from procguard.tui.model import Model, ProcExtra, display_command
 from procguard.tui.text import fill, join_lines, plain
 
 
@@ -52,9 +53,9 @@ def _guard_row(model: Model, pid: int) -> list[Content]:
     if guard.lock:
         g = join_lines([g, fill(f"{'':>12}lock $lock", lock=guard.lock)])
     if guard.reserved is not None:
-        g = join_lines([g, f"{'':>12}torch reserved {fmt_bytes_long(guard.reserved)}, allocated "
-                           f"{fmt_bytes_long(guard.allocated)}: a flush (f) frees about "
-                           f"{fmt_bytes_long(guard.flushable)}"])
+        g = join_lines([g, f"{'':>12}torch reserved {fmt.bytes_long(guard.reserved, 'unknown')}, allocated "
+                           f"{fmt.bytes_long(guard.allocated, 'unknown')}: a flush (f) frees about "
+                           f"{fmt.bytes_long(guard.flushable, 'unknown')}"])
     return [_row("guarded", g)]
 
 
@@ -65,7 +66,7 @@ def _gpu_row(model: Model, pid: int) -> Content:
     devs = sorted({g.device for g in model.gpu.processes if g.pid == pid})
     where = f" on GPU {', '.join(map(str, devs))}" if devs else ""
     orphan = "   [$text-error]orphan: its parent died[/]" if pid in model.orphans else ""
-    return _row("GPU", fill(f"{fmt_bytes_long(gpu or 0)}{where}{orphan}"))
+    return _row("GPU", fill(f"{fmt.bytes_long(gpu or 0)}{where}{orphan}"))
 
 
 def details_markup(model: Model, pid: int, extra: ProcExtra | None) -> Content:
@@ -78,9 +79,9 @@ def details_markup(model: Model, pid: int, extra: ProcExtra | None) -> Content:
     lines: list[Content | str] = [fill("[b]$cmd[/]", cmd=p.command), ""]
     lines.append(_row("pid", f"{p.pid}   ppid {p.ppid}   pgid {p.pgid}   sid {p.sid}"))
     lines.append(_row("user", fill(f"$user (uid {p.uid})", user=p.username)))
-    lines.append(_row("state", fill(f"$state   threads {p.num_threads}   CPU {fmt_cpu(p.cpu_percent)}%   "
-                                    f"RSS {fmt_bytes_long(p.rss)}", state=p.state)))
-    lines.append(_row("started", f"{fmt_age(model.time - p.create_time)} ago"))
+    lines.append(_row("state", fill(f"$state   threads {p.num_threads}   CPU {fmt.cpu(p.cpu_percent)}%   "
+                                    f"RSS {fmt.bytes_long(p.rss)}", state=p.state)))
+    lines.append(_row("started", f"{fmt.age(model.time - p.create_time)} ago"))
     lines += _extra_rows(extra)
     if p.python is not None:
         py = p.python

@@ -8,7 +8,8 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Static
 
-from procguard.tui.model import Model, fmt_bytes
+from procguard.core import format as fmt
+from procguard.tui.model import Model
 from procguard.tui.tables import GPU_COLUMNS, TableRow, device_lines, gpu_rows
 from procguard.tui.text import fill, join_lines, plain
 from procguard.tui.widgets.table import SimpleTable
@@ -33,7 +34,7 @@ def devices_markup(model: Model, width: int) -> Content:
     for d in device_lines(model):
         util = "-" if d.utilization is None else f"{d.utilization}%"
         name = plain(d.name)[:24]
-        text = f"{fmt_bytes(d.used):>6}/{fmt_bytes(d.total):<6} util {util:>4}"
+        text = f"{fmt.bytes_short(d.used):>6}/{fmt.bytes_short(d.total):<6} util {util:>4}"
         bar_w = max(4, width - len(f"GPU {d.index} ") - len(name) - len(text) - 6)
         lines.append(fill(f"[b]GPU {d.index}[/] $name {bar(d.fraction, bar_w)} {text}", name=name))
     return join_lines(lines)

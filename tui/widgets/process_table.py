@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from rich.style import Style
 
+from procguard.core import format as fmt
 from procguard.tui.model import (
     DEAD_STATES,
     FLAG_DUPLICATE,
@@ -16,9 +17,6 @@ from procguard.tui.model import (
     STOPPED_STATES,
     Row,
     display_command,
-    fmt_age,
-    fmt_bytes,
-    fmt_cpu,
     group_label,
 )
 from procguard.tui.tables import Cell, Column
@@ -123,7 +121,7 @@ class ProcessTable(KeyedTable):
             assert p is not None
             user, state = p.username, p.state
             if wide:
-                threads, age = str(p.num_threads), fmt_age(self.now - p.create_time)
+                threads, age = str(p.num_threads), fmt.age(self.now - p.create_time)
             prefix, command = row.prefix, display_command(p)
             state_style = "warning" if state in STOPPED_STATES else "error" if state in DEAD_STATES else ""
         else:
@@ -144,9 +142,9 @@ class ProcessTable(KeyedTable):
             Cell(str(row.id)),
             Cell(user, "dim"),
             Cell(state, state_style),
-            Cell(fmt_cpu(row.cpu)),
-            Cell(fmt_bytes(row.rss)),
-            Cell(fmt_bytes(row.gpu, blank_zero=True), "accent"),
+            Cell(fmt.cpu(row.cpu)),
+            Cell(fmt.bytes_short(row.rss)),
+            Cell(fmt.bytes_short(row.gpu, blank_zero=True), "accent"),
         ]
         if wide:
             cells += [Cell(threads, "dim"), Cell(age, "dim")]

@@ -8,7 +8,8 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from procguard.tui.model import Model, fmt_bytes, summarize_model
+from procguard.core import format as fmt
+from procguard.tui.model import Model, summarize_model
 from procguard.tui.text import fill, plain
 
 
@@ -30,8 +31,8 @@ def summary_markup(model: Model | None, width: int = 80, node: str | None = None
     if s.zombies and width >= 100:
         parts.append(item(s.zombies, "zombies", "$text-error"))
     if s.gpu_used is not None and s.gpu_total is not None:
-        parts.append(f"[$text-muted]GPU[/] [b $text-accent]{fmt_bytes(s.gpu_used)}[/][$text-muted]/"
-                     f"{fmt_bytes(s.gpu_total)}[/]")
+        parts.append(f"[$text-muted]GPU[/] [b $text-accent]{fmt.bytes_short(s.gpu_used)}[/][$text-muted]/"
+                     f"{fmt.bytes_short(s.gpu_total)}[/]")
     else:
         parts.append("[$text-muted]GPU n/a[/]")
     sep = " [$text-muted]·[/] " if width >= 100 else " "
