@@ -16,9 +16,10 @@ from collections.abc import Iterable
 
 __all__ = ["safe", "safe_join", "UNSAFE"]
 
-# C0 controls, DEL, C1 controls, bidi embeddings/overrides/isolates, and lone surrogates (undecodable bytes
-# from surrogateescape, which a terminal encoder would choke on).
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+# C0 controls, DEL, C1 controls, bidi marks/embeddings/overrides/isolates, the Unicode line and paragraph
+# separators (some terminals break the row there), and lone surrogates (undecodable bytes from
+# surrogateescape, which a terminal encoder would choke on).
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 

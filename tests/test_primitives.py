@@ -22,6 +22,7 @@ from tests.conftest import NOBODY, NOBODY_UID, ProcStarter, needs_root
     ("a\nb\rc\td", "a\\nb\\rc\\td"),
     ("del\x7f c1\x9b", "del\\x7f c1\\x9b"),
     ("bidi\u202eevil\u2066x\u2069", "bidi\\u202eevil\\u2066x\\u2069"),
+    ("marks\u200e\u200f\u061c lines\u2028\u2029", "marks\\u200e\\u200f\\u061c lines\\u2028\\u2029"),
     ("bytes\udcff\udc80", "bytes\\xff\\x80"),
     ("ünïcödé 日本 ok", "ünïcödé 日本 ok"),
     ("[b]markup[/b]", "[b]markup[/b]"),  # not markup's business: the TUI renders it as plain text
