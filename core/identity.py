@@ -65,6 +65,7 @@ __all__ = [
     "launcher_kind",
     "is_helper_process",
     "is_procguard_run",
+    "procguard_run_of",
     "looks_like_procguard_run",
     "own_process",
     "fresh_proc",
@@ -610,12 +611,19 @@ def own_process(proc: Proc, settings: Settings | None = None) -> str | None:
 
 
 def is_procguard_run(proc: Proc, settings: Settings | None = None) -> bool:
-    """`proc` is a `procguard run` launcher (its child is the job)."""
-    if proc.python is None:
+    """`proc` is a `procguard run` launcher (its child is the job). Cheap unless its first argument is "run"
+    and its program is not named procguard (then its console-script wrapper is read)."""
+    if proc.python is None or proc.python.args[:1] != ("run",):
         return False
     if looks_like_procguard_run(proc):
         return True
     return classify(proc, settings).own == "run"
+
+
+def procguard_run_of(proc: Proc, procs: Mapping[int, Proc], settings: Settings | None = None) -> int | None:
+    """The pid of the `procguard run` launcher whose job `proc` is (its parent), else None."""
+    parent = procs.get(proc.ppid)
+    return parent.pid if parent is not None and is_procguard_run(parent, settings) else None
 
 
 def identity_for_path(path: str | os.PathLike[str], cwd: str | None = None) -> ScriptIdentity:

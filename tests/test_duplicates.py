@@ -786,6 +786,12 @@ def test_procguard_run_is_not_a_run_its_command_is(procs: ProcStarter, tmp_path:
     assert duplicate_report(own_snapshot(*launchers)).groups == ()
     e = explain(launchers[0].pid)
     assert (e.counted, e.code, e.related, e.identity) == (False, "own", started[0][1], None)
+    from procguard.core.identity import is_procguard_run, procguard_run_of
+
+    snap = process_snapshot()
+    assert is_procguard_run(snap[launchers[0].pid]) and not is_procguard_run(snap[started[0][1]])
+    assert procguard_run_of(snap[started[0][1]], snap.procs) == launchers[0].pid
+    assert procguard_run_of(snap[launchers[0].pid], snap.procs) is None
     job = explain(started[0][1])
     assert job.counted and job.identity is not None and job.identity.kind == "command"
     assert dict(job.identity.parts)["args"] == ("600",)
