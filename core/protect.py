@@ -21,14 +21,24 @@ def own_lineage() -> set[int]:
     return out
 
 
-def protection_reason(proc: Proc | None, pid: int, lineage: set[int] | None = None) -> str | None:
-    """Why `pid` must not be signalled, or None when it may be."""
+def process_protection(proc: Proc | None, pid: int) -> str | None:
+    """Why `pid` must never be signalled, whoever asks, from what the process is alone (not a process, init, a
+    kernel thread); None when nothing about it forbids it. `protection_reason` adds procguard's own lineage.
+    Reads nothing: the app's demo scenario applies the same rules to made-up processes with it."""
     if pid <= 0:
         return f"pid {pid} is not a process (0 and negative pids address groups)"
     if pid == 1:
         return "pid 1 is init: signalling it can bring the system down"
     if proc is not None and (proc.kernel_thread or proc.ppid == 2 or pid == 2):
         return f"pid {pid} is a kernel thread"
+    return None
+
+
+def protection_reason(proc: Proc | None, pid: int, lineage: set[int] | None = None) -> str | None:
+    """Why `pid` must not be signalled, or None when it may be."""
+    why = process_protection(proc, pid)
+    if why is not None:
+        return why
     if lineage is None:
         lineage = own_lineage()
     if pid == os.getpid():

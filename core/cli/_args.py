@@ -27,14 +27,17 @@ def one_line(text: object) -> str:
     return safe(text)
 
 
-def seconds_arg(flag: str):  # type: ignore[no-untyped-def]
+def seconds_arg(flag: str, *, positive: bool = False):  # type: ignore[no-untyped-def]
+    """`positive`: 0 is refused too (an interval, where 0 would mean a busy loop)."""
+
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
             raise UsageError(f"invalid {flag} {text!r}: not a number of seconds") from None
-        if v < 0 or v != v or v == float("inf"):
-            raise UsageError(f"invalid {flag} {text!r}: must be a finite number of seconds >= 0")
+        if v < 0 or v != v or v == float("inf") or (positive and v == 0):
+            want = "> 0" if positive else ">= 0"
+            raise UsageError(f"invalid {flag} {text!r}: must be a finite number of seconds {want}")
         return v
 
     return parse
