@@ -38,8 +38,19 @@ from typing import NamedTuple
 from procguard.core import procfs
 from procguard.core.protect import own_lineage
 from procguard.core.sanitize import safe
-from procguard.core.signals import Outcome, SignalResult
-from procguard.core.snapshot import username_of
+from procguard.core.signals import (
+    Outcome,
+    Pinned,
+    Progress,
+    ProgressFn,
+    SignalResult,
+    Target,
+    confirm_states,
+    finish_survivors,
+    pin_pid,
+    send_each,
+    send_term,
+)
 
 __all__ = [
     "CgroupDir",
@@ -76,7 +87,6 @@ __all__ = [
     "thaw_cgroup",
 ]
 
-HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 KILL_CONFIRM_TIMEOUT = 2.0  # seconds a killed cgroup may take to empty before the result says unconfirmed
 FREEZE_TIMEOUT = 2.0  # seconds a freeze or thaw may take to be reported by the kernel
 _RESCAN = 0.05  # seconds between rereads of cgroup.procs while waiting (newcomers of a grace period)
@@ -665,87 +675,6 @@ def _refusal(cg: CgroupDir, members: Iterable[int], *, lineage_check: bool = Tru
     return None
 
 
-# ---------------------------------------------------------------------------------------------- pinning
-
-
-class _Pin:
-    """A member process pinned by a pidfd (checked against its start time), so a reused pid is never hit."""
-
-    __slots__ = ("pid", "start_ticks", "name", "cmdline", "username", "fd", "result", "signalled")
-
-    def __init__(self, pid: int, start_ticks: int, name: str, fd: int | None) -> None:
-        self.pid, self.start_ticks, self.name, self.fd = pid, start_ticks, name, fd
-        cmd = procfs.read_cmdline(pid)
-        self.cmdline: tuple[str, ...] = cmd or ()
-        uid = procfs.read_uid(pid)
-        self.username = username_of(uid) if uid is not None else "?"
-        self.result: SignalResult | None = None
-        self.signalled = False
-
-    @classmethod
-    def make(cls, pid: int) -> _Pin | None:
-        st = procfs.read_stat(pid)
-        if st is None or st.state in ("Z", "X") or st.flags & procfs.PF_KTHREAD:
-            return None
-        fd: int | None = None
-        if HAS_PIDFD:
-            try:
-                fd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                return None
-            except OSError:
-                fd = None  # e.g. seccomp: fall back to start-time checks
-        again = procfs.read_stat(pid)
-        if again is None or again.start_ticks != st.start_ticks:
-            if fd is not None:
-                os.close(fd)
-            return None
-        return cls(pid, st.start_ticks, st.comm, fd)
-
-    def same(self) -> bool:
-        st = procfs.read_stat(self.pid)
-        return st is not None and st.start_ticks == self.start_ticks
-
-    def state(self) -> str | None:
-        st = procfs.read_stat(self.pid)
-        return st.state if st is not None and st.start_ticks == self.start_ticks else None
-
-    def exited(self) -> bool:
-        if self.fd is not None:
-            p = select.poll()
-            p.register(self.fd, select.POLLIN)
-            return bool(p.poll(0))
-        s = self.state()
-        return s is None or s in ("Z", "X")
-
-    def send(self, sig: int) -> str | None:
-        """None, 'gone' or 'denied'."""
-        try:
-            if self.fd is not None:
-                signal.pidfd_send_signal(self.fd, sig)
-            else:
-                if not self.same():
-                    return "gone"
-                os.kill(self.pid, sig)
-        except ProcessLookupError:
-            return "gone"
-        except PermissionError:
-            return "denied"
-        return None
-
-    def finish(self, outcome: Outcome, elapsed: float, reason: str | None = None) -> None:
-        if self.result is None:
-            self.result = SignalResult(self.pid, outcome, max(0.0, elapsed), reason, self.name, self.cmdline,
-                                       self.username)
-        self.close()
-
-    def close(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-
-
 # ---------------------------------------------------------------------------------------------- results
 
 
@@ -871,12 +800,14 @@ def _poll_wait(fds: Sequence[tuple[int, int]], seconds: float) -> None:
 
 
 class _Job:
-    """One action on one cgroup: its directory fd, its pinned members and the clock."""
+    """One action on one cgroup: its directory fd, its pinned members (signals.Pinned, the one pinned-process
+    handle) and the clock."""
 
     def __init__(self, cg: CgroupDir, dirfd: int) -> None:
         self.cg = cg
         self.fd = dirfd
-        self.pins: dict[int, _Pin] = {}
+        self.target = Target.cgroup(cg.path)
+        self.pins: dict[int, Pinned] = {}
         self.t0 = time.monotonic()
         self.notes: list[str] = []
         self._events: int | None = None
@@ -897,19 +828,19 @@ class _Job:
     def members(self) -> list[int]:
         return _members_fd(self.fd)
 
-    def pin_new(self) -> list[_Pin]:
+    def pin_new(self) -> list[Pinned]:
         """Pin members not pinned yet (first call: all of them)."""
         out = []
         for pid in self.members():
             if pid in self.pins:
                 continue
-            p = _Pin.make(pid)
+            p = pin_pid(pid, self.target)
             if p is not None:
                 self.pins[pid] = p
                 out.append(p)
         return out
 
-    def live(self) -> list[_Pin]:
+    def live(self) -> list[Pinned]:
         return [p for p in self.pins.values() if p.result is None]
 
     def state(self) -> CgroupState:
@@ -934,7 +865,7 @@ class _Job:
         st = self.state()
         return st.populated is False if st.populated is not None else not self.members()
 
-    def _wait_fds(self, pins: Iterable[_Pin]) -> list[tuple[int, int]]:
+    def _wait_fds(self, pins: Iterable[Pinned]) -> list[tuple[int, int]]:
         fds = [(p.fd, select.POLLIN) for p in pins if p.fd is not None]
         if self._events is not None:
             fds.append((self._events, select.POLLPRI))  # cgroup.events changes notify POLLPRI
@@ -967,16 +898,6 @@ class _Job:
             if p.result is not None:
                 out.append(p.result)
         return tuple(out)
-
-
-def _deny_or_gone(job: _Job, p: _Pin, err: str | None) -> bool:
-    if err == "denied":
-        p.finish(Outcome.DENIED, job.now(), f"no permission to signal pid {p.pid} (owned by {p.username})")
-        return True
-    if err == "gone":
-        p.finish(Outcome.ALREADY_GONE, job.now(), "exited before it was signalled")
-        return True
-    return False
 
 
 # ---------------------------------------------------------------------------------------------- kill
@@ -1034,23 +955,20 @@ def _stop_rounds(job: _Job) -> bool:
             return True
         for p in fresh:
             p.signalled = True
-            _deny_or_gone(job, p, p.send(signal.SIGSTOP))
+        send_each(fresh, signal.SIGSTOP, job.t0)
     return False
 
 
 def _sigkill_members(job: _Job) -> None:
     job.pin_new()
-    for p in job.live():
-        _deny_or_gone(job, p, p.send(signal.SIGKILL))
+    send_each(job.live(), signal.SIGKILL, job.t0)
 
 
 def _confirm_dead(job: _Job, timeout: float) -> bool:
     """Wait for every pinned member to exit and the cgroup to be empty; mark the rest survived."""
     deadline = time.monotonic() + timeout
     ok = job.wait_until(lambda: not job.live() and job.empty(), deadline, Outcome.KILLED)
-    for p in job.live():
-        p.finish(Outcome.SURVIVED, job.now(), f"still alive {timeout:g} s after SIGKILL (state {p.state() or '?'}: "
-                 "uninterruptible sleep?)")
+    finish_survivors(job.live(), job.t0, "SIGKILL", timeout)
     return ok
 
 
@@ -1092,9 +1010,9 @@ def _kill_phase(job: _Job, method: str, timeout: float) -> tuple[str, str | None
             job.reap_exited(Outcome.KILLED)
             left = set(job.members())
             for p in job.live():
-                why = (f"still alive {timeout:g} s after cgroup.kill (state {p.state() or '?'}: uninterruptible "
-                       "sleep?)" if p.pid in left else "moved out of the cgroup before the kill")
-                p.finish(Outcome.SURVIVED, job.now(), why)
+                if p.pid not in left:
+                    p.finish(Outcome.SURVIVED, job.now(), "moved out of the cgroup before the kill")
+            finish_survivors(job.live(), job.t0, "cgroup.kill", timeout)
             return M_KILL, None, ok
     elif job.cg.version == 1 and method in ("auto", "cgroup"):
         fallback = "cgroup v1: no cgroup.kill"
@@ -1124,7 +1042,36 @@ def _job(path: str | CgroupDir, *, lineage_check: bool = True) -> Iterator[_Job]
             job.close()
 
 
-def kill_cgroup(path: str | CgroupDir, *, timeout: float = KILL_CONFIRM_TIMEOUT, method: str = "auto") -> CgroupResult:
+class _Reporter:
+    """Progress events for a caller's countdown (the app's confirm dialog), in signals' phases: sigterm, then
+    exited (as members go) or waiting (every quarter second), sigkill, done."""
+
+    def __init__(self, job: _Job, fn: ProgressFn | None, grace_end: float) -> None:
+        self.job, self.fn, self.grace_end = job, fn, grace_end
+        self.reported: set[int] = set()
+        self.last = -1.0
+
+    def send(self, phase: str, pids: Iterable[int]) -> None:
+        if self.fn is not None:
+            self.fn(Progress(phase, tuple(pids), max(0.0, self.grace_end - time.monotonic())))
+
+    def tick(self) -> None:
+        if self.fn is None:
+            return
+        done = {pid for pid, p in self.job.pins.items() if p.result is not None} - self.reported
+        now = time.monotonic()
+        if done:
+            self.reported |= done
+            self.send("exited", sorted(done))
+        elif now - self.last >= 0.25:
+            self.send("waiting", (p.pid for p in self.job.live()))
+        else:
+            return
+        self.last = now
+
+
+def kill_cgroup(path: str | CgroupDir, *, timeout: float = KILL_CONFIRM_TIMEOUT, method: str = "auto",
+                on_progress: ProgressFn | None = None) -> CgroupResult:
     """SIGKILL every process in the cgroup and below, and confirm the cgroup is empty.
 
     cgroup v2: one write to `cgroup.kill` (atomic: nothing forks past it). Otherwise freeze (v2 `cgroup.freeze`,
@@ -1135,16 +1082,19 @@ def kill_cgroup(path: str | CgroupDir, *, timeout: float = KILL_CONFIRM_TIMEOUT,
     with _job(path) as job:
         if not job.pins and not job.members():
             return CgroupResult(job.cg.path, "kill", "none", None, (), True, 0.0)
+        report = _Reporter(job, on_progress, job.t0)
+        report.send("sigkill", (p.pid for p in job.live()))
         used, fallback, ok = _kill_phase(job, method, timeout)
+        report.send("done", job.pins)
         return CgroupResult(job.cg.path, "kill", used, fallback, job.results(), ok, job.now(), tuple(job.notes))
 
 
 def terminate_cgroup(path: str | CgroupDir, grace: float = 5.0, *, timeout: float = KILL_CONFIRM_TIMEOUT,
-                     method: str = "auto") -> CgroupResult:
+                     method: str = "auto", on_progress: ProgressFn | None = None) -> CgroupResult:
     """SIGTERM every member (a frozen cgroup is thawed first and stopped members continued, or the SIGTERM would
     wait), SIGTERM members that appear during the grace too, wait up to `grace` seconds for the cgroup to empty,
     then end the rest as `kill_cgroup` does (cgroup.kill on v2). Members that exit in the grace are EXITED, the
-    others KILLED."""
+    others KILLED. `on_progress` hears signals' Progress events (sigterm, waiting/exited, sigkill, done)."""
     if grace < 0:
         raise ValueError(f"grace must be >= 0, not {grace}")
     _check_method(method)
@@ -1157,45 +1107,29 @@ def terminate_cgroup(path: str | CgroupDir, grace: float = 5.0, *, timeout: floa
                 job, False, FREEZE_TIMEOUT)
             job.notes.append("thawed first so the members can act on SIGTERM" if thaw is None
                              else f"could not thaw it first: {thaw}")
+        grace_end = job.t0 + grace
+        report = _Reporter(job, on_progress, grace_end)
 
         def sigterm_new() -> None:
-            for p in [p for p in job.live() if not p.signalled] + job.pin_new():
-                if p.signalled:
-                    continue
-                p.signalled = True
-                if not _deny_or_gone(job, p, p.send(signal.SIGTERM)) and p.state() in ("T", "t"):
-                    p.send(signal.SIGCONT)  # a stopped process keeps SIGTERM pending until continued
+            fresh = [p for p in job.live() if not p.signalled] + job.pin_new()
+            send_term([p for p in dict.fromkeys(fresh) if not p.signalled], job.t0)
+
+        def tick() -> None:
+            sigterm_new()
+            report.tick()
 
         sigterm_new()
-        grace_end = job.t0 + grace
-        ok = job.wait_until(lambda: not job.live() and job.empty(), grace_end, Outcome.EXITED, sigterm_new)
+        report.send("sigterm", (p.pid for p in job.live()))
+        ok = job.wait_until(lambda: not job.live() and job.empty(), grace_end, Outcome.EXITED, tick)
         if ok:
+            report.send("done", job.pins)
             return CgroupResult(job.cg.path, "terminate", "SIGTERM", None, job.results(), True, job.now(),
                                 tuple(job.notes))
+        report.send("sigkill", (p.pid for p in job.live()))
         used, fallback, ok = _kill_phase(job, method, timeout)
+        report.send("done", job.pins)
         return CgroupResult(job.cg.path, "terminate", f"SIGTERM, then {used}", fallback, job.results(), ok,
                             job.now(), tuple(job.notes))
-
-
-def _confirm_stopped(job: _Job, want_stopped: bool, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    sleep = 0.0002
-    while True:
-        for p in job.live():
-            s = p.state()
-            if s is None or s in ("Z", "X"):
-                p.finish(Outcome.ALREADY_GONE, job.now(), "exited meanwhile")
-            elif (s in ("T", "t")) == want_stopped:
-                p.finish(Outcome.PAUSED if want_stopped else Outcome.RESUMED, job.now())
-        if not job.live():
-            return True
-        if time.monotonic() >= deadline:
-            for p in job.live():
-                p.finish(Outcome.SURVIVED, job.now(), f"pid {p.pid} did not {'stop' if want_stopped else 'continue'}"
-                         f" within {timeout:g} s (state {p.state() or '?'})")
-            return False
-        time.sleep(sleep)
-        sleep = min(sleep * 2, 0.01)
 
 
 def _finish_all(job: _Job, outcome: Outcome) -> None:
@@ -1225,7 +1159,7 @@ def freeze_cgroup(path: str | CgroupDir, *, timeout: float = FREEZE_TIMEOUT, met
         else:
             fallback = "per-process signals asked for"
         settled = _stop_rounds(job)
-        ok = _confirm_stopped(job, True, timeout) and settled
+        ok = confirm_states(job.live(), True, job.t0, timeout) and settled
         return CgroupResult(job.cg.path, "freeze", M_STOP, fallback, job.results(), ok, job.now(),
                             () if settled else (f"members kept appearing after {_MAX_STOP_ROUNDS} rounds",))
 
@@ -1243,10 +1177,9 @@ def thaw_cgroup(path: str | CgroupDir, *, timeout: float = FREEZE_TIMEOUT) -> Cg
             confirmed = why is None
             method = (M_V2_FREEZE if job.cg.version == 2 else M_V1_FREEZE) if why is None else M_CONT
         stopped = [p for p in job.live() if p.state() in ("T", "t")]
-        for p in stopped:
-            _deny_or_gone(job, p, p.send(signal.SIGCONT))
+        send_each(stopped, signal.SIGCONT, job.t0)
         if stopped:
-            confirmed = _confirm_stopped(job, False, timeout) and confirmed
+            confirmed = confirm_states(job.live(), False, job.t0, timeout) and confirmed
             if method != M_CONT:
                 method = f"{method} + {M_CONT}"
         _finish_all(job, Outcome.RESUMED)

@@ -13,6 +13,11 @@ Every action runs in explicit phases, each a small function below:
 5. kill: survivors of the grace get SIGKILL (a group at once with killpg when that is safe, a tree frozen
    with SIGSTOP first so it can't fork past us);
 6. confirm: each death (or stop, or continue) is seen before it is reported.
+
+A cgroup target (`Target.cgroup(path)`) is a whole cgroup: `procguard.core.cgroups` acts on it (cgroup.kill and
+cgroup.freeze on v2, freeze-then-kill elsewhere) with the same pinned handles and phase functions, which are
+public here for that reason: `Pinned`, `pin_pid`, `send_each`, `send_term`, `wait_exits`, `finish_survivors`,
+`confirm_states`, `finish_denied_or_gone`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class Outcome(str, Enum):
     SURVIVED = "survived"  # still there after SIGKILL (D state), or did not stop/continue
     PAUSED = "paused"
     RESUMED = "resumed"
+    UNREACHABLE = "unreachable"  # a cluster node died or did not answer: nothing is known of the process
 
     def __str__(self) -> str:
         return self.value
@@ -58,10 +64,12 @@ class Outcome(str, Enum):
 
 @dataclass(frozen=True)
 class Target:
-    """What to act on: one pid, the process group `id`, or the tree rooted at pid `id`."""
+    """What to act on: one pid, the process group `id`, the tree rooted at pid `id`, or every process in the
+    cgroup `path` and its descendants (`id` is 0 for a cgroup)."""
 
-    kind: Literal["pid", "group", "tree"]
+    kind: Literal["pid", "group", "tree", "cgroup"]
     id: int
+    path: str = ""  # kind "cgroup" only: the cgroup path (as /proc/PID/cgroup shows it) or its folder
 
     @classmethod
     def pid(cls, pid: int) -> Target:
@@ -75,7 +83,19 @@ class Target:
     def tree(cls, pid: int) -> Target:
         return cls("tree", pid)
 
+    @classmethod
+    def cgroup(cls, path: str) -> Target:
+        """A whole cgroup. Terminate/kill/pause/resume act on it through `procguard.core.cgroups` (one write to
+        cgroup.kill / cgroup.freeze on v2, so no member can fork past them); a path that is not a cgroup, or one
+        that is refused (the root cgroup, or one holding procguard, its shell or pid 1), raises
+        `cgroups.CgroupError` (a ValueError) naming the path."""
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"cgroup target needs a path, not {path!r}")
+        return cls("cgroup", 0, path)
+
     def __str__(self) -> str:
+        if self.kind == "cgroup":
+            return f"cgroup {self.path}"
         return str(self.id) if self.kind == "pid" else f"{self.kind} {self.id}"
 
 
@@ -161,14 +181,32 @@ def _normalize(targets: TargetLike) -> list[Target]:
     return out
 
 
+def _split_cgroups(targets: TargetLike) -> tuple[list[Target], list[Target]]:
+    """(process targets, cgroup targets)."""
+    tlist = _normalize(targets)
+    return [t for t in tlist if t.kind != "cgroup"], [t for t in tlist if t.kind == "cgroup"]
+
+
+def _cgroup_members(t: Target, snap: Snapshot) -> tuple[list[Proc], str | None]:
+    """The members of a cgroup target now (in the snapshot), and why the action would be refused (for all)."""
+    from procguard.core import cgroups  # cgroups builds on this module: imported when a cgroup is named
+
+    plan = cgroups.cgroup_plan(t.path)
+    return [p for pid in plan.members if (p := snap.get(pid)) is not None], plan.refused
+
+
 def resolve(targets: TargetLike, snapshot: Snapshot | None = None) -> list[Member]:
-    """The dry run: every process the targets cover now, each once, with the reason it would be refused."""
+    """The dry run: every process the targets cover now, each once, with the reason it would be refused.
+    A cgroup target that would be refused as a whole has that reason on every member."""
     snap = snapshot if snapshot is not None else process_snapshot()
     lineage = own_lineage()
     seen: set[int] = set()
     out: list[Member] = []
     for t in _normalize(targets):
-        if t.kind == "pid":
+        refused: str | None = None
+        if t.kind == "cgroup":
+            procs, refused = _cgroup_members(t, snap)
+        elif t.kind == "pid":
             p = snap.get(t.id)
             procs = [p] if p is not None else []
             if p is None and t.id <= 1:
@@ -183,15 +221,17 @@ def resolve(targets: TargetLike, snapshot: Snapshot | None = None) -> list[Membe
             if p.pid in seen:
                 continue
             seen.add(p.pid)
-            out.append(Member.of(p, t, protection_reason(p, p.pid, lineage)))
+            out.append(Member.of(p, t, refused or protection_reason(p, p.pid, lineage)))
     return out
 
 
 # ---------------------------------------------------------------------------------------------- pinning
 
 
-class _Pinned:
-    """A member with a handle that can't be confused with a later process of the same pid."""
+class Pinned:
+    """A member with a handle that can't be confused with a later process of the same pid: a pidfd where the
+    kernel has them, else checks of its start time before every signal. The one pinned-process handle (cgroup
+    actions use it too): `pin()`, `send()`, `exited()`, `state()`, `finish()` into its `result`."""
 
     __slots__ = ("member", "id", "fd", "result", "signalled")
 
@@ -268,12 +308,12 @@ class _Pinned:
         return st.state
 
 
-def _pin_all(members: Sequence[Member]) -> tuple[list[_Pinned], list[_Pinned]]:
+def _pin_all(members: Sequence[Member]) -> tuple[list[Pinned], list[Pinned]]:
     """Returns (all, live): refused and vanished members are finished already."""
-    all_: list[_Pinned] = []
-    live: list[_Pinned] = []
+    all_: list[Pinned] = []
+    live: list[Pinned] = []
     for m in members:
-        p = _Pinned(m)
+        p = Pinned(m)
         all_.append(p)
         if m.protected:
             p.finish(Outcome.REFUSED, 0.0, m.protected)
@@ -284,7 +324,19 @@ def _pin_all(members: Sequence[Member]) -> tuple[list[_Pinned], list[_Pinned]]:
     return all_, live
 
 
-def _finish_denied_or_gone(p: _Pinned, err: str | None, t0: float) -> bool:
+def pin_pid(pid: int, target: Target) -> Pinned | None:
+    """Pin a process found by a rescan (not in a captured snapshot), reported under `target`; None when it is
+    gone, a zombie or a kernel thread."""
+    st = procfs.read_stat(pid)
+    if st is None or st.state in DEAD_STATES or st.flags & procfs.PF_KTHREAD:
+        return None
+    cmd = procfs.read_cmdline(pid) or ()
+    p = Pinned(_member_from_stat(pid, st, st.start_ticks, st.state, st.pgid, target, cmd))
+    return p if p.pin() else None
+
+
+def finish_denied_or_gone(p: Pinned, err: str | None, t0: float) -> bool:
+    """Finish `p` when `err` (what `Pinned.send` returned) says it could not be signalled; True when it did."""
     if err == "denied":
         p.finish(Outcome.DENIED, time.monotonic() - t0, f"no permission to signal pid {p.pid} "
                  f"(owned by {p.member.username})")
@@ -304,7 +356,7 @@ class _Run:
 
     __slots__ = ("targets", "capture_ticks", "pinned", "t0", "on_progress")
 
-    def __init__(self, targets: list[Target], capture_ticks: int, pinned: list[_Pinned],
+    def __init__(self, targets: list[Target], capture_ticks: int, pinned: list[Pinned],
                  on_progress: ProgressFn | None) -> None:
         self.targets = targets
         self.capture_ticks = capture_ticks
@@ -315,17 +367,17 @@ class _Run:
     def has(self, kind: str) -> bool:
         return any(t.kind == kind for t in self.targets)
 
-    def unfinished(self) -> list[_Pinned]:
+    def unfinished(self) -> list[Pinned]:
         return [p for p in self.pinned if p.result is None]
 
-    def newcomers(self, rows: dict[int, _Row] | None = None) -> list[_Pinned]:
+    def newcomers(self, rows: dict[int, _Row] | None = None) -> list[Pinned]:
         """Pinned members of group/tree targets that appeared since the capture (see _new_members)."""
         pids = _new_members(self.targets, self.pinned, self.capture_ticks, rows)
         return _pin_new(pids, _target_for_new(self.targets)) if pids else []
 
 
 def _capture(targets: TargetLike, snapshot: Snapshot | None,
-             on_progress: ProgressFn | None = None) -> tuple[_Run, list[_Pinned]]:
+             on_progress: ProgressFn | None = None) -> tuple[_Run, list[Pinned]]:
     """Phase 1: resolve and pin. Returns the run and its live members (refused or vanished ones are finished)."""
     tlist = _normalize(targets)
     capture_ticks = procfs.now_ticks()  # before resolving: anything born after this is a newcomer
@@ -333,16 +385,18 @@ def _capture(targets: TargetLike, snapshot: Snapshot | None,
     return _Run(tlist, capture_ticks, pinned, on_progress), live
 
 
-def _send_each(run: _Run, procs: Iterable[_Pinned], sig: int) -> None:
+def send_each(procs: Iterable[Pinned], sig: int, t0: float) -> None:
+    """Phase 2: send `sig` to each unfinished member, finishing those that are gone or denied (elapsed from t0)."""
     for p in procs:
-        _finish_denied_or_gone(p, p.send(sig), run.t0)
+        if p.result is None:
+            finish_denied_or_gone(p, p.send(sig), t0)
 
 
-def _send_term(run: _Run, procs: Sequence[_Pinned]) -> None:
+def send_term(procs: Sequence[Pinned], t0: float) -> None:
     """Phase 2 of terminate: SIGTERM, then SIGCONT to stopped members (a stopped process keeps SIGTERM pending
-    until it is continued)."""
+    until it is continued). Marks them `signalled`."""
     for p in procs:
-        if not _finish_denied_or_gone(p, p.send(signal.SIGTERM), run.t0):
+        if p.result is None and not finish_denied_or_gone(p, p.send(signal.SIGTERM), t0):
             p.signalled = True
     for p in procs:
         if p.result is None and p.state() in STOPPED_STATES:
@@ -352,8 +406,8 @@ def _send_term(run: _Run, procs: Sequence[_Pinned]) -> None:
 # ---------------------------------------------------------------------------------------------- waiting
 
 
-def _wait_exits(pinned: list[_Pinned], deadline: float, t0: float, outcome: Outcome,
-                on_progress: ProgressFn | None, grace_end: float | None = None) -> list[_Pinned]:
+def wait_exits(pinned: list[Pinned], deadline: float, t0: float, outcome: Outcome,
+               on_progress: ProgressFn | None = None, grace_end: float | None = None) -> list[Pinned]:
     """Phase 3: wait until every pinned process exits or the deadline passes; finish the exited ones with
     `outcome`. Returns the rest."""
     alive = [p for p in pinned if p.result is None]
@@ -364,11 +418,11 @@ def _wait_exits(pinned: list[_Pinned], deadline: float, t0: float, outcome: Outc
     return _wait_polling(alive, deadline, t0, outcome)
 
 
-def _wait_pidfds(alive: list[_Pinned], deadline: float, t0: float, outcome: Outcome,
-                 on_progress: ProgressFn | None, report_end: float) -> list[_Pinned]:
+def _wait_pidfds(alive: list[Pinned], deadline: float, t0: float, outcome: Outcome,
+                 on_progress: ProgressFn | None, report_end: float) -> list[Pinned]:
     """Sleep in poll() on the pidfds; with a progress listener, wake every 0.25 s to report."""
     poller = select.poll()
-    by_fd: dict[int, _Pinned] = {}
+    by_fd: dict[int, Pinned] = {}
     for p in alive:
         assert p.fd is not None
         poller.register(p.fd, select.POLLIN)
@@ -393,14 +447,14 @@ def _wait_pidfds(alive: list[_Pinned], deadline: float, t0: float, outcome: Outc
     return list(by_fd.values())
 
 
-def _report_wait(on_progress: ProgressFn, done: list[int], waiting: Iterable[_Pinned], remaining: float) -> None:
+def _report_wait(on_progress: ProgressFn, done: list[int], waiting: Iterable[Pinned], remaining: float) -> None:
     if done:
         on_progress(Progress("exited", tuple(done), remaining))
     else:
         on_progress(Progress("waiting", tuple(p.pid for p in waiting), remaining))
 
 
-def _wait_polling(alive: list[_Pinned], deadline: float, t0: float, outcome: Outcome) -> list[_Pinned]:
+def _wait_polling(alive: list[Pinned], deadline: float, t0: float, outcome: Outcome) -> list[Pinned]:
     """No pidfds: short adaptive waits on /proc, each member checked against its start time."""
     sleep = 0.0005
     while True:
@@ -419,13 +473,13 @@ def _await_grace(run: _Run, grace_end: float) -> None:
     """Phases 3 and 4 of terminate: wait for exits; when all are done inside the grace, rescan for members
     that appeared meanwhile and SIGTERM them too, within what is left of the grace."""
     while True:
-        rest = _wait_exits(run.pinned, grace_end, run.t0, Outcome.EXITED, run.on_progress, grace_end)
+        rest = wait_exits(run.pinned, grace_end, run.t0, Outcome.EXITED, run.on_progress, grace_end)
         if rest and time.monotonic() >= grace_end:
             return  # the kill phase rescans for newcomers: one scan after the grace, not two
         fresh = run.newcomers()
         late = time.monotonic() >= grace_end  # then the kill phase takes them, unsignalled so far
         if fresh and not late:
-            _send_term(run, fresh)
+            send_term(fresh, run.t0)
         run.pinned.extend(fresh)
         if not fresh or late:
             return
@@ -467,7 +521,7 @@ def _captured_groups(targets: list[Target], rows: dict[int, _Row], known: set[in
     return out
 
 
-def _new_members(targets: list[Target], pinned: list[_Pinned], capture_ticks: int,
+def _new_members(targets: list[Target], pinned: list[Pinned], capture_ticks: int,
                  rows: dict[int, _Row] | None = None) -> list[int]:
     """Phase 4: members of group/tree targets that were not captured: forked meanwhile, or reparented orphans.
     Never our own lineage, pid 0 or 1, or a zombie."""
@@ -489,7 +543,7 @@ def _signallable(pids: set[int], rows: dict[int, _Row]) -> list[int]:
     return sorted(pid for pid in live if pid > 1 and pid not in lineage)
 
 
-def _tree_newcomers(tree_pins: list[_Pinned], rows: dict[int, _Row], capture_ticks: int) -> set[int]:
+def _tree_newcomers(tree_pins: list[Pinned], rows: dict[int, _Row], capture_ticks: int) -> set[int]:
     """Everything below the tree members now, plus their orphans: a member that exited left its children to
     init, so catch those born after the capture in one of the tree's own process groups (a shell's group it
     shares with the tree is safe: its children keep it)."""
@@ -516,17 +570,8 @@ def _member_from_stat(pid: int, st: procfs.Stat | None, start_ticks: int, state:
                   target, None)
 
 
-def _pin_new(pids: list[int], target: Target) -> list[_Pinned]:
-    out: list[_Pinned] = []
-    for pid in pids:
-        st = procfs.read_stat(pid)
-        if st is None or st.flags & procfs.PF_KTHREAD:
-            continue
-        cmd = procfs.read_cmdline(pid) or ()
-        p = _Pinned(_member_from_stat(pid, st, st.start_ticks, st.state, st.pgid, target, cmd))
-        if p.pin():
-            out.append(p)
-    return out
+def _pin_new(pids: list[int], target: Target) -> list[Pinned]:
+    return [p for pid in pids if (p := pin_pid(pid, target)) is not None]
 
 
 def _target_for_new(targets: list[Target]) -> Target:
@@ -534,7 +579,7 @@ def _target_for_new(targets: list[Target]) -> Target:
     return next((t for t in targets if t.kind != "pid"), targets[0])
 
 
-def _dead_newcomers(run: _Run, rows: dict[int, _Row]) -> list[_Pinned]:
+def _dead_newcomers(run: _Run, rows: dict[int, _Row]) -> list[Pinned]:
     """Newcomers of the captured groups that are zombies now (the killpg ended them, or they exited during the
     grace), finished from their wait status: killed or exited."""
     known = {p.pid for p in run.pinned}
@@ -544,7 +589,7 @@ def _dead_newcomers(run: _Run, rows: dict[int, _Row]) -> list[_Pinned]:
     for r in rows.values():
         if r.state != "Z" or r.pgid not in groups or r.pid in known or r.start_ticks < run.capture_ticks:
             continue
-        p = _Pinned(_member_from_stat(r.pid, procfs.read_stat(r.pid), r.start_ticks, "Z", r.pgid, target, ()))
+        p = Pinned(_member_from_stat(r.pid, procfs.read_stat(r.pid), r.start_ticks, "Z", r.pgid, target, ()))
         if r.exit_code & 0x7F == signal.SIGKILL:
             p.finish(Outcome.KILLED, time.monotonic() - run.t0)
         else:
@@ -559,7 +604,7 @@ def _dead_newcomers(run: _Run, rows: dict[int, _Row]) -> list[_Pinned]:
 def _stop_unsignalled(run: _Run) -> None:
     for p in run.pinned:
         if p.result is None and not p.signalled:
-            _finish_denied_or_gone(p, p.send(signal.SIGSTOP), run.t0)
+            finish_denied_or_gone(p, p.send(signal.SIGSTOP), run.t0)
             p.signalled = True
 
 
@@ -573,7 +618,7 @@ def _freeze_and_collect(run: _Run) -> None:
         run.pinned.extend(fresh)
 
 
-def _killpg_safe(pgid: int, pinned: list[_Pinned]) -> bool:
+def _killpg_safe(pgid: int, pinned: list[Pinned]) -> bool:
     """killpg only hits what we mean to kill when (1) a pinned member is alive and in the group *now* (so the
     pgid is still the captured group, not a reused number), (2) no member of the group was refused (procguard,
     its shell or another protected process shares it: a script's `sleep & procguard kill --group $!`), and
@@ -586,7 +631,7 @@ def _killpg_safe(pgid: int, pinned: list[_Pinned]) -> bool:
     return not any(_in_group_now(pid, pgid) for pid in own_lineage())
 
 
-def _pinned_in_group_now(p: _Pinned, pgid: int) -> bool:
+def _pinned_in_group_now(p: Pinned, pgid: int) -> bool:
     if p.result is not None or p.exited():
         return False
     st = procfs.read_stat(p.pid)
@@ -634,30 +679,35 @@ def _kill_group_newcomers(run: _Run) -> None:
         _sigkill_and_confirm(fresh, run.t0, run.on_progress)
 
 
-def _sigkill_and_confirm(pinned: list[_Pinned], t0: float, on_progress: ProgressFn | None) -> None:
+def _sigkill_and_confirm(pinned: list[Pinned], t0: float, on_progress: ProgressFn | None) -> None:
     survivors = [p for p in pinned if p.result is None]
     if not survivors:
         return
-    killed: list[_Pinned] = []
+    killed: list[Pinned] = []
     for p in survivors:
         if p.exited():
             # It outlived the grace, so what ended it was our killpg (or the freeze): it was killed.
             p.finish(Outcome.KILLED, time.monotonic() - t0)
             continue
         err = p.send(signal.SIGKILL)
-        if not _finish_denied_or_gone(p, err, t0):
+        if not finish_denied_or_gone(p, err, t0):
             killed.append(p)
     if on_progress:
         on_progress(Progress("sigkill", tuple(p.pid for p in killed), 0.0))
-    rest = _wait_exits(killed, time.monotonic() + KILL_CONFIRM_TIMEOUT, t0, Outcome.KILLED, None)
-    for p in rest:
-        st = p.state()
-        p.finish(Outcome.SURVIVED, time.monotonic() - t0,
-                 f"still alive {KILL_CONFIRM_TIMEOUT:g} s after SIGKILL (state {st or '?'}: "
-                 "uninterruptible sleep?)")
+    rest = wait_exits(killed, time.monotonic() + KILL_CONFIRM_TIMEOUT, t0, Outcome.KILLED, None)
+    finish_survivors(rest, t0, "SIGKILL", KILL_CONFIRM_TIMEOUT)
 
 
-def _results(pinned: list[_Pinned]) -> list[SignalResult]:
+def finish_survivors(pinned: Iterable[Pinned], t0: float, after: str, timeout: float) -> None:
+    """Phase 6, the end of a kill: members still alive `timeout` seconds after `after` (SIGKILL, cgroup.kill)
+    are reported survived, with their state (D: uninterruptible sleep, which no signal ends)."""
+    for p in pinned:
+        if p.result is None:
+            p.finish(Outcome.SURVIVED, time.monotonic() - t0, f"still alive {timeout:g} s after {after} "
+                     f"(state {p.state() or '?'}: uninterruptible sleep?)")
+
+
+def _results(pinned: list[Pinned]) -> list[SignalResult]:
     out = []
     for p in pinned:
         p.close()
@@ -674,12 +724,42 @@ def terminate(targets: TargetLike, grace: float = 5.0, *, snapshot: Snapshot | N
     """SIGTERM every member (SIGCONT to stopped ones), wait up to `grace` seconds, then SIGKILL survivors.
 
     Group and tree targets are rescanned after the grace for members that appeared meanwhile; a tree is
-    frozen (SIGSTOP) before the SIGKILL so it can't fork past us. Returns one result per process.
+    frozen (SIGSTOP) before the SIGKILL so it can't fork past us. A cgroup target (after the others) gets its
+    members' SIGTERM, newcomers of the grace too, and cgroup.kill after it (see `cgroups.terminate_cgroup`).
+    Returns one result per process.
     """
     if grace < 0:
         raise ValueError(f"grace must be >= 0, not {grace}")
+    procs, cgs = _split_cgroups(targets)
+    out = _terminate(procs, grace, snapshot, on_progress) if procs or not cgs else []
+    return out + _on_cgroups("terminate", cgs, grace, on_progress)
+
+
+def _on_cgroups(action: str, cgs: list[Target], grace: float = 0.0,
+                on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    """Run an action on each cgroup target through procguard.core.cgroups; its results, in order."""
+    if not cgs:
+        return []
+    from procguard.core import cgroups  # cgroups builds on this module: imported when a cgroup is named
+
+    out: list[SignalResult] = []
+    for t in cgs:
+        if action == "terminate":
+            r = cgroups.terminate_cgroup(t.path, grace, on_progress=on_progress)
+        elif action == "kill":
+            r = cgroups.kill_cgroup(t.path, on_progress=on_progress)
+        elif action == "pause":
+            r = cgroups.freeze_cgroup(t.path)
+        else:
+            r = cgroups.thaw_cgroup(t.path)
+        out.extend(r.results)
+    return out
+
+
+def _terminate(targets: list[Target], grace: float, snapshot: Snapshot | None,
+               on_progress: ProgressFn | None) -> list[SignalResult]:
     run, live = _capture(targets, snapshot, on_progress)
-    _send_term(run, live)
+    send_term(live, run.t0)
     grace_end = run.t0 + grace
     if on_progress:
         on_progress(Progress("sigterm", tuple(p.pid for p in live if p.result is None), grace))
@@ -693,22 +773,33 @@ def terminate(targets: TargetLike, grace: float = 5.0, *, snapshot: Snapshot | N
 
 def kill(targets: TargetLike, *, snapshot: Snapshot | None = None,
          on_progress: ProgressFn | None = None) -> list[SignalResult]:
-    """SIGKILL every member (trees frozen first, groups with killpg) and confirm death."""
-    run, _live = _capture(targets, snapshot, on_progress)
-    _kill_phase(run)
-    return _results(run.pinned)
+    """SIGKILL every member (trees frozen first, groups with killpg, cgroups with cgroup.kill) and confirm
+    death."""
+    procs, cgs = _split_cgroups(targets)
+    out: list[SignalResult] = []
+    if procs or not cgs:
+        run, _live = _capture(procs, snapshot, on_progress)
+        _kill_phase(run)
+        out = _results(run.pinned)
+    return out + _on_cgroups("kill", cgs, on_progress=on_progress)
 
 
 def _stop_or_continue(targets: TargetLike, snapshot: Snapshot | None, sig: int) -> list[SignalResult]:
+    procs, cgs = _split_cgroups(targets)
+    out = _stop_or_continue_procs(procs, snapshot, sig) if procs or not cgs else []
+    return out + _on_cgroups("pause" if sig == signal.SIGSTOP else "resume", cgs)
+
+
+def _stop_or_continue_procs(targets: list[Target], snapshot: Snapshot | None, sig: int) -> list[SignalResult]:
     run, live = _capture(targets, snapshot)
     stopping = sig == signal.SIGSTOP
     if stopping and run.has("tree"):
         _freeze_and_collect(run)
     else:
-        _send_each(run, live, sig)
+        send_each(live, sig, run.t0)
         if stopping:
             _stop_newcomers(run)
-    _confirm_states(run, stopping)
+    confirm_states(run.pinned, stopping, run.t0)
     return _results(run.pinned)
 
 
@@ -718,28 +809,31 @@ def _stop_newcomers(run: _Run) -> None:
         fresh = run.newcomers()
         if not fresh:
             return
-        _send_each(run, fresh, signal.SIGSTOP)
+        send_each(fresh, signal.SIGSTOP, run.t0)
         run.pinned.extend(fresh)
 
 
-def _confirm_states(run: _Run, want_stopped: bool) -> None:
-    """Phase 6 of pause/resume: wait until /proc shows every member stopped (or running again)."""
-    pending = run.unfinished()
-    deadline = time.monotonic() + STOP_CONFIRM_TIMEOUT
+def confirm_states(pinned: Iterable[Pinned], want_stopped: bool, t0: float,
+                   timeout: float = STOP_CONFIRM_TIMEOUT) -> bool:
+    """Phase 6 of pause/resume: wait until /proc shows every unfinished member stopped (or running again), and
+    finish it paused (resumed); after `timeout` seconds the rest are survived. True when all were confirmed."""
+    pending = [p for p in pinned if p.result is None]
+    deadline = time.monotonic() + timeout
     sleep = 0.0002
     while pending:
         now = time.monotonic()
-        pending = [p for p in pending if not _state_confirmed(p, want_stopped, now - run.t0)]
+        pending = [p for p in pending if not _state_confirmed(p, want_stopped, now - t0)]
         if not pending:
-            return
+            return True
         if now >= deadline:
-            _finish_unconfirmed(pending, want_stopped, now - run.t0)
-            return
+            _finish_unconfirmed(pending, want_stopped, now - t0, timeout)
+            return False
         time.sleep(sleep)
         sleep = min(sleep * 2, 0.01)
+    return True
 
 
-def _state_confirmed(p: _Pinned, want_stopped: bool, elapsed: float) -> bool:
+def _state_confirmed(p: Pinned, want_stopped: bool, elapsed: float) -> bool:
     st = p.state()
     if st is None or st in DEAD_STATES:
         p.finish(Outcome.ALREADY_GONE, elapsed, "exited meanwhile")
@@ -748,21 +842,21 @@ def _state_confirmed(p: _Pinned, want_stopped: bool, elapsed: float) -> bool:
     return p.result is not None
 
 
-def _finish_unconfirmed(pending: list[_Pinned], want_stopped: bool, elapsed: float) -> None:
+def _finish_unconfirmed(pending: list[Pinned], want_stopped: bool, elapsed: float, timeout: float) -> None:
     why = "did not stop" if want_stopped else "is still stopped (traced by a debugger?)"
     for p in pending:
         st = p.state()
-        p.finish(Outcome.SURVIVED, elapsed, f"pid {p.pid} {why} after {STOP_CONFIRM_TIMEOUT:g} s "
-                 f"(state {st or '?'})")
+        p.finish(Outcome.SURVIVED, elapsed, f"pid {p.pid} {why} after {timeout:g} s (state {st or '?'})")
 
 
 def pause(targets: TargetLike, *, snapshot: Snapshot | None = None) -> list[SignalResult]:
-    """SIGSTOP every member (a tree is rescanned until no new member appears); confirmed in /proc."""
+    """SIGSTOP every member (a tree is rescanned until no new member appears); confirmed in /proc. A cgroup is
+    frozen with cgroup.freeze (v2; confirmed by cgroup.events), else the v1 freezer, else SIGSTOP rounds."""
     return _stop_or_continue(targets, snapshot, signal.SIGSTOP)
 
 
 def resume(targets: TargetLike, *, snapshot: Snapshot | None = None) -> list[SignalResult]:
-    """SIGCONT every member; confirmed in /proc."""
+    """SIGCONT every member; confirmed in /proc. A cgroup is thawed (and its SIGSTOPped members continued)."""
     return _stop_or_continue(targets, snapshot, signal.SIGCONT)
 
 
@@ -780,12 +874,14 @@ def summarize(results: Sequence[SignalResult]) -> str:
     if Outcome.ALREADY_GONE in by:
         parts.append(f"{len(by[Outcome.ALREADY_GONE])} already gone")
     for o, label in ((Outcome.PAUSED, "paused"), (Outcome.RESUMED, "resumed"), (Outcome.DENIED, "denied"),
-                     (Outcome.REFUSED, "refused"), (Outcome.SURVIVED, "survived")):
+                     (Outcome.REFUSED, "refused"), (Outcome.SURVIVED, "survived"),
+                     (Outcome.UNREACHABLE, "unreachable")):
         if o in by:
             parts.append(f"{len(by[o])} {label}")
     head = f"{ended} ended: " if ended else ""
     return head + ", ".join(parts) if parts else "nothing to do"
 
 
-__all__ = ["Outcome", "Target", "Member", "SignalResult", "Progress", "resolve", "terminate", "kill", "pause",
-           "resume", "summarize"]
+__all__ = ["Outcome", "Target", "Member", "SignalResult", "Progress", "Pinned", "resolve", "terminate", "kill",
+           "pause", "resume", "summarize", "pin_pid", "send_each", "send_term", "wait_exits", "finish_survivors",
+           "confirm_states", "finish_denied_or_gone"]
