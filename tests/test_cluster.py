@@ -593,6 +593,14 @@ def test_import_without_ray_names_the_extra() -> None:
     (["pause", "--ray", "127.0.0.1:1", "12"], "pid 12 needs a node with --ray"),
     (["term", ":12"], "needs a node before the colon"),
     (["term", "head:x"], "invalid pid 'x'"),
+    (["dupes", "--ray", "127.0.0.1:1", "--explain", "12"], "dupes --explain does not take --ray"),
+    (["dupes", "--ray", "127.0.0.1:1", "--all-users"], "dupes --all-users does not take --ray"),
+    (["ps", "--task", "abcd"], "--task needs --ray"),
+    (["ps", "--ray", "127.0.0.1:1", "--task", "xyz"], "invalid task id 'xyz'"),
+    (["locks", "--node-timeout", "3"], "--node-timeout needs --ray"),
+    (["term", "--node-timeout", "3", "12"], "--node-timeout needs --ray"),
+    (["gpu", "--ray", "127.0.0.1:1", "--node-timeout", "0"], "must be more than 0"),
+    (["cancel", "abcd"], "cancel needs --ray"),
 ])
 def test_cli_node_target_errors(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(args) == 2
@@ -715,8 +723,39 @@ def test_cancel_by_task_id_kills_a_blocked_worker_and_its_retry_stops(ray_cluste
     assert not any(r.task_id == tid for r in tracked_tasks())
 
 
+def test_cli_cancel_ends_a_task_blocked_in_c_code(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`procguard cancel --ray ADDRESS TASK_ID`: the task's child ends, the task, in time.sleep(600), has its
+    worker killed after the grace, and ray.get raises within grace + 5 s; per-process outcomes, exit 0."""
+    rc = ray_cluster
+    pidfile = tmp_path / "pids"
+    ref = blocked_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(pidfile), "316.5")
+    worker, child = (pinned.add(p) for p in _read_pids(pidfile))
+    tid = _record(ref).task_id
+    assert cli_main(["cancel", "--ray", rc.address, "zz12"]) == 2  # bad ids: one line, nothing done
+    assert "invalid task id 'zz12'" in capsys.readouterr().err
+    assert cli_main(["cancel", "--ray", rc.address, "ab" * 24]) == 1  # a full id procguard does not track
+    assert "untracked" in capsys.readouterr().out
+    grace = 1.0
+    start = time.monotonic()
+
+    code = cli_main(["cancel", "--ray", rc.address, tid[:10], "--grace", str(grace)])
+
+    err = _raises_by(ref, start + grace + 5.0)
+    assert isinstance(err, (ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError)), err
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert code == 0, out
+    assert lines[0] == f"task {tid} (node {rc.worker[:8]}): force-cancelled"
+    rows = {int(ln.split()[1]): (ln.split()[0], ln.split()[2]) for ln in lines[1:]}
+    assert rows == {child: (rc.worker[:8], "exited"), worker: (rc.worker[:8], "killed")}, lines
+    assert out.err.startswith("1 task(s): 1 force-cancelled; 2 ended") and out.err.count("\n") == 1, out.err
+    assert is_gone(child) and is_gone(worker)
+    assert not any(r.task_id == tid for r in tracked_tasks())
+
+
 def test_owners_name_a_tasks_processes_and_an_actors_worker(ray_cluster: RayCluster, pinned: Pinned,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = ray_cluster
     pidfile, shellfile = tmp_path / "pids", tmp_path / "shell"
     ref = tree_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(pidfile), str(shellfile))
@@ -745,6 +784,28 @@ def test_owners_name_a_tasks_processes_and_an_actors_worker(ray_cluster: RayClus
         assert [p.pid for _n, p, _o in task_processes(snaps, holder._actor_id.hex()[:10])] == [holder_pid]
         # The head node shares this machine's /proc here, but the task is the worker node's: not named there.
         assert not task_processes(cluster_snapshot(node_ids=[rc.head]), tid)
+
+        # The CLI: `ps --ray --json` carries each process's owner, `ps --ray --task` shows one task's processes.
+        assert cli_main(["ps", "--ray", rc.address, "--json"]) == 0
+        rows = {(r["node"], r["pid"]): r for r in json.loads(capsys.readouterr().out)}
+        task_owner = {"job": rec.job_id, "task": tid, "actor": None, "actor_class": None, "function": rec.name,
+                      "tracked": True}
+        assert rows[(rc.worker, rec.worker_pid)]["owner"] == {**task_owner, "role": "worker"}
+        for p in (child, grandchild, shell):
+            assert rows[(rc.worker, p)]["owner"] == {**task_owner, "role": "child"}, p
+            assert rows[(rc.head, p)]["owner"] is None  # the same process, as the head node lists it
+        owner = rows[(rc.worker, holder_pid)]["owner"]
+        assert (owner["actor"], owner["actor_class"], owner["task"]) == (holder._actor_id.hex(), actor.actor_class,
+                                                                         None)
+        assert cli_main(["ps", "--ray", rc.address, "--task", tid[:8].upper()]) == 0
+        table = capsys.readouterr().out.splitlines()
+        assert table[0].split()[:2] == ["NODE", "PID"] and "TASK" in table[0].split()
+        shown = sorted((ln.split()[0], int(ln.split()[1]), ln.split()[9]) for ln in table[1:])
+        assert shown == sorted((rc.worker[:8], p, tid[:8]) for p in (rec.worker_pid, child, grandchild, shell))
+        assert cli_main(["ps", "--ray", rc.address, "--task", holder._actor_id.hex()[:12], "--json"]) == 0
+        assert [(r["node"], r["pid"]) for r in json.loads(capsys.readouterr().out)] == [(rc.worker, holder_pid)]
+        assert cli_main(["ps", "--ray", rc.address, "--task", "0123abcd"]) == 1  # no such task: said, exit 1
+        assert "no process of task 0123abcd" in capsys.readouterr().err
     finally:
         ray.kill(holder)
         cancel(ref, grace=0.5)
@@ -1159,7 +1220,8 @@ def test_tui_ray_errors_are_one_line(ray_cluster: RayCluster, tmp_path: Path) ->
 
 
 def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayCluster, pinned: Pinned,
-                                                               procs: ProcStarter, tmp_path: Path) -> None:
+                                                               procs: ProcStarter, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     """A fourth node: its agent stopped (no answer in time), then the node killed in the middle of a cancel.
     Runs last: the cluster keeps a dead node."""
     rc = ray_cluster
@@ -1173,14 +1235,34 @@ def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayC
         pinned.add(agent_pid)
         mine = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(300)", name="other_node")
 
+        spare = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(300)", name="spare")
+
         # 1. No answer in time: the node is named, the other nodes' answers come back.
         os.kill(agent_pid, signal.SIGSTOP)
         try:
             snaps = cluster_snapshot(node_timeout=2.0)
             results, failures = signal_nodes(None, "pause", {rc.worker: [Target.pid(mine.pid)],
                                                              doomed: [Target.pid(1)]}, grace=0.0, node_timeout=2.0)
+            ps_code = cli_main(["ps", "--ray", rc.address, "--node-timeout", "2", "--json"])
+            ps_out = capsys.readouterr()
+            kill_code = cli_main(["kill", "--ray", rc.address, f"{rc.worker}:{spare.pid}", f"{doomed}:{mine.pid}",
+                                  "--node-timeout", "2"])
+            kill_out = capsys.readouterr()
         finally:
             os.kill(agent_pid, signal.SIGCONT)
+        # The CLI: the failed node named in one line on stderr, every other node's rows, exit 1.
+        assert ps_code == 1 and ps_out.err.count("\n") == 1, ps_out.err
+        assert ps_out.err.startswith(f"procguard: node {doomed[:8]} ") and "did not answer within 2 s" in ps_out.err
+        assert {r["node"] for r in json.loads(ps_out.out)} == {n.node_id for n in nodes()} - {doomed}
+        # kill: the node that acted prints its result, the failed node's target is unreachable (never signalled).
+        assert kill_code == 1
+        rows = sorted(tuple(ln.split()[:3]) for ln in kill_out.out.splitlines())
+        assert rows == sorted([(rc.worker[:8], str(spare.pid), "killed"),
+                               (doomed[:8], str(mine.pid), "unreachable")]), kill_out.out
+        err = kill_out.err.splitlines()
+        assert len(err) == 2 and err[0].startswith(f"procguard: node {doomed[:8]} "), err
+        assert err[1].startswith("1 ended: 1 killed") and err[1].endswith(", 1 unreachable"), err
+        assert is_gone(spare.pid)
         by_node = {s.node.node_id: s for s in snaps}
         assert set(by_node) == {n.node_id for n in nodes()}
         bad = by_node.pop(doomed)

@@ -13,7 +13,7 @@ from procguard.core import format as fmt
 from procguard.core.sanitize import safe
 
 # Command modules, in help order. A module registers its subcommands with `register(subparsers)`.
-COMMAND_MODULES = ("ps", "signals", "run", "dupes", "locks", "gpu")
+COMMAND_MODULES = ("ps", "signals", "run", "dupes", "locks", "gpu", "cluster")  # cluster: `cancel`
 
 
 class UsageError(Exception):

@@ -42,7 +42,7 @@ NODE_TIMEOUT = 10.0  # seconds each node gets to answer (an action gets its grac
 CALL_TIMEOUT = NODE_TIMEOUT  # the former name
 
 # The outcome of a process on a node that could not be reached (it died, or did not answer in time).
-UNREACHABLE: Outcome = getattr(Outcome, "UNREACHABLE", Outcome.SURVIVED)
+UNREACHABLE = Outcome.UNREACHABLE
 
 
 class ClusterError(RuntimeError):
@@ -698,6 +698,42 @@ def cluster_resolve(address: str | None, node_id: str, targets: Sequence[Target]
     return [NodeMember(node_id, m) for m in got]
 
 
+def _per_node(address: str | None, wanted: Mapping[str, Any], method: str, args_of: Any,
+              node_timeout: float) -> tuple[dict[str, Any], dict[str, NodeInfo], list[NodeFailure]]:
+    """method(*args_of(node id)) on each node of `wanted` at once: node id -> answer, node id -> NodeInfo, and
+    the nodes that failed (no answer within node_timeout, dead, not in the cluster), in `wanted`'s order."""
+    live, gone = _node_list(address, wanted)
+    got = _calls([(n.node_id, method, args_of(n.node_id)) for n in live], node_timeout)
+    failed: dict[str, NodeFailure] = {f.node_id: f for f in gone}
+    out: dict[str, Any] = {}
+    for n, v in zip(live, got, strict=True):
+        if isinstance(v, _Failed):
+            failed[n.node_id] = NodeFailure(n, v.error, v.timed_out)
+        else:
+            out[n.node_id] = v
+    return out, {n.node_id: n for n in live}, [failed[nid] for nid in wanted if nid in failed]
+
+
+def targets_on_nodes(address: str | None, pids_by_node: Mapping[str, Sequence[int]], scope: str = "pid", *,
+                     node_timeout: float = NODE_TIMEOUT) -> tuple[dict[str, list[Target]], list[NodeFailure]]:
+    """cluster_targets() on several nodes at once: node id -> targets, and the nodes that failed. ValueError
+    names a pid a node that answered does not have."""
+    wanted = {nid: list(pids) for nid, pids in pids_by_node.items() if pids}
+    got, info, failures = _per_node(address, wanted, "targets", lambda nid: (wanted[nid], scope), node_timeout)
+    for nid, v in got.items():
+        if isinstance(v, str):
+            raise ValueError(f"{v} on node {info[nid].short}")
+    return {nid: list(v) for nid, v in got.items()}, failures
+
+
+def resolve_on_nodes(address: str | None, targets_by_node: Mapping[str, Sequence[Target]], *,
+                     node_timeout: float = NODE_TIMEOUT) -> tuple[list[NodeMember], list[NodeFailure]]:
+    """cluster_resolve() on several nodes at once (the dry run), and the nodes that failed."""
+    wanted = {nid: list(ts) for nid, ts in targets_by_node.items() if ts}
+    got, _info, failures = _per_node(address, wanted, "resolve", lambda nid: (wanted[nid],), node_timeout)
+    return [NodeMember(nid, m) for nid in wanted if nid in got for m in got[nid]], failures
+
+
 def signal_nodes(address: str | None, action: str, targets_by_node: Mapping[str, Sequence[Target]],
                  grace: float = 5.0, expect: Mapping[str, Mapping[int, int]] | None = None, *,
                  node_timeout: float = NODE_TIMEOUT) -> tuple[list[NodeSignalResult], list[NodeFailure]]:
@@ -781,5 +817,5 @@ __all__ = ["CALL_TIMEOUT", "NODE_TIMEOUT", "UNREACHABLE", "ClusterError", "NodeF
            "NodeMember", "NodeResult", "NodeSignalResult", "NodeSnapshot", "RoutingError", "agent",
            "cluster_duplicates", "cluster_gpu", "cluster_locks", "cluster_resolve", "cluster_signal",
            "cluster_signal_many", "cluster_snapshot", "cluster_targets", "connect", "find_node", "node_call",
-           "nodes", "registry", "registry_call", "shutdown_agents", "signal_nodes", "task_owners",
-           "task_processes", "tracked_tasks", "unreachable_result"]
+           "nodes", "registry", "registry_call", "resolve_on_nodes", "shutdown_agents", "signal_nodes",
+           "targets_on_nodes", "task_owners", "task_processes", "tracked_tasks", "unreachable_result"]
