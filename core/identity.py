@@ -295,6 +295,7 @@ class _Head(NamedTuple):
     entry: str | None  # console-script entry point ("pkg.mod:func"), only for a wrapper in a bin/ folder
     zipapp: bool
     python: bool  # a #! line naming a Python interpreter
+    interp: tuple[str, ...] = ()  # the #! line's words
 
 
 _HEAD_BYTES = 4096
@@ -334,7 +335,8 @@ def _read_head(path: str) -> _Head:
     in_bin = _basename(os.path.dirname(path)) == "bin"
     interp = shebang_interpreter(head)
     python = bool(interp) and any(is_python_interpreter(w) for w in interp[:3])  # type: ignore[index]
-    found = _Head("ok", console_entry_point(head) if in_bin else None, is_zipapp(head), python)
+    found = _Head("ok", console_entry_point(head) if in_bin else None, is_zipapp(head), python,
+                  tuple(interp or ()))
     with _heads_lock:
         if len(_heads) > 4096:
             _heads.clear()
@@ -465,10 +467,34 @@ def _target_identity(t: LaunchTarget, where: _Where, settings: Settings) -> Scri
     return _script_identity(path, t.args, where)
 
 
+def _find(program: str, cwd: str) -> str | None:
+    """The path exec would run for `program` (PATH lookup for a bare name), as exec passes it on."""
+    found = os.path.join(cwd, program) if "/" in program else shutil.which(program)
+    return found if found and os.path.exists(found) else None
+
+
 def _which(program: str, cwd: str) -> str | None:
     """Real path of the program a command names (PATH lookup for a bare name, like exec does)."""
-    found = os.path.join(cwd, program) if "/" in program else shutil.which(program)
-    return os.path.realpath(found) if found and os.path.exists(found) else None
+    found = _find(program, cwd)
+    return os.path.realpath(found) if found is not None else None
+
+
+def _shebang_command(interp: tuple[str, ...], script: str, args: tuple[str, ...], cwd: str
+                     ) -> tuple[str, str, tuple[str, ...]] | None:
+    """(executable, name, args) of the process the kernel makes of a #! script: the interpreter, with the
+    #! line's argument and the script as exec named it first (`#!/usr/bin/env prog`: env runs prog)."""
+    if not interp:
+        return None
+    if _basename(interp[0]) == "env":
+        words = [w for w in interp[1:] if w not in ("-S", "--split-string")]
+        while words and (words[0].startswith("-") or "=" in words[0]):
+            words.pop(0)  # env's options and NAME=VALUE assignments
+        if not words:
+            return None
+        exe = _which(words[0], cwd)
+        return (exe, words[0], (*words[1:], script, *args)) if exe is not None else None
+    extra = (" ".join(interp[1:]),) if len(interp) > 1 else ()  # the kernel passes the rest as one argument
+    return os.path.realpath(interp[0]), interp[0], (*extra, script, *args)
 
 
 def _script_identity(path: str, args: tuple[str, ...], where: _Where, head: _Head | None = None
@@ -644,13 +670,19 @@ def identity_for_command(argv: list[str] | tuple[str, ...], cwd: str,
     argv = tuple(argv)
     py = parse_python_cmdline(argv)
     if py is None:
-        prog = _which(argv[0], where.cwd() or cwd)
-        if prog is None:
+        folder = where.cwd() or cwd
+        found = _find(argv[0], folder)
+        if found is None:
             return None
-        if _read_head(prog).python:
+        prog = os.path.realpath(found)
+        head = _read_head(prog)
+        if head.python:
             py = parse_python_cmdline(("python", prog, *argv[1:]))
         else:
-            c = _finish(_command_identity(prog, argv[0], argv[1:], where.cwd() or cwd), settings)
+            # A #! script runs as its interpreter; a binary as itself.
+            as_run = argv[0] if "/" in argv[0] else found  # what exec hands the kernel, so the script arg
+            cmd = _shebang_command(head.interp, as_run, argv[1:], folder) or (prog, argv[0], argv[1:])
+            c = _finish(_command_identity(cmd[0], cmd[1], cmd[2], folder), settings)
             return c.identity if c.is_job else None
     assert py is not None
     c = _classify_python(py, argv, where, settings)

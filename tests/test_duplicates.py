@@ -32,7 +32,7 @@ from procguard.core.duplicates import (
     group_json,
     terminate_duplicates,
 )
-from procguard.core.identity import ScriptIdentity, identity_for_command, identity_for_path
+from procguard.core.identity import ScriptIdentity, fresh_proc, identity_for_command, identity_for_path
 from procguard.core.pyproc import parse_python_cmdline
 from procguard.core.signals import Outcome
 from procguard.core.snapshot import Proc, Snapshot, process_snapshot
@@ -763,24 +763,50 @@ def children_of(pid: int) -> list[Proc]:
     return [p for p in process_snapshot() if p.ppid == pid]
 
 
-def start_pg_run(procs: ProcStarter, cmd: list[str], cwd: Path, ready: bool = False) -> tuple[
-        subprocess.Popen[bytes], int]:
-    """`procguard run -- CMD` for real; returns (the launcher, its child: the job). The child runs in a session
-    of its own, so it is tracked for teardown by pid."""
-    p = procs.popen([PG, "run", "--", *cmd], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
-                    start_new_session=True)
-    kids = wait_for(lambda: [k for k in children_of(p.pid) if k.cmdline[:1] == (cmd[0],)], timeout=60)
-    child = kids[0].pid  # type: ignore[index]
-    procs.track(child)
-    if ready:
-        procs.wait_ready(p)
-    time.sleep(0.03)
-    return p, child
+class PgRuns:
+    """`procguard run -- CMD` for real. Its child (the job) runs in a session of its own, so at teardown each
+    job's group is SIGKILLed (while the job is still the launcher's child: the group can't be someone else's),
+    before `procs` kills the launchers."""
+
+    def __init__(self, procs: ProcStarter) -> None:
+        self.procs = procs
+        self.jobs: list[tuple[int, int]] = []  # (launcher pid, job pid)
+
+    def start(self, cmd: list[str], cwd: Path, ready: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+        """Returns (the launcher, its child: the job)."""
+        p = self.procs.popen([PG, "run", "--", *cmd], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
+                             start_new_session=True)
+        # Until it has exec'd, the child is a fork of the launcher, with the launcher's command line.
+        kids = wait_for(lambda: [k for k in children_of(p.pid) if k.cmdline and "run" not in k.cmdline[1:3]],
+                        timeout=60)
+        child = kids[0].pid  # type: ignore[index]
+        self.jobs.append((p.pid, child))
+        self.procs.track(child)
+        if ready:
+            self.procs.wait_ready(p)
+        time.sleep(0.03)
+        return p, child
+
+    def close(self) -> None:
+        for launcher, job in self.jobs:
+            st = fresh_proc(job)
+            if st is not None and st.ppid == launcher and st.pgid == job:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(job, signal.SIGKILL)
 
 
-def test_procguard_run_is_not_a_run_its_command_is(procs: ProcStarter, tmp_path: Path) -> None:
+@pytest.fixture
+def pg_runs(procs: ProcStarter) -> Iterator[PgRuns]:
+    runs = PgRuns(procs)
+    try:
+        yield runs
+    finally:
+        runs.close()
+
+
+def test_procguard_run_is_not_a_run_its_command_is(pg_runs: PgRuns, tmp_path: Path) -> None:
     (tmp_path / "w").mkdir()
-    started = [start_pg_run(procs, ["sleep", s], tmp_path / "w") for s in ("600", "610", "620")]
+    started = [pg_runs.start(["sleep", s], tmp_path / "w") for s in ("600", "610", "620")]
     launchers = [p for p, _ in started]
     # Three different commands under three `procguard run` launchers: nothing is a duplicate.
     assert duplicate_report(own_snapshot(*launchers)).groups == ()
@@ -796,22 +822,23 @@ def test_procguard_run_is_not_a_run_its_command_is(procs: ProcStarter, tmp_path:
     assert job.counted and job.identity is not None and job.identity.kind == "command"
     assert dict(job.identity.parts)["args"] == ("600",)
     # The same command twice is one job twice.
-    again, child = start_pg_run(procs, ["sleep", "600"], tmp_path / "w")
+    again, child = pg_runs.start(["sleep", "600"], tmp_path / "w")
     (g,) = duplicate_report(own_snapshot(*launchers, again)).groups
     assert [i.pid for i in g.instances] == [started[0][1], child]
 
 
-def test_procguard_run_of_the_same_python_twice_is_one_group(procs: ProcStarter, tmp_path: Path) -> None:
+def test_procguard_run_of_the_same_python_twice_is_one_group(pg_runs: PgRuns, tmp_path: Path) -> None:
     script = write(tmp_path / "pr" / "train.py")
-    a, ja = start_pg_run(procs, [PY, "train.py", "--lr", "1"], tmp_path / "pr", ready=True)
-    b, jb = start_pg_run(procs, [PY, str(script), "--lr", "2"], tmp_path, ready=True)
+    a, ja = pg_runs.start([PY, "train.py", "--lr", "1"], tmp_path / "pr", ready=True)
+    b, jb = pg_runs.start([PY, str(script), "--lr", "2"], tmp_path, ready=True)
     (g,) = find_duplicates(own_snapshot(a, b))
     assert g.identity.key == os.path.realpath(script)
     assert [i.pid for i in g.instances] == [ja, jb]  # the jobs, not the launchers
     assert [i.pid for i in find_instances(script)] == [ja, jb]
 
 
-def test_procguards_own_cli_and_app_are_never_counted(procs: ProcStarter, tmp_path: Path) -> None:
+def test_procguards_own_cli_and_app_are_never_counted(procs: ProcStarter, pg_runs: PgRuns,
+                                                        tmp_path: Path) -> None:
     from procguard.core.identity import classify, own_process
 
     bin_dir = Path(PY).parent
@@ -829,8 +856,8 @@ def test_procguards_own_cli_and_app_are_never_counted(procs: ProcStarter, tmp_pa
     assert classify(mk(helper.pid, ["python3", "-m", "bench", "--quick"])).own == "bench"
     assert classify(mk(helper.pid, ["python3", "-m", "benchmarks"])).code == "job"
     # Real processes: two identical `procguard run` launchers are no group (their commands differ).
-    a, _ = start_pg_run(procs, ["sleep", "601"], tmp_path)
-    b, _ = start_pg_run(procs, ["sleep", "602"], tmp_path)
+    a, _ = pg_runs.start(["sleep", "601"], tmp_path)
+    b, _ = pg_runs.start(["sleep", "602"], tmp_path)
     assert duplicate_report(own_snapshot(a, b)).groups == ()
     out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", str(a.pid), "--json"],
                          capture_output=True, text=True, env=clean_env(), timeout=60)
@@ -1103,3 +1130,17 @@ def test_valid_settings_parse() -> None:
     assert s.launcher_match("run-job") == "run-*" and s.launcher_match("other") is None
     assert s.never_match(["x"], ["/opt/a/serve.py"]) == "/opt/*/serve.py"
     assert settings_from_env({"PROCGUARD_LAUNCHERS": "  "}) == Settings()
+
+
+@pytest.mark.parametrize("shebang", ["#!/bin/sh", "#!/usr/bin/env sh"])
+def test_check_before_run_knows_a_shell_script_job(pg_runs: PgRuns, tmp_path: Path, shebang: str) -> None:
+    job = tmp_path / "sh" / "job.sh"
+    write(job, f"{shebang}\necho ready\nsleep 600\necho done\n")
+    job.chmod(0o755)
+    _, child = pg_runs.start(["./job.sh", "--epochs", "3"], tmp_path / "sh", ready=True)
+    running = explain(child).identity
+    ident = identity_for_command(["./job.sh", "--epochs", "3"], str(tmp_path / "sh"))
+    assert running is not None and ident is not None and ident.key == running.key
+    ok, msg = check_before_run(["./job.sh", "--epochs", "3"], str(tmp_path / "sh"), "abort")
+    assert not ok and f"pid {child}" in msg
+    assert check_before_run(["./job.sh", "--epochs", "4"], str(tmp_path / "sh"), "abort") == (True, "")
