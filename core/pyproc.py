@@ -94,60 +94,58 @@ def parse_python_cmdline(cmdline: Sequence[str], exe: str | None = None) -> Pyth
     return None
 
 
-def _parse_env(cmdline: Sequence[str]) -> PythonCmd | None:
-    """`env [OPTION]... [NAME=VALUE]... python ...` (also `env -S "python3 -u"` from shebang lines)."""
+def _env_long(cmdline: Sequence[str], i: int) -> tuple[int, list[str] | None]:
+    """A long env option at i: (next index, the command line when it was --split-string, else None)."""
+    name, eq, val = cmdline[i].partition("=")
+    if name == "--split-string":
+        if not eq:
+            i += 1
+            val = cmdline[i] if i < len(cmdline) else ""
+        return i + 1, _split_env_string(val) + list(cmdline[i + 1 :])
+    return (i + 2 if name in _ENV_LONG_WITHARG and not eq else i + 1), None
+
+
+def _env_short(cmdline: Sequence[str], i: int) -> tuple[int, list[str] | None]:
+    """Short env options at i, possibly combined: -iv, -uNAME, -u NAME, -S"python3 -u"."""
+    a = cmdline[i]
+    for j in range(1, len(a)):
+        ch = a[j]
+        if ch not in _ENV_SHORT_WITHARG:
+            continue
+        attached = a[j + 1 :]
+        skip = 1 if attached else 2  # the value is attached, or the next argv element
+        val = attached or (cmdline[i + 1] if i + 1 < len(cmdline) else "")
+        if ch == "S":
+            return i + skip, _split_env_string(val) + list(cmdline[i + skip :])
+        return i + skip, None
+    return i + 1, None
+
+
+def _env_command(cmdline: Sequence[str]) -> list[str]:
+    """What `env [OPTION]... [NAME=VALUE]... CMD...` runs: CMD... (split when given with -S)."""
     i = 1
     n = len(cmdline)
-    rest: list[str] | None = None
     while i < n:
         a = cmdline[i]
         if a == "--":
-            i += 1
-            break
-        if a == "-":  # same as -i
-            i += 1
-            continue
+            return list(cmdline[i + 1 :])
         if a.startswith("--"):
-            name, eq, val = a.partition("=")
-            if name == "--split-string":
-                if not eq:
-                    i += 1
-                    val = cmdline[i] if i < n else ""
-                rest = _split_env_string(val) + list(cmdline[i + 1 :])
-                break
-            if name in _ENV_LONG_WITHARG and not eq:
-                i += 2
-            else:
-                i += 1
-            continue
-        if a.startswith("-") and len(a) > 1:
-            # Short options, possibly combined: -iv, -uNAME, -u NAME, -S"python3 -u"
-            j = 1
-            consumed_next = False
-            while j < len(a):
-                ch = a[j]
-                if ch in _ENV_SHORT_WITHARG:
-                    attached = a[j + 1 :]
-                    if attached:
-                        val = attached
-                    else:
-                        consumed_next = True
-                        val = cmdline[i + 1] if i + 1 < n else ""
-                    if ch == "S":
-                        skip = 2 if consumed_next else 1
-                        rest = _split_env_string(val) + list(cmdline[i + skip :])
-                    break
-                j += 1
-            if rest is not None:
-                break
-            i += 2 if consumed_next else 1
-            continue
-        if "=" in a:  # NAME=VALUE assignment
+            i, rest = _env_long(cmdline, i)
+        elif a.startswith("-") and len(a) > 1:
+            i, rest = _env_short(cmdline, i)
+        elif a == "-" or "=" in a:  # "-" is -i; NAME=VALUE assignments
             i += 1
             continue
-        break
-    if rest is None:
-        rest = list(cmdline[i:])
+        else:
+            break
+        if rest is not None:
+            return rest
+    return list(cmdline[i:])
+
+
+def _parse_env(cmdline: Sequence[str]) -> PythonCmd | None:
+    """`env [OPTION]... [NAME=VALUE]... python ...` (also `env -S "python3 -u"` from shebang lines)."""
+    rest = _env_command(cmdline)
     # -S strings may themselves start with assignments or more env-style options; skip assignments.
     while rest and "=" in rest[0] and not rest[0].startswith("-") and "/" not in rest[0].partition("=")[0]:
         rest.pop(0)
