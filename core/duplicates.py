@@ -763,13 +763,14 @@ def _victim_changed(inst: Instance, identity: ScriptIdentity, settings: Settings
             what = now.display if now is not None else "nothing procguard counts as a job"
             return f"its identity changed: pid {pid} now runs {what}"
     if inst.pid not in inst.members:
-        # The head is a launcher: one identified by its target must still have it; a plain launcher
-        # (mpirun) must still be that launcher.
-        now = current_identity(inst.pid, settings)
-        if now is not None and now.key != identity.key:
-            return f"its identity changed: pid {inst.pid} now runs {now.display}"
+        # The head is a launcher: one identified by its target must still have that target; a plain launcher
+        # (mpirun) must still be a launcher.
         head = fresh_proc(inst.pid)
-        if now is None and (head is None or launcher_kind(head, settings) is None):
+        now = current_identity(inst.pid, settings)
+        if now is not None and now.launcher is not None:
+            if now.key != identity.key:
+                return f"its identity changed: pid {inst.pid} now launches {now.display}"
+        elif head is None or launcher_kind(head, settings) is None:
             return f"its identity changed: pid {inst.pid} is no longer its launcher"
     return None
 

@@ -530,6 +530,9 @@ def test_real_torchrun_same_script_is_one_group_other_script_none(torchruns: Tor
     (g,) = report.groups  # torchrun a.py twice: one group; torchrun b.py: a job of its own
     assert g.identity.key == os.path.realpath(torchruns.a) and g.identity.launcher is None
     assert [i.pid for i in g.instances] == [t1.pid, t2.pid]
+    from procguard.core.duplicates import recheck_victims
+
+    assert recheck_victims(g.identity, g.instances) == (list(g.instances), [])  # launchers and ranks unchanged
     assert find_duplicates(script=torchruns.b) == []
     (only_b,) = find_instances(torchruns.b)
     assert (only_b.pid, only_b.launcher) == (t3.pid, "torchrun")
