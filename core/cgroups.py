@@ -62,6 +62,7 @@ __all__ = [
     "CgroupReader",
     "CgroupResult",
     "CgroupState",
+    "FreezerReader",
     "Mount",
     "cgroup_info",
     "cgroup_members",
@@ -327,6 +328,8 @@ class CgroupInfo(NamedTuple):
     name: CgroupName | None
     pidns: int | None  # inode of /proc/PID/ns/pid (None: denied)
     nspid: tuple[int, ...]  # NSpid: our pid first, the process's innermost pid last
+    v2_path: str | None = None  # the "0::" line's path (where cgroup.freeze acts), whichever path names it
+    freezer_path: str | None = None  # the v1 freezer controller's path, where there is one
 
     @property
     def inner_pid(self) -> int | None:
@@ -370,11 +373,17 @@ def read_nspid(pid: int) -> tuple[int, ...]:
 
 def cgroup_info(pid: int) -> CgroupInfo | None:
     """One process's cgroup, its name, PID namespace and NSpid; None when the process is gone."""
-    path, version = read_proc_cgroup(pid)
+    try:
+        data = procfs.read_bytes(f"{procfs.PROC}/{pid}/cgroup")
+    except OSError:
+        data = b""
+    v2, v1 = parse_proc_cgroup(data)
+    path, version = pick_cgroup_path(v2, v1)
     nspid = read_nspid(pid)
     if path is None and not nspid:
         return None
-    return CgroupInfo(pid, path, version, name_cgroup(path) if path is not None else None, read_pidns(pid), nspid)
+    return CgroupInfo(pid, path, version, name_cgroup(path) if path is not None else None, read_pidns(pid), nspid,
+                      v2, v1.get("freezer"))
 
 
 class CgroupReader:
@@ -384,8 +393,9 @@ class CgroupReader:
 
     def __init__(self, max_names: int = 4096) -> None:
         self._ns: dict[tuple[int, int], tuple[int | None, tuple[int, ...]]] = {}
-        self._parsed: dict[bytes, tuple[str | None, int, CgroupName | None]] = {}
+        self._parsed: dict[bytes, tuple[str | None, int, CgroupName | None, str | None, str | None]] = {}
         self._max_names = max_names
+        self._own_ns = own_pidns()
 
     def info(self, pid: int, start_ticks: int) -> CgroupInfo | None:
         try:
@@ -394,17 +404,21 @@ class CgroupReader:
             return None
         parsed = self._parsed.get(data)
         if parsed is None:
-            path, version = pick_cgroup_path(*parse_proc_cgroup(data))
-            parsed = (path, version, name_cgroup(path) if path is not None else None)
+            v2, v1 = parse_proc_cgroup(data)
+            path, version = pick_cgroup_path(v2, v1)
+            parsed = (path, version, name_cgroup(path) if path is not None else None, v2, v1.get("freezer"))
             if len(self._parsed) >= self._max_names:
                 self._parsed.clear()
             self._parsed[data] = parsed
         key = (pid, start_ticks)
         ns = self._ns.get(key)
         if ns is None:
-            ns = (read_pidns(pid), read_nspid(pid))
+            pidns = read_pidns(pid)
+            # NSpid only says more than the pid for a process in another PID namespace than ours: skip the
+            # status read (the costly part: the kernel formats the whole file) for all the others.
+            ns = (pidns, (pid,) if pidns is not None and pidns == self._own_ns else read_nspid(pid))
             self._ns[key] = ns
-        return CgroupInfo(pid, parsed[0], parsed[1], parsed[2], ns[0], ns[1])
+        return CgroupInfo(pid, parsed[0], parsed[1], parsed[2], ns[0], ns[1], parsed[3], parsed[4])
 
     def prune(self, alive: Iterable[tuple[int, int]]) -> None:
         """Forget processes not in `alive` ((pid, start_ticks) pairs, e.g. a snapshot's)."""
@@ -413,6 +427,61 @@ class CgroupReader:
 
 
 # ---------------------------------------------------------------------------------------------- the filesystem
+
+
+def _under_mount(mount: Mount | None, path: str | None) -> str | None:
+    """Where the cgroup `path` (as /proc/PID/cgroup shows it) is on the filesystem; None when it is outside this
+    mount (another cgroup namespace's `/..` paths, a bind-mounted hierarchy's outside) or unknown."""
+    if mount is None or path is None:
+        return None
+    comps = [c for c in path.split("/") if c]
+    if any(c in (".", "..") for c in comps):
+        return None
+    root = [c for c in mount.root.split("/") if c]
+    if comps[: len(root)] != root:
+        return None
+    return os.path.join(mount.point, *comps[len(root):])
+
+
+class FreezerReader:
+    """Whether processes are frozen by the cgroup freezer, which ps can't show (frozen processes look like `S`):
+    `cgroup.events` (v2, whose `frozen` also counts a frozen ancestor) or `freezer.state` (v1), read once per
+    distinct cgroup and remembered for the reader's life: make one per refresh."""
+
+    def __init__(self, mounts: CgroupMounts | None = None) -> None:
+        self.mounts = mounts if mounts is not None else cgroup_mounts()
+        self._seen: dict[tuple[int, str], bool | None] = {}
+
+    def frozen(self, info: CgroupInfo | None) -> bool | None:
+        """True when frozen (v2 or v1 freezer), False when not, None when it can't be told."""
+        if info is None:
+            return None
+        v2 = self._state(2, info.v2_path) if info.v2_path not in (None, "/") else False
+        v1 = self._state(1, info.freezer_path) if info.freezer_path not in (None, "/") else False
+        if v2 or v1:
+            return True
+        return None if v2 is None and v1 is None else False
+
+    def _state(self, version: int, path: str | None) -> bool | None:
+        assert path is not None
+        key = (version, path)
+        if key in self._seen:
+            return self._seen[key]
+        mount = self.mounts.v2 if version == 2 else self.mounts.v1.get("freezer")
+        where = _under_mount(mount, path)
+        out: bool | None = None
+        if where is not None:
+            try:
+                data = procfs.read_bytes(os.path.join(where, "cgroup.events" if version == 2 else "freezer.state"))
+            except OSError:
+                data = None
+            if data is not None and version == 2:
+                fz = parse_events(data).get("frozen")
+                out = None if fz is None else bool(fz)
+            elif data is not None:
+                out = data.strip() in (b"FROZEN", b"FREEZING")
+        self._seen[key] = out
+        return out
 
 
 _mounts: CgroupMounts | None = None

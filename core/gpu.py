@@ -4,6 +4,12 @@
 calls take milliseconds, so snapshots are cached for `max_age` seconds, and a failure to load NVML is
 remembered for `retry_after` seconds (60 by default): asking again in between costs a lock-free attribute read.
 Callers on a UI thread should refresh from a worker and read `GpuMonitor.last()` in between.
+
+The joins take the kernel's GPU holders too (`holders=`, from `gpuholders.HolderScanner.scan` or
+`gpuholders.device_holders`): processes with a GPU device file open whether or not NVML lists them. The scan
+is never made here on its own: `gpu_snapshot()` stays an NVML read, and a caller asks for the fd scan when it
+wants it (the CLI on each run, the app through its own cached scanner). Orphans are one rule,
+`gpuholders.orphan_reason`, whichever source found the holder.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from procguard.core import gpuholders as _holders
 from procguard.core import nvml as _nvml
 from procguard.core import views
+from procguard.core.gpuholders import DeviceHolder, ForeignPid, MergedHolder
 from procguard.core.nvml import GpuDevice, GpuProcess
 from procguard.core.snapshot import Proc, Snapshot
 
@@ -31,6 +39,7 @@ __all__ = [
     "gpu_memory_by_pid",
     "gpu_snapshot",
     "group_gpu_memory",
+    "merged_holders",
     "orphaned_gpu_processes",
     "tree_gpu_memory",
     "unknown_gpu_pids",
@@ -47,6 +56,11 @@ class GpuSnapshot:
 
     def device(self, index: int) -> GpuDevice | None:
         return next((d for d in self.devices if d.index == index), None)
+
+    @property
+    def minor_to_index(self) -> dict[int, int]:
+        """/dev/nvidiaN minor -> NVML index (maps the kernel's holders to devices; {} without NVML)."""
+        return _nvml.minor_to_index(self.devices)
 
 
 def _unavailable(reason: str) -> GpuSnapshot:
@@ -177,41 +191,39 @@ def group_gpu_memory(snapshot: Snapshot, gpu: GpuSnapshot, pgid: int) -> int:
 
 class GpuHolder(NamedTuple):
     proc: Proc
-    memory_used: int  # bytes over all devices
-    devices: tuple[int, ...]  # NVML device indices
+    memory_used: int  # bytes over all devices (0 where NVML can't tell or doesn't list it: see in_nvml)
+    devices: tuple[int, ...]  # NVML device indices (NVML's list, plus the kernel's minors it maps)
+    orphan: str | None = None  # why it was left behind (gpuholders.orphan_reason), None when it was not
+    in_nvml: bool = True  # False: found by its open device file only ("device open", no memory figure)
 
 
-def gpu_holders(snapshot: Snapshot, gpu: GpuSnapshot) -> list[GpuHolder]:
-    """Processes of the snapshot that NVML lists on some GPU, largest first."""
-    mem = gpu_memory_by_pid(gpu)
-    devs: dict[int, set[int]] = {}
-    for p in gpu.processes:
-        devs.setdefault(p.pid, set()).add(p.device)
-    out = [GpuHolder(proc, mem[pid], tuple(sorted(devs[pid])))
-           for pid in mem if (proc := snapshot.get(pid)) is not None]
-    out.sort(key=lambda h: (-h.memory_used, h.proc.pid))
-    return out
+def merged_holders(snapshot: Snapshot, gpu: GpuSnapshot, holders: Mapping[int, DeviceHolder] | None = None
+                   ) -> tuple[list[MergedHolder], list[ForeignPid]]:
+    """NVML's processes and the kernel's device holders as one list (largest memory first, each with its orphan
+    reason), and NVML pids that are not in this PID namespace (matched to a local holder where unambiguous)."""
+    return _holders.merge_holders(holders or {}, gpu.processes, snapshot, gpu.minor_to_index)
 
 
-def _is_orphan(snapshot: Snapshot, proc: Proc) -> bool:
-    if proc.pid == 1 or proc.ppid == 0 or proc.pgid == proc.pid:
-        return False
-    parent = snapshot.get(proc.ppid)
-    return parent is not None and parent.sid != proc.sid
+def gpu_holders(snapshot: Snapshot, gpu: GpuSnapshot,
+                holders: Mapping[int, DeviceHolder] | None = None) -> list[GpuHolder]:
+    """Processes of the snapshot that hold a GPU, largest first: those NVML lists, and with `holders` (the
+    kernel's) those with a GPU device file open that NVML doesn't list."""
+    merged, _foreign = merged_holders(snapshot, gpu, holders)
+    return [GpuHolder(snapshot[m.pid], m.memory_used or 0, m.devices, m.orphan, m.in_nvml) for m in merged]
 
 
-def orphaned_gpu_processes(snapshot: Snapshot, gpu: GpuSnapshot) -> list[GpuHolder]:
-    """GPU holders whose parent died: likely leftover workers (DataLoader, multiprocessing, Ray) of a run that
-    crashed or was killed. Largest first.
+def orphaned_gpu_processes(snapshot: Snapshot, gpu: GpuSnapshot,
+                           holders: Mapping[int, DeviceHolder] | None = None) -> list[GpuHolder]:
+    """GPU holders that were left behind: likely leftover workers (DataLoader, multiprocessing, Ray) of a run
+    that crashed or was killed, still pinning GPU memory. Largest first. `holders` adds the kernel's holders
+    NVML doesn't list (or can't: no NVML at all).
 
-    Practical rule: the process holds GPU memory, is not its own process-group leader, and its parent is in
-    another session. A worker is started inside its program's job (same session, same group, not a leader);
-    while the program lives, the parent is that program, in the same session. When the program dies the
-    worker is adopted by PID 1 or by a subreaper (systemd --user, tini, `procguard run`, ...), which sits in
-    another session. Not flagged: daemons, `setsid` / `nohup` jobs and systemd services (group leaders), the
-    workers of a container's PID-1 program (same session as PID 1), processes whose parent we can't see.
+    The rule is `gpuholders.orphan_reason`: re-parented to init or a subreaper, with its process-group or
+    session leader gone. Not orphans: daemons, `setsid` / `nohup` jobs and systemd services (their own session
+    leaders), the workers of a container's PID-1 program (their leader lives), processes whose parent we can't
+    see.
     """
-    return [h for h in gpu_holders(snapshot, gpu) if _is_orphan(snapshot, h.proc)]
+    return [h for h in gpu_holders(snapshot, gpu, holders) if h.orphan is not None]
 
 
 def unknown_gpu_pids(snapshot: Snapshot, gpu: GpuSnapshot) -> list[GpuProcess]:

@@ -3,7 +3,7 @@
 `pynvml` is imported only inside `load()`, so importing procguard never loads the driver's library. Every
 function takes the NVML module as an argument: the real `pynvml`, or a test fake implementing the same few
 functions (`nvmlInit`, `nvmlShutdown`, `nvmlDeviceGetCount`, `nvmlDeviceGetHandleByIndex`, `nvmlDeviceGetName`,
-`nvmlDeviceGetUUID`, `nvmlDeviceGetMemoryInfo`, `nvmlDeviceGetUtilizationRates`,
+`nvmlDeviceGetUUID`, `nvmlDeviceGetMemoryInfo`, `nvmlDeviceGetUtilizationRates`, `nvmlDeviceGetMinorNumber`,
 `nvmlDeviceGetComputeRunningProcesses`, `nvmlDeviceGetGraphicsRunningProcesses` and the `NVMLError` class).
 
 Device indices are NVML's (PCI bus order). CUDA numbers devices fastest-first unless
@@ -37,6 +37,7 @@ class GpuDevice:
     memory_used: int
     memory_free: int
     utilization: int | None  # percent of time a kernel ran over the last sample period; None if unsupported
+    minor: int | None = None  # the N of /dev/nvidiaN (maps the kernel's device holders to this GPU); None: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,20 @@ def _utilization(nvml: Any, handle: object) -> int | None:
         return None
 
 
+def _minor(nvml: Any, handle: object) -> int | None:
+    """The device's minor number (its /dev/nvidiaN); None where NVML can't tell (not supported, no permission)."""
+    try:
+        return int(nvml.nvmlDeviceGetMinorNumber(handle))
+    except nvml.NVMLError:
+        return None
+
+
+def minor_to_index(devices: tuple[GpuDevice, ...] | list[GpuDevice]) -> dict[int, int]:
+    """/dev/nvidiaN minor -> NVML index, for the devices whose minor NVML reported (never a guess that they
+    are equal: under CUDA_VISIBLE_DEVICES or in a container they often are not)."""
+    return {d.minor: d.index for d in devices if d.minor is not None}
+
+
 def read(nvml: Any) -> tuple[tuple[GpuDevice, ...], tuple[GpuProcess, ...]]:
     """Read every device and the processes on it from an initialised NVML module.
 
@@ -158,6 +173,7 @@ def read(nvml: Any) -> tuple[tuple[GpuDevice, ...], tuple[GpuProcess, ...]]:
                 memory_used=int(mem.used),
                 memory_free=int(mem.free),
                 utilization=_utilization(nvml, h),
+                minor=_minor(nvml, h),
             )
         )
         for base in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):

@@ -34,6 +34,7 @@ class FakeDevice:
     total: int = 80 << 30
     used: int = 0
     utilization: int | None = 0  # None: NotSupported
+    minor: int | None = None  # /dev/nvidiaN; None: the device's position in the list; -1: NotSupported
     compute: list[tuple[int, int | None]] = field(default_factory=list)  # (pid, used bytes)
     graphics: list[tuple[int, int | None]] = field(default_factory=list)
 
@@ -90,6 +91,11 @@ class FakeNvml:
         if h.utilization is None:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         return SimpleNamespace(gpu=h.utilization, memory=0)
+
+    def nvmlDeviceGetMinorNumber(self, h: FakeDevice) -> int:
+        if h.minor == -1:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return next(i for i, d in enumerate(self.devices) if d is h) if h.minor is None else h.minor
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: FakeDevice) -> list[SimpleNamespace]:
         return [SimpleNamespace(pid=p, usedGpuMemory=m) for p, m in h.compute]
