@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from procguard.core import format as fmt
 from procguard.core import procfs
 from procguard.core.identity import (
     IdentityResolver,
@@ -41,6 +42,7 @@ from procguard.core.identity import (
 )
 from procguard.core.launchers import Settings, settings_from_env
 from procguard.core.procid import ProcId
+from procguard.core.sanitize import safe
 from procguard.core.snapshot import Proc, Snapshot, process_snapshot
 
 if TYPE_CHECKING:
@@ -101,6 +103,14 @@ class Instance:
     @property
     def proc_id(self) -> ProcId:
         return ProcId(self.pid, self.start_ticks)
+
+    def describe(self, width: int = 160) -> str:
+        """One terminal-safe line for messages: pid, start, user and command (cut to `width`)."""
+        cmd = self.command
+        if len(cmd) > width:
+            cmd = cmd[: width - 1] + "…"
+        # The run's argv and user name are that process's words: escaped before they reach a terminal.
+        return f"pid {self.pid} (since {fmt.clock(self.create_time)}, user {safe(self.username)}): {safe(cmd)}"
 
 
 @dataclass(frozen=True)
@@ -715,14 +725,6 @@ class TerminateReport:
         return self.skipped_reason is None and all(r.ok for r in self.results)
 
 
-def _describe(inst: Instance) -> str:
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(inst.create_time))
-    cmd = inst.command
-    if len(cmd) > 200:
-        cmd = cmd[:199] + "…"
-    return f"pid {inst.pid} (since {since}, user {inst.username}): {cmd}"
-
-
 def _plan(report_groups: Sequence[DuplicateGroup], keep: str, root_ok: bool, lineage: set[int]
           ) -> tuple[list[Instance], list[tuple[Instance, ScriptIdentity]], list[tuple[Instance, str]]]:
     uid = os.geteuid()
@@ -862,30 +864,64 @@ def check_before_run(argv: Sequence[str], cwd: str, policy: str, grace: float = 
                if not lineage & {i.pid, *i.members, *i.roots}]
     if not running:
         return RunCheck(True, "")
-    listing = "; ".join(_describe(i) for i in running)
+    listing = "; ".join(i.describe() for i in running)
     if policy == "ignore":
         return RunCheck(True, f"{ident.display} is already running ({listing}); starting anyway")
     if policy == "abort":
         return RunCheck(False, f"{ident.display} is already running: {listing}")
+    ended = end_runs(ident, running, grace, snapshot=snap, settings=settings)
+    if ended.refused:
+        return RunCheck(False, f"{ident.display} is already running as another user: "
+                        + "; ".join(i.describe() for i in ended.refused))
+    if not ended.ended:
+        return RunCheck(True, f"no other run of {ident.display} left to end{ended.notes}")
+    summary = ended.summary
+    if not ended.ok:
+        return RunCheck(False, f"could not end the other runs of {ident.display}: {summary}{ended.notes}")
+    return RunCheck(True, f"ended {len(ended.ended)} other run(s) of {ident.display}: {summary}{ended.notes}")
+
+
+class EndedRuns(NamedTuple):
+    """What `end_runs` did: the runs it ended (with their signal results), another user's runs it refused
+    to touch, and the runs it left alone because they changed since they were found."""
+
+    ended: tuple[Instance, ...]
+    results: tuple[Any, ...]  # signals.SignalResult
+    refused: tuple[Instance, ...]
+    changed: tuple[tuple[Instance, str], ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused and all(r.ok for r in self.results)
+
+    @property
+    def summary(self) -> str:
+        from procguard.core import signals
+
+        return signals.summarize(self.results)
+
+    @property
+    def notes(self) -> str:
+        return "".join(f"; left pid {i.pid} alone: {w}" for i, w in self.changed)
+
+
+def end_runs(identity: ScriptIdentity, runs: Sequence[Instance], grace: float, *,
+             snapshot: Snapshot | None = None, settings: Settings | None = None) -> EndedRuns:
+    """End other runs of a job on behalf of a run that is starting (guard(on_duplicate="terminate"),
+    `procguard run --on-duplicate terminate`): each run's whole trees with escalation. Another user's run is
+    never ended here, not even by root (nothing is signalled then: `refused`), and every run is re-checked
+    right before signalling (recheck_victims): one that changed is left alone (`changed`)."""
     from procguard.core import signals
     from procguard.core.signals import Target
 
     uid = os.geteuid()
-    others = [i for i in running if i.uid != uid]
+    others = tuple(i for i in runs if i.uid != uid)
     if others:
-        return RunCheck(False, f"{ident.display} is already running as another user: "
-                        + "; ".join(_describe(i) for i in others))
-    running, changed = recheck_victims(ident, running, settings=settings)
-    notes = "".join(f"; left pid {i.pid} alone: {w}" for i, w in changed)
-    if not running:
-        return RunCheck(True, f"no other run of {ident.display} left to end{notes}")
-    targets = [Target.tree(r) for i in running for r in (i.roots or (i.pid,))]
-    results = signals.terminate(targets, grace, snapshot=snap)
-    bad = [r for r in results if not r.ok]
-    summary = signals.summarize(results)
-    if bad:
-        return RunCheck(False, f"could not end the other runs of {ident.display}: {summary}{notes}")
-    return RunCheck(True, f"ended {len(running)} other run(s) of {ident.display}: {summary}{notes}")
+        return EndedRuns((), (), others, ())
+    still, changed = recheck_victims(identity, runs, settings=settings)
+    targets = [Target.tree(r) for i in still for r in (i.roots or (i.pid,))]
+    results = signals.terminate(targets, grace, snapshot=snapshot) if targets else []
+    return EndedRuns(tuple(still), tuple(results), (), tuple(changed))
 
 
 def instance_json(inst: Instance) -> dict[str, object]:

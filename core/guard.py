@@ -53,11 +53,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from procguard.core import format as fmt
 from procguard.core import registry
-from procguard.core.duplicates import SCHEDULER_VARS, Instance, duplicate_report
+from procguard.core.duplicates import SCHEDULER_VARS, Instance, duplicate_report, end_runs
 from procguard.core.identity import ScriptIdentity, identity_of
 from procguard.core.sanitize import safe
 from procguard.core.snapshot import Snapshot, process_snapshot
@@ -66,14 +65,6 @@ __all__ = ["guard", "Guard", "DuplicateRunning"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _POLICIES = ("abort", "terminate", "ignore")
-
-
-def _describe(inst: Instance) -> str:
-    cmd = inst.command
-    if len(cmd) > 160:
-        cmd = cmd[:159] + "…"
-    # The other run's argv and user name are that process's words: escaped before they reach a terminal.
-    return f"pid {inst.pid} (since {fmt.clock(inst.create_time)}, user {safe(inst.username)}): {safe(cmd)}"
 
 
 class DuplicateRunning(SystemExit):
@@ -261,27 +252,21 @@ class Guard(contextlib.ContextDecorator):
             return False
         display = safe(self.identity.display)  # from argv: escaped for the messages below
         if self.on_duplicate == "abort":
-            listing = "; ".join(_describe(i) for i in older)
+            listing = "; ".join(i.describe() for i in older)
             raise DuplicateRunning(f"{display} is already running: {listing}", display, older)
-        # terminate
-        from procguard.core import signals
-        from procguard.core.signals import Target
-
-        uid = os.geteuid()
-        foreign = [i for i in older if i.uid != uid and uid != 0]
-        if foreign:
-            listing = "; ".join(_describe(i) for i in foreign)
+        # terminate: another user's run is never ended (not even by root); each run is re-checked first
+        ended = end_runs(self.identity, older, self.grace, snapshot=snap)
+        if ended.refused:
+            listing = "; ".join(i.describe() for i in ended.refused)
             raise DuplicateRunning(f"{display} is already running as another user (can't end it): {listing}",
-                                   display, foreign)
-        targets = [Target.tree(r) for i in older for r in (i.roots or (i.pid,))]
-        results = signals.terminate(targets, self.grace, snapshot=snap)
-        self.terminated = list(results)
-        bad = [r for r in results if not r.ok]
-        if bad:
-            raise DuplicateRunning(f"could not end the other runs of {display}: {signals.summarize(results)}",
+                                   display, list(ended.refused))
+        self.terminated = list(ended.results)
+        if not ended.ok:
+            raise DuplicateRunning(f"could not end the other runs of {display}: {ended.summary}{ended.notes}",
                                    display, older)
-        warnings.warn(f"procguard: ended {len(older)} other run(s) of {display}: {signals.summarize(results)}",
-                      RuntimeWarning, stacklevel=4)
+        if ended.ended:
+            warnings.warn(f"procguard: ended {len(ended.ended)} other run(s) of {display}: {ended.summary}"
+                          f"{ended.notes}", RuntimeWarning, stacklevel=4)
         return False
 
     def _take_lock(self, stack: contextlib.ExitStack, lock_name: str | os.PathLike[str]) -> None:
@@ -389,7 +374,7 @@ class Guard(contextlib.ContextDecorator):
     # ------------------------------------------------------------------------------------------ exit
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> Literal[False]:
         stack, self._stack = self._stack, None
         if stack is None:
             return False

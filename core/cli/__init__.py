@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from procguard.core import format as fmt
+from procguard.core.launchers import SettingError
 from procguard.core.sanitize import safe
 
 # Command modules, in help order. A module registers its subcommands with `register(subparsers)`.
@@ -50,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         return int(args.func(args) or 0)
-    except UsageError as e:
+    except (UsageError, SettingError) as e:
         # A message can quote a path or a name another user chose: one line, nothing raw reaches the terminal.
+        # SettingError: an invalid PROCGUARD_LAUNCHERS / PROCGUARD_NEVER_DUPLICATE entry, from any command.
         print(f"procguard: error: {safe(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
