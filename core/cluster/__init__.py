@@ -49,6 +49,7 @@ from procguard.core.cluster.api import (  # noqa: E402
     task_owners,
     task_processes,
     tracked_tasks,
+    unreachable_result,
 )
 from procguard.core.cluster.cancel import (  # noqa: E402
     CancelReport,
@@ -72,4 +73,5 @@ __all__ = [
     "cluster_signal_many", "cluster_snapshot", "cluster_targets", "connect", "find_node", "node_call", "nodes",
     "ray_process_kind", "resolve_on_nodes", "resolve_task_ids", "shutdown_agents", "signal_nodes",
     "targets_on_nodes", "task_owners", "task_processes", "track_task", "tracked", "tracked_tasks",
+    "unreachable_result",
 ]

@@ -310,11 +310,11 @@ def _wait_all(refs: Sequence[Any], deadline: float, nodes: Sequence[str] | None 
     next_check = time.monotonic() + NODE_CHECK
     while pending:
         now = time.monotonic()
-        left = deadline - now
-        if left <= 0:
-            break
+        # Past the deadline (another node's agent start used it up), an answer made in time still counts: one
+        # look, without waiting for the answer to be fetched to this node (ray.get below fetches it).
+        left = max(0.0, deadline - now)
         step = left if nodes is None else min(left, max(0.0, next_check - now))
-        ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=step, fetch_local=True)
+        ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=step, fetch_local=left > 0)
         done = set(ready)
         for i, ref in list(pending.items()):
             if ref not in done:
@@ -324,6 +324,8 @@ def _wait_all(refs: Sequence[Any], deadline: float, nodes: Sequence[str] | None 
                 out[i] = ray.get(ref, timeout=NODE_TIMEOUT)
             except Exception as e:  # noqa: BLE001 - a failed call is reported, not raised
                 out[i] = e
+        if left <= 0:
+            break
         if nodes is not None and pending and time.monotonic() >= next_check:
             next_check = time.monotonic() + NODE_CHECK
             live = _live_ids()
@@ -446,18 +448,32 @@ def _calls(calls: Sequence[Call], timeout: float, extra: float = 0.0) -> list[An
     (plus `extra`, an action's grace) from now, its agent's start included; a node that answers from
     elsewhere than it was pinned to is a RoutingError."""
     deadline = time.monotonic() + timeout
-    handles = _agents([nid for nid, _m, _a in calls], deadline)
     refs: list[Any] = []
     out: list[Any] = [None] * len(calls)
-    for i, (nid, method, args) in enumerate(calls):
-        h = handles[nid]
+
+    def send(i: int, h: Any) -> None:
+        _nid, method, args = calls[i]
         if isinstance(h, _Failed):
             out[i] = h
-            continue
+            return
         try:
             refs.append((i, getattr(h, method).remote(*args)))
         except Exception as e:  # noqa: BLE001
             out[i] = _Failed(_error_text(e))
+
+    # The nodes whose agent is known get their call at once: waiting for another node's agent to start (or
+    # to answer its ping) must not use up their time.
+    later: list[int] = []
+    for i, (nid, _m, _a) in enumerate(calls):
+        h = _cache_get(AGENT_PREFIX + nid)
+        if h is None:
+            later.append(i)
+        else:
+            send(i, h)
+    if later:
+        handles = _agents([calls[i][0] for i in later], deadline)
+        for i in later:
+            send(i, handles[calls[i][0]])
     got = _wait_all([r for _i, r in refs], deadline + extra, [calls[i][0] for i, _r in refs])
     for (i, _r), v in zip(refs, got, strict=True):
         nid = calls[i][0]
