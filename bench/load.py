@@ -72,6 +72,8 @@ class Load:
         }
         if os.environ.get(TEST_RUN_ENV):
             self.env[TEST_RUN_ENV] = os.environ[TEST_RUN_ENV]
+        if os.environ.get("PYTHONPATH"):  # the apps measured run the same procguard as the harness imports
+            self.env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         self._leaked: dict[int, str] = {}  # pid -> command line of processes found alive after the cleanup
         self._children: set[int] = set()  # direct children not yet reaped
         self._leaders: set[int] = set()  # process groups we created whose leader is an unreaped child
@@ -286,6 +288,24 @@ class Load:
                 if time.monotonic() > deadline:
                     return  # still ours; close() tries again
                 time.sleep(0.002)
+
+    def wait_child(self, pid: int, timeout: float) -> int | None:
+        """Wait for a child of ours to exit by itself (SIGKILLed after `timeout`); its exit status, or None."""
+        deadline = time.monotonic() + timeout
+        while pid in self._children:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                self._forget(pid)
+                return None
+            if done:
+                self._forget(pid)
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > deadline:
+                self.stop([pid])
+                return None
+            time.sleep(0.01)
+        return None
 
     def _kill_child(self, pid: int) -> None:
         """SIGKILL a child of ours, unless someone already reaped it (then its pid may be another process's)."""

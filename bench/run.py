@@ -152,11 +152,10 @@ class Runner:
 
 def _refresh_ok() -> bool:
     try:
-        from procguard.tui.collector import LiveBackend  # noqa: F401
         from procguard.tui.model import ViewState, build_rows  # noqa: F401
     except Exception:  # noqa: BLE001
         return False
-    return True
+    return tui_bench.live_backend() is not None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,12 +5,14 @@ tick (`LiveBackend.collect()` + `build_rows()`), used by the scaling table.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench import tmux
 from bench.common import NOT_AVAILABLE, Config, Goal, Section, Stats, interleaved, ms
@@ -49,14 +51,41 @@ def htop_available() -> str | None:
     return tmux.missing()
 
 
+# Where the live backend has lived (the app's module layout changes; the bench follows it).
+LIVE_BACKEND_MODULES = ("procguard.tui.backends.live", "procguard.tui.collector")
+
+
+def live_backend() -> Any | None:
+    """A fresh LiveBackend (the app's data source), or None when it can't be imported."""
+    try:
+        import procguard.tui as tui
+    except Exception:  # noqa: BLE001
+        return None
+    home = [os.path.realpath(p) for p in tui.__path__]
+    for name in LIVE_BACKEND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a module being rewritten may fail in any way
+            continue
+        # Only from the procguard.tui actually imported (an editable install can also find a module in another
+        # checkout when PYTHONPATH points at a copy).
+        if not any(os.path.realpath(mod.__file__ or "").startswith(h + os.sep) for h in home):
+            continue
+        cls = getattr(mod, "LiveBackend", None)
+        if cls is not None:
+            return cls()
+    return None
+
+
 def refresh_path() -> Callable[[], object] | None:
     """The TUI's per-tick work, warm: collect a Model (collector thread) and build the visible rows (UI)."""
     try:
-        from procguard.tui.collector import LiveBackend
         from procguard.tui.model import ViewState, build_rows
     except Exception:  # noqa: BLE001 - the TUI package is still being written
         return None
-    backend = LiveBackend()
+    backend = live_backend()
+    if backend is None:
+        return None
     state = ViewState()
     backend.collect()
 
