@@ -77,9 +77,11 @@ def test_default_snapshot_and_cli_unavailable(capsys: pytest.CaptureFixture[str]
     assert G.gpu_snapshot(max_age=0) is snap
     assert cli_main(["gpu", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
-    assert obj == {"available": False, "reason": snap.reason, "devices": [], "processes": []}
+    # Issue 18: the kernel's holders (open device files) come with it, NVML or not; none on a machine without GPUs.
+    assert obj == {"available": False, "reason": snap.reason, "devices": [], "processes": [], "holders": [],
+                   "foreign": [], "orphans": 0, "unreadable": obj["unreadable"]}
     assert cli_main(["gpu"]) == 0
-    assert capsys.readouterr().out.strip() == f"GPU: not available: {snap.reason}"
+    assert capsys.readouterr().out.splitlines()[0] == f"GPU: not available: {snap.reason}"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -178,6 +180,15 @@ def test_concurrent_callers_share_one_read() -> None:
     assert mon.reads == 1 and mon.init_attempts == 1
 
 
+def test_minor_numbers_map_kernel_holders_to_devices() -> None:
+    """nvmlDeviceGetMinorNumber per device (the N of /dev/nvidiaN): unknown where NVML can't tell, never guessed."""
+    fake = FakeNvml([FakeDevice(minor=3), FakeDevice(uuid="GPU-1", minor=-1), FakeDevice(uuid="GPU-2")])
+    snap = GpuMonitor(nvml=fake).snapshot()
+    assert [d.minor for d in snap.devices] == [3, None, 2]
+    assert snap.minor_to_index == {3: 0, 2: 2}
+    assert G.GpuSnapshot(False, "x", (), (), 0.0).minor_to_index == {}
+
+
 # --------------------------------------------------------------------------------------------------------
 # Joins with the process snapshot: real processes, GPU figures from the fake
 
@@ -231,12 +242,14 @@ def test_tree_group_and_unknown_pids(procs: ProcStarter) -> None:
     report = gpu_report(gpu, lookup=lambda pid: None)
     assert set(report) == {"available", "reason", "devices", "processes"}
     assert [set(d) for d in report["devices"]] == [
-        {"index", "name", "uuid", "memory_total", "memory_used", "utilization"}] * 2
+        {"index", "name", "uuid", "memory_total", "memory_used", "utilization", "minor"}] * 2
+    assert [d["minor"] for d in report["devices"]] == [0, 1]
     assert {p["pid"] for p in report["processes"]} == {child, grandchild, ghost, os.getpid()}
     assert all(set(p) == {"pid", "device", "memory_used", "guarded", "reserved", "allocated"}
                for p in report["processes"])
     text = "\n".join(format_gpu(report, snap, gpu))
-    assert f"{ghost:>7}" in text and "not in this process table" in text
+    # A pid NVML lists that is not ours: named as what it is, never a bare error (issue 18).
+    assert f"{ghost:>7}" in text and f"host pid {ghost} (another PID namespace)" in text
 
 
 DETACHED = """

@@ -4,6 +4,7 @@ devices, cached, and flagged as orphans when their parent died. The real device 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -12,11 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from procguard.core import gpu as gpu_mod
 from procguard.core import gpuholders as G
+from procguard.core.cli import main as cli_main
 from procguard.core.nvml import GpuProcess
 from procguard.core.procid import ProcId
 from procguard.core.snapshot import Proc, Snapshot, process_snapshot
-from tests.conftest import PY, ProcStarter, wait_for
+from tests.conftest import PY, ProcStarter, is_gone, wait_for
+from tests.fake_nvml import FakeDevice, FakeNvml
+
+GiB = 1 << 30
 
 NODES = ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "dri/renderD128", "kfd")
 
@@ -308,6 +314,100 @@ def _ppid(pid: int) -> int | None:
             return int(f.read().rsplit(b")", 1)[1].split()[1])
     except OSError:
         return None
+
+
+# ---------------------------------------------------------------------------------------------- the one orphan rule
+
+
+def test_nvml_and_kernel_orphans_are_one_rule(dev: Path, procs: ProcStarter) -> None:
+    """core.gpu's orphans (NVML's list) and the kernel's holders go through the same rule: an orphan NVML lists
+    and one it doesn't are both flagged, with the same reason; the daemon is flagged by neither."""
+    parent, w, d = start_orphaner(procs, dev, "die")
+    parent.wait(timeout=30)
+    wait_for(lambda: all(_ppid(pid) not in (parent.pid, None) for pid in (w, d)))
+    snap = process_snapshot()
+    holders = G.HolderScanner(G.DevicePatterns.under(str(dev))).scan(snap)
+    gpu = gpu_mod.GpuMonitor(nvml=FakeNvml([FakeDevice(compute=[(w, GiB), (d, GiB)])])).snapshot()
+    by_nvml = {h.proc.pid: h for h in gpu_mod.orphaned_gpu_processes(snap, gpu)}
+    assert set(by_nvml) & {w, d} == {w} and by_nvml[w].memory_used == GiB and by_nvml[w].in_nvml
+    nothing = gpu_mod.GpuMonitor(nvml=FakeNvml([FakeDevice()])).snapshot()
+    by_kernel = {h.proc.pid: h for h in gpu_mod.orphaned_gpu_processes(snap, nothing, holders)}
+    assert set(by_kernel) & {w, d} == {w} and not by_kernel[w].in_nvml and by_kernel[w].devices == (0,)
+    assert by_kernel[w].orphan == by_nvml[w].orphan == G.orphan_reason(snap, snap[w])
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def gpu_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    rc = cli_main(["gpu", *args])
+    return rc, capsys.readouterr().out
+
+
+def test_cli_gpu_merges_kernel_holders_and_lists_orphans(dev: Path, procs: ProcStarter,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`procguard gpu` with a (fake) NVML that lists only one of the holders: the others show as "device open",
+    mapped to their GPU through the minor number; --orphans counts and lists the orphan with the memory it pins;
+    --end-orphans ends it (dry run first), and leaves the daemon alone."""
+    parent, w, d = start_orphaner(procs, dev, "die")
+    parent.wait(timeout=30)
+    wait_for(lambda: all(_ppid(pid) not in (parent.pid, None) for pid in (w, d)))
+    other = hold(procs, dev, "nvidiactl", "nvidia1")
+    monkeypatch.setenv(G.DEV_DIR_ENV, str(dev))
+    # NVML numbers the devices the other way round from their minors: holders must follow the minors.
+    fake = FakeNvml([FakeDevice(minor=1), FakeDevice(uuid="GPU-1", minor=0, compute=[(w, GiB)])])
+    monkeypatch.setattr(gpu_mod, "_default", gpu_mod.GpuMonitor(nvml=fake))
+
+    rc, out = gpu_cli(capsys, "--json")
+    report = json.loads(out)
+    assert rc == 0 and report["orphans"] == 1
+    by = {h["pid"]: h for h in report["holders"]}
+    assert (by[w]["devices"], by[w]["memory_used"], by[w]["device_open"]) == ([1], GiB, False)
+    assert by[w]["orphan"] and by[d]["orphan"] is None
+    assert (by[d]["devices"], by[d]["memory_used"], by[d]["device_open"]) == ([1], None, True)
+    assert (by[other.pid]["devices"], by[other.pid]["kinds"]) == ([0], ["nvidia", "nvidiactl"])
+
+    rc, out = gpu_cli(capsys)
+    rows = {int(ln.split()[0]): ln for ln in out.splitlines() if ln.split()[:1] and ln.split()[0].isdigit()}
+    assert "[orphaned: parent died]" in rows[w] and "1.0G" in rows[w]
+    assert "device open" in rows[d] and "orphaned" not in rows[d] and "device open" in rows[other.pid]
+    assert "1 GPU orphan, pinning 1.0G: procguard gpu --orphans lists them" in out
+
+    rc, out = gpu_cli(capsys, "--orphans", "--json")
+    orphans = json.loads(out)
+    assert (orphans["count"], orphans["memory_used"], [o["pid"] for o in orphans["orphans"]]) == (1, GiB, [w])
+    rc, out = gpu_cli(capsys, "--orphans")
+    lines = out.splitlines()
+    assert lines[0] == "1 GPU orphan, pinning 1.0G"
+    assert lines[2].split()[:3] == [str(w), "1", "1.0G"] and "why: adopted by" in lines[3]
+
+    rc, out = gpu_cli(capsys, "--end-orphans", "--dry-run")
+    assert rc == 0 and out.splitlines()[0] == "would end 1 GPU orphan:" and str(w) in out
+    assert not is_gone(w)
+    rc, out = gpu_cli(capsys, "--end-orphans", "--grace", "2")
+    assert rc == 0 and out.split()[:2] == [str(w), "exited"], out
+    assert is_gone(w) and not is_gone(d) and not is_gone(other.pid)
+
+
+def test_cli_gpu_orphans_without_nvml(dev: Path, procs: ProcStarter) -> None:
+    """The real CLI, NVML or not (none here): an orphan found by its open device file is counted and listed as
+    "device open"."""
+    parent, w, d = start_orphaner(procs, dev, "die")
+    parent.wait(timeout=30)
+    wait_for(lambda: all(_ppid(pid) not in (parent.pid, None) for pid in (w, d)))
+    env = {**os.environ, G.DEV_DIR_ENV: str(dev)}
+    out = subprocess.run([PY, "-m", "procguard.core.cli", "gpu", "--orphans"], capture_output=True, text=True,
+                         env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "1 GPU orphan (1 with a device open, memory unknown)"
+    assert lines[2].split()[0] == str(w) and "device open" in lines[2]
+    out = subprocess.run([PY, "-m", "procguard.core.cli", "gpu"], capture_output=True, text=True, env=env,
+                         timeout=60, stdin=subprocess.DEVNULL)
+    rows = [ln for ln in out.stdout.splitlines() if ln.split()[:1] in ([str(w)], [str(d)])]
+    # GPU column: the minor's node without NVML, its NVML index where a real NVML maps minor 0.
+    assert len(rows) == 2 and all("device open" in r and r.split()[1] in ("nvidia0", "0") for r in rows), out.stdout
 
 
 # ---------------------------------------------------------------------------------------------- real GPU
