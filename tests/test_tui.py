@@ -20,9 +20,9 @@ from textual.pilot import Pilot
 
 from procguard.core.signals import Member, Target
 from procguard.tui.app import Options, ProcguardApp
-from procguard.tui.demo import DemoBackend
+from procguard.tui.backends.demo import DemoBackend
+from procguard.tui.panes.duplicates import DuplicatesPane
 from procguard.tui.screens.confirm import ConfirmScreen
-from procguard.tui.views.duplicates import DuplicatesView
 from tests.conftest import ProcStarter, is_gone, proc_state
 
 pytestmark = pytest.mark.asyncio
@@ -86,8 +86,15 @@ def shown_pids(app: ProcguardApp) -> set[int]:
     return {r.id for r in app.process_table.rows if r.kind == "proc"}
 
 
+async def refreshed(pilot: Pilot[None], app: ProcguardApp, times: int = 2) -> None:
+    """Wait until the app has shown `times` more models than now: everything that was going to happen because
+    of what came before (a key, an action) has had its refreshes. What absence checks wait on, never a time."""
+    applied = app.record.models_applied
+    await wait_until(pilot, lambda: app.record.models_applied >= applied + times)
+
+
 def notices(app: ProcguardApp) -> str:
-    return "\n".join(text for text, _ in app.notices)
+    return "\n".join(text for text, _ in app.record.notices)
 
 
 async def test_terminate_sigterm_ignoring_group(procs: ProcStarter, tmp_path: Path) -> None:
@@ -112,7 +119,7 @@ async def test_terminate_sigterm_ignoring_group(procs: ProcStarter, tmp_path: Pa
         await wait_until(pilot, lambda: all(is_gone(p) for p in members))
         await wait_until(pilot, lambda: "3 ended" in notices(app))
         assert "3 killed" in notices(app), notices(app)
-        seen = {label.split(",")[0] for pid, label in app.progress_log if pid in members}
+        seen = {label.split(",")[0] for pid, label in app.record.progress_log if pid in members}
         assert {"SIGTERM sent", "SIGKILL sent"} <= seen, seen
         # The next model shows them gone (the leader stays a zombie until this test reaps it).
         await wait_until(pilot, lambda: all(r.proc is not None and r.proc.state == "Z" for r in
@@ -149,7 +156,7 @@ async def test_filter_live_keep_and_clear(procs: ProcStarter, tmp_path: Path) ->
         await wait_until(pilot, lambda: shown_pids(app) == {a.pid})
         await pilot.press("enter")  # keeps it
         assert not box.display and app.view_state.filter == f"{tmp_path}/alpha"
-        await pilot.pause(0.5)  # a few refreshes later it still holds
+        await refreshed(pilot, app)  # a few refreshes later it still holds
         assert shown_pids(app) == {a.pid}
         await pilot.press("slash", "escape")  # clears it: everything again (we only look now)
         await wait_until(pilot, lambda: {a.pid, b.pid} <= shown_pids(app))
@@ -184,12 +191,12 @@ async def test_escape_cancels_dialog_and_nothing_is_signalled(procs: ProcStarter
             await pilot.press(key)
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             await pilot.press("t", "space", "2")  # app keys do nothing under the dialog
-            await pilot.pause(0.3)  # time for a (wrongly) started dry run to open a second dialog
+            await refreshed(pilot, app)  # a (wrongly) started dry run has had its refreshes to open a dialog
             assert len(app.screen_stack) == 2 and app.view == "processes" and not app.marks
             await pilot.press(cancel)
             await wait_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
         await wait_until(pilot, lambda: notices(app).count("cancelled") == 2)
-        assert app.actions_started == 0
+        assert app.record.actions_started == 0
         assert proc_state(p.pid) in ("S", "R")
         assert app.process_table.cursor_key == ("p", p.pid)
 
@@ -201,9 +208,9 @@ async def test_cursor_stays_on_its_process_and_shows_it_gone(procs: ProcStarter,
     async with app.run_test(size=(100, 24)) as pilot:
         await wait_until(pilot, lambda: {p.pid for p in ps} <= shown_pids(app))
         await select(pilot, app, ("p", mid))
-        applied = app.models_applied
+        applied = app.record.models_applied
         extra = procs.python(SLEEPER, name="p3")  # a new row appears
-        await wait_until(pilot, lambda: extra.pid in shown_pids(app) and app.models_applied >= applied + 2)
+        await wait_until(pilot, lambda: extra.pid in shown_pids(app) and app.record.models_applied >= applied + 2)
         assert app.process_table.cursor_key == ("p", mid)
         for key in ("s", "S", "s", "g", "g", "g"):  # sorts and groupings reorder; the cursor follows
             await pilot.press(key)
@@ -224,11 +231,11 @@ async def test_cursor_stays_on_its_process_and_shows_it_gone(procs: ProcStarter,
         row = table.cursor_row
         assert table.cursor_key == ("p", mid) and row is not None and table.is_gone(row)
         assert "(gone)" in table.render_cells(row, True)[-1].text
-        await pilot.pause(0.5)  # still there after more refreshes
+        await refreshed(pilot, app)  # still there after more refreshes
         assert table.cursor_key == ("p", mid)
         await pilot.press("t")  # acting on a gone row does nothing but say so
         await wait_until(pilot, lambda: "already ended" in notices(app))
-        assert app.actions_started == 0
+        assert app.record.actions_started == 0
         await pilot.press("down")  # moving on lets it go
         assert table.index_of(("p", mid)) is None
 
@@ -253,7 +260,7 @@ async def test_out_of_scope_action_is_refused(procs: ProcStarter, tmp_path: Path
         await pilot.press("k")
         await wait_until(pilot, lambda: "outside this session's scope" in notices(app))
         assert not isinstance(app.screen, ConfirmScreen)
-        assert app.actions_started == 0 and proc_state(p.pid) in ("S", "R")
+        assert app.record.actions_started == 0 and proc_state(p.pid) in ("S", "R")
 
 
 async def test_views_help_details_and_palette_commands(procs: ProcStarter, tmp_path: Path) -> None:
@@ -289,7 +296,7 @@ async def test_d_in_duplicates_ends_all_but_the_oldest_run(procs: ProcStarter, t
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.press("2")
-        view = app.query_one(DuplicatesView)
+        view = app.query_one(DuplicatesPane)
         await wait_until(pilot, lambda: all(view.table.index_of(("inst", p.pid)) is not None for p in runs))
         assert view.table.move_to_key(("inst", younger[0].pid))
         group = view.selected_group()
@@ -366,7 +373,7 @@ async def test_progress_on_rows_while_the_ui_stays_live() -> None:
         await pilot.press("down")  # keys work while the action runs
         assert table.cursor_key == ("p", 2101)
         await wait_until(pilot, lambda: "5 ended: 5 killed after 1.0 s" in notices(app))
-        labels = [label for pid, label in app.progress_log if pid == 2135]
+        labels = [label for pid, label in app.record.progress_log if pid == 2135]
         assert labels[0].startswith("SIGTERM sent") and labels[-1] == "SIGKILL sent", labels
         await wait_until(pilot, lambda: not app.status)
         assert table.is_gone(table.cursor_row)  # the process under the cursor ended: shown gone
@@ -378,8 +385,8 @@ async def test_refused_action_is_a_notification_with_the_reason() -> None:
         assert app.process_table.move_to_key(("p", 1))
         await pilot.press("k")  # nothing it may act on: no dialog, straight to the refusal
         await wait_until(pilot, lambda: "refused" in notices(app))
-        text, severity = app.notices[-1]
-        assert "pid 1 is init" in text and severity == "error", app.notices
+        text, severity = app.record.notices[-1]
+        assert "pid 1 is init" in text and severity == "error", app.record.notices
         assert app.is_running and 1 in app.model.snapshot  # type: ignore[union-attr]
 
 
@@ -437,7 +444,7 @@ async def test_flush_reports_the_result_or_the_reason() -> None:
         assert table.move_to_key(("gpu", 3120, 1))  # type: ignore[attr-defined]
         await pilot.press("f")
         await wait_until(pilot, lambda: "not a guarded process" in notices(app))
-        assert app.notices[-1][1] == "error"
+        assert app.record.notices[-1][1] == "error"
 
 
 async def test_escapes_in_a_command_line_never_reach_the_screen(procs: ProcStarter, tmp_path: Path) -> None:

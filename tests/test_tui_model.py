@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import pytest
 from rich.style import Style
 
 from procguard.core import format as fmt
 from procguard.core.signals import Target
 from procguard.tui.actions import describe, progress_label
-from procguard.tui.app import build_parser, parse_keymap
-from procguard.tui.demo import LOCKS, DemoBackend, demo_model, demo_model_without_gpu
+from procguard.tui.app import parse_keymap
+from procguard.tui.backends.demo import LOCKS, DemoBackend, demo_model, demo_model_without_gpu, demo_resolve
+from procguard.tui.cli import main, parse_args
 from procguard.tui.model import (
     FLAG_DUPLICATE,
     FLAG_GUARDED,
@@ -20,11 +22,10 @@ from procguard.tui.model import (
     blast_radius,
     build_rows,
     prune_marks,
-    pure_resolve,
     summarize_model,
     targets_for_keys,
 )
-from procguard.tui.tables import duplicate_rows, gpu_rows, lock_rows
+from procguard.tui.rows import duplicate_rows, gpu_rows, lock_rows
 from procguard.tui.widgets.process_table import process_columns
 from procguard.tui.widgets.table import fit, layout
 
@@ -63,13 +64,13 @@ def test_group_and_session_rows_count_the_whole_group() -> None:
     m = demo_model()
     rows = build_rows(m, ViewState(grouping="group"))
     head = next(r for r in rows if r.key == ("g", 2101))
-    assert head.count == 5 and head.members == (2101, 2135, 2136, 2137, 2138)
+    assert head.size == 5 and head.members == (2101, 2135, 2136, 2137, 2138)
     assert head.gpu == int(30.5 * 1024**3) and head.rss == sum(m.snapshot[p].rss for p in head.members)
     # With a filter that shows one member, the header still speaks for the whole group.
     rows = build_rows(m, ViewState(grouping="group", filter="2136"))
-    assert [r.key for r in rows] == [("g", 2101), ("p", 2136)] and rows[0].count == 5
+    assert [r.key for r in rows] == [("g", 2101), ("p", 2136)] and rows[0].size == 5
     sess = next(r for r in build_rows(m, ViewState(grouping="session")) if r.key == ("s", 2410))
-    assert sess.count == 7 and sess.stopped == 1
+    assert sess.size == 7 and sess.stopped == 1
 
 
 def test_sorts_and_reverse() -> None:
@@ -99,12 +100,12 @@ def test_targets_and_blast_radius() -> None:
     m = demo_model()
     t = targets_for_keys([("p", 2466), ("g", 2101), ("s", 4010)], m.snapshot)
     assert Target.pid(2466) in t and Target.group(2101) in t and Target.group(4100) in t and Target.group(4010) in t
-    members = pure_resolve(m.snapshot, targets_for_keys([("g", 2101)], m.snapshot))
+    members = demo_resolve(m.snapshot, targets_for_keys([("g", 2101)], m.snapshot))
     b = blast_radius(m, members)
     assert {x.pid for x in b.acting} == {2101, 2135, 2136, 2137, 2138}
     assert b.gpu_bytes == int(30.5 * 1024**3)
     assert b.locks == (f"{LOCKS}/train.lock",)
-    assert pure_resolve(m.snapshot, [Target.pid(1)])[0].protected
+    assert demo_resolve(m.snapshot, [Target.pid(1)])[0].protected
 
 
 def test_prune_marks() -> None:
@@ -156,29 +157,33 @@ def test_progress_labels() -> None:
     assert progress_label(Progress("done", (1,), 0.0), 1) is None
 
 
-def test_cli_options(capsys: object) -> None:
-    p = build_parser()
-    a = p.parse_args(["--interval", "0.5", "--filter", "x", "--grace", "0", "--no-confirm"])
-    assert (a.interval, a.filter, a.grace, a.no_confirm) == (0.5, "x", 0.0, True)
-    capsys.readouterr()  # type: ignore[attr-defined]
+def test_cli_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """tui/cli.py parses with core's argument helpers: the same rules and one-line errors as `procguard`."""
+    a = parse_args(["--interval", "0.5", "--filter", "x", "--grace", "0", "--no-confirm", "--user", "0"])
+    assert (a.interval, a.filter, a.grace, a.no_confirm, a.user, a.all_users) == (0.5, "x", 0.0, True, "root", False)
+    assert parse_args(["--all-users"]).all_users
+    capsys.readouterr()
     for bad in (["--interval", "0"], ["--grace", "-1"], ["--interval", "nan"], ["--user", "no-such-user-xyz"],
                 ["--grace", "soon"], ["--interval"]):
-        try:
-            p.parse_args(bad)
-        except SystemExit as e:
-            assert e.code == 2
-        else:
-            raise AssertionError(bad)
-        err = capsys.readouterr().err  # type: ignore[attr-defined]
+        with pytest.raises(SystemExit) as e:
+            main(bad)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
         # One line that names the option, no usage block, no traceback.
-        assert err.count("\n") == 1 and err.startswith(f"procguard-tui: argument {bad[0]}: "), err
-    try:
-        p.parse_args(["--version"])
-    except SystemExit as e:
-        assert e.code == 0
-    assert "procguard-tui" in capsys.readouterr().out  # type: ignore[attr-defined]
+        assert err.count("\n") == 1 and err.startswith("procguard-tui: error: ") and bad[0] in err, err
+    assert "must be a finite number of seconds > 0" in (main_error(["--interval", "0"], capsys))
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--version"])
+    assert e.value.code == 0
+    assert "procguard-tui" in capsys.readouterr().out
     assert parse_keymap("procguard.terminate=T, procguard.kill=K,bad") == {"procguard.terminate": "T",
                                                                            "procguard.kill": "K"}
+
+
+def main_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main(argv)
+    return capsys.readouterr().err
 
 
 def test_readme_lists_every_key_and_screenshot() -> None:
@@ -211,8 +216,9 @@ def test_ray_options_need_ray_and_plain_use_never_loads_it() -> None:
     import sys
 
     code = ("import sys, io, contextlib\n"
-            "from procguard.tui.app import ProcguardApp, Options, build_parser, main\n"
-            "build_parser().parse_args(['--ray', 'auto', '--node', 'head'])\n"
+            "from procguard.tui.app import ProcguardApp, Options\n"
+            "from procguard.tui.cli import parse_args, main\n"
+            "parse_args(['--ray', 'auto', '--node', 'head'])\n"
             "app = ProcguardApp(Options())\n"
             "assert not app.cluster_mode and app.check_action('next_node', ()) is False\n"
             "assert 'procguard.node' not in [b for _k, _d, b in app.key_table()]\n"
@@ -228,8 +234,8 @@ def test_ray_options_need_ray_and_plain_use_never_loads_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    assert lines == ["procguard-tui: --node needs --ray (see --help)",
-                     "procguard-tui: --demo and --ray exclude each other (see --help)", "no ray"], out.stdout
+    assert lines == ["procguard-tui: error: --node needs --ray",
+                     "procguard-tui: error: --demo and --ray exclude each other", "no ray"], out.stdout
 
 
 def test_summary_names_the_cluster_node() -> None:
@@ -237,7 +243,8 @@ def test_summary_names_the_cluster_node() -> None:
     ray backend module itself imports no ray (only its backend, when constructed, does)."""
     import sys
 
-    from procguard.tui.ray_backend import NodeView
+    import procguard.tui.backends.ray  # noqa: F401
+    from procguard.tui.backends import NodeView
     from procguard.tui.widgets.summary import summary_markup
 
     had_ray = "ray" in sys.modules
@@ -257,7 +264,7 @@ def test_summary_names_the_cluster_node() -> None:
 def test_process_text_is_plain_and_safe_on_screen() -> None:
     """tui.text: a value is made safe and never parsed as markup (a `[` or `$` in it is text); our template's
     markup still styles; table cells go through the same rule where they become segments."""
-    from procguard.tui.tables import Cell, Column
+    from procguard.tui.rows import Cell, Column
     from procguard.tui.text import fill, plain
     from procguard.tui.widgets.table import SimpleTable
 

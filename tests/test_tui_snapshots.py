@@ -15,7 +15,7 @@ import pytest
 from textual.pilot import Pilot
 
 from procguard.tui.app import ProcguardApp
-from procguard.tui.demo import DemoBackend
+from procguard.tui.backends.demo import DemoBackend
 from procguard.tui.screens.confirm import ConfirmScreen
 from procguard.tui.screenshots import SHOTS, render_all
 

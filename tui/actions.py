@@ -6,42 +6,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal
 
-from procguard.core.duplicates import DuplicateGroup, TerminateReport
+from procguard.core.duplicates import DuplicateGroup, Instance
 from procguard.core.identity import ScriptIdentity
-from procguard.core.signals import Member, Outcome, Progress, SignalResult, Target, summarize
+from procguard.core.signals import Member, Progress, SignalResult, Target, summarize
 from procguard.core.snapshot import Snapshot
-from procguard.tui.model import Blast, Model, ProcExtra, blast_radius
+from procguard.tui.backends import Backend, ProgressFn
+from procguard.tui.model import Blast, Model, blast_radius
 
 Kind = Literal["terminate", "kill", "pause", "resume", "end_duplicates"]
-ProgressFn = Callable[[Progress], None]
 VERBS = {"terminate": "Terminate", "kill": "Kill", "pause": "Pause", "resume": "Resume",
          "end_duplicates": "End duplicate runs"}
 CONFIRMED: frozenset[str] = frozenset({"terminate", "kill", "end_duplicates"})
-
-
-class Backend(Protocol):
-    """What the app needs from a data source (collector.LiveBackend, demo.DemoBackend)."""
-
-    static: bool
-    live: bool
-    locks_every_refresh: bool
-
-    def collect(self) -> Model: ...
-    def proc_extra(self, pid: int) -> ProcExtra: ...
-    def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]: ...
-    def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
-                  on_progress: ProgressFn | None = None) -> list[SignalResult]: ...
-    def kill(self, targets: Sequence[Target], snapshot: Snapshot,
-             on_progress: ProgressFn | None = None) -> list[SignalResult]: ...
-    def pause(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]: ...
-    def resume(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]: ...
-    def flush(self, pid: int) -> str: ...
-    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot) -> TerminateReport: ...
-    def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
-                       on_progress: ProgressFn | None = None) -> TerminateReport: ...
-    def clean_locks(self, paths: Sequence[str]) -> list[Any]: ...
 
 
 class OutOfScope(Exception):
@@ -57,6 +34,8 @@ class Plan:
     grace: float
     identity: ScriptIdentity | None = None  # end_duplicates: which script
     notes: tuple[str, ...] = field(default=())  # extra lines for the dialog (kept run, skipped runs)
+    victims: tuple[Instance, ...] = ()  # end_duplicates: the runs the dialog shows; only these may end
+    all_users: bool = False  # end_duplicates: root may end other users' runs (--all-users)
 
     @property
     def title(self) -> str:
@@ -80,8 +59,8 @@ def make_plan(backend: Backend, kind: Kind, targets: Sequence[Target], model: Mo
 
 
 def make_duplicates_plan(backend: Backend, group: DuplicateGroup, model: Model, grace: float,
-                         scope: Callable[[Member], bool] | None = None) -> Plan:
-    report = backend.plan_duplicates(group.identity, grace, model.snapshot)
+                         scope: Callable[[Member], bool] | None = None, *, all_users: bool = False) -> Plan:
+    report = backend.plan_duplicates(group.identity, grace, model.snapshot, all_users=all_users)
     if report.skipped_reason:
         raise RuntimeError(report.skipped_reason)
     _check_scope(report.would_end, scope)
@@ -91,7 +70,7 @@ def make_duplicates_plan(backend: Backend, group: DuplicateGroup, model: Model, 
         raise RuntimeError(f"nothing to end for {group.identity.display}"
                            + (f" ({'; '.join(notes[1:])})" if len(notes) > 1 else ""))
     return Plan("end_duplicates", (), model.snapshot, blast_radius(model, report.would_end), grace,
-                group.identity, tuple(notes))
+                group.identity, tuple(notes), tuple(report.ended), all_users)
 
 
 def _check_scope(members: Sequence[Member], scope: Callable[[Member], bool] | None) -> None:
@@ -141,13 +120,26 @@ def run_plan(backend: Backend, plan: Plan, on_progress: ProgressFn | None = None
     elif plan.kind == "resume":
         results = backend.resume(plan.targets, plan.snapshot)
     else:
-        assert plan.identity is not None
-        report = backend.end_duplicates(plan.identity, plan.grace, plan.snapshot, on_progress)
-        if report.skipped_reason:
-            return Done(plan.kind, (), f"nothing ended: {report.skipped_reason}", "error")
-        done = describe(plan.kind, report.results)
-        return done
+        return _end_duplicates(backend, plan, on_progress)
     return describe(plan.kind, results)
+
+
+def _end_duplicates(backend: Backend, plan: Plan, on_progress: ProgressFn | None) -> Done:
+    assert plan.identity is not None
+    report = backend.end_duplicates(plan.identity, plan.grace, plan.snapshot, on_progress,
+                                    victims=plan.victims, all_users=plan.all_users)
+    if report.skipped_reason:
+        return Done(plan.kind, (), f"nothing ended: {report.skipped_reason}", "error")
+    # A confirmed run that changed since the dialog (ended, another process, another job) was left alone.
+    changed = [(inst, why) for inst, why in report.skipped if inst.proc_id in {v.proc_id for v in plan.victims}]
+    skipped = "; ".join(f"skipped pid {inst.pid}: {why}" for inst, why in changed)
+    if not report.results and changed:
+        return Done(plan.kind, (), f"nothing ended: {skipped}", "warning")
+    done = describe(plan.kind, report.results)
+    if not changed:
+        return done
+    severity: Literal["information", "warning", "error"] = "error" if done.severity == "error" else "warning"
+    return Done(plan.kind, done.results, f"{done.message}; {skipped}", severity)
 
 
 def progress_label(event: Progress, pid: int) -> str | None:
@@ -159,7 +151,3 @@ def progress_label(event: Progress, pid: int) -> str | None:
     if event.phase == "sigkill":
         return "SIGKILL sent"
     return None
-
-
-def outcome_ok(outcome: Outcome) -> bool:
-    return outcome in (Outcome.EXITED, Outcome.KILLED, Outcome.ALREADY_GONE, Outcome.PAUSED, Outcome.RESUMED)

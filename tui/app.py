@@ -1,38 +1,39 @@
-"""procguard-tui: the Textual app.
+"""procguard-tui: the Textual app (its command line: cli.py).
 
 Threads: one long-lived collector worker builds an immutable Model every `--interval` seconds and posts it;
 dry runs and actions run in their own short thread workers calling core (through the backend) and post
-progress and results. Widgets are only touched here, on the UI thread, in message handlers.
+progress and results. Widgets are only touched here, on the UI thread, in message handlers and watchers.
+
+State: what the screen shows follows from a few Textual reactives, each with a watcher that redraws what
+depends on it: `model` (the latest refresh), `view` (the tab shown), `view_state` (grouping, sort, filter),
+`marks` and `status` (progress labels of running actions). Handlers and actions only assign them.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import math
 import os
-import pwd
-import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar, NoReturn
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
 from textual.message import Message
+from textual.reactive import var
 from textual.screen import ModalScreen, Screen
 from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 from textual.worker import get_current_worker
 
-from procguard.core import format as fmt
+from procguard.core.duplicates import DuplicateGroup
 from procguard.core.signals import Member, Target
+from procguard.core.snapshot import DEAD_STATES
 from procguard.tui.actions import (
     CONFIRMED,
     VERBS,
-    Backend,
     Kind,
     Plan,
     make_duplicates_plan,
@@ -40,6 +41,7 @@ from procguard.tui.actions import (
     progress_label,
     run_plan,
 )
+from procguard.tui.backends import Backend, NodeView
 from procguard.tui.messages import (
     ActionDone,
     ActionFailed,
@@ -50,25 +52,25 @@ from procguard.tui.messages import (
     PlanReady,
 )
 from procguard.tui.model import (
-    DEAD_STATES,
     GROUPINGS,
     SORT_KEYS,
     Model,
     Row,
     RowKey,
     ViewState,
+    build_rows,
     key_alive,
     prune_marks,
     status_text,
     targets_for_keys,
 )
+from procguard.tui.panes.duplicates import DuplicatesPane
+from procguard.tui.panes.gpu import GpuPane
+from procguard.tui.panes.locks import LocksPane
 from procguard.tui.screens.confirm import ConfirmScreen
 from procguard.tui.screens.details import DetailsScreen
 from procguard.tui.screens.help import HelpScreen
 from procguard.tui.text import plain
-from procguard.tui.views.duplicates import DuplicatesView
-from procguard.tui.views.gpu import GpuView
-from procguard.tui.views.locks import LocksView
 from procguard.tui.widgets.process_table import ProcessTable
 from procguard.tui.widgets.summary import StatusLine, Summary
 from procguard.tui.widgets.table import KeyedTable
@@ -96,6 +98,21 @@ class Options:
     grace: float = 5.0
     user: str | None = None
     no_confirm: bool = False
+    all_users: bool = False  # d: root may end other users' runs too (never without it)
+
+
+@dataclass
+class AppRecord:
+    """The app's one test hook (`ProcguardApp.record`): what it did, for tests and the screenshot script to
+    wait on and check. The app itself only ever adds to it, never reads it; all of it is bounded.
+
+    A test that checks something did NOT happen waits until `models_applied` passed a value it read after the
+    action (a refresh happened since), never a fixed time."""
+
+    models_applied: int = 0  # models shown (each refresh, each node switch)
+    actions_started: int = 0  # plans started (confirmed, or without a dialog)
+    notices: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=1000))  # (text, severity)
+    progress_log: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=2000))  # (pid, label)
 
 
 class NodeSwitched(Message):
@@ -124,11 +141,11 @@ class FilterInput(Input):
 
 
 class ProcguardApp(App[None]):
-    """`backend`: where data comes from and actions go (LiveBackend by default; demo.DemoBackend for the demo
-    scenario; ray_backend.RayNodeBackend for one node of a Ray cluster, which turns on cluster mode: the node
-    shown named in the summary line, `n` to switch node). `act_scope`: when given, every dry run is checked
-    against it and an action that would touch any process outside it is refused (tests scope the app to their
-    own processes this way)."""
+    """`backend`: where data comes from and actions go (backends.live.LiveBackend by default;
+    backends.demo.DemoBackend for the demo scenario; backends.ray.RayNodeBackend for one node of a Ray cluster,
+    whose `cluster` turns on cluster mode: the node shown named in the summary line, `n` to switch node).
+    `act_scope`: when given, every dry run is checked against it and an action that would touch any process
+    outside it is refused (tests scope the app to their own processes this way)."""
 
     CSS_PATH = "app.tcss"
     TITLE = "procguard-tui"
@@ -159,30 +176,34 @@ class ProcguardApp(App[None]):
         Binding("q", "quit", "Quit", id="procguard.quit"),
     ]
 
+    # The state the screen is drawn from (see the module docstring). `var`: no repaint of the whole app on a
+    # change, only what each watcher redraws; init=False: nothing is drawn before the widgets exist.
+    model: var[Model | None] = var(None, init=False, always_update=True)  # always: Models aren't compared
+    view: var[str] = var("processes", init=False, bindings=True)
+    view_state: var[ViewState] = var(ViewState(), init=False)
+    marks: var[frozenset[RowKey]] = var(frozenset(), init=False, bindings=True)
+    status: var[Mapping[int, str]] = var(dict, init=False, always_update=True)  # pid -> progress label
+
     def __init__(self, options: Options | None = None, *, backend: Backend | None = None,
                  act_scope: Callable[[Member], bool] | None = None) -> None:
         super().__init__()
         self.options = options or Options()
         if backend is None:
-            from procguard.tui.collector import LiveBackend
+            from procguard.tui.backends.live import LiveBackend
 
             backend = LiveBackend()
         self.backend: Backend = backend
-        # Cluster mode: a backend that shows one node of several and says which node a snapshot shows.
-        self.cluster_mode = callable(getattr(backend, "view_of", None)) and callable(
-            getattr(backend, "next_node", None))
+        self.cluster_mode = backend.cluster  # one node of several shown at a time (the backend says so)
         self.switching_node = False
         self.act_scope = act_scope
-        self.model: Model | None = None
-        self.view = "processes"
-        self.view_state = ViewState(filter=self.options.filter, user=self.options.user)
-        self.marks: set[RowKey] = set()
-        self.status: dict[int, str] = {}  # pid -> progress text of a running action
-        self.progress_log: deque[tuple[int, str]] = deque(maxlen=2000)  # every label shown, oldest first
-        self.notices: list[tuple[str, str]] = []  # every notification, for tests and the record
-        self.models_applied = 0
-        self.actions_started = 0
+        self.record = AppRecord()
+        self.set_reactive(ProcguardApp.view_state, ViewState(filter=self.options.filter, user=self.options.user))
         self.user_keymap = parse_keymap(os.environ.get(KEYMAP_ENV, ""))
+
+    @property
+    def notices(self) -> Sequence[tuple[str, str]]:
+        """record.notices, by its older name (tests/test_hostile_terminal.py and tests/test_cluster.py)."""
+        return self.record.notices
 
     # ------------------------------------------------------------------------------------------ layout
 
@@ -192,9 +213,9 @@ class ProcguardApp(App[None]):
         yield StatusLine(id="status")
         with ContentSwitcher(initial="processes", id="views"):
             yield ProcessTable(id="processes", empty_text="no process matches")
-            yield DuplicatesView(id="duplicates")
-            yield LocksView(id="locks")
-            yield GpuView(id="gpu")
+            yield DuplicatesPane(id="duplicates")
+            yield LocksPane(id="locks")
+            yield GpuPane(id="gpu")
         yield FilterInput(placeholder="filter: pid, user or command (Enter keeps, Esc clears)", compact=True,
                           select_on_focus=False, id="filter")
         yield Footer(compact=True)
@@ -210,7 +231,7 @@ class ProcguardApp(App[None]):
         self._show_status()
         if self.backend.static:
             # Fixed data: one model, applied before the first frame, no refresh loop.
-            self._apply_model(self.backend.collect())
+            self.model = self.backend.collect()
         else:
             self._collect_loop()
 
@@ -236,33 +257,41 @@ class ProcguardApp(App[None]):
             return  # an action's refresh overtook this one
         if self.switching_node:
             return  # the switch brings the new node's first model itself (NodeSwitched)
-        self._apply_model(message.model)
+        self.model = message.model
 
     def on_collect_failed(self, message: CollectFailed) -> None:
         if not self._ui_live():
             return
         self.tell(f"refresh failed: {message.reason}", "error")
 
-    def _apply_model(self, model: Model) -> None:
-        if self.cluster_mode and self.model is not None and (
-                getattr(self.node_view(model.snapshot), "node_id", None)
-                != getattr(self.node_view(self.model.snapshot), "node_id", None)):
+    def watch_model(self, old: Model | None, model: Model | None) -> None:
+        if model is None:
+            return
+        if self.cluster_mode and old is not None and self._node_id(old) != self._node_id(model):
             self._forget_node()
-        self.model = model
-        self.models_applied += 1
-        self.marks = prune_marks(self.marks, model)
+        self.record.models_applied += 1
+        self.marks = frozenset(prune_marks(self.marks, model))
         view = self.node_view(model.snapshot)
         self.query_one(Summary).show(model, node=self.node_label(model),
                                      node_compact=None if view is None else view.compact)
         self._refresh_view()
+
+    def watch_view_state(self) -> None:
+        self._refresh_view()
+
+    def watch_marks(self, marks: frozenset[RowKey]) -> None:
+        self.process_table.set_marks(set(marks))
+        self._show_status()
+
+    def watch_status(self, status: Mapping[int, str]) -> None:
+        if self._ui_live():
+            self.process_table.set_status(status)
 
     def _refresh_view(self) -> None:
         model = self.model
         if model is None:
             return
         if self.view == "processes":
-            from procguard.tui.model import build_rows
-
             table = self.process_table
             table.marks = set(self.marks)
             table.status = dict(self.status)
@@ -270,11 +299,13 @@ class ProcguardApp(App[None]):
             rows = build_rows(model, self.view_state)
             table.set_rows(rows, alive=lambda k: key_alive(model, k))  # type: ignore[arg-type]
         else:
-            self._view_widget(self.view).show(model)
+            self._pane(self.view).show(model)
         self._show_status()
 
-    def _view_widget(self, view: str) -> Any:
-        return self.query_one(f"#{view}")
+    def _pane(self, view: str) -> DuplicatesPane | LocksPane | GpuPane:
+        pane = self.query_one(f"#{view}")
+        assert isinstance(pane, (DuplicatesPane, LocksPane, GpuPane)), view
+        return pane
 
     def _show_status(self) -> None:
         if self.view == "processes":
@@ -293,25 +324,26 @@ class ProcguardApp(App[None]):
 
     @on(Tabs.TabActivated)
     def _tab_activated(self, event: Tabs.TabActivated) -> None:
-        tab_id = event.tab.id or ""
-        view = tab_id.removeprefix("tab-")
-        if view not in VIEWS:
-            return
-        self.view = view
+        view = (event.tab.id or "").removeprefix("tab-")
+        if view in VIEWS:
+            self.view = view
+
+    def watch_view(self, view: str) -> None:
         self.query_one(ContentSwitcher).current = view
         self.backend.locks_every_refresh = view == "locks"
-        table = self.process_table if view == "processes" else self._view_widget(view).table
+        table = self.process_table if view == "processes" else self._pane(view).table
         table.focus()
-        self.refresh_bindings()
         self._refresh_view()
 
     # ------------------------------------------------------------------------------------------ nodes
 
-    def node_view(self, snapshot: Any) -> Any | None:
+    def node_view(self, snapshot: Any) -> NodeView | None:
         """Cluster mode: the NodeView of the node a snapshot shows (None otherwise)."""
-        if not self.cluster_mode:
-            return None
-        return self.backend.view_of(snapshot)  # type: ignore[attr-defined]
+        return self.backend.node_view(snapshot) if self.cluster_mode else None
+
+    def _node_id(self, model: Model) -> str | None:
+        view = self.node_view(model.snapshot)
+        return None if view is None else view.node_id
 
     def node_label(self, model: Model | None) -> str | None:
         if not self.cluster_mode or model is None:
@@ -329,7 +361,7 @@ class ProcguardApp(App[None]):
     @work(thread=True, exclusive=True, group="node", exit_on_error=False)
     def _node_worker(self) -> None:
         try:
-            self.backend.next_node()  # type: ignore[attr-defined]
+            self.backend.next_node()
             model = self.backend.collect()
         except Exception as e:  # the node left, the cluster went away: say so, stay where we are
             self.post_message(NodeSwitched(None, f"{type(e).__name__}: {e}"))
@@ -343,33 +375,29 @@ class ProcguardApp(App[None]):
         if message.model is None:
             self.tell(f"switching node failed: {message.error}", "error")
             return
-        self._apply_model(message.model)  # the new one replaces the model whatever its seq
-        self.refresh_bindings()
+        self.model = message.model  # the new one replaces the model whatever its seq
         self.tell(f"node {self.node_label(message.model)}")
 
     def _forget_node(self) -> None:
         """Another node is shown: its pids mean other processes, so nothing carries over: marks, progress
         labels, cursors (every table starts again at its top)."""
-        self.marks.clear()
-        self.status.clear()
+        self.marks = frozenset()
+        self.status = {}
         for table in self.query(KeyedTable):
             table.set_rows([])
 
-    # ------------------------------------------------------------------------------------------ views
+    # ------------------------------------------------------------------------------------------ view state
 
     def action_cycle_grouping(self) -> None:
         i = GROUPINGS.index(self.view_state.grouping)
         self.view_state = replace(self.view_state, grouping=GROUPINGS[(i + 1) % len(GROUPINGS)])
-        self._refresh_view()
 
     def action_cycle_sort(self) -> None:
         i = SORT_KEYS.index(self.view_state.sort)
         self.view_state = replace(self.view_state, sort=SORT_KEYS[(i + 1) % len(SORT_KEYS)], reverse=False)
-        self._refresh_view()
 
     def action_reverse_sort(self) -> None:
         self.view_state = replace(self.view_state, reverse=not self.view_state.reverse)
-        self._refresh_view()
 
     def action_filter(self) -> None:
         box = self.query_one(FilterInput)
@@ -380,17 +408,12 @@ class ProcguardApp(App[None]):
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        if event.value != self.view_state.filter:
-            self.view_state = replace(self.view_state, filter=event.value)
-            self._refresh_view()
+        self.view_state = replace(self.view_state, filter=event.value)
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self, event: Input.Submitted) -> None:
-        if event.value != self.view_state.filter:
-            self.view_state = replace(self.view_state, filter=event.value)
-            self._refresh_view()
-        box = self.query_one(FilterInput)
-        box.display = False
+        self.view_state = replace(self.view_state, filter=event.value)
+        self.query_one(FilterInput).display = False
         self.process_table.focus()
 
     # ------------------------------------------------------------------------------------------ marks
@@ -401,24 +424,15 @@ class ProcguardApp(App[None]):
         if row is None or table.is_gone(row):
             return
         self.marks ^= {row.key}
-        table.set_marks(self.marks)
         table.action_cursor_down()  # like htop: space marks and moves on
-        self._show_status()
-        self.refresh_bindings()
 
     def action_mark_all(self) -> None:
         """Every process shown (not group headers: a header stands for members the filter may hide)."""
         table = self.process_table
         self.marks |= {r.key for r in table.rows if r.kind == "proc" and not table.is_gone(r)}
-        table.set_marks(self.marks)
-        self._show_status()
-        self.refresh_bindings()
 
     def action_clear_marks(self) -> None:
-        self.marks.clear()
-        self.process_table.set_marks(self.marks)
-        self._show_status()
-        self.refresh_bindings()
+        self.marks = frozenset()
 
     # ------------------------------------------------------------------------------------------ selection
 
@@ -436,7 +450,7 @@ class ProcguardApp(App[None]):
             if row.kind == "proc":
                 return row.id
             return row.id if row.id in self.model.snapshot else (row.members[0] if row.members else None)
-        sel = self._view_widget(self.view).selected()
+        sel = self._pane(self.view).selected()
         return None if sel is None else sel.pid
 
     def selected_targets(self) -> list[Target]:
@@ -455,7 +469,7 @@ class ProcguardApp(App[None]):
                           else f"{row.kind} {row.id} has already ended", "warning")
                 return []
             return targets_for_keys([row.key], self.model.snapshot)
-        sel = self._view_widget(self.view).selected()
+        sel = self._pane(self.view).selected()
         return [] if sel is None else list(sel.targets)
 
     # ------------------------------------------------------------------------------------------ actions
@@ -518,16 +532,17 @@ class ProcguardApp(App[None]):
         if self.switching_node:
             self.tell("switching node: nothing was signalled", "warning")
             return
-        group = self.query_one(DuplicatesView).selected_group()
+        group = self.query_one(DuplicatesPane).selected_group()
         if group is None:
             self.tell("select a duplicate group (or one of its runs) first", "warning")
             return
         self._duplicates_plan_worker(group, self.model)
 
     @work(thread=True, exit_on_error=False, group="plans")
-    def _duplicates_plan_worker(self, group: Any, model: Model) -> None:
+    def _duplicates_plan_worker(self, group: DuplicateGroup, model: Model) -> None:
         try:
-            plan = make_duplicates_plan(self.backend, group, model, self.options.grace, self.act_scope)
+            plan = make_duplicates_plan(self.backend, group, model, self.options.grace, self.act_scope,
+                                        all_users=self.options.all_users)
         except Exception as e:
             self.post_message(ActionFailed("end_duplicates", str(e)))
             return
@@ -557,13 +572,12 @@ class ProcguardApp(App[None]):
             self.start_plan(plan)
 
     def start_plan(self, plan: Plan) -> None:
-        self.actions_started += 1
+        self.record.actions_started += 1
         label = {"terminate": "SIGTERM…", "end_duplicates": "SIGTERM…", "kill": "SIGKILL…"}.get(plan.kind)
         if label is not None:
-            for m in plan.blast.acting:
-                if m.state not in DEAD_STATES:  # a zombie has ended already: nothing will happen to it
-                    self.status[m.pid] = label
-        self._push_status()
+            # A zombie has ended already: nothing will happen to it.
+            starting = {m.pid: label for m in plan.blast.acting if m.state not in DEAD_STATES}
+            self.status = {**self.status, **starting}
         self._run_worker(plan)
 
     @work(thread=True, exit_on_error=False, group="actions")
@@ -591,37 +605,37 @@ class ProcguardApp(App[None]):
         if ev.phase == "sigkill" and not pids:
             # Core ended a group with one killpg and names no pid: every member not seen exiting got it.
             pids = tuple(p for p in message.pids if self.status.get(p, "").startswith("SIGTERM"))
+        status = dict(self.status)
         for pid in pids:
             label = progress_label(ev, pid)
             if label is not None:
-                self.status[pid] = label
-                self.progress_log.append((pid, label))
-        self._push_status()
+                status[pid] = label
+                self.record.progress_log.append((pid, label))
+        self.status = status
+
+    def _clear_status(self, pids: Iterable[int]) -> None:
+        """The progress labels of these pids go (the table is redrawn only while the app is live)."""
+        gone = set(pids)
+        if gone & self.status.keys():
+            self.status = {p: s for p, s in self.status.items() if p not in gone}
 
     def on_action_done(self, message: ActionDone) -> None:
         done = message.done
-        for pid in (*message.pids, *(r.pid for r in done.results)):
-            self.status.pop(pid, None)
+        self._clear_status((*message.pids, *(r.pid for r in done.results)))
         if not self._ui_live():
-            self.notices.append((plain(done.message), done.severity))  # for the record; no screen to show it on
+            self.record.notices.append((plain(done.message), done.severity))  # no screen to show it on
             return
-        self._push_status()
         self.tell(done.message, done.severity)
 
     def on_action_failed(self, message: ActionFailed) -> None:
         verb = VERBS.get(str(message.kind), str(message.kind))
-        for pid in message.pids:
-            self.status.pop(pid, None)
+        self._clear_status(message.pids)
         if self._ui_live():
-            self._push_status()
             self.tell(f"{verb}: {message.reason}", "error")
 
     def on_notice(self, message: Notice) -> None:
         if self._ui_live():
             self.tell(message.text, message.severity)
-
-    def _push_status(self) -> None:
-        self.process_table.set_status(self.status)
 
     def _ui_live(self) -> bool:
         """False once the app is exiting or shutting down. Workers post messages until they notice the app
@@ -691,7 +705,7 @@ class ProcguardApp(App[None]):
         """Every notification goes through here: results, errors and flush answers quote commands, paths and
         messages of other users' processes, so the whole text is made safe and never parsed as markup."""
         text = plain(text)
-        self.notices.append((text, severity))
+        self.record.notices.append((text, severity))
         self.notify(text, severity=severity, timeout=8 if severity == "information" else 12,  # type: ignore[arg-type]
                     markup=False)
 
@@ -787,111 +801,11 @@ def parse_keymap(text: str) -> dict[str, str]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad input gives one line on stderr naming the option (argparse's "argument --grace: ..."), exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
-def _seconds(allow_zero: bool) -> Callable[[str], float]:
-    """argparse names the option in front of these messages: "argument --interval: '0' is not ..."."""
-    want = ">= 0" if allow_zero else "> 0"
-
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-        if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds {want}")
-        return v
-
-    return parse
-
-
-def _user(text: str) -> str:
-    try:
-        return pwd.getpwnam(text).pw_name
-    except KeyError:
-        if text.isdigit():
-            try:
-                return pwd.getpwuid(int(text)).pw_name
-            except KeyError:
-                return text
-        raise argparse.ArgumentTypeError(f"unknown user {text!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="procguard-tui", description="Terminal app for Python/GPU processes: "
-                                "duplicates, locks, process groups and GPU memory, with safe actions.")
-    p.add_argument("--interval", type=_seconds(False), default=1.0, metavar="SECONDS",
-                   help="refresh every SECONDS (default 1.0)")
-    p.add_argument("--filter", default="", metavar="TEXT", help="start with this filter (pid, user, command)")
-    p.add_argument("--grace", type=_seconds(True), default=5.0, metavar="SECONDS",
-                   help="seconds between SIGTERM and SIGKILL for t (default 5)")
-    p.add_argument("--user", type=_user, default=None, metavar="NAME", help="only show this user's processes")
-    p.add_argument("--no-confirm", action="store_true", help="act on t / k / d without the confirm dialog")
-    p.add_argument("--demo", action="store_true", help="show the built-in demo scenario (actions are simulated)")
-    p.add_argument("--ray", metavar="ADDRESS", default=None,
-                   help="a Ray cluster (HOST:PORT, auto): its nodes one at a time (n switches), actions run on "
-                        "the node shown (needs procguard[ray])")
-    p.add_argument("--node", metavar="NODE", default=None,
-                   help="with --ray: the node to start on (head, a node id or unique prefix, or an IP; default head)")
-    p.add_argument("--version", action="version", version=f"procguard-tui {fmt.version()}")
-    return p
-
-
-def _ray_backend(address: str, node: str) -> Backend:
-    """Connect to the cluster (Ray is imported here, never without --ray). Errors: one line, exit 2, and no
-    connection left open."""
-    try:
-        from procguard.tui.ray_backend import RayNodeBackend
-
-        return RayNodeBackend(address, node=node)
-    except Exception as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, ImportError) and "procguard[ray]" not in text:
-            text = f"needs Ray: pip install 'procguard[ray]' ({text})"
-        elif isinstance(e, ValueError):  # find_node: no such node / several match
-            text = f"--node {node}: {text}"
-        with contextlib.suppress(Exception):
-            from procguard.tui.ray_backend import disconnect
-
-            disconnect()
-        print(f"procguard-tui: --ray {plain(address)}: {plain(text)}", file=sys.stderr)  # a node's words
-        sys.exit(2)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.node is not None and args.ray is None:
-        parser.error("--node needs --ray")
-    if args.demo and args.ray is not None:
-        parser.error("--demo and --ray exclude each other")
-    options = Options(interval=args.interval, filter=args.filter, grace=args.grace, user=args.user,
-                      no_confirm=args.no_confirm)
-    backend: Backend | None = None
-    if args.demo:
-        from procguard.tui.demo import DemoBackend
+    """The `procguard-tui` entry point as pyproject names it today: the command line lives in cli.py."""
+    from procguard.tui.cli import main as cli_main
 
-        backend = DemoBackend()
-    if not sys.stdout.isatty():
-        print("procguard-tui: needs a terminal (use `procguard ps` for scripts)", file=sys.stderr)
-        sys.exit(2)
-    if args.ray is not None:
-        backend = _ray_backend(args.ray, args.node or "head")
-    try:
-        ProcguardApp(options, backend=backend).run()
-    finally:
-        if args.ray is not None:
-            from procguard.tui.ray_backend import disconnect
-
-            disconnect()
+    cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from typing import Literal, NamedTuple
 
 from procguard.core import views
-from procguard.core.duplicates import DuplicateGroup, ScheduledInstance
+from procguard.core.duplicates import DuplicateGroup, Explanation, ScheduledInstance
 from procguard.core.gpu import GpuSnapshot, gpu_memory_by_pid, orphaned_gpu_processes
 from procguard.core.locks import HeldLock
 from procguard.core.signals import Member, Target
@@ -39,14 +39,15 @@ FLAG_DUPLICATE = "D"
 FLAG_GUARDED = "G"
 FLAG_LOCK = "L"
 FLAG_ORPHAN_GPU = "O"
+FLAG_RUN = "R"
+FLAGS = (FLAG_DUPLICATE, FLAG_GUARDED, FLAG_RUN, FLAG_LOCK, FLAG_ORPHAN_GPU)  # in the order a row shows them
 FLAG_LEGEND = (
     (FLAG_DUPLICATE, "instance of a script running more than once (see Duplicates)"),
-    (FLAG_GUARDED, "guarded process (procguard guard() / procguard run)"),
+    (FLAG_GUARDED, "guarded process (procguard's guard() in the script)"),
+    (FLAG_RUN, "a `procguard run` job (its parent is the launcher; Enter shows the run's lock)"),
     (FLAG_LOCK, "holds a file lock (see Locks)"),
     (FLAG_ORPHAN_GPU, "orphan holding GPU memory: its parent died (leftover worker?)"),
 )
-STOPPED_STATES = frozenset({"T", "t"})
-DEAD_STATES = frozenset({"Z", "X"})
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -77,6 +78,10 @@ class ProcExtra:
 
     cwd: str | None
     env: Mapping[str, str] | None  # rank / scheduler variables only; None when unreadable
+    # What the process is to duplicate detection: its identity key (kind + parts) and whether it counts as a
+    # run, or why not (core's duplicates.explain); None with `explain_error` saying why when it can't be told.
+    explanation: Explanation | None = None
+    explain_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class Model:
     orphans: frozenset[int] = frozenset()  # GPU holders whose parent died
     dup_pids: frozenset[int] = frozenset()  # processes that are (part of) a duplicate instance
     lock_pids: frozenset[int] = frozenset()  # processes holding a file lock
+    run_jobs: Mapping[int, int] = field(default_factory=dict)  # job pid -> pid of its `procguard run` launcher
 
     @property
     def time(self) -> float:
@@ -105,7 +111,7 @@ class Model:
 def make_model(seq: int, snapshot: Snapshot, gpu: GpuSnapshot, *, duplicates: Sequence[DuplicateGroup] = (),
                scheduled: Sequence[ScheduledInstance] = (), locks: Sequence[HeldLock] = (),
                stale_locks: Sequence[str] = (), guarded: Iterable[GuardInfo] = (),
-               errors: Sequence[str] = ()) -> Model:
+               errors: Sequence[str] = (), run_jobs: Mapping[int, int] | None = None) -> Model:
     gpu_by_pid = gpu_memory_by_pid(gpu) if gpu.available else {}
     orphans = frozenset(h.proc.pid for h in orphaned_gpu_processes(snapshot, gpu)) if gpu.available else frozenset()
     dup: set[int] = set()
@@ -116,7 +122,7 @@ def make_model(seq: int, snapshot: Snapshot, gpu: GpuSnapshot, *, duplicates: Se
     lock_pids = frozenset(p for lk in locks if not lk.stale for p in (lk.holders or ((lk.pid,) if lk.pid else ())))
     return Model(seq, snapshot, gpu, tuple(duplicates), tuple(scheduled), tuple(locks), tuple(stale_locks),
                  MappingProxyType({g.pid: g for g in guarded}), tuple(errors), MappingProxyType(gpu_by_pid),
-                 orphans, frozenset(dup), lock_pids)
+                 orphans, frozenset(dup), lock_pids, MappingProxyType(dict(run_jobs or {})))
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -131,7 +137,7 @@ class Row(NamedTuple):
     depth: int
     prefix: str  # tree drawing before the command ("├─ ")
     proc: Proc | None  # the process (proc rows); the leader if visible (group/session rows)
-    count: int  # members (group/session rows; 1 for a process)
+    size: int  # members (group/session rows; 1 for a process)
     stopped: int  # members stopped (T/t)
     cpu: float
     rss: int
@@ -165,6 +171,8 @@ def flags_of(model: Model, p: Proc) -> str:
         out += FLAG_DUPLICATE
     if pid in model.guarded:
         out += FLAG_GUARDED
+    if pid in model.run_jobs:
+        out += FLAG_RUN
     if pid in model.lock_pids:
         out += FLAG_LOCK
     if pid in model.orphans:
@@ -200,7 +208,7 @@ def _proc_sort_value(model: Model, p: Proc, key: SortKey) -> float:
 
 
 def _proc_row(model: Model, p: Proc, depth: int, prefix: str) -> Row:
-    stopped = 1 if p.state in STOPPED_STATES else 0
+    stopped = 1 if p.stopped else 0
     return Row(("p", p.pid), "proc", p.pid, depth, prefix, p, 1, stopped, p.cpu_percent, p.rss,
                model.gpu_by_pid.get(p.pid, 0), flags_of(model, p), (p.pid,))
 
@@ -301,11 +309,11 @@ def _aggregate(model: Model, kind: Literal["group", "session"], gid: int, member
     members = [procs[m] for m in member_pids if m in procs]
     leader = procs.get(gid)
     flags = ""
-    for f in (FLAG_DUPLICATE, FLAG_GUARDED, FLAG_LOCK, FLAG_ORPHAN_GPU):
+    for f in FLAGS:
         if any(f in flags_of(model, m) for m in members):
             flags += f
     return Row((kind[0], gid), kind, gid, 0, "", leader, len(members),
-               sum(1 for m in members if m.state in STOPPED_STATES),
+               sum(1 for m in members if m.stopped),
                sum(m.cpu_percent for m in members), sum(m.rss for m in members),
                sum(model.gpu_by_pid.get(m.pid, 0) for m in members), flags,
                tuple(m.pid for m in members))
@@ -358,24 +366,6 @@ def _grouped_rows(model: Model, vis: Mapping[int, Proc], state: ViewState) -> li
 # ---------------------------------------------------------------------------------------------- targets
 
 
-def row_targets(row: Row, snapshot: Snapshot) -> list[Target]:
-    """What acting on a row hits: a process row its pid; a group row the whole group (by pgid, so members
-    forked meanwhile go too); a session row every process group of the session."""
-    if row.kind == "proc":
-        return [Target.pid(row.id)]
-    if row.kind == "group":
-        return [Target.group(row.id)]
-    pgids = sorted({p.pgid for p in views.session_members(snapshot, row.id)})
-    return [Target.group(g) for g in pgids]
-
-
-def targets_for(rows: Iterable[Row], snapshot: Snapshot) -> list[Target]:
-    out: list[Target] = []
-    for r in rows:
-        out.extend(row_targets(r, snapshot))
-    return list(dict.fromkeys(out))
-
-
 def targets_for_keys(keys: Iterable[RowKey], snapshot: Snapshot) -> list[Target]:
     """Targets of marked rows, from their keys alone (a marked row may be filtered out of view just now)."""
     out: list[Target] = []
@@ -387,30 +377,6 @@ def targets_for_keys(keys: Iterable[RowKey], snapshot: Snapshot) -> list[Target]
         else:
             out.extend(Target.group(g) for g in sorted({p.pgid for p in views.session_members(snapshot, ident)}))
     return list(dict.fromkeys(out))
-
-
-def pure_resolve(snapshot: Snapshot, targets: Iterable[Target]) -> list[Member]:
-    """signals.resolve without reading /proc (no lineage check): for the demo scenario only."""
-    seen: set[int] = set()
-    out: list[Member] = []
-    for t in targets:
-        if t.kind == "pid":
-            procs = [p] if (p := snapshot.get(t.id)) is not None else []
-        elif t.kind == "group":
-            procs = views.group_members(snapshot, t.id)
-        else:
-            procs = views.tree(snapshot, t.id)
-        for p in procs:
-            if p.pid in seen:
-                continue
-            seen.add(p.pid)
-            why = None
-            if p.pid <= 1:
-                why = "pid 1 is init: signalling it can bring the system down"
-            elif p.kernel_thread:
-                why = f"pid {p.pid} is a kernel thread"
-            out.append(Member.of(p, t, why))
-    return out
 
 
 @dataclass(frozen=True)
@@ -452,7 +418,7 @@ def key_alive(model: Model, key: RowKey) -> bool:
     snap = model.snapshot
     if kind == "p":
         p = snap.get(ident)
-        return p is not None and p.state not in DEAD_STATES
+        return p is not None and not p.dead
     if kind == "g":
         return ident in snap.group_map
     return ident in snap.session_map
@@ -461,7 +427,9 @@ def key_alive(model: Model, key: RowKey) -> bool:
 # ---------------------------------------------------------------------------------------------- summary
 
 
-class Summary(NamedTuple):
+class Totals(NamedTuple):
+    """The summary line's figures (the widget that shows them is widgets.summary.Summary)."""
+
     processes: int
     python: int
     duplicate_groups: int
@@ -473,7 +441,7 @@ class Summary(NamedTuple):
     gpu_reason: str | None
 
 
-def summarize_model(model: Model) -> Summary:
+def summarize_model(model: Model) -> Totals:
     n = py = stopped = zombies = 0
     for p in model.snapshot:
         if p.kernel_thread:
@@ -481,15 +449,15 @@ def summarize_model(model: Model) -> Summary:
         n += 1
         if p.python is not None:
             py += 1
-        if p.state in STOPPED_STATES:
+        if p.stopped:
             stopped += 1
-        elif p.state == "Z":
+        elif p.dead:
             zombies += 1
     gpu = model.gpu
     used = sum(d.memory_used for d in gpu.devices) if gpu.available else None
     total = sum(d.memory_total for d in gpu.devices) if gpu.available else None
     held = sum(1 for lk in model.locks if not lk.stale)
-    return Summary(n, py, len(model.duplicates), held, stopped, zombies, used, total, gpu.reason)
+    return Totals(n, py, len(model.duplicates), held, stopped, zombies, used, total, gpu.reason)
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -506,7 +474,7 @@ def group_label(row: Row) -> str:
     what = "group" if row.kind == "group" else "session"
     stopped = f", {row.stopped} stopped" if row.stopped else ""
     lead = f" · {display_command(row.proc)}" if row.proc is not None else ""
-    return f"{what} {row.id}: {row.count} procs{stopped}{lead}"
+    return f"{what} {row.id}: {row.size} procs{stopped}{lead}"
 
 
 def status_text(state: ViewState, marks: int, shown: int) -> str:

@@ -21,9 +21,9 @@ from typing import NamedTuple
 from textual.pilot import Pilot
 
 from procguard.core.signals import Outcome, Progress, SignalResult, Target
-from procguard.core.snapshot import Snapshot
+from procguard.core.snapshot import DEAD_STATES, Snapshot
 from procguard.tui.app import ProcguardApp
-from procguard.tui.demo import DemoBackend
+from procguard.tui.backends.demo import DemoBackend
 from procguard.tui.screens.confirm import ConfirmScreen
 
 DEFAULT_SIZE = (100, 30)
@@ -44,7 +44,7 @@ class HeldDemo(DemoBackend):
 
     def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
                   on_progress: Callable[[Progress], None] | None = None) -> list[SignalResult]:
-        members = [m for m in self.resolve(targets, snapshot) if m.state not in ("Z", "X") and not m.protected]
+        members = [m for m in self.resolve(targets, snapshot) if m.state not in DEAD_STATES and not m.protected]
         live = tuple(m.pid for m in members)
         exited = tuple(p for p in live if p in self.EXITS_ON_SIGTERM)
         stubborn = tuple(p for p in live if p not in self.EXITS_ON_SIGTERM)

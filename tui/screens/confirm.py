@@ -18,8 +18,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 from procguard.core import format as fmt
+from procguard.core.snapshot import DEAD_STATES
 from procguard.tui.actions import Plan
-from procguard.tui.model import DEAD_STATES, truncate
+from procguard.tui.model import truncate
 from procguard.tui.text import fill, join_lines, plain
 
 MAX_LINES = 400  # a session of thousands: the dialog says how many more there are

@@ -1,6 +1,7 @@
 """Enter: everything about one process: full command, ids, cwd, rank / scheduler environment, open locks,
-children, GPU memory, guard and duplicate facts. cwd and environment are read in a worker (they are /proc
-reads the refresh loop doesn't do)."""
+children, GPU memory, guard and `procguard run` facts, and what it is to duplicate detection (its identity key,
+kind and parts, and whether it counts as a run, or why not). cwd, environment and the identity are read in a
+worker (/proc reads the refresh loop doesn't do)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from textual.widgets import Static
 
 from procguard.core import format as fmt
 from procguard.core import views
-from procguard.tui.actions import Backend
+from procguard.core.duplicates import Explanation
+from procguard.tui.backends import Backend
 from procguard.tui.model import Model, ProcExtra, display_command
 from procguard.tui.text import fill, join_lines, plain
 
@@ -59,6 +61,54 @@ def _guard_row(model: Model, pid: int) -> list[Content]:
     return [_row("guarded", g)]
 
 
+def _run_rows(model: Model, pid: int) -> list[Content]:
+    """A `procguard run` job: its launcher and the lock the run holds (`--lock`); the launcher: its job."""
+    launcher = model.run_jobs.get(pid)
+    if launcher is not None:
+        text = fill(f"a `procguard run` job: launcher pid {launcher}")
+    else:
+        job = next((j for j, lp in model.run_jobs.items() if lp == pid), None)
+        if job is None:
+            return []
+        launcher = pid
+        text = fill(f"the `procguard run` launcher of pid {job} (the job)")
+    held = [lk.path for lk in model.locks if not lk.stale and launcher in lk.holders]
+    if held:
+        lock = fill("$paths", paths=", ".join(held))
+    else:
+        lp = model.snapshot.get(launcher)
+        args = lp.cmdline if lp is not None else ()
+        name = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--lock"), None)
+        lock = _muted(f"--lock {name}: not seen held (yet)" if name else "none (no --lock)")
+    return [_row("run", text), _row("run lock", lock)]
+
+
+def _part(value: str | tuple[str, ...]) -> str:
+    return " ".join(value) if isinstance(value, tuple) else value
+
+
+def _identity_rows(extra: ProcExtra | None) -> list[Content]:
+    """The identity key duplicate detection gives the process (kind and parts) and whether it counts as a run,
+    or why not (core's duplicates.explain)."""
+    if extra is None:
+        return [_row("identity", _muted("reading…"))]
+    ex: Explanation | None = extra.explanation
+    if ex is None:
+        return [_row("identity", _muted(f"unknown: {extra.explain_error or 'not read'}"))]
+    rows: list[Content] = []
+    if ex.identity is None:
+        rows.append(_row("identity", _muted("none (not a job)")))
+    else:
+        ident = ex.identity
+        rows.append(_row("identity", fill("$label: [b]$display[/]", label=ident.label, display=ident.display)))
+        for name, value in ident.parts:
+            rows.append(fill(f"{'':>12}[$text-muted]$name[/] $value", name=name, value=_part(value)))
+    verdict = "[$text-success]yes[/]" if ex.counted else "[$text-warning]no[/]"
+    rows.append(_row("counted", fill(f"{verdict}: $reason", reason=ex.reason)))
+    rows += [fill(f"{'':>12}[$text-muted]$note[/]", note=n) for n in ex.notes]
+    return rows
+
+
 def _gpu_row(model: Model, pid: int) -> Content:
     if not model.gpu.available:
         return _row("GPU", fill("[$text-muted]n/a: $reason[/]", reason=model.gpu.reason or "no GPU"))
@@ -89,12 +139,14 @@ def details_markup(model: Model, pid: int, extra: ProcExtra | None) -> Content:
                                          kind=py.kind, target=py.target, options=" ".join(py.options))))
     lines.append(_gpu_row(model, pid))
     lines += _guard_row(model, pid)
+    lines += _run_rows(model, pid)
     locks = [lk for lk in model.locks if pid in lk.holders]
     lines.append(_row("locks", plain(", ".join(f"{lk.path} ({lk.kind} {lk.mode})" for lk in locks)) or "none"))
     for g in model.duplicates:
         if any(pid == i.pid or pid in i.members for i in g.instances):
             lines.append(_row("duplicate", fill(f"one of {len(g.instances)} runs of $script",
                                                 script=g.identity.display)))
+    lines += _identity_rows(extra)
     kids = views.children(snap, pid)
     lines.append(_row("children", str(len(kids)) if kids else "none"))
     for k in kids[:50]:
@@ -134,16 +186,17 @@ class DetailsScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         if self.backend.static:
-            self._show(self.backend.proc_extra(self.pid))  # the demo reads nothing: no worker needed
+            # The demo reads nothing: no worker needed.
+            self._show(self.backend.proc_extra(self.pid, self.model.snapshot))
         else:
             self._read_extra()
 
     @work(thread=True, exit_on_error=False, group="details")
     def _read_extra(self) -> None:
         try:
-            extra = self.backend.proc_extra(self.pid)
-        except Exception:
-            extra = ProcExtra(None, None)
+            extra = self.backend.proc_extra(self.pid, self.model.snapshot)
+        except Exception as e:
+            extra = ProcExtra(None, None, None, str(e) or type(e).__name__)
         self.app.call_from_thread(self._show, extra)
 
     def _show(self, extra: ProcExtra) -> None:

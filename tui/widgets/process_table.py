@@ -9,20 +9,20 @@ from rich.style import Style
 
 from procguard.core import format as fmt
 from procguard.tui.model import (
-    DEAD_STATES,
     FLAG_DUPLICATE,
     FLAG_GUARDED,
     FLAG_LOCK,
     FLAG_ORPHAN_GPU,
-    STOPPED_STATES,
+    FLAG_RUN,
     Row,
     display_command,
     group_label,
 )
-from procguard.tui.tables import Cell, Column
+from procguard.tui.rows import Cell, Column
 from procguard.tui.widgets.table import KeyedTable
 
-_FLAG_STYLE = {FLAG_DUPLICATE: "warning", FLAG_GUARDED: "success", FLAG_LOCK: "accent", FLAG_ORPHAN_GPU: "error"}
+_FLAG_STYLE = {FLAG_DUPLICATE: "warning", FLAG_GUARDED: "success", FLAG_RUN: "success", FLAG_LOCK: "accent",
+               FLAG_ORPHAN_GPU: "error"}
 
 
 WIDE = 120  # from this width on, the table adds thread count and age and a wider user column
@@ -87,10 +87,10 @@ class ProcessTable(KeyedTable):
     def row_style(self, row: Row) -> Style | None:
         if row.kind != "proc":
             return self.get_component_rich_style("process-table--group")
-        state = row.proc.state if row.proc is not None else ""
-        if state in STOPPED_STATES:
+        p = row.proc
+        if p is not None and p.stopped:
             return self.get_component_rich_style("process-table--stopped")
-        if state in DEAD_STATES:
+        if p is not None and p.dead:
             return self.get_component_rich_style("process-table--zombie")
         return None
 
@@ -123,7 +123,7 @@ class ProcessTable(KeyedTable):
             if wide:
                 threads, age = str(p.num_threads), fmt.age(self.now - p.create_time)
             prefix, command = row.prefix, display_command(p)
-            state_style = "warning" if state in STOPPED_STATES else "error" if state in DEAD_STATES else ""
+            state_style = "warning" if p.stopped else "error" if p.dead else ""
         else:
             user = row.proc.username if row.proc is not None else ""
             state = ""

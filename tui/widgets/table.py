@@ -26,7 +26,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from procguard.tui.tables import Cell, Column, TableRow
+from procguard.tui.rows import Cell, Column, TableRow
 from procguard.tui.text import plain
 
 CellStyle = str  # component suffix, see COMPONENT_CLASSES ("" for none)

@@ -8,12 +8,12 @@ from textual.containers import Vertical
 
 from procguard.core.duplicates import DuplicateGroup
 from procguard.tui.model import Model, key_alive
-from procguard.tui.tables import DUPLICATE_COLUMNS, TableRow, duplicate_rows
+from procguard.tui.rows import DUPLICATE_COLUMNS, TableRow, duplicate_rows
 from procguard.tui.widgets.table import SimpleTable
 
 
-class DuplicatesView(Vertical):
-    DEFAULT_CSS = "DuplicatesView { height: 1fr; }"
+class DuplicatesPane(Vertical):
+    DEFAULT_CSS = "DuplicatesPane { height: 1fr; }"
 
     def compose(self) -> ComposeResult:
         yield SimpleTable(DUPLICATE_COLUMNS, id="duplicates-table")

@@ -5,8 +5,8 @@ and protections (Ray's own processes refused when a group or tree sweeps them up
     backend = RayNodeBackend("auto", node="head")   # or a node id / unique prefix / IP
     backend.nodes()                                  # the cluster's nodes, head first, to offer a switch
     backend.node_id = other.node_id                  # switch node (the next collect() shows it)
-    backend.next_node()                              # or: the next one, in nodes() order
-    backend.view_of(model.snapshot)                  # which node a model shows (NodeView: label "1 of 3")
+    backend.next_node()                              # or: the next one, in nodes() order (step_node(k))
+    backend.node_view(model.snapshot)                # which node a model shows (NodeView: label "1 of 3")
 
 Pids are those of the selected node (another node may reuse the same number for another process), so a Model
 always holds one node, and an action goes to the node of the snapshot its plan was made from (not to whatever
@@ -21,53 +21,25 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from procguard.core import duplicates as _duplicates
-from procguard.core.duplicates import DuplicateGroup, ScheduledInstance, TerminateReport
+from procguard.core.duplicates import DuplicateGroup, Instance, ScheduledInstance, TerminateReport
 from procguard.core.gpu import GpuSnapshot
 from procguard.core.identity import ScriptIdentity
 from procguard.core.locks import HeldLock
 from procguard.core.signals import Member, Progress, SignalResult, Target
 from procguard.core.snapshot import Snapshot
+from procguard.tui.backends import NodeView, ProgressFn
 from procguard.tui.model import Model, ProcExtra, make_model
-
-ProgressFn = Callable[[Progress], None]
 
 
 def _cluster() -> Any:
     import procguard.core.cluster as cluster  # Ray is loaded only when this backend is used
 
     return cluster
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """Which node a snapshot came from, and where it stood among the live nodes then (index from 1)."""
-
-    node_id: str
-    ip: str
-    is_head: bool
-    index: int  # 0 when the node had left the cluster
-    count: int
-
-    @property
-    def short(self) -> str:
-        return self.node_id[:8]
-
-    @property
-    def label(self) -> str:
-        """`1a2b3c4d 10.0.0.2 (head) · 1 of 3`: names the node every row of the view lives on."""
-        head = " (head)" if self.is_head else ""
-        where = f"{self.index} of {self.count}" if self.index else f"gone ({self.count} left)"
-        return f"{self.short} {self.ip}{head} · {where}"
-
-    @property
-    def compact(self) -> str:
-        """`1a2b3c4d 1/3`, for narrow screens."""
-        return f"{self.short} {self.index}/{self.count}" if self.index else f"{self.short} gone"
 
 
 def disconnect() -> None:
@@ -80,10 +52,11 @@ def disconnect() -> None:
 
 
 class RayNodeBackend:
-    """Data and actions of one node of a Ray cluster. Thread-safe like LiveBackend."""
+    """Data and actions of one node of a Ray cluster (cluster mode of the `Backend` protocol). Thread-safe like
+    LiveBackend."""
 
     static = False
-    live = True
+    cluster = True
 
     def __init__(self, address: str = "auto", node: str = "head", *, slow_interval: float = 5.0) -> None:
         cluster = _cluster()
@@ -109,9 +82,12 @@ class RayNodeBackend:
         """The NodeInfo of the node shown (None if it left the cluster)."""
         return next((n for n in self.nodes() if n.node_id == self.node_id), None)
 
-    def next_node(self, step: int = 1) -> str:
-        """Select the node `step` places after the selected one in nodes() order (wrapping); returns its id.
-        The next collect() shows it."""
+    def next_node(self) -> None:
+        """Select the next node in nodes() order (wrapping): the next collect() shows it."""
+        self.step_node(1)
+
+    def step_node(self, step: int) -> str:
+        """Select the node `step` places after the selected one in nodes() order (wrapping); returns its id."""
         ids = [n.node_id for n in self.nodes()]
         if not ids:
             raise RuntimeError("the cluster has no live node")
@@ -120,7 +96,7 @@ class RayNodeBackend:
             self.node_id = ids[(i + step) % len(ids)]
             return self.node_id
 
-    def view_of(self, snapshot: Snapshot) -> NodeView | None:
+    def node_view(self, snapshot: Snapshot) -> NodeView | None:
         """The node a snapshot from collect() shows (None for a snapshot this backend did not make)."""
         with self._lock:
             got = self._views.get(id(snapshot))
@@ -129,7 +105,7 @@ class RayNodeBackend:
         return got[1]
 
     def _node_for(self, snapshot: Snapshot) -> str:
-        view = self.view_of(snapshot)
+        view = self.node_view(snapshot)
         return self.node_id if view is None else view.node_id
 
     def _remember(self, snap: Snapshot, nid: str, among: Sequence[Any]) -> None:
@@ -193,12 +169,15 @@ class RayNodeBackend:
             return make_model(self._seq, snap, gpu, duplicates=groups, scheduled=sched, locks=self._locks,
                               stale_locks=self._stale, errors=errors)
 
-    def proc_extra(self, pid: int) -> ProcExtra:
+    def proc_extra(self, pid: int, snapshot: Snapshot | None = None) -> ProcExtra:
+        # The node agents don't explain duplicate identities yet (core/cluster/_actors.py has no "explain").
+        why = "not available for a cluster node yet"
         try:
-            cwd, env = self._call("proc_extra", pid=pid)
+            nid = self.node_id if snapshot is None else self._node_for(snapshot)
+            cwd, env = self._call_on(nid, "proc_extra", pid=pid)
         except Exception:  # noqa: BLE001 - the details pane shows what it has
-            return ProcExtra(None, None)
-        return ProcExtra(cwd, env)
+            return ProcExtra(None, None, None, why)
+        return ProcExtra(cwd, env, None, why)
 
     # ------------------------------------------------------------------------------------------ actions
 
@@ -237,14 +216,18 @@ class RayNodeBackend:
     def flush(self, pid: int) -> str:
         return str(self._call("flush", pid=pid, timeout=10.0))
 
-    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot) -> TerminateReport:
+    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *,
+                        all_users: bool = False) -> TerminateReport:
         return self._call_on(self._node_for(snapshot), "terminate_duplicates", keep="oldest", script=identity,
-                             grace=grace, dry_run=True)
+                             grace=grace, dry_run=True, all_users=all_users)
 
     def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
-                       on_progress: ProgressFn | None = None) -> TerminateReport:
+                       on_progress: ProgressFn | None = None, *, victims: Sequence[Instance] | None = None,
+                       all_users: bool = False) -> TerminateReport:
+        # The node's core re-checks every victim right before signalling it, like on this machine.
         report = self._call_on(self._node_for(snapshot), "terminate_duplicates", keep="oldest", script=identity,
-                               grace=grace)
+                               grace=grace, all_users=all_users,
+                               victims=None if victims is None else list(victims))
         if on_progress is not None:
             on_progress(Progress("done", (), 0.0))
         return report

@@ -7,12 +7,12 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 
 from procguard.tui.model import Model
-from procguard.tui.tables import LOCK_COLUMNS, TableRow, lock_rows
+from procguard.tui.rows import LOCK_COLUMNS, TableRow, lock_rows
 from procguard.tui.widgets.table import SimpleTable
 
 
-class LocksView(Vertical):
-    DEFAULT_CSS = "LocksView { height: 1fr; }"
+class LocksPane(Vertical):
+    DEFAULT_CSS = "LocksPane { height: 1fr; }"
 
     def compose(self) -> ComposeResult:
         yield SimpleTable(LOCK_COLUMNS, id="locks-table")

@@ -10,7 +10,7 @@ from textual.widgets import Static
 
 from procguard.core import format as fmt
 from procguard.tui.model import Model
-from procguard.tui.tables import GPU_COLUMNS, TableRow, device_lines, gpu_rows
+from procguard.tui.rows import GPU_COLUMNS, TableRow, device_lines, gpu_rows
 from procguard.tui.text import fill, join_lines, plain
 from procguard.tui.widgets.table import SimpleTable
 
@@ -35,15 +35,15 @@ def devices_markup(model: Model, width: int) -> Content:
         util = "-" if d.utilization is None else f"{d.utilization}%"
         name = plain(d.name)[:24]
         text = f"{fmt.bytes_short(d.used):>6}/{fmt.bytes_short(d.total):<6} util {util:>4}"
-        bar_w = max(4, width - len(f"GPU {d.index} ") - len(name) - len(text) - 6)
-        lines.append(fill(f"[b]GPU {d.index}[/] $name {bar(d.fraction, bar_w)} {text}", name=name))
+        bar_w = max(4, width - len(f"GPU {d.device} ") - len(name) - len(text) - 6)
+        lines.append(fill(f"[b]GPU {d.device}[/] $name {bar(d.fraction, bar_w)} {text}", name=name))
     return join_lines(lines)
 
 
-class GpuView(Vertical):
+class GpuPane(Vertical):
     DEFAULT_CSS = """
-    GpuView { height: 1fr; }
-    GpuView > #gpu-devices { height: auto; padding: 0 1; margin-bottom: 1; }
+    GpuPane { height: 1fr; }
+    GpuPane > #gpu-devices { height: auto; padding: 0 1; margin-bottom: 1; }
     """
 
     def __init__(self, **kw: object) -> None:

@@ -1,5 +1,5 @@
-"""Rows of the Duplicates, Locks and GPU views, built from a Model. Pure (no Textual, no I/O) like model.py;
-the views only draw what these return."""
+"""Rows of the Duplicates, Locks and GPU panes, built from a Model. Pure (no Textual, no I/O) like model.py;
+the panes (panes/*.py) only draw what these return; widgets/table.py draws them."""
 
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ GPU_COLUMNS = (
 
 
 class DeviceLine(NamedTuple):
-    index: int
+    device: int  # the GPU's index
     name: str
     used: int
     total: int

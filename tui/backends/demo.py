@@ -1,28 +1,39 @@
 """A deterministic demo scenario: a fixed GPU box with the usual trouble (a second training run, a stopped
 job, a zombie, an orphaned DataLoader worker holding GPU memory, locks, a stale lock file).
 
-`DemoBackend` is a data source with the same interface as the live collector, producing the same model every
+`DemoBackend` is a data source (the `Backend` protocol, like the live one), producing the same model every
 time: no clock, no /proc, no NVML. Its actions never send a signal; they only pretend (the processes they
-"end" disappear from later models). Used by the snapshot tests, the screenshot script and `--demo`.
+"end" disappear from later models), under core's protection rules (`protect.process_protection`). Used by the
+snapshot tests, the screenshot script and `--demo`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
-from procguard.core.duplicates import DuplicateGroup, Instance, ScheduledInstance, TerminateReport
+from procguard.core import views
+from procguard.core.duplicates import (
+    DuplicateGroup,
+    Explanation,
+    Instance,
+    ScheduledInstance,
+    TerminateReport,
+)
 from procguard.core.gpu import GpuSnapshot
 from procguard.core.identity import ScriptIdentity
 from procguard.core.locks import HeldLock, LockHolder
 from procguard.core.nvml import GpuDevice, GpuProcess
+from procguard.core.protect import process_protection
 from procguard.core.pyproc import parse_python_cmdline
 from procguard.core.signals import Member, Outcome, Progress, SignalResult, Target
-from procguard.core.snapshot import Proc, Snapshot
-from procguard.tui.model import GuardInfo, Model, ProcExtra, make_model, pure_resolve
+from procguard.core.snapshot import DEAD_STATES, Proc, Snapshot
+from procguard.tui.backends import ProgressFn, SingleHost
+from procguard.tui.model import GuardInfo, Model, ProcExtra, make_model
 
 NOW = 1_767_225_600.0  # the scenario's fixed "now" (epoch seconds): ages are measured from it
 GiB = 1024**3
@@ -38,9 +49,10 @@ def _p(pid: int, ppid: int, pgid: int, sid: int, cmd: Sequence[str], *, uid: int
        kernel: bool = False, tty: int = 0) -> Proc:
     cmdline = tuple(cmd)
     comm = name or (cmdline[0].rpartition("/")[2][:15] if cmdline else "?")
-    return Proc(pid, ppid, pgid, sid, state, comm, () if state == "Z" else cmdline, NOW - age, rss, uid,
+    dead = state in DEAD_STATES  # an exited process has no command line left
+    return Proc(pid, ppid, pgid, sid, state, comm, () if dead else cmdline, NOW - age, rss, uid,
                 USERS[uid], cpu, threads, tty, kernel, int((1_000_000 - age) * 100),
-                parse_python_cmdline(cmdline) if cmdline and state != "Z" else None)
+                parse_python_cmdline(cmdline) if cmdline and not dead else None)
 
 
 def _procs() -> list[Proc]:
@@ -175,7 +187,7 @@ def demo_model(seq: int = 1, gone: frozenset[int] = frozenset(), states: dict[in
     """The scenario as a Model; `gone` pids are left out, `states` overrides state letters, `cleaned` stale
     lock files are gone."""
     # A zombie whose parent is gone was reaped by init with it.
-    procs = {p.pid: p for p in _procs() if p.pid not in gone and not (p.state == "Z" and p.ppid in gone)}
+    procs = {p.pid: p for p in _procs() if p.pid not in gone and not (p.dead and p.ppid in gone)}
     for pid, st in (states or {}).items():
         if pid in procs:
             procs[pid] = procs[pid]._replace(state=st)
@@ -198,12 +210,73 @@ def demo_model_without_gpu() -> Model:
                       stale_locks=m.stale_locks, guarded=m.guarded.values())
 
 
-class DemoBackend:
+def demo_resolve(snapshot: Snapshot, targets: Sequence[Target]) -> list[Member]:
+    """signals.resolve for the made-up processes: the same targets, the same protection rules (core's
+    `process_protection`: init, kernel threads...), but nothing read from /proc: procguard's own lineage is
+    left out, since the scenario's pids are not this machine's."""
+    seen: set[int] = set()
+    out: list[Member] = []
+    for t in targets:
+        if t.kind == "pid":
+            procs = [p] if (p := snapshot.get(t.id)) is not None else []
+        elif t.kind == "group":
+            procs = views.group_members(snapshot, t.id)
+        else:
+            procs = views.tree(snapshot, t.id)
+        for p in procs:
+            if p.pid not in seen:
+                seen.add(p.pid)
+                out.append(Member.of(p, t, process_protection(p, p.pid)))
+    return out
+
+
+_TRAIN = ScriptIdentity("file", "/home/alice/proj/train.py", "/home/alice/proj/train.py",
+                        (("script", "/home/alice/proj/train.py"),))
+_DDP = ScriptIdentity("file", "/home/bob/ddp/ddp.py", "/home/bob/ddp/ddp.py", (("script", "/home/bob/ddp/ddp.py"),))
+_EVAL = ScriptIdentity("file", "/home/bob/eval/eval.py", "/home/bob/eval/eval.py",
+                       (("script", "/home/bob/eval/eval.py"),))
+# What duplicate detection says of the scenario's interesting processes: (identity, counted, code, reason,
+# related). A Python process not listed is the only run of its script or module; any other is not Python.
+_EXPLAINED: dict[int, tuple[ScriptIdentity | None, bool, str, str, int | None]] = {
+    2101: (_TRAIN, True, "counted", "one of 2 runs of /home/alice/proj/train.py: a duplicate", None),
+    2466: (_TRAIN, True, "counted", "one of 2 runs of /home/alice/proj/train.py: a duplicate", None),
+    **{pid: (_TRAIN, False, "worker", f"worker of pid {parent} (which runs the same job)", parent)
+       for pid, parent in ((2135, 2101), (2136, 2101), (2137, 2101), (2138, 2101), (2470, 2466), (2471, 2466))},
+    4100: (ScriptIdentity("file", _DDP.key, _DDP.display, _DDP.parts, "torchrun"), True, "counted",
+           "the only run of this job", None),
+    **{pid: (_DDP, False, "rank", "rank of pid 4100 (its torchrun launch)", 4100) for pid in (4110, 4111)},
+    **{pid: (_EVAL, False, "scheduler", f"part of slurm job 88412_{t}: the scheduler owns it", None)
+       for pid, t in ((6001, 1), (6002, 2))},
+    2480: (None, False, "exited", "it has exited (a zombie waiting to be reaped)", None),
+}
+
+
+def demo_explain(p: Proc, cwd: str) -> Explanation:
+    """The scenario's answer to `duplicates.explain(pid)`."""
+    known = _EXPLAINED.get(p.pid)
+    runs = (2101, 2466) if known is not None and known[0] is _TRAIN else ()
+    if known is not None:
+        ident, counted, code, reason, related = known
+        return Explanation(p.pid, p.uid, p.username, p.cmdline, ident, counted, code, reason, related, runs)
+    py = p.python
+    if py is None or py.kind not in ("file", "module"):
+        return Explanation(p.pid, p.uid, p.username, p.cmdline, None, False, "not_python",
+                           "not a Python program, nor a command started by `procguard run`")
+    if py.kind == "module":
+        ident = ScriptIdentity("module", f"{py.target}@{cwd}", f"-m {py.target} (in {cwd})",
+                               (("module", py.target), ("cwd", cwd)))
+    else:
+        path = py.target if py.target.startswith("/") else f"{cwd}/{py.target}"
+        ident = ScriptIdentity("file", path, path, (("script", path),))
+    return Explanation(p.pid, p.uid, p.username, p.cmdline, ident, True, "counted", "the only run of this job",
+                       None, (p.pid,))
+
+
+class DemoBackend(SingleHost):
     """The demo data source. `static`: the app takes one model at start and runs no refresh loop, so
     what is drawn depends on nothing but the scenario. Actions pretend, with a short simulated grace."""
 
     static = True
-    live = False
 
     def __init__(self, *, gpu: bool = True, step: float = 0.25) -> None:
         self._gone: set[int] = set()
@@ -225,15 +298,15 @@ class DemoBackend:
             return demo_model(self._seq, frozenset(self._gone), dict(self._states), frozenset(self._cleaned))
 
     def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
-        return pure_resolve(snapshot, targets)
+        return demo_resolve(snapshot, targets)
 
     def _results(self, members: Sequence[Member], outcome: Outcome, elapsed: float) -> list[SignalResult]:
         return [SignalResult(m.pid, Outcome.REFUSED if m.protected else outcome, 0.0 if m.protected else elapsed,
                              m.protected, m.name, m.cmdline, m.username) for m in members]
 
     def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
-                  on_progress: Callable[[Progress], None] | None = None) -> list[SignalResult]:
-        members = [m for m in self.resolve(targets, snapshot) if m.state not in ("Z", "X")]
+                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+        members = [m for m in self.resolve(targets, snapshot) if m.state not in DEAD_STATES]
         live = tuple(m.pid for m in members if not m.protected)
         if on_progress:
             on_progress(Progress("sigterm", live, grace))
@@ -252,7 +325,7 @@ class DemoBackend:
         return self._results(members, Outcome.KILLED, grace)
 
     def kill(self, targets: Sequence[Target], snapshot: Snapshot,
-             on_progress: Callable[[Progress], None] | None = None) -> list[SignalResult]:
+             on_progress: ProgressFn | None = None) -> list[SignalResult]:
         members = self.resolve(targets, snapshot)
         with self._lock:
             self._gone.update(m.pid for m in members if not m.protected)
@@ -275,30 +348,36 @@ class DemoBackend:
             raise LookupError(f"pid {pid} is not a guarded process: it does not answer flush requests")
         return "flushed CUDA cache: freed 5.7 GiB (reserved 29.9 GiB -> 24.2 GiB)"
 
-    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot) -> TerminateReport:
+    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *,
+                        all_users: bool = False) -> TerminateReport:
         groups, _ = _duplicates(dict(snapshot.procs), _gpu())
         g = next((g for g in groups if g.identity.key == identity.key), None)
         if g is None:
             return TerminateReport(skipped_reason=f"{identity.display} is no longer running twice", dry_run=True)
         ending = g.instances[1:]
-        members = pure_resolve(snapshot, [Target.tree(i.pid) for i in ending])
+        members = demo_resolve(snapshot, [Target.tree(i.pid) for i in ending])
         return TerminateReport((g,), (g.instances[0],), tuple(ending), (), tuple(members), (), None, True)
 
     def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
-                       on_progress: Callable[[Progress], None] | None = None) -> TerminateReport:
+                       on_progress: ProgressFn | None = None, *, victims: Sequence[Instance] | None = None,
+                       all_users: bool = False) -> TerminateReport:
         plan = self.plan_duplicates(identity, grace, snapshot)
         if plan.skipped_reason:
             return plan
-        results = self.terminate([Target.tree(i.pid) for i in plan.ended], grace, snapshot, on_progress)
-        return TerminateReport(plan.groups, plan.kept, plan.ended, tuple(results), (), (), None, False)
+        # Nothing changes identity in the scenario: the confirmed runs are the ones still there.
+        ended = [i for i in plan.ended if victims is None or i.proc_id in {v.proc_id for v in victims}]
+        results = self.terminate([Target.tree(i.pid) for i in ended], grace, snapshot, on_progress)
+        return TerminateReport(plan.groups, plan.kept, tuple(ended), tuple(results), (), (), None, False)
 
     def clean_locks(self, paths: Sequence[str]) -> list[Path]:
         with self._lock:
             self._cleaned.update(paths)
         return [Path(p) for p in paths]
 
-    def proc_extra(self, pid: int) -> ProcExtra:
+    def proc_extra(self, pid: int, snapshot: Snapshot | None = None) -> ProcExtra:
         procs = {p.pid: p for p in _procs()}
         p = procs.get(pid)
-        home = "/root" if p is None or p.uid == 0 else f"/home/{p.username}"
-        return _EXTRA.get(pid, ProcExtra(home, {}))
+        if p is None:
+            return ProcExtra(None, None, None, f"no process {pid}")
+        extra = _EXTRA.get(pid) or ProcExtra("/root" if p.uid == 0 else f"/home/{p.username}", {})
+        return replace(extra, explanation=demo_explain(p, extra.cwd or "/"))
