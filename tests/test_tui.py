@@ -8,6 +8,7 @@ contain the test's tmp_path. Rows are selected by the test's own pids, and the s
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -19,11 +20,13 @@ import pytest
 from textual.pilot import Pilot
 
 from procguard.core.signals import Member, Target
+from procguard.tui.actions import Plan
 from procguard.tui.app import Options, ProcguardApp
 from procguard.tui.backends.demo import DemoBackend
 from procguard.tui.panes.duplicates import DuplicatesPane
-from procguard.tui.screens.confirm import ConfirmScreen
-from tests.conftest import ProcStarter, is_gone, proc_state
+from procguard.tui.screens.confirm import ConfirmScreen, member_lines
+from procguard.tui.screens.details import DetailsScreen, details_markup
+from tests.conftest import NOBODY, ProcStarter, is_gone, needs_root, proc_state
 
 pytestmark = pytest.mark.asyncio
 
@@ -310,6 +313,142 @@ async def test_d_in_duplicates_ends_all_but_the_oldest_run(procs: ProcStarter, t
         await wait_until(pilot, lambda: all(is_gone(p.pid) for p in younger))
         await wait_until(pilot, lambda: "2 ended: 2 exited on SIGTERM" in notices(app))
         assert not is_gone(oldest.pid)
+
+
+# Waits for a flag file (its first argument), then execs into `sleep`: same pid, same start time, another job.
+EXEC_ON_FLAG = """
+import os, shutil, sys, time
+print("ready", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+os.execv(shutil.which("sleep"), ["sleep", "600"])
+"""
+
+
+def cmdline_of(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [a.decode() for a in f.read().split(b"\0") if a]
+
+
+async def open_end_duplicates(pilot: Pilot[None], app: ProcguardApp, runs: list[subprocess.Popen[bytes]]
+                              ) -> Plan:
+    """`2`, the cursor on the second run, `d`: the confirm dialog's plan."""
+    await pilot.press("2")
+    pane = app.query_one(DuplicatesPane)
+    await wait_until(pilot, lambda: all(pane.table.index_of(("inst", p.pid)) is not None for p in runs))
+    assert pane.table.move_to_key(("inst", runs[1].pid))
+    await pilot.press("d")
+    await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+    return app.screen.plan  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_d_skips_a_victim_whose_identity_changed_since_the_dialog(procs: ProcStarter, tmp_path: Path) -> None:
+    """Three runs of one script; while `d`'s dialog is open, one of the two victims execs into `sleep` (same pid
+    and start time, another job). Confirming ends the unchanged victim only: the changed process is never
+    signalled (a SIGTERM would end the sleep) and the result says it was skipped, and why."""
+    script = tmp_path / "twice.py"
+    script.write_text(EXEC_ON_FLAG)
+    flags = [tmp_path / f"exec-{i}" for i in range(3)]
+    runs = []
+    for flag in flags:
+        p = procs.popen([sys.executable, str(script), str(flag)], start_new_session=True, stdout=subprocess.PIPE)
+        procs.wait_ready(p)
+        runs.append(p)
+    oldest, ends, changes = runs
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        plan = await open_end_duplicates(pilot, app, runs)
+        assert {v.pid for v in plan.victims} == {ends.pid, changes.pid}
+        assert {m.pid for m in plan.blast.acting} == {ends.pid, changes.pid}
+        # The dialog names each victim's user.
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        lines = {m.pid: line.plain for m, line in zip(plan.blast.members, member_lines(plan), strict=True)}
+        assert all(f"{pid:>7}  {me:<10}" in lines[pid] for pid in (ends.pid, changes.pid)), lines
+        flags[2].touch()
+        await wait_until(pilot, lambda: cmdline_of(changes.pid) == ["sleep", "600"])
+        await pilot.press("y")
+        await wait_until(pilot, lambda: is_gone(ends.pid))
+        await wait_until(pilot, lambda: f"skipped pid {changes.pid}: its identity changed" in notices(app))
+        text, severity = next((t, sev) for t, sev in app.record.notices if "skipped" in t)
+        assert text.startswith("1 ended: 1 exited on SIGTERM") and severity == "warning", text
+    assert not is_gone(changes.pid) and proc_state(changes.pid) in ("S", "R")
+    assert cmdline_of(changes.pid) == ["sleep", "600"] and not is_gone(oldest.pid)
+
+
+@needs_root
+async def test_root_never_ends_another_users_run_from_d_without_all_users(procs: ProcStarter,
+                                                                          shared_tmp: Path) -> None:
+    """As root, the younger run of a script is nobody's: `d` refuses it (nothing to end, the reason named), and
+    with --all-users the dialog offers it, naming its user (cancelled here: nothing is signalled)."""
+    script = shared_tmp / "shared.py"
+    script.write_text(SLEEPER)
+    script.chmod(0o644)
+    mine = procs.popen([sys.executable, str(script)], start_new_session=True, stdout=subprocess.PIPE)
+    procs.wait_ready(mine)
+    theirs = procs.popen([*NOBODY, sys.executable, str(script)], start_new_session=True, stdout=subprocess.PIPE)
+    procs.wait_ready(theirs)
+    runs = [mine, theirs]
+    app = make_app(shared_tmp)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("2")
+        pane = app.query_one(DuplicatesPane)
+        await wait_until(pilot, lambda: all(pane.table.index_of(("inst", p.pid)) is not None for p in runs))
+        assert pane.table.move_to_key(("inst", theirs.pid))
+        await pilot.press("d")
+        await wait_until(pilot, lambda: "nothing to end" in notices(app))
+        assert f"leaves pid {theirs.pid} alone: belongs to user nobody" in notices(app), notices(app)
+        assert not isinstance(app.screen, ConfirmScreen) and app.record.actions_started == 0
+    app = make_app(shared_tmp, all_users=True)
+    async with app.run_test(size=(120, 30)) as pilot:
+        plan = await open_end_duplicates(pilot, app, runs)
+        assert [(m.pid, m.username) for m in plan.blast.acting] == [(theirs.pid, "nobody")]
+        assert f"{theirs.pid:>7}  nobody" in member_lines(plan)[0].plain
+        await pilot.press("n")
+        await wait_until(pilot, lambda: "cancelled" in notices(app))
+    assert not is_gone(theirs.pid) and not is_gone(mine.pid)
+
+
+async def test_procguard_run_job_has_its_flag_and_lock_in_details(procs: ProcStarter, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`procguard run --lock NAME -- python job.py`: the job (the launcher's child) gets the R flag, not G; its
+    details name the launcher and the run's lock, and its identity key counted; the launcher's details say why
+    it is not a run (procguard's own)."""
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("PROCGUARD_LOCK_DIR", str(lock_dir))
+    monkeypatch.setenv("PROCGUARD_REGISTRY_DIR", str(tmp_path / "registry"))
+    script = tmp_path / "job.py"
+    script.write_text(SLEEPER)
+    launcher = procs.popen([sys.executable, "-m", "procguard.core.cli", "run", "--lock", "the-job", "--",
+                            sys.executable, str(script)], start_new_session=True, stdout=subprocess.PIPE,
+                           env={**os.environ})
+    procs.wait_ready(launcher)  # the job's "ready" (it shares the launcher's stdout)
+    kids = {int(c) for c in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()}
+    for k in kids:
+        procs.track(k)  # the job is in its own session: the launcher's group kill at teardown misses it
+    (job,) = kids
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_until(pilot, lambda: app.model is not None and app.model.run_jobs.get(job) == launcher.pid)
+        await select(pilot, app, ("p", job))
+        row = app.selected_row()
+        assert row is not None and "R" in row.flags and "G" not in row.flags, row
+        await wait_until(pilot, lambda: any(lk.path == str(lock_dir / "the-job.lock") and job in lk.holders
+                                            for lk in app.model.locks))  # type: ignore[union-attr]
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None)
+        body = details_markup(app.model, job, app.screen.extra).plain  # type: ignore[arg-type, attr-defined]
+        assert f"a `procguard run` job: launcher pid {launcher.pid}" in body, body
+        assert f"run lock  {lock_dir / 'the-job.lock'}" in body, body
+        assert f"identity  script: {script}" in body and "counted  yes: the only run of this job" in body, body
+        await pilot.press("escape")
+        await select(pilot, app, ("p", launcher.pid))
+        assert "R" not in (app.selected_row() or row).flags
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None)
+        body = details_markup(app.model, launcher.pid, app.screen.extra).plain  # type: ignore[arg-type, attr-defined]
+        assert f"the `procguard run` launcher of pid {job}" in body, body
+        assert "counted  no: procguard's own process: the `procguard run` launcher" in body, body
 
 
 STALE_LOCK_HOLDER = """
