@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from procguard.core import format as fmt
 from procguard.core.cli import UsageError
-from procguard.core.cli._args import pid_arg, print_json, seconds_arg
+from procguard.core.cli._args import cut, output_width, pid_arg, print_json, seconds_arg
 from procguard.core.sanitize import safe
 
 
@@ -162,19 +162,21 @@ _PS_HEAD = (f"{'NODE':<8} {'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} S {'USER
 
 
 def _ps_rows(args: argparse.Namespace, snaps: Sequence[Any], task_pids: set[tuple[str, int]] | None) -> list[Any]:
-    """(node, depth, proc, ray kind, owner) for each process shown."""
-    from procguard.core.views import tree_order
+    """(node, depth, proc, ray kind, owner) for each process shown: node by node, each as `ps` orders its rows
+    (--sort, --tree), kernel threads only with --kernel."""
+    from procguard.core.cli.ps import SORT_KEYS, tree_rows
 
     uid = args.user
+    key = SORT_KEYS[getattr(args, "sort", "pid")]
     rows: list[tuple[Any, int, Any, str | None, Any]] = []
     for ns in snaps:
         if ns.snapshot is None:
             continue
-        snap = ns.snapshot
-        picked = tree_order(snap) if args.tree else [(0, p) for p in sorted(snap, key=lambda p: p.pid)]
-        rows.extend((ns.node, d, p, ns.ray_kinds.get(p.pid), ns.owners.get(p.pid)) for d, p in picked
-                    if (uid is None or p.uid == uid)
-                    and (task_pids is None or (ns.node.node_id, p.pid) in task_pids))
+        shown = [p for p in ns.snapshot if (getattr(args, "kernel", False) or not p.kernel_thread)
+                 and (uid is None or p.uid == uid)
+                 and (task_pids is None or (ns.node.node_id, p.pid) in task_pids)]
+        picked = tree_rows(shown, key) if args.tree else [(0, p) for p in sorted(shown, key=key)]
+        rows.extend((ns.node, d, p, ns.ray_kinds.get(p.pid), ns.owners.get(p.pid)) for d, p in picked)
     return rows
 
 
@@ -191,13 +193,14 @@ def _print_ps(args: argparse.Namespace, rows: Sequence[Any]) -> None:
             out.append(obj)
         print_json(out)
         return
-    print(_PS_HEAD)
+    width = output_width(getattr(args, "wide", False))
+    print(cut(_PS_HEAD, width))
     for node, d, p, kind, owner in rows:
         tag = f"  [ray: {safe(kind)}]" if kind else ""
         task = safe(owner.short)[:14] if owner is not None and owner.short else "-"
-        print(f"{safe(node.short):<8} {p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} "
-              f"{safe(p.username)[:10]:<10} {fmt.bytes_short(p.rss):>7} {p.cpu_percent:>5.1f} {task:<14} "
-              f"{'  ' * d}{safe(p.command)}{tag}")
+        print(cut(f"{safe(node.short):<8} {p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} "
+                  f"{safe(p.username)[:10]:<10} {fmt.bytes_short(p.rss):>7} {p.cpu_percent:>5.1f} {task:<14} "
+                  f"{'  ' * d}{safe(p.command)}{tag}", width))
 
 
 def ray_ps(args: argparse.Namespace) -> int:
