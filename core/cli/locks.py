@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from procguard.core import procfs
+from procguard.core.cli._args import cut, output_width, plural
 from procguard.core.held_locks import (
     HeldLock,
     clean_stale_locks,
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--dir", action="append", dest="dirs", metavar="DIR",
                    help="only locks under DIR, and look for stale files there instead of your lock folder "
                    "(repeatable)")
+    p.add_argument("--wide", action="store_true", help="whole rows, never cut to the terminal's width")
     p.set_defaults(func=run)
 
 
@@ -88,12 +90,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             for e in entries:
                 print(f"removed {safe(e.path)}{_was(e)}")
+            print(f"removed {plural(len(entries), 'stale lock file')}", file=sys.stderr)
         return 0
     entries = list_locks(dirs, managed_only=args.managed)
     if args.json:
         _print_json(entries)
     else:
-        _print_table(entries)
+        _print_table(entries, output_width(args.wide))
     return 0
 
 
@@ -108,43 +111,60 @@ def _was(e: HeldLock) -> str:
     return " (its metadata is not trusted)" if e.metadata else ""
 
 
-def _real_command(pid: int | None) -> str:
-    """The real holder's command line from /proc (comm for a kernel thread), terminal-safe."""
+FULL = 1 << 16  # "cut" width for a whole command line: rows are cut to the terminal, not each command
+
+
+def _real_command(pid: int | None) -> str | None:
+    """A holder's full command line from /proc (comm for a kernel thread), terminal-safe; None when gone."""
     if pid is None:
-        return "?"
+        return None
     argv = procfs.read_cmdline(pid)
     if argv:
-        return short_command(argv, 40)
+        return short_command(argv, FULL)
     st = procfs.read_stat(pid)
-    return safe(st.comm) if st is not None else "?"
+    return f"[{safe(st.comm)}]" if st is not None else None
 
 
-def _row(e: HeldLock) -> list[str]:
+def _rows(e: HeldLock) -> list[list[str]]:
+    """One row per holder: PID, KIND, MODE, MANAGED, PATH, COMMAND (the holder's full command, last)."""
+    managed = "yes" if e.managed else "-"
     if e.stale:
-        left = f"left by pid {e.holder.pid}: {e.holder.command(40)}" if e.holder else "-"
+        left = f"left by pid {e.holder.pid}: {e.holder.command(FULL)}" if e.holder else "-"
         if e.metadata and not e.holder:
             left = "[untrusted metadata]"
-        return ["-", "-", "stale", "-", "yes", left, safe(e.path)]
-    others = ",".join(str(p) for p in e.holders if p != e.pid) or "-"
-    if e.holder:
-        what = e.holder.command(40) + f" (since {e.holder.since()})"
-    else:
-        # The kernel's holder; metadata that disagrees with it is never shown as the holder, only flagged.
-        what = _real_command(e.pid) + (" [metadata disagrees]" if e.metadata else "")
-    if e.waiters:
-        what += f" [{len(e.waiters)} waiting]"
-    return [str(e.pid) if e.pid is not None else "?", others, e.kind or "-", e.mode or "-",
-            "yes" if e.managed else "-", what, safe(e.path)]
+        return [["-", "-", "stale", managed, safe(e.path), left]]
+    rows = []
+    for pid in [e.pid, *(p for p in e.holders if p != e.pid)]:
+        what = _real_command(pid)
+        if pid == e.pid:
+            if e.holder:
+                # The file's metadata is believed (the kernel's holder, same start): its own account of itself.
+                what = f"{e.holder.command(FULL)} (since {e.holder.since()})"
+            elif e.metadata:
+                what = f"{what or '?'} [metadata disagrees]"
+            if e.waiters:
+                what = f"{what or '?'} [{len(e.waiters)} waiting]"
+        else:
+            what = f"{what or '?'} [shares the lock: an inherited descriptor]"
+        rows.append([str(pid) if pid is not None else "?", e.kind or "-", e.mode or "-", managed, safe(e.path),
+                     what or "?"])
+    return rows
 
 
-def _print_table(entries: Sequence[HeldLock]) -> None:
+def _print_table(entries: Sequence[HeldLock], width: int | None = None) -> None:
+    """One line per holder, its full command last, each line cut to `width` (a terminal's)."""
     if not entries:
         print("no file locks")
         return
-    rows = [["PID", "SHARED", "KIND", "MODE", "MANAGED", "COMMAND", "PATH"], *map(_row, entries)]
+    rows = [["PID", "KIND", "MODE", "MANAGED", "PATH", "COMMAND"], *(r for e in entries for r in _rows(e))]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
+        print(cut("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1], width))
+    held = [e for e in entries if not e.stale]
+    stale = len(entries) - len(held)
+    counts = [plural(len(held), "lock") + " held"] if held else []
+    counts += [plural(stale, "stale lock file")] if stale else []
+    print(", ".join(counts), file=sys.stderr)
     for e in entries:
         if e.warning:
             print(f"warning: {safe(e.path)}: {safe(e.warning)}")
