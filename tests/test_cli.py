@@ -245,3 +245,152 @@ def test_text_output_escapes_terminal_controls_and_json_keeps_them(procs: ProcSt
         assert any(ln.endswith(escaped) for ln in text.splitlines()), (args, text)
     rows = json.loads(pg("ps", "--json").stdout)
     assert next(r for r in rows if r["pid"] == child.pid)["cmdline"][-4:] == hostile
+
+
+# ---------------------------------------------------------------------------------------------- issue 17, item 8
+
+LONG = "x" * 300  # an argument that makes any row wider than a terminal
+
+
+def pg_tty(*args: str, columns: int, env_columns: bool = False, timeout: float = 60) -> list[str]:
+    """Run procguard with stdout on a real pseudo-terminal `columns` wide (or with COLUMNS set, and the terminal
+    wider); the lines it drew, without the terminal's carriage returns."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 300 if env_columns else columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    if env_columns:
+        env["COLUMNS"] = str(columns)
+    p = subprocess.Popen([sys.executable, "-m", "procguard.core.cli", *args], stdout=slave, stderr=subprocess.DEVNULL,
+                         stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks = []
+    try:
+        while True:
+            if not select.select([master], [], [], timeout)[0]:
+                raise AssertionError(f"procguard {args} wrote nothing for {timeout} s")
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+        p.wait(timeout=timeout)
+    assert p.returncode == 0
+    return b"".join(chunks).decode().replace("\r\n", "\n").splitlines()
+
+
+def _long_child(procs: ProcStarter) -> subprocess.Popen[bytes]:
+    child = procs.popen([sys.executable, "-c", SLEEPER, LONG], stdout=subprocess.PIPE, start_new_session=True)
+    procs.wait_ready(child)
+    return child
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_ps_cuts_rows_to_the_terminal_width(procs: ProcStarter, tree: bool) -> None:
+    child = _long_child(procs)
+    extra = ["--tree"] if tree else []
+    for columns, env_columns in ((60, False), (72, True)):  # the terminal's own width, then COLUMNS
+        lines = pg_tty("ps", *extra, columns=columns, env_columns=env_columns)
+        assert lines and all(len(ln) <= columns for ln in lines), [ln for ln in lines if len(ln) > columns]
+        [row] = [ln for ln in lines if ln.split()[:1] == [str(child.pid)]]
+        assert len(row) == columns and row.endswith("…") and LONG not in row
+    # --wide: whole rows, on a terminal too; a pipe always gets whole rows.
+    [row] = [ln for ln in pg_tty("ps", "--wide", *extra, columns=60) if ln.split()[:1] == [str(child.pid)]]
+    assert row.endswith(LONG)
+    [row] = [ln for ln in pg("ps", *extra).stdout.splitlines() if ln.split()[:1] == [str(child.pid)]]
+    assert row.endswith(LONG)
+
+
+def test_kernel_threads_hidden_unless_asked() -> None:
+    rows = json.loads(pg("ps", "--json").stdout)
+    assert 2 not in {r["pid"] for r in rows}  # kthreadd and its kernel threads
+    assert not any(r["ppid"] == 2 for r in rows)
+    rows = json.loads(pg("ps", "--json", "--kernel").stdout)
+    assert 2 in {r["pid"] for r in rows}
+    assert 2 not in {int(ln.split()[0]) for ln in pg("ps").stdout.splitlines()[1:]}
+    assert any(ln.split()[0] == "2" for ln in pg("ps", "--tree", "--kernel").stdout.splitlines()[1:])
+
+
+def test_sort_by_age_starts_with_the_newest(procs: ProcStarter) -> None:
+    older = procs.python(SLEEPER)
+    newer = procs.python(SLEEPER)
+    rows = json.loads(pg("ps", "--json", "--sort", "age").stdout)
+    ages = [r["create_time"] for r in rows]
+    assert ages == sorted(ages, reverse=True)
+    pids = [r["pid"] for r in rows]
+    assert pids.index(newer.pid) < pids.index(older.pid)
+    text = [int(ln.split()[0]) for ln in pg("ps", "--sort", "age").stdout.splitlines()[1:]]
+    assert text.index(newer.pid) < text.index(older.pid)
+    # In a tree, siblings: the newest first.
+    tree = [int(ln.split()[0]) for ln in pg("ps", "--tree", "--sort", "age").stdout.splitlines()[1:]]
+    assert tree.index(newer.pid) < tree.index(older.pid)
+
+
+def test_dry_run_of_a_refused_pid_says_so_and_exits_1(procs: ProcStarter) -> None:
+    out = pg("term", "--dry-run", "1")
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[0] == "would term 1 process:"
+    assert "[would be refused: pid 1 is init" in out.stdout and "1 process would be refused" in out.stderr
+    out = pg("kill", "--dry-run", "--json", "1")
+    assert out.returncode == 1 and json.loads(out.stdout)["targets"][0]["protected"]
+    child = procs.python(SLEEPER)
+    out = pg("term", "--dry-run", str(child.pid))
+    assert out.returncode == 0 and out.stdout.splitlines()[0] == "would term 1 process:"
+    assert proc_state(child.pid) in ("S", "R")
+
+
+def test_counts_are_plain_words(procs: ProcStarter) -> None:
+    code = """
+import os, time
+if os.fork() == 0:
+    time.sleep(60)
+print("ready", flush=True)
+time.sleep(60)
+"""
+    leader = procs.python(code)
+    out = pg("pause", "--group", "--dry-run", str(leader.pid))
+    assert out.stdout.splitlines()[0] == "would pause 2 processes:"
+    root = Path(__file__).resolve().parent.parent / "core" / "cli"
+    for name in ("ps.py", "signals.py", "gpu.py", "locks.py", "_args.py"):
+        assert "(s)" not in (root / name).read_text(), name
+
+
+LOCK_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+if os.fork() == 0:  # the child inherits the descriptor: it holds the lock too
+    time.sleep(60)
+    os._exit(0)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_locks_show_each_holders_full_command_one_line_each(procs: ProcStarter, tmp_path: Path) -> None:
+    lock = tmp_path / "job.lock"
+    script = tmp_path / "holder.py"
+    script.write_text(LOCK_HOLDER)
+    holder = procs.popen([sys.executable, str(script), str(lock), "--tag", LONG], stdout=subprocess.PIPE,
+                         start_new_session=True)
+    procs.wait_ready(holder)
+    out = pg("locks", "--dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rows = [ln for ln in out.stdout.splitlines()[1:] if str(lock) in ln]
+    assert len(rows) == 2, out.stdout  # the holder and the child that inherited its descriptor
+    assert rows[0].split()[0] == str(holder.pid) and rows[0].endswith(f"--tag {LONG}")
+    assert "[shares the lock: an inherited descriptor]" in rows[1] and f"--tag {LONG}" in rows[1]
+    assert out.stderr.strip() == "1 lock held"
+    lines = pg_tty("locks", "--dir", str(tmp_path), columns=80)
+    assert len([ln for ln in lines if str(holder.pid) in ln.split()[:1]]) == 1
+    assert all(len(ln) <= 80 for ln in lines) and not any(LONG in ln for ln in lines)
