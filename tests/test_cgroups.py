@@ -519,3 +519,128 @@ def test_empty_cgroup_and_bad_method(cg: Cg) -> None:
         C.kill_cgroup(cg.path, method="nuke")
     with pytest.raises(ValueError, match="grace"):
         C.terminate_cgroup(cg.path, grace=-1)
+
+
+# ---------------------------------------------------------------------------------------------- Target.cgroup
+
+
+def test_target_cgroup_through_signals(cg: Cg, procs: ProcStarter, tmp_path: Path) -> None:
+    """signals.resolve / pause / resume / terminate take a whole cgroup (cgroups acts, with the same pinned
+    handles and phases): an escaped, SIGTERM-ignoring job ends with cgroup.kill, and the countdown hears the
+    usual phases."""
+    from procguard.core import signals
+    from procguard.core.signals import Target
+
+    pids = start_forker(procs, cg, tmp_path)
+    other = procs.python(POLITE)
+    t = Target.cgroup(cg.path)
+    assert str(t) == f"cgroup {cg.path}" and t.kind == "cgroup"
+    members = signals.resolve([t, Target.pid(other.pid)])
+    assert {m.pid for m in members} == {*pids, other.pid} and not any(m.protected for m in members)
+    assert [r.outcome for r in signals.pause(t)] == [Outcome.PAUSED] * 3
+    assert C.cgroup_state(cg.path).frozen is True
+    assert [r.outcome for r in signals.resume(t)] == [Outcome.RESUMED] * 3
+    events: list[signals.Progress] = []
+    results = signals.terminate([Target.pid(other.pid), t], grace=0.3, on_progress=events.append)
+    got = {r.pid: r.outcome for r in results}
+    assert got[other.pid] is Outcome.EXITED and all(got[p] is Outcome.KILLED for p in pids), got
+    phases = [e.phase for e in events]
+    assert {"sigterm", "sigkill", "done"} <= set(phases) and phases.index("sigterm") < phases.index("sigkill")
+    assert all(is_gone(p) for p in (*pids, other.pid))
+    # Refused as a whole: the dry run says why on every member, the action raises naming the path.
+    refused = signals.resolve(Target.cgroup("/"))
+    assert refused and all(m.protected and "refusing the root cgroup" in m.protected for m in refused)
+    with pytest.raises(C.CgroupError, match="cgroup /: refusing the root cgroup"):
+        signals.kill(Target.cgroup("/"))
+    with pytest.raises(ValueError, match="needs a path"):
+        Target.cgroup("")
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+
+def pg(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*prefix, PY, "-m", "procguard.core.cli", *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, cwd="/")
+
+
+def _ps_rows(pids: list[int]) -> dict[int, dict[str, object]]:
+    out = pg("ps", "--json")
+    assert out.returncode == 0, out.stderr
+    return {r["pid"]: r for r in json.loads(out.stdout) if r["pid"] in pids}
+
+
+def test_cli_cgroup_actions_and_ps_fields(cg: Cg, procs: ProcStarter, tmp_path: Path) -> None:
+    pids = start_forker(procs, cg, tmp_path, forking=True)
+    out = pg("kill", "--cgroup", cg.path, "--dry-run")
+    assert out.returncode == 0, out.stderr
+    head = out.stdout.splitlines()[0]
+    assert head.startswith(f"would kill cgroup {cg.path} ({cg.path}, v2): ") and head.endswith("via cgroup.kill")
+    assert all(not is_gone(p) for p in pids)
+
+    out = pg("pause", "--cgroup", cg.fs, "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["cgroup"]["method"] == "cgroup.freeze" and res["cgroup"]["confirmed"]
+    assert {r["outcome"] for r in res["results"]} == {"paused"}
+    # ps: frozen processes look like S; procguard says frozen. And the cgroup and PID namespace of each.
+    rows = _ps_rows(pids)
+    me = os.stat("/proc/self/ns/pid").st_ino
+    for pid in pids:
+        r = rows[pid]
+        assert r["frozen"] is True and r["state"] != "T"
+        assert r["cgroup"] == {"path": cg.path, "version": 2, "kind": "plain", "runtime": "", "id": cg.path[1:],
+                               "step": "", "unit": cg.path, "label": cg.path}
+        assert r["pidns"] == me and r["nspid"] == [pid]
+    text = [ln for ln in pg("ps").stdout.splitlines() if ln.split()[:1] == [str(pids[0])]]
+    assert len(text) == 1 and "[frozen] " in text[0]
+    assert pg("kill", "--cgroup", cg.path, "--dry-run").stdout.splitlines()[0].count(", frozen)") == 1
+
+    out = pg("resume", "--cgroup", cg.path)
+    assert out.returncode == 0 and "confirmed thawed" in out.stderr, out.stderr
+    assert all(r["frozen"] is False for r in _ps_rows(pids).values())
+
+    out = pg("term", "--cgroup", cg.path, "--grace", "0.3")
+    assert out.returncode == 0, out.stderr
+    assert "via SIGTERM, then cgroup.kill" in out.stderr and "confirmed empty" in out.stderr
+    assert all(is_gone(p) for p in pids)
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["term", "--cgroup", "/procguard-no-such-cgroup"], 2, "no such cgroup"),
+    (["kill", "--cgroup", "/", "123"], 2, "--cgroup takes no TARGET"),
+    (["kill", "--cgroup", "/a/../b"], 2, "'..' are not allowed"),
+    (["term", "--cgroup", "/", "--dry-run"], 1, "would be refused: cgroup /: refusing the root cgroup"),
+    (["pause", "--cgroup", "/"], 1, "cgroup /: refusing the root cgroup"),
+])
+def test_cli_cgroup_bad_or_refused(args: list[str], code: int, needle: str) -> None:
+    if C.cgroup_mounts().v2 is None:
+        pytest.skip("no cgroup v2 hierarchy is mounted")
+    out = pg(*args)
+    assert out.returncode == code and needle in out.stderr, out
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+
+
+@needs_root
+def test_cli_cgroup_without_permission_says_it_fell_back(cg: Cg, procs: ProcStarter) -> None:
+    """As nobody (cgroup.kill is root's here): the kill still ends nobody's own job, by freeze-then-kill with
+    signals, and says so."""
+    mine = start_in(procs, cg.sub("nobodys"), [*NOBODY, "sleep", "300"])
+    wait_for(lambda: proc_state(mine.pid) == "S" and os.stat(f"/proc/{mine.pid}").st_uid == 65534)
+    out = pg("kill", "--cgroup", f"{cg.path}/nobodys", "--dry-run", prefix=tuple(NOBODY))
+    assert out.returncode == 0 and "via SIGSTOP + SIGKILL" in out.stdout and "fallback: " in out.stdout, out
+    out = pg("kill", "--cgroup", f"{cg.path}/nobodys", prefix=tuple(NOBODY))
+    assert out.returncode == 0, out
+    assert "via SIGSTOP + SIGKILL (cgroup.kill is not writable" in out.stderr
+    assert is_gone(mine.pid)
+
+
+@needs_root
+def test_ps_shows_nspid_of_another_pid_namespace(procs: ProcStarter) -> None:
+    outer = procs.popen(["unshare", "--pid", "--fork", "sleep", "300"], start_new_session=True)
+    inner = wait_for(lambda: next((int(x) for x in Path(f"/proc/{outer.pid}/task/{outer.pid}/children")
+                                   .read_text().split()), None))
+    assert isinstance(inner, int)
+    wait_for(lambda: Path(f"/proc/{inner}/comm").read_text().strip() == "sleep")
+    row = _ps_rows([inner])[inner]
+    assert row["nspid"] == [inner, 1] and row["pidns"] != os.stat("/proc/self/ns/pid").st_ino
