@@ -29,7 +29,7 @@ from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
 from textual.worker import get_current_worker
 
 from procguard.core.duplicates import DuplicateGroup
-from procguard.core.signals import Member, Target
+from procguard.core.signals import Member, Progress, Target
 from procguard.core.snapshot import DEAD_STATES
 from procguard.tui.actions import (
     CONFIRMED,
@@ -583,8 +583,12 @@ class ProcguardApp(App[None]):
     @work(thread=True, exit_on_error=False, group="actions")
     def _run_worker(self, plan: Plan) -> None:
         pids = tuple(m.pid for m in plan.blast.acting)
+
+        def progress(event: Progress) -> None:
+            self.post_message(ActionProgress(event, pids))
+
         try:
-            done = run_plan(self.backend, plan, lambda ev: self.post_message(ActionProgress(ev, pids)))
+            done = run_plan(self.backend, plan, progress)
         except Exception as e:  # a bug or an OS error: a notification, never a traceback
             self.post_message(ActionFailed(plan.kind, f"{type(e).__name__}: {e}", pids))
             done = None
@@ -644,7 +648,7 @@ class ProcguardApp(App[None]):
 
         `_shutdown` clears `is_running` before it awaits anything, and every handler here is synchronous, so a
         handler that starts while this is True runs to its end before any widget is removed."""
-        return self.is_running and not getattr(self, "_exit", False) and self._main_screen_mounted()
+        return self.is_running and not self._exit and self._main_screen_mounted()
 
     def _main_screen_mounted(self) -> bool:
         try:

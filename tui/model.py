@@ -1,6 +1,6 @@
 """The TUI's data model and the pure functions over it: rows for each grouping, sorting, filtering, marks,
 targets and the blast radius of an action. No Textual, no I/O: everything here is unit-testable with a
-hand-made Snapshot (see demo.py).
+hand-made Snapshot (see backends/demo.py).
 
 A `Model` is built once per refresh by the collector thread and never changed afterwards; the UI thread turns it
 into rows with `build_rows` whenever the model or the view state (grouping, sort, filter) changes.

@@ -1,5 +1,5 @@
-"""Render the README's screenshots (SVG) from the deterministic demo scenario (demo.py): no clock, no /proc, no
-signals, so the same code gives the same files every time.
+"""Render the README's screenshots (SVG) from the deterministic demo scenario (backends/demo.py): no clock, no
+/proc, no signals, so the same code gives the same files every time.
 
     .venv/bin/python -m procguard.tui.screenshots            # writes screenshots/*.svg in the repository
     .venv/bin/python -m procguard.tui.screenshots --out DIR --size 120x36 --only processes confirm

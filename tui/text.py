@@ -9,7 +9,7 @@ to the terminal as they are, so a raw ESC in a command line would drive root's t
 Where it is applied (one place per kind of widget):
 
 - tables (`widgets.table.KeyedTable`): every cell passes through `plain()` where it becomes a segment, so row
-  builders (model.py, tables.py) stay raw and pure;
+  builders (model.py, rows.py) stay raw and pure;
 - dialogs, screens and one-line widgets built from markup (confirm, details, summary, GPU panel, status line):
   `fill()`: our own markup template with ``$name`` placeholders, process text given as the values (Textual
   substitutes template variables after parsing the markup, so a value's ``[`` is never a tag);

@@ -141,23 +141,25 @@ def _locks() -> list[HeldLock]:
     ]
 
 
+def _args(p: Proc) -> tuple[str, ...]:
+    return p.python.args if p.python is not None else ()
+
+
 def _duplicates(procs: dict[int, Proc], gpu: GpuSnapshot) -> tuple[list[DuplicateGroup], list[ScheduledInstance]]:
     ident = ScriptIdentity("file", "/home/alice/proj/train.py", "/home/alice/proj/train.py")
     mem = {p.pid: p.memory_used or 0 for p in gpu.processes}
 
     def inst(pid: int, locks: tuple[str, ...] = ()) -> Instance:
         p = procs[pid]
-        py = p.python
-        return Instance(pid, p.create_time, "/home/alice/proj", py.args if py else (), p.username, p.cmdline,
+        return Instance(pid, p.create_time, "/home/alice/proj", _args(p), p.username, p.cmdline,
                         mem.get(pid, 0), locks, p.uid, p.start_ticks, (pid,), (pid,))
 
     groups = []
     if 2101 in procs and 2466 in procs:
         groups.append(DuplicateGroup(ident, (inst(2101, (f"{LOCKS}/train.lock",)), inst(2466))))
     ev = ScriptIdentity("file", "/home/bob/eval/eval.py", "/home/bob/eval/eval.py")
-    sched = [ScheduledInstance(ev, Instance(pid, procs[pid].create_time, "/home/bob/eval",
-                                            procs[pid].python.args if procs[pid].python else (), "bob",
-                                            procs[pid].cmdline, 0, (), 1001, procs[pid].start_ticks,
+    sched = [ScheduledInstance(ev, Instance(pid, procs[pid].create_time, "/home/bob/eval", _args(procs[pid]),
+                                            "bob", procs[pid].cmdline, 0, (), 1001, procs[pid].start_ticks,
                                             (pid,), (pid,)), "slurm", f"88412_{t}")
              for pid, t in ((6001, 1), (6002, 2)) if pid in procs]
     return groups, sched

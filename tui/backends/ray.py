@@ -115,7 +115,11 @@ class RayNodeBackend:
         view = NodeView(nid, info.ip if info else "?", bool(info and info.is_head),
                         ids.index(nid) + 1 if nid in ids else 0, len(ids))
         key = id(snap)
-        self._views[key] = (weakref.ref(snap, lambda _r, key=key: self._views.pop(key, None)), view)
+
+        def forget(_ref: weakref.ref[Snapshot]) -> None:
+            self._views.pop(key, None)
+
+        self._views[key] = (weakref.ref(snap, forget), view)
 
     # ------------------------------------------------------------------------------------------ data
 

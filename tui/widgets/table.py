@@ -6,9 +6,9 @@ When the row under the cursor vanished for good (the caller's `alive(key)` says 
 on demand in `render_line` and cached until the next `set_rows`, so a 5,000-row table costs what its
 visible lines cost.
 
-Subclasses provide `columns` and `render_cells(row, ...)`; `SimpleTable` draws `tables.TableRow`s. Cell texts
-are process text (commands, paths, user names): `_render_row` makes every one safe (`tui.text.plain`) where it
-becomes a segment, the one place for every table; row builders stay raw.
+Rows have a `.key` and a `.kind`. Subclasses provide `columns` and `render_cells(row, ...)`; `SimpleTable` draws
+`rows.TableRow`s. Cell texts are process text (commands, paths, user names): `_render_row` makes every one safe
+(`tui.text.plain`) where it becomes a segment, the one place for every table; row builders stay raw.
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ class KeyedTable(ScrollView, can_focus=True):
         if is_cursor:
             overlay = (overlay + self.style("cursor")) if overlay else self.style("cursor")
         segments: list[Segment] = []
-        if getattr(row, "kind", "") in ("section", "note"):
+        if row.kind in ("section", "note"):
             cell = cells[0]
             st = base + self.style(cell.style) if cell.style else base
             segments.append(Segment(fit(plain(cell.text), width), st + overlay if overlay else st))
@@ -354,7 +354,7 @@ class KeyedTable(ScrollView, can_focus=True):
 
 
 class SimpleTable(KeyedTable):
-    """Draws `tables.TableRow`s with the given columns."""
+    """Draws `rows.TableRow`s with the given columns."""
 
     def __init__(self, columns: Sequence[Column], **kw: Any) -> None:
         super().__init__(**kw)
