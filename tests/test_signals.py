@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,52 @@ def test_a_reused_pgid_is_not_the_captured_group() -> None:
     assert signals._captured_groups(targets, rows, known={600}, capture_ticks=800) == {600, 700}
     # Known (captured and pinned) leaders are the group itself, whenever they were born.
     assert signals._captured_groups(targets, rows, known={500, 600}, capture_ticks=800) == {500, 600, 700}
+
+
+# ---------------------------------------------------------------------------------------------- the public phases
+
+
+def test_unreachable_outcome_is_not_ok_and_is_summarized() -> None:
+    r = signals.SignalResult(7, Outcome.UNREACHABLE, 0.0, "node died", "", (), "?")
+    assert Outcome.UNREACHABLE.value == "unreachable" and not r.ok
+    assert signals.summarize([r]) == "1 unreachable"
+
+
+def test_pinned_handle_and_phase_functions(procs: ProcStarter) -> None:
+    """What cgroups.py builds on: pin a process found by a rescan, SIGTERM it (a stopped one is continued so the
+    SIGTERM lands), wait for the exit, and never a zombie, a gone pid or a kernel thread."""
+    t = Target.pid(0)
+    child = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(60)")
+    os.kill(child.pid, signal.SIGSTOP)  # a process this test started, by pid
+    wait_for(lambda: proc_state(child.pid) == "T")
+    p = signals.pin_pid(child.pid, t)
+    assert p is not None and p.pid == child.pid and p.member.cmdline and not p.exited()
+    t0 = time.monotonic()
+    signals.send_term([p], t0)
+    assert p.signalled
+    rest = signals.wait_exits([p], t0 + 10, t0, Outcome.EXITED)
+    assert rest == [] and p.result is not None and p.result.outcome is Outcome.EXITED
+    child.wait(timeout=10)
+    assert signals.pin_pid(child.pid, t) is None  # reaped: gone
+    assert signals.pin_pid(2, t) is None  # kthreadd: a kernel thread
+    zombie = procs.popen([sys.executable, "-c", "pass"])
+    wait_for(lambda: proc_state(zombie.pid) == "Z")
+    assert signals.pin_pid(zombie.pid, t) is None
+    zombie.wait()
+
+
+def test_confirm_states_and_survivors(procs: ProcStarter) -> None:
+    child = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(60)")
+    p = signals.pin_pid(child.pid, Target.pid(child.pid))
+    assert p is not None
+    t0 = time.monotonic()
+    signals.send_each([p], signal.SIGSTOP, t0)
+    assert signals.confirm_states([p], True, t0) and p.result is not None and p.result.outcome is Outcome.PAUSED
+    q = signals.pin_pid(child.pid, Target.pid(child.pid))
+    assert q is not None
+    assert not signals.confirm_states([q], False, t0, timeout=0.05)  # still stopped: survived, and says why
+    assert q.result is not None and q.result.outcome is Outcome.SURVIVED and "still stopped" in (q.result.reason or "")
+    r = signals.pin_pid(child.pid, Target.pid(child.pid))
+    assert r is not None
+    signals.finish_survivors([r], t0, "cgroup.kill", 2.0)
+    assert r.result is not None and r.result.reason == "still alive 2 s after cgroup.kill (state T: uninterruptible sleep?)"
