@@ -145,7 +145,8 @@ import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
 fcntl.flock(fd, fcntl.LOCK_EX)
 os.ftruncate(fd, 0)
-os.write(fd, sys.argv[2].replace("SELF", str(os.getpid())).encode())
+# The claim comes on stdin: in argv it would show in the holder's real command line.
+os.write(fd, sys.stdin.readline().rstrip("\\n").replace("SELF", str(os.getpid())).encode())
 print("ready", flush=True)
 sys.stdin.read()
 """
@@ -159,8 +160,10 @@ def _claim(pid: int | str, ticks: int | None = None) -> str:
 
 
 def _forger(procs: ProcStarter, path: Path, content: str) -> subprocess.Popen[bytes]:
-    p = procs.popen([*NOBODY, PY, "-c", FORGER, str(path), content], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE)
+    p = procs.popen([*NOBODY, PY, "-c", FORGER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdin is not None
+    p.stdin.write(content.encode() + b"\n")
+    p.stdin.flush()
     procs.wait_ready(p)
     return p
 

@@ -695,7 +695,8 @@ import fcntl, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
 fcntl.flock(fd, fcntl.LOCK_EX)
 os.ftruncate(fd, 0)
-os.write(fd, sys.argv[2].encode())
+# The claim comes on stdin: in argv it would show in the holder's real command line.
+os.write(fd, sys.stdin.readline().rstrip("\\n").encode())
 print("ready", flush=True)
 sys.stdin.read()
 """
@@ -714,8 +715,11 @@ def forged_metadata(pid: int) -> str:
 
 def _forge(procs: ProcStarter, path: Path, content: str, prefix: list[str] | None = None
            ) -> subprocess.Popen[bytes]:
-    p = procs.popen([*(prefix or []), PY, "-c", FORGE, str(path), content, "\x1b[2J"], stdin=subprocess.PIPE,
+    p = procs.popen([*(prefix or []), PY, "-c", FORGE, str(path), "\x1b[2J"], stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE)
+    assert p.stdin is not None
+    p.stdin.write(content.encode() + b"\n")
+    p.stdin.flush()
     procs.wait_ready(p)
     return p
 
