@@ -18,7 +18,8 @@ _EXPORTS: dict[str, str] = {
     # signals: targets, escalation, outcomes
     "Target": "signals", "terminate": "signals", "kill": "signals", "pause": "signals", "resume": "signals",
     "resolve": "signals", "Member": "signals", "SignalResult": "signals", "Outcome": "signals",
-    "Progress": "signals",
+    "Progress": "signals", "summarize": "signals",
+    "CgroupError": "cgroups",
     # spawning and tracking
     "spawn": "spawn", "Spawned": "spawn", "SpawnError": "spawn", "track_subprocesses": "spawn",
     # locks
@@ -27,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     # duplicates and guard
     "find_duplicates": "duplicates", "terminate_duplicates": "duplicates", "DuplicateGroup": "duplicates",
     "DuplicateReport": "duplicates", "Instance": "duplicates", "TerminateReport": "duplicates",
+    "explain": "duplicates", "Explanation": "duplicates",
     "guard": "guard", "DuplicateRunning": "guard",
     # GPU
     "gpu_snapshot": "gpu", "GpuSnapshot": "gpu", "tree_gpu_memory": "gpu",
@@ -38,13 +40,14 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "AlreadyRunning", "DuplicateGroup", "DuplicateReport", "DuplicateRunning", "FlushError", "FlushResult",
-    "FlushTimeout", "GpuSnapshot", "HeldLock", "Instance", "LockError", "LockHolder", "Member",
-    "NotGuarded", "Outcome", "Proc", "ProcId", "Progress", "SignalResult", "SingleInstanceLock",
-    "Snapshot", "Snapshotter", "SpawnError", "Spawned", "Target", "TerminateReport", "clean_stale_locks",
-    "find_duplicates", "flush_gpu_caches", "gpu_snapshot", "guard", "held_locks", "kill",
-    "orphaned_gpu_processes", "pause", "process_snapshot", "request_flush", "resolve", "resume", "safe",
-    "spawn", "terminate", "terminate_duplicates", "track_subprocesses", "tree_gpu_memory",
+    "AlreadyRunning", "CgroupError", "DuplicateGroup", "DuplicateReport", "DuplicateRunning",
+    "Explanation", "FlushError", "FlushResult", "FlushTimeout", "GpuSnapshot", "HeldLock", "Instance",
+    "LockError", "LockHolder", "Member", "NotGuarded", "Outcome", "Proc", "ProcId", "Progress",
+    "SignalResult", "SingleInstanceLock", "Snapshot", "Snapshotter", "SpawnError", "Spawned", "Target",
+    "TerminateReport", "clean_stale_locks", "explain", "find_duplicates", "flush_gpu_caches",
+    "gpu_snapshot", "guard", "held_locks", "kill", "orphaned_gpu_processes", "pause", "process_snapshot",
+    "request_flush", "resolve", "resume", "safe", "spawn", "summarize", "terminate",
+    "terminate_duplicates", "track_subprocesses", "tree_gpu_memory",
 ]
 
 # Three public functions share their name with the module that holds them; importing a module sets the
@@ -69,11 +72,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load lazily above
+    from procguard.core.cgroups import CgroupError
     from procguard.core.duplicates import (
         DuplicateGroup,
         DuplicateReport,
+        Explanation,
         Instance,
         TerminateReport,
+        explain,
         find_duplicates,
         terminate_duplicates,
     )
@@ -102,6 +108,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
         pause,
         resolve,
         resume,
+        summarize,
         terminate,
     )
     from procguard.core.snapshot import Proc, Snapshot, Snapshotter, process_snapshot
