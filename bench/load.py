@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from bench import procstat
 
@@ -178,11 +179,12 @@ class Load:
     # ------------------------------------------------------------------------------------------ spawning
 
     def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = None, pgroup: int | None = 0,
-              env: dict[str, str] | None = None, quiet: bool = False) -> int:
+              env: dict[str, str] | None = None, quiet: bool = False,
+              stdio: tuple[int, int, int] | None = None) -> int:
         """Start argv (argv[0] looked up in PATH) with the marker and a parent-death SIGKILL.
 
         pgroup: 0 = a new process group led by this process; a pgid = join that group (one of ours).
-        quiet: stdin, stdout and stderr on /dev/null.
+        quiet: stdin, stdout and stderr on /dev/null. stdio: file descriptors of ours to use as its 0, 1, 2.
         """
         full = list(argv)
         if cwd is not None:
@@ -193,7 +195,11 @@ class Load:
             e.update(env)
         if pgroup not in (None, 0) and pgroup not in self._leaders:
             raise LoadError(f"process group {pgroup} is not one of ours")
-        actions = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)] if quiet else []
+        actions: list[tuple[Any, ...]] = []
+        if quiet:
+            actions = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        elif stdio is not None:
+            actions = [(os.POSIX_SPAWN_DUP2, mine, fd) for fd, mine in enumerate(stdio)]
         pid = os.posix_spawn(full[0], full, e, setpgroup=pgroup, file_actions=actions)
         self._children.add(pid)
         if pgroup == 0:

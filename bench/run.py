@@ -1,9 +1,10 @@
 """The one command: build the process load, run every benchmark, write bench/RESULTS.md.
 
 Stages, smallest table first (the load grows; it is stopped, by pid, whatever happens):
-  sizes[0]  scaling point
-  sizes[1]  figure 1 (snapshot), 2 (terminate), 4 (TUI idle beside htop), 3 (duplicates, +Python processes)
-  sizes[2]  scaling point, TUI peak RSS
+  sizes[0]  scaling point, TUI idle beside htop
+  sizes[1]  figure 1 (snapshot), 2 (terminate), cgroup, GPU holders, 4 (TUI idle beside htop), 5 (keypress to
+            screen) and 6 (launch to first frame) beside htop, 3 (duplicates, +Python processes)
+  sizes[2]  scaling point, TUI idle beside htop, TUI peak RSS
 A benchmark whose dependency has not landed reports "not available yet"; one that fails reports the error.
 """
 
@@ -17,7 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import (
+    cgroup_bench,
     duplicates_bench,
+    gpuholders_bench,
+    latency_bench,
     procstat,
     report,
     scaling,
@@ -36,6 +40,10 @@ TITLES = {
     "snapshot": "1. Snapshot of the process table",
     "terminate": "2. Terminate a process group, time to confirmed death",
     "duplicates": "3. Duplicate detection over Python processes",
+    "cgroup": cgroup_bench.TITLE,
+    "gpuholders": gpuholders_bench.TITLE,
+    "keys": latency_bench.KEY_TITLE,
+    "launch": latency_bench.LAUNCH_TITLE,
 }
 
 
@@ -101,6 +109,26 @@ class Runner:
         self.guarded(f"apps-{tag}", go)
         return out
 
+    def keys(self, table: int) -> None:
+        """Figures 5 and 6 (keypress latency, launch to first frame), from one tmux run at the main table."""
+        why = latency_bench.available()
+        if why:
+            self.sections["keys"] = latency_bench.key_section(self.cfg, None, table, why)
+            self.sections["launch"] = latency_bench.launch_section(self.cfg, None, table, why)
+            self.log(f"keys, launch: skipped ({why})")
+            return
+
+        def go() -> Section:
+            res, launches, n = latency_bench.measure(self.load, self.cfg, self.log)
+            self.sections["launch"] = latency_bench.launch_section(self.cfg, launches, n, None)
+            return latency_bench.key_section(self.cfg, res, n, None)
+
+        self.guarded("keys", go)
+        if "launch" not in self.sections:  # it failed with the key figure
+            failed = self.sections["keys"]
+            self.sections["launch"] = Section("launch", latency_bench.LAUNCH_TITLE, status=failed.status,
+                                              reason=failed.reason)
+
     def run(self) -> list[Section]:
         cfg = self.cfg
         points = [Point(s) for s in cfg.sizes]
@@ -111,8 +139,10 @@ class Runner:
         # -- smallest table: a scaling point
         points[0].table = self.resize(cfg.sizes[0])
         self.point(points[0])
+        small = None
         if not cfg.quick and apps_possible:
-            points[0].apps = self.apps(cfg.tui_scaling_window, "small", tui_missing is None) or {}
+            small = self.apps(cfg.tui_small_window or cfg.tui_scaling_window, "small", tui_missing is None)
+            points[0].apps = small or {}
 
         # -- the main table
         table = self.resize(cfg.main_size)
@@ -124,8 +154,13 @@ class Runner:
         else:
             self.point(points[1])
         self.guarded("terminate", lambda: terminate_bench.run(self.load, cfg), terminate_bench.available())
+        self.guarded("cgroup", lambda: cgroup_bench.run(self.load, cfg), cgroup_bench.available())
+        self.guarded("gpuholders", lambda: gpuholders_bench.run(self.load, cfg, (cfg.main_size,)),
+                     gpuholders_bench.available())
+        self.resize(cfg.main_size)  # as it was before the stages that change the table
         idle = self.apps(cfg.tui_window, "idle", tui_missing is None) if apps_possible else None
         points[1].apps = idle or {}
+        self.keys(table)
         self.guarded("duplicates", lambda: duplicates_bench.run(self.load, cfg), duplicates_bench.available())
 
         # -- the big table
@@ -137,10 +172,12 @@ class Runner:
             big = self.apps(cfg.tui_scaling_window, "big", tui_missing is None)
             points[2].apps = big or {}
 
-        self.sections["tui"] = tui_bench.section(cfg, idle, big, table, big_table if big else None, tui_missing)
+        self.sections["tui"] = tui_bench.section(cfg, (small, idle, big),
+                                                 (points[0].table if small else None, table,
+                                                  big_table if big else None), tui_missing)
         self.sections["scaling"] = scaling.section(points, refresh_missing, cfg.tui_interval)
         self.loads.append(procstat.loadavg())  # before the cleanup: SIGKILLing thousands at once spikes it
-        order = ["snapshot", "terminate", "duplicates", "tui", "scaling"]
+        order = ["snapshot", "terminate", "cgroup", "duplicates", "gpuholders", "tui", "keys", "launch", "scaling"]
         out = [self.sections[k] for k in order]
         # Failures of helper stages (scaling points, tmux runs) are reported with the figure they feed.
         for k, s in self.sections.items():

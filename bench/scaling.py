@@ -1,4 +1,4 @@
-"""Figure 5: how snapshot and TUI refresh cost grow with the table (a table and an ASCII plot)."""
+"""Figure 7: how snapshot and TUI refresh cost grow with the table (a table and an ASCII plot)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _plot(points: list[Point], series: list[tuple[str, dict[int, float]]], width
 
 
 def section(points: list[Point], refresh_missing: str | None, interval: float) -> Section:
-    sec = Section("scaling", "5. Scaling: snapshot and TUI refresh cost by table size")
+    sec = Section("scaling", "7. Scaling: snapshot and TUI refresh cost by table size")
     sec.intro = ("Snapshot: median ms as in figure 1. TUI refresh (in process): one warm tick of the TUI's data "
                  "path, `LiveBackend.collect()` + `build_rows()` (snapshot, duplicates, locks as due, registry, "
                  "rows), median ms. TUI / htop CPU per refresh: CPU ms per "

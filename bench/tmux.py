@@ -31,6 +31,12 @@ def missing() -> str | None:
     return None
 
 
+def _status_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
 @dataclass
 class AppRun:
     """What one app cost over a measured window."""
@@ -66,11 +72,28 @@ class Tmux:
         r = subprocess.run([TMUX, "-L", self.sock, "-f", "/dev/null", *args], env=self.env, text=True,
                            capture_output=True, timeout=30)
         if check and r.returncode != 0:
-            raise RuntimeError(f"tmux {' '.join(args[:2])}: {r.stderr.strip() or r.stdout.strip()}")
+            gone = "" if self.server is None or procstat.alive(self.server) else f" ({self.server_end()})"
+            raise RuntimeError(f"tmux {' '.join(args[:2])}: {r.stderr.strip() or r.stdout.strip()}{gone}")
         return r.stdout
 
+    def server_end(self) -> str:
+        """How the tmux server ended (it is our child: its exit status, reaped here)."""
+        assert self.server is not None
+        try:
+            pid, status = os.waitpid(self.server, os.WNOHANG)
+        except ChildProcessError:
+            return "the tmux server is gone"
+        if not pid:
+            return "the tmux server is a zombie or exiting"
+        self.load.reap([self.server])
+        return f"the tmux server ended: {_status_text(status)}"
+
     def _start_server(self) -> None:
-        self.server = self.load.spawn([TMUX, "-L", self.sock, "-f", "/dev/null", "-D"],
+        # Its own config, not the user's: a server with no session yet must not exit between our commands
+        # (exit-empty: "server exited unexpectedly" at the first new-session).
+        conf = self.load.tmp / f"tmux-{self.sock}.conf"
+        conf.write_text(f"set -g exit-empty off\nset -g remain-on-exit on\nset -g default-terminal {TERM}\n")
+        self.server = self.load.spawn([TMUX, "-L", self.sock, "-f", str(conf), "-D"],
                                       env={"TERM": "xterm-256color"}, quiet=True)
         deadline = time.monotonic() + 10
         while True:  # until the server answers on its socket
@@ -84,18 +107,29 @@ class Tmux:
         self.socket = self._tmux("display-message", "-p", "#{socket_path}").strip() or None
         self._tmux("set-option", "-g", "remain-on-exit", "on", ";", "set-option", "-g", "default-terminal", TERM)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
-        """Start argv in a new detached session; returns the app's pid (the pane's process)."""
+    def pane_command(self, argv: list[str], env: dict[str, str] | None = None) -> str:
+        """The shell command a pane runs for argv: it dies with the server (and carries the run's token)."""
         if self.server is None:
             self._start_server()
         assert self.server is not None
         full = dies_with(self.server, ["env", *(f"{k}={v}" for k, v in (env or {}).items()), *argv])
-        command = "exec " + shlex.join(full)
+        return "exec " + shlex.join(full)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        """Start argv in a new detached session; returns the app's pid (the pane's process)."""
+        command = self.pane_command(argv, env)
         self._tmux("new-session", "-d", "-s", name, "-x", str(WIDTH), "-y", str(HEIGHT), command)
+        return self.adopt(name)
+
+    def adopt(self, name: str) -> int:
+        """The pid of the process now in the session's pane, pinned for the cleanup."""
         pid = int(self._tmux("display-message", "-p", "-t", name, "#{pane_pid}").strip())
         self.load.track([pid])
         self.pids[name] = pid
         return pid
+
+    def pane_id(self, name: str) -> str:
+        return self._tmux("display-message", "-p", "-t", name, "#{pane_id}").strip()
 
     def screen(self, name: str) -> str:
         return self._tmux("capture-pane", "-p", "-t", name, check=False)

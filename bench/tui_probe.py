@@ -29,7 +29,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 COUNTS: dict[str, Counter[str]] = defaultdict(Counter)
-TIMES: dict[str, Counter[str]] = defaultdict(Counter)  # seconds
+TIMES: dict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))  # seconds
 EVENTS: dict[str, float] = {}
 _PREV_LINES: dict[tuple[int, int], Any] = {}
 _MODEL_SEEN = False

@@ -12,16 +12,22 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## Summary", "## 1. Snapshot", "## 2. Terminate", "## 3. Duplicate detection", "## 4. procguard-tui",
-            "## 5. Scaling")
-# A summary row per figure, each with a value measured against its baseline in the same run.
+SECTIONS = ("## Summary", "## 1. Snapshot", "## 2. Terminate", "## Cgroup", "## 3. Duplicate detection",
+            "## GPU holders", "## 4. procguard-tui", "## 5. Keypress to screen", "## 6. Launch to the first frame",
+            "## 7. Scaling")
+# A summary row per figure, each with a value measured against its baseline in the same run (the figures that
+# need tmux, htop or a GPU node may say why they were not measured instead).
 SUMMARY_ROWS = (
     r"\| snapshot [\d,]+: procguard cold vs ps \| \d+\.\d\d× ",
-    r"\| terminate 20 \(exit on SIGTERM\), median from signal \| [\d.]+ ms \(common design [\d.]+ ms\)",
-    r"\| terminate 20 with 1 ignoring SIGTERM, grace [\d.]+ s, median \| [\d.]+ ms \(common design",
+    r"\| terminate 20 \(exit on SIGTERM\), median from signal \| [\d.]+ ms \(psutil wait_procs [\d.]+ ms, "
+    r"[\d.]+×; common design [\d.]+ ms\)",
+    r"\| terminate 20 with 1 ignoring SIGTERM, grace [\d.]+ s, median \| [\d.]+ ms \(psutil wait_procs",
     r"\| duplicates over \d+ Python processes, detection, steady state: procguard vs common \| [\d.]+× faster",
     r"\| duplicates: right answer \| procguard yes, ",
-    r"\| TUI (idle CPU|peak RSS)",
+    r"\| TUI idle CPU at [\d,]+ processes vs htop",
+    r"\| TUI peak RSS",
+    r"\| keypress (→|to) screen",
+    r"\| launch → first frame with rows",
 )
 
 
