@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     # signals: targets, escalation, outcomes
     "Target": "signals", "terminate": "signals", "kill": "signals", "pause": "signals", "resume": "signals",
     "resolve": "signals", "Member": "signals", "SignalResult": "signals", "Outcome": "signals",
-    "Progress": "signals", "summarize": "signals",
+    "Progress": "signals", "summarize": "signals", "run_action": "signals",
     "CgroupError": "cgroups",
     # spawning and tracking
     "spawn": "spawn", "Spawned": "spawn", "SpawnError": "spawn", "track_subprocesses": "spawn",
@@ -46,7 +46,7 @@ __all__ = [
     "SignalResult", "SingleInstanceLock", "Snapshot", "Snapshotter", "SpawnError", "Spawned", "Target",
     "TerminateReport", "clean_stale_locks", "explain", "find_duplicates", "flush_gpu_caches",
     "gpu_snapshot", "guard", "held_locks", "kill", "orphaned_gpu_processes", "pause", "process_snapshot",
-    "request_flush", "resolve", "resume", "safe", "spawn", "summarize", "terminate",
+    "request_flush", "resolve", "resume", "run_action", "safe", "spawn", "summarize", "terminate",
     "terminate_duplicates", "track_subprocesses", "tree_gpu_memory",
 ]
 
@@ -108,6 +108,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
         pause,
         resolve,
         resume,
+        run_action,
         summarize,
         terminate,
     )

@@ -27,7 +27,7 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal, NamedTuple
@@ -860,6 +860,89 @@ def resume(targets: TargetLike, *, snapshot: Snapshot | None = None) -> list[Sig
     return _stop_or_continue(targets, snapshot, signal.SIGCONT)
 
 
+# ---------------------------------------------------------------------------------------------- dispatch
+
+# The actions by the names the CLI commands and the cluster agents use; "terminate" is accepted for "term".
+ACTIONS: tuple[str, ...] = ("term", "kill", "pause", "resume")
+_ACTION_ALIASES = {"terminate": "term"}
+Scope = Literal["pid", "group", "tree"]
+
+
+def build_targets(pids: Iterable[int], scope: Scope, snapshot: Snapshot) -> list[Target]:
+    """Pids as the user named them, checked against `snapshot`, turned into targets of `scope`: each pid alone,
+    the process group of each pid (a pgid whose leader has exited counts too), or each pid's tree.
+
+    ValueError names the first pid that is not in the table."""
+    out: list[Target] = []
+    for pid in pids:
+        proc = snapshot.get(pid)
+        if scope == "group":
+            if proc is not None:
+                out.append(Target.group(proc.pgid))
+            elif pid in snapshot.group_map:
+                out.append(Target.group(pid))  # a pgid whose leader has exited
+            else:
+                raise ValueError(f"no process or process group with id {pid}")
+            continue
+        if proc is None:
+            raise ValueError(f"no process with pid {pid}")
+        out.append(Target.tree(pid) if scope == "tree" else Target.pid(pid))
+    return out
+
+
+def drop_changed(targets: Iterable[Target], snapshot: Snapshot, expect: Mapping[int, int]
+                 ) -> tuple[list[Target], list[SignalResult]]:
+    """(targets kept, already-gone results): a pid or tree target whose process in `snapshot` has another start
+    time than `expect` (pid -> start ticks, as the caller's dry run saw them) is a reused or ended pid: it is
+    not signalled, it is reported gone."""
+    kept: list[Target] = []
+    gone: list[SignalResult] = []
+    for t in targets:
+        want = expect.get(t.id) if t.kind in ("pid", "tree") else None
+        now = snapshot.get(t.id)
+        if want is not None and (now is None or now.start_ticks != want):
+            reason = f"pid {t.id} ended since the dry run" + (
+                " (the pid now names another process: not signalled)" if now is not None else "")
+            gone.append(SignalResult(t.id, Outcome.ALREADY_GONE, 0.0, reason, "", (), "?"))
+            continue
+        kept.append(t)
+    return kept, gone
+
+
+def action_name(action: str) -> str:
+    """The action's canonical name (one of ACTIONS); ValueError names an unknown one."""
+    name = _ACTION_ALIASES.get(action, action)
+    if name not in ACTIONS:
+        raise ValueError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
+    return name
+
+
+def run_action(action: str, targets: TargetLike, *, grace: float = 5.0, snapshot: Snapshot | None = None,
+               on_progress: ProgressFn | None = None, expect: Mapping[int, int] | None = None
+               ) -> list[SignalResult]:
+    """Run one action by name ("term" or "terminate", "kill", "pause", "resume") on `targets`: the one dispatch
+    the CLI, the cluster agents and the app share. `grace` is terminate's; `on_progress` reaches terminate and
+    kill. `expect` (pid -> start ticks as a dry run saw them): pid and tree targets whose process changed since
+    are not signalled but reported already gone, first (see `drop_changed`). ValueError for an unknown action.
+    """
+    name = action_name(action)
+    gone: list[SignalResult] = []
+    if expect:
+        snapshot = snapshot if snapshot is not None else process_snapshot()
+        targets, gone = drop_changed(_normalize(targets), snapshot, expect)
+        if not targets:
+            return gone
+    if name == "term":
+        results = terminate(targets, grace, snapshot=snapshot, on_progress=on_progress)
+    elif name == "kill":
+        results = kill(targets, snapshot=snapshot, on_progress=on_progress)
+    elif name == "pause":
+        results = pause(targets, snapshot=snapshot)
+    else:
+        results = resume(targets, snapshot=snapshot)
+    return gone + results
+
+
 def summarize(results: Sequence[SignalResult]) -> str:
     """One line for people, e.g. `4 ended: 3 exited on SIGTERM, 1 killed after 5.0 s`."""
     by: dict[Outcome, list[SignalResult]] = {}
@@ -882,6 +965,7 @@ def summarize(results: Sequence[SignalResult]) -> str:
     return head + ", ".join(parts) if parts else "nothing to do"
 
 
-__all__ = ["Outcome", "Target", "Member", "SignalResult", "Progress", "Pinned", "resolve", "terminate", "kill",
-           "pause", "resume", "summarize", "pin_pid", "send_each", "send_term", "wait_exits", "finish_survivors",
-           "confirm_states", "finish_denied_or_gone"]
+__all__ = ["ACTIONS", "Outcome", "Target", "Member", "SignalResult", "Progress", "Pinned", "Scope", "action_name",
+           "build_targets", "drop_changed", "resolve", "run_action", "terminate", "kill", "pause", "resume",
+           "summarize", "pin_pid", "send_each", "send_term", "wait_exits", "finish_survivors", "confirm_states",
+           "finish_denied_or_gone"]

@@ -1057,7 +1057,7 @@ def test_tui_ray_backend_shows_and_acts_on_one_node(ray_cluster: RayCluster, pin
     """The app's backend for a cluster: the namespace node's own processes (its pids), actions routed there."""
     pytest.importorskip("procguard.tui.model")
     from procguard.tui.actions import make_plan, run_plan
-    from procguard.tui.ray_backend import RayNodeBackend
+    from procguard.tui.backends.ray import RayNodeBackend
 
     rc = ray_cluster
     node = rc.ns or rc.worker
@@ -1097,7 +1097,7 @@ async def test_tui_app_switches_node_and_pauses_there(ray_cluster: RayCluster, p
 
     from procguard.core.signals import Member
     from procguard.tui.app import Options, ProcguardApp
-    from procguard.tui.ray_backend import RayNodeBackend
+    from procguard.tui.backends.ray import RayNodeBackend
     from procguard.tui.screens.confirm import ConfirmScreen
     from procguard.tui.widgets.summary import Summary
 
@@ -1319,3 +1319,16 @@ def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayC
     finally:
         if doomed_node in rc.cluster.worker_nodes:
             rc.cluster.remove_node(doomed_node, allow_graceful=False)
+
+
+def test_agent_action_reports_a_changed_pid_beside_the_ones_it_acted_on(procs: ProcStarter) -> None:
+    a = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(60)", name="reuse_a")
+    b = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(60)", name="reuse_b")
+    sa, sb = procfs.read_stat(a.pid), procfs.read_stat(b.pid)
+    assert sa is not None and sb is not None
+    res = nodeops.act("pause", [Target.pid(a.pid), Target.pid(b.pid)],
+                      expect={a.pid: sa.start_ticks + 1, b.pid: sb.start_ticks})
+    assert {r.pid: r.outcome for r in res} == {a.pid: Outcome.ALREADY_GONE, b.pid: Outcome.PAUSED}
+    assert proc_state(a.pid) in ("S", "R")
+    (r,) = nodeops.act("resume", [Target.pid(b.pid)])
+    assert r.outcome == Outcome.RESUMED

@@ -155,7 +155,7 @@ def test_real_deleted_cwd(procs: ProcStarter, tmp_path: Path) -> None:
 
     # The app's details screen reads the cwd the same way and shows it as the kernel gave it.
     from procguard.core.gpu import GpuSnapshot
-    from procguard.tui.collector import LiveBackend
+    from procguard.tui.backends.live import LiveBackend
     from procguard.tui.model import make_model
     from procguard.tui.screens.details import details_markup
 

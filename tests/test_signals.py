@@ -369,3 +369,45 @@ def test_confirm_states_and_survivors(procs: ProcStarter) -> None:
     assert r is not None
     signals.finish_survivors([r], t0, "cgroup.kill", 2.0)
     assert r.result is not None and r.result.reason == "still alive 2 s after cgroup.kill (state T: uninterruptible sleep?)"
+
+
+def test_build_targets_checks_each_pid_and_names_a_missing_one(procs: ProcStarter) -> None:
+    leader, kids = start_group(procs, 1)
+    snap = process_snapshot()
+    assert signals.build_targets([kids[0]], "pid", snap) == [Target.pid(kids[0])]
+    assert signals.build_targets([kids[0]], "tree", snap) == [Target.tree(kids[0])]
+    assert signals.build_targets([kids[0]], "group", snap) == [Target.group(leader.pid)]
+    missing = max(snap.procs) + 100_000
+    with pytest.raises(ValueError, match=f"no process with pid {missing}"):
+        signals.build_targets([kids[0], missing], "pid", snap)
+    with pytest.raises(ValueError, match=f"no process or process group with id {missing}"):
+        signals.build_targets([missing], "group", snap)
+
+
+def test_run_action_dispatches_by_name(procs: ProcStarter) -> None:
+    leader, kids = start_group(procs, 1)
+    snap = process_snapshot()
+    targets = signals.build_targets([leader.pid], "group", snap)
+    res = signals.run_action("pause", targets, snapshot=snap)
+    assert outcomes(res) == {leader.pid: Outcome.PAUSED, kids[0]: Outcome.PAUSED}
+    assert signals.run_action("resume", targets)[0].outcome is Outcome.RESUMED
+    with pytest.raises(ValueError, match="unknown action 'stop'"):
+        signals.run_action("stop", targets)
+    assert all(proc_state(pid) != "T" for pid in [leader.pid, *kids])  # the bad name signalled nothing
+    phases: list[str] = []
+    res = signals.run_action("terminate", targets, grace=5, on_progress=lambda pr: phases.append(pr.phase))
+    assert outcomes(res) == {leader.pid: Outcome.EXITED, kids[0]: Outcome.EXITED}
+    assert phases[0] == "sigterm" and phases[-1] == "done"
+
+
+def test_run_action_skips_targets_that_changed_since_the_dry_run(procs: ProcStarter) -> None:
+    a = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)")
+    b = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)")
+    snap = process_snapshot()
+    expect = {a.pid: snap[a.pid].start_ticks + 1, b.pid: snap[b.pid].start_ticks}
+    res = signals.run_action("pause", [Target.pid(a.pid), Target.pid(b.pid)], snapshot=snap, expect=expect)
+    assert [r.pid for r in res] == [a.pid, b.pid]  # the skipped one first
+    assert res[0].outcome is Outcome.ALREADY_GONE and "another process" in (res[0].reason or "")
+    assert res[1].outcome is Outcome.PAUSED
+    assert proc_state(a.pid) in ("S", "R") and proc_state(b.pid) == "T"
+    assert signals.run_action("resume", [b.pid])[0].outcome is Outcome.RESUMED

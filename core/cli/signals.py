@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 from procguard.core import cgroups, signals
 from procguard.core.cli import UsageError
@@ -46,31 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def build_targets(pids: list[int], group: bool, tree: bool, snap: Snapshot) -> list[Target]:
     """Validate the pids against the live table and turn them into targets (UsageError names a bad one)."""
-    targets: list[Target] = []
-    for pid in pids:
-        proc = snap.get(pid)
-        if group:
-            if proc is not None:
-                targets.append(Target.group(proc.pgid))
-            elif pid in snap.group_map:
-                targets.append(Target.group(pid))  # a pgid whose leader has exited
-            else:
-                raise UsageError(f"no process or process group with id {pid}")
-            continue
-        if proc is None:
-            raise UsageError(f"no process with pid {pid}")
-        targets.append(Target.tree(pid) if tree else Target.pid(pid))
-    return targets
-
-
-def _act(action: str, targets: list[Target], snap: Snapshot, grace: float) -> list[SignalResult]:
-    fns: dict[str, Callable[[], list[SignalResult]]] = {
-        "term": lambda: signals.terminate(targets, grace, snapshot=snap),
-        "kill": lambda: signals.kill(targets, snapshot=snap),
-        "pause": lambda: signals.pause(targets, snapshot=snap),
-        "resume": lambda: signals.resume(targets, snapshot=snap),
-    }
-    return fns[action]()
+    try:
+        return signals.build_targets(pids, "group" if group else "tree" if tree else "pid", snap)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def result_line(r: SignalResult) -> str:
@@ -128,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     targets = build_targets(args.targets, args.group, args.tree, snap)
     if args.dry_run:
         return _dry_run(args, targets, snap)
-    results = _act(args.action, targets, snap, getattr(args, "grace", 0.0))
+    results = signals.run_action(args.action, targets, grace=getattr(args, "grace", 0.0), snapshot=snap)
     ok = ACTIONS[args.action][1]
     if args.json:
         print_json({"results": [r.to_json() for r in results]})

@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from procguard.core import signals
 from procguard.core.cluster import nodeops
 from procguard.core.cluster.nodeops import TaskEntry, TaskRecord
 from procguard.core.signals import Member, SignalResult, Target
@@ -131,10 +132,10 @@ class NodeAgent:
     def snapshot(self) -> tuple[str, Any]:
         return self.node_id, nodeops.take_snapshot()
 
-    def targets(self, pids: Sequence[int], scope: nodeops.Scope) -> tuple[str, list[Target] | str]:
+    def targets(self, pids: Sequence[int], scope: signals.Scope) -> tuple[str, list[Target] | str]:
         snap = nodeops.process_snapshot()
         try:
-            return self.node_id, nodeops.build_targets(pids, scope, snap)
+            return self.node_id, signals.build_targets(pids, scope, snap)
         except ValueError as e:
             return self.node_id, str(e)
 

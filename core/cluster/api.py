@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from procguard.core import signals
 from procguard.core.cluster import nodeops
 from procguard.core.cluster._actors import (
     AGENT_PREFIX,
@@ -758,8 +759,7 @@ def signal_nodes(address: str | None, action: str, targets_by_node: Mapping[str,
 
     Returns every node's results and the nodes that failed: each target of a failed node (no answer within
     timeout + grace, dead, not in the cluster) gets an `unreachable` result (pid: the target's id)."""
-    if action not in nodeops.ACTIONS:
-        raise ValueError(f"unknown action {action!r} (one of {', '.join(nodeops.ACTIONS)})")
+    signals.action_name(action)  # ValueError for an unknown action, before any node is asked
     wanted = {nid: list(ts) for nid, ts in targets_by_node.items() if ts}
     if not wanted:
         connect(address)

@@ -8,17 +8,12 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Literal
 
 from procguard.core import procfs, signals
 from procguard.core.cluster.protect import plan_targets, ray_kinds
 from procguard.core.signals import Member, Outcome, SignalResult, Target
 from procguard.core.snapshot import Proc, Snapshot, Snapshotter, process_snapshot
 from procguard.core.views import children, descendants, group_members, tree
-
-Action = Literal["term", "kill", "pause", "resume"]
-ACTIONS: tuple[str, ...] = ("term", "kill", "pause", "resume")
-Scope = Literal["pid", "group", "tree"]
 
 
 @dataclass(frozen=True)
@@ -111,25 +106,6 @@ def rebuild_snapshot(procs: Sequence[Proc], when: float) -> Snapshot:
 # ------------------------------------------------------------------------------------------ actions
 
 
-def build_targets(pids: Sequence[int], scope: Scope, snap: Snapshot) -> list[Target]:
-    """The CLI's validation, on the node that owns the pids. ValueError names a pid that is not there."""
-    out: list[Target] = []
-    for pid in pids:
-        proc = snap.get(pid)
-        if scope == "group":
-            if proc is not None:
-                out.append(Target.group(proc.pgid))
-            elif pid in snap.group_map:
-                out.append(Target.group(pid))
-            else:
-                raise ValueError(f"no process or process group with id {pid}")
-            continue
-        if proc is None:
-            raise ValueError(f"no process with pid {pid}")
-        out.append(Target.tree(pid) if scope == "tree" else Target.pid(pid))
-    return out
-
-
 def _refused(m: Member) -> SignalResult:
     return SignalResult(m.pid, Outcome.REFUSED, 0.0, m.protected, m.name, m.cmdline, m.username)
 
@@ -150,33 +126,13 @@ def act(action: str, targets: Sequence[Target], grace: float = 5.0,
     `expect`: pid -> start ticks as the caller saw them (the app's dry run, made from an older snapshot). A
     pid or tree target whose process has another start time now is a reused pid: not signalled, reported gone.
     """
-    if action not in ACTIONS:
-        raise ValueError(f"unknown action {action!r}")
+    signals.action_name(action)  # an unknown action is an error even when nothing is left to act on
     snap = snap if snap is not None else process_snapshot()
     reused: list[SignalResult] = []
     if expect:
-        kept = []
-        for t in targets:
-            want = expect.get(t.id) if t.kind in ("pid", "tree") else None
-            now = snap.get(t.id)
-            if want is not None and (now is None or now.start_ticks != want):
-                reason = f"pid {t.id} ended since the dry run" + (
-                    " (the pid now names another process: not signalled)" if now is not None else "")
-                reused.append(SignalResult(t.id, Outcome.ALREADY_GONE, 0.0, reason, "", (), "?"))
-                continue
-            kept.append(t)
-        targets = kept
+        targets, reused = signals.drop_changed(targets, snap, expect)
     allowed, refused = plan_targets(targets, snap)
-    results: list[SignalResult] = list(reused)
-    if allowed:
-        if action == "term":
-            results = signals.terminate(allowed, grace, snapshot=snap)
-        elif action == "kill":
-            results = signals.kill(allowed, snapshot=snap)
-        elif action == "pause":
-            results = signals.pause(allowed, snapshot=snap)
-        else:
-            results = signals.resume(allowed, snapshot=snap)
+    results = reused + (signals.run_action(action, allowed, grace=grace, snapshot=snap) if allowed else [])
     done = {r.pid for r in results}
     return results + [_refused(m) for m in refused if m.pid not in done]
 
@@ -379,5 +335,5 @@ def owners_on_node(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
     return out
 
 
-__all__ = ["ACTIONS", "TaskEntry", "TaskOwner", "TaskRecord", "act", "build_targets", "end_task", "entry_for", "leftovers",
+__all__ = ["TaskEntry", "TaskOwner", "TaskRecord", "act", "end_task", "entry_for", "leftovers",
            "owners_on_node", "rebuild_snapshot", "resolve", "take_snapshot", "task_targets", "title_function"]
