@@ -40,6 +40,7 @@ from procguard.core.identity import (
     launcher_kind,
     looks_like_procguard_run,
 )
+from procguard.core.launchenv import DISTRIBUTED_VARS, SCHEDULER_VARS, launch_context, scheduler_job
 from procguard.core.launchers import Settings, settings_from_env
 from procguard.core.procid import ProcId
 from procguard.core.sanitize import safe
@@ -70,9 +71,6 @@ __all__ = [
     "DISTRIBUTED_VARS",
 ]
 
-# Environment variables that put a process under a batch scheduler, and that mark a rank of a distributed run.
-SCHEDULER_VARS = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID")
-DISTRIBUTED_VARS = ("TORCHELASTIC_RUN_ID", "RANK", "LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 
 
 @dataclass(frozen=True)
@@ -226,13 +224,9 @@ class _UnionFind:
 
 
 def _scheduler_of(env: Mapping[str, str] | None) -> tuple[str, str] | None:
-    if not env:
-        return None
-    for var, name in (("SLURM_JOB_ID", "slurm"), ("PBS_JOBID", "pbs"), ("LSB_JOBID", "lsf")):
-        v = env.get(var)
-        if v:
-            return name, v
-    return None
+    """(scheduler, job id) from another process's environment (None: not a job, or its environment unread)."""
+    job = scheduler_job(env) if env else None
+    return (job[1], job[2]) if job is not None else None
 
 
 class _Table:
@@ -695,18 +689,6 @@ def explain(pid: int, snapshot: Snapshot | None = None, *, settings: Settings | 
 
 
 # ---------------------------------------------------------------------------------------------- acting
-
-
-def launch_context(env: Mapping[str, str] | None = None) -> str | None:
-    """Why this process is part of a scheduler job or distributed launch (None if it is not)."""
-    env = os.environ if env is None else env
-    for var in SCHEDULER_VARS:
-        if env.get(var):
-            return f"running inside a batch-scheduler job ({var}={env[var]}): the scheduler owns its jobs"
-    for var in DISTRIBUTED_VARS:
-        if env.get(var):
-            return f"running inside a distributed launch ({var}={env[var]}): its ranks are not duplicates"
-    return None
 
 
 @dataclass(frozen=True)

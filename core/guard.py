@@ -56,8 +56,9 @@ from types import FrameType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from procguard.core import registry
-from procguard.core.duplicates import SCHEDULER_VARS, Instance, duplicate_report, end_runs
+from procguard.core.duplicates import Instance, duplicate_report, end_runs
 from procguard.core.identity import ScriptIdentity, identity_of
+from procguard.core.launchenv import is_main_rank, scheduler_job
 from procguard.core.sanitize import safe
 from procguard.core.snapshot import Snapshot, process_snapshot
 
@@ -84,26 +85,6 @@ class DuplicateRunning(SystemExit):
 
     def __str__(self) -> str:
         return self.message
-
-
-def _env_flag(names: Sequence[str]) -> str | None:
-    for n in names:
-        v = os.environ.get(n)
-        if v:
-            return f"{n}={v}"
-    return None
-
-
-def _is_main_rank() -> bool:
-    for var in ("RANK", "LOCAL_RANK"):
-        raw = os.environ.get(var, "").strip()
-        if raw and raw != "0":
-            try:
-                if int(raw) != 0:
-                    return False
-            except ValueError:
-                continue
-    return True
 
 
 def _in_main_thread() -> bool:
@@ -189,8 +170,9 @@ class Guard(contextlib.ContextDecorator):
         me = snap.get(os.getpid())
         self.identity = identity_of(me) if me is not None else None
         name = self.name or self._default_name()
-        sched = _env_flag(SCHEDULER_VARS)
-        main_rank = _is_main_rank()
+        job = scheduler_job()
+        sched = f"{job[0]}={job[2]}" if job is not None else None
+        main_rank = is_main_rank()
         nested = False
         if sched:
             self.notes.append(f"scheduler job ({sched}): no duplicate check, no lock")

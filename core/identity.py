@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from procguard.core import procfs
+from procguard.core.launchenv import RANK_VARS, SCHEDULER_VARS
 from procguard.core.launchers import (
     BUILTIN_BY_MODULE,
     BUILTIN_BY_NAME,
@@ -146,18 +147,7 @@ _LAUNCHER_EXES = frozenset(
 )
 
 # The only environment variables duplicate detection looks at (cached per process, so keep the copy small).
-RELEVANT_ENV = frozenset(
-    {
-        "TORCHELASTIC_RUN_ID",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "RANK",
-        "LOCAL_RANK",
-        "SLURM_JOB_ID",
-        "PBS_JOBID",
-        "LSB_JOBID",
-    }
-)
+RELEVANT_ENV = frozenset({"TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", *RANK_VARS, *SCHEDULER_VARS})
 
 # procguard's own: its modules, its console scripts, and the benchmark harness of this source tree.
 _OWN_SCRIPTS = frozenset({"procguard", "procguard-tui"})

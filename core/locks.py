@@ -21,7 +21,6 @@ import socket
 import stat
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -36,6 +35,7 @@ from procguard.core.held_locks import (
     list_locks,
     stale_lock_files,
 )
+from procguard.core.launchenv import rank_noop_reason
 from procguard.core.lockfile import (
     LinkRefused,
     LockError,
@@ -146,20 +146,6 @@ def _describe_pids(pids: tuple[int, ...]) -> str:
     if ident is not None:
         text += f", running since {fmt.clock(ident.create_time)}"
     return text
-
-
-def rank_noop_reason(env: Mapping[str, str] | None = None) -> str | None:
-    """Why a lock would be a no-op here: a non-zero RANK / LOCAL_RANK from a distributed launcher."""
-    env = os.environ if env is None else env
-    for var, what in (("RANK", "rank"), ("LOCAL_RANK", "local rank")):
-        raw = env.get(var, "").strip()
-        try:
-            rank = int(raw)
-        except ValueError:
-            continue  # unset or not a rank at all
-        if rank != 0:
-            return f"{what} {rank} of a distributed launch: only rank 0 holds the lock"
-    return None
 
 
 def _same_file(fd: int, dfd: int, path: Path) -> bool:
