@@ -111,16 +111,9 @@ def describe(kind: Kind, results: Sequence[SignalResult]) -> Done:
 
 
 def run_plan(backend: Backend, plan: Plan, on_progress: ProgressFn | None = None) -> Done:
-    if plan.kind == "terminate":
-        results = backend.terminate(plan.targets, plan.grace, plan.snapshot, on_progress)
-    elif plan.kind == "kill":
-        results = backend.kill(plan.targets, plan.snapshot, on_progress)
-    elif plan.kind == "pause":
-        results = backend.pause(plan.targets, plan.snapshot)
-    elif plan.kind == "resume":
-        results = backend.resume(plan.targets, plan.snapshot)
-    else:
+    if plan.kind == "end_duplicates":
         return _end_duplicates(backend, plan, on_progress)
+    results = backend.act(plan.kind, plan.targets, plan.snapshot, grace=plan.grace, on_progress=on_progress)
     return describe(plan.kind, results)
 
 

@@ -30,7 +30,7 @@ from procguard.core.locks import HeldLock, LockHolder
 from procguard.core.nvml import GpuDevice, GpuProcess
 from procguard.core.protect import process_protection
 from procguard.core.pyproc import parse_python_cmdline
-from procguard.core.signals import Member, Outcome, Progress, SignalResult, Target
+from procguard.core.signals import Member, Outcome, Progress, SignalResult, Target, action_name
 from procguard.core.snapshot import DEAD_STATES, Proc, Snapshot
 from procguard.tui.backends import ProgressFn, SingleHost
 from procguard.tui.model import GuardInfo, Model, ProcExtra, make_model
@@ -305,6 +305,15 @@ class DemoBackend(SingleHost):
     def _results(self, members: Sequence[Member], outcome: Outcome, elapsed: float) -> list[SignalResult]:
         return [SignalResult(m.pid, Outcome.REFUSED if m.protected else outcome, 0.0 if m.protected else elapsed,
                              m.protected, m.name, m.cmdline, m.username) for m in members]
+
+    def act(self, action: str, targets: Sequence[Target], snapshot: Snapshot, *, grace: float = 5.0,
+            on_progress: ProgressFn | None = None) -> list[SignalResult]:
+        name = action_name(action)  # core's names and check
+        if name == "term":
+            return self.terminate(targets, grace, snapshot, on_progress)
+        if name == "kill":
+            return self.kill(targets, snapshot, on_progress)
+        return self.pause(targets, snapshot) if name == "pause" else self.resume(targets, snapshot)
 
     def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
                   on_progress: ProgressFn | None = None) -> list[SignalResult]:

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from procguard.core import duplicates as _duplicates
+from procguard.core import signals
 from procguard.core.duplicates import DuplicateGroup, Instance, ScheduledInstance, TerminateReport
 from procguard.core.gpu import GpuSnapshot
 from procguard.core.identity import ScriptIdentity
@@ -191,8 +192,10 @@ class RayNodeBackend:
         nid = self._node_for(snapshot)
         return [nm.member for nm in _cluster().cluster_resolve(None, nid, list(targets))]
 
-    def _act(self, action: str, targets: Sequence[Target], grace: float, snapshot: Snapshot,
-             on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act(self, action: str, targets: Sequence[Target], snapshot: Snapshot, *, grace: float = 5.0,
+            on_progress: ProgressFn | None = None) -> list[SignalResult]:
+        """The node's agent runs core's `signals.run_action` there."""
+        action = signals.action_name(action)  # "terminate" -> "term"; an unknown one fails here, not remotely
         nid = self._node_for(snapshot)
         # What the confirm dialog showed: the agent refuses a pid that names another process by now.
         expect = {t.id: p.start_ticks for t in targets if t.kind in ("pid", "tree")
@@ -203,19 +206,12 @@ class RayNodeBackend:
             on_progress(Progress("done", tuple(r.pid for r in results), 0.0))
         return results
 
-    def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
-                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
-        return self._act("term", targets, grace, snapshot, on_progress)
-
-    def kill(self, targets: Sequence[Target], snapshot: Snapshot,
-             on_progress: ProgressFn | None = None) -> list[SignalResult]:
-        return self._act("kill", targets, 0.0, snapshot, on_progress)
-
-    def pause(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
-        return self._act("pause", targets, 0.0, snapshot)
+    # Shorthands of act() for scripts and tests.
+    def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot) -> list[SignalResult]:
+        return self.act("term", targets, snapshot, grace=grace)
 
     def resume(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
-        return self._act("resume", targets, 0.0, snapshot)
+        return self.act("resume", targets, snapshot)
 
     def flush(self, pid: int) -> str:
         return str(self._call("flush", pid=pid, timeout=10.0))
