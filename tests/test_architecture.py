@@ -57,3 +57,19 @@ def test_no_top_level_core_or_tui() -> None:
     code = "import importlib.util,sys; sys.exit(any(importlib.util.find_spec(m) for m in ('core','tui')))"
     assert subprocess.run([sys.executable, "-c", code], cwd="/").returncode == 0
     assert importlib.util.find_spec("procguard.core") is not None
+
+
+def test_every_package_folder_is_installed() -> None:
+    """A package folder missing from pyproject's `packages` imports from the checkout but not from a wheel or a
+    non-editable install: every folder with an __init__.py under core/ and tui/ must be listed."""
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    found = set()
+    for top, pkg in (("core", "procguard.core"), ("tui", "procguard.tui")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            if "__pycache__" not in rel:
+                found.add(".".join((pkg, *rel)))
+    assert found == listed

@@ -803,14 +803,3 @@ def parse_keymap(text: str) -> dict[str, str]:
         if sep and bid.strip() and key.strip():
             out[bid.strip()] = key.strip()
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """The `procguard-tui` entry point as pyproject names it today: the command line lives in cli.py."""
-    from procguard.tui.cli import main as cli_main
-
-    cli_main(argv)
-
-
-if __name__ == "__main__":
-    main()
