@@ -56,8 +56,15 @@ COLLECT_PARTS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+# Innermost frames that mean the thread was blocked, not running: py-spy's idle detection misses some of them
+# (a select with a timeout in the input thread, the output thread's condition wait).
+_BLOCKED = (".select", ".wait", "Queue.get", ".poll", "_wait_for_tstate_lock")
+
+
 def bucket(thread: str, frames: Frames) -> str:
     """The bucket of one sample (see the module docstring)."""
+    if frames and frames[-1].partition(" (")[0].endswith(_BLOCKED):
+        return "wait: blocked (select, condition wait; py-spy counted it as active)"
     if "textual-input" in thread:
         return "input thread (reads keys)"
     if "textual-output" in thread:
@@ -75,7 +82,6 @@ def bucket(thread: str, frames: Frames) -> str:
 
 
 def _main_bucket(frames: Frames) -> str:
-    inner = frames[-1] if frames else ""
     if _has(frames, "build_rows", "filter_rows", "sort_rows"):
         if _has(frames, "matches", "_filter", "filter_", "sort", "_key"):
             return "UI: filter/sort (inside build_rows)"
@@ -96,8 +102,6 @@ def _main_bucket(frames: Frames) -> str:
         return "draw: compositor (chops, cuts, strips)"
     if _has(frames, "stylesheet", "_update_styles", "update_styles", "css/"):
         return "draw: CSS / styles"
-    if "select (" in inner and _has(frames, "_run_once"):
-        return "wait: event loop select (py-spy counted as active)"
     if _has(frames, "_dispatch_message", "_process_messages", "_on_message", "post_message", "_flush_next",
             "on_timer", "_on_idle", "check_idle", "_tick"):
         return "messages / timers / idle (rest)"
@@ -127,7 +131,7 @@ def summarize(samples: list[tuple[str, Frames, int]], cpu_ms_per_refresh: float,
             selfs[_short(frames[-1]) if frames else "?"] += n
             per_bucket.setdefault(b, Counter())[_short(frames[-1]) if frames else "?"] += n
     active = sum(n for b, n in buckets.items() if not b.startswith("wait:"))
-    lines = [f"{active:,} active samples (+{buckets.total() - active:,} in the event loop's select, left out); "
+    lines = [f"{active:,} active samples (+{buckets.total() - active:,} blocked in a select or a wait, left out); "
              f"scaled to {cpu_ms_per_refresh:.1f} ms CPU per refresh.", "",
              "| bucket | share | ms / refresh |", "| --- | --- | --- |"]
     for b, n in sorted(buckets.items(), key=lambda kv: -kv[1]):

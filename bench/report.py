@@ -74,8 +74,22 @@ def environment() -> dict[str, str]:
         "kernel": f"{platform.system()} {platform.release()}",
         "Python": f"{platform.python_version()} ({sys.executable}), psutil {psutil.__version__}",
         "tools": f"{_version(['ps', '--version'])}; {_version(['htop', '--version'])}; {_version(['tmux', '-V'])}",
-        "procguard": f"git {_git()}",
+        "procguard": f"git {_git()}{_imported_from()}",
     }
+
+
+def _imported_from() -> str:
+    """Where procguard comes from when PYTHONPATH points elsewhere (the apps measured get it too)."""
+    if not os.environ.get("PYTHONPATH"):
+        return ""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("procguard.core")
+    except ImportError:
+        return "; PYTHONPATH set but procguard.core not found"
+    where = os.path.dirname(os.path.dirname(spec.origin)) if spec and spec.origin else "?"
+    return f"; procguard imported from `{where}` (PYTHONPATH)"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
