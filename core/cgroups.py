@@ -1245,7 +1245,7 @@ def thaw_cgroup(path: str | CgroupDir, *, timeout: float = FREEZE_TIMEOUT) -> Cg
             why = _freeze_v2(job, False, timeout) if job.cg.version == 2 else _freeze_v1(job, False, timeout)
             confirmed = why is None
             method = (M_V2_FREEZE if job.cg.version == 2 else M_V1_FREEZE) if why is None else M_CONT
-        stopped = [p for p in job.live() if p.state() in ("T", "t")]
+        stopped = [p for p in job.live() if p.state() in procfs.STOPPED_STATES]
         send_each(stopped, signal.SIGCONT, job.t0)
         if stopped:
             confirmed = confirm_states(job.live(), False, job.t0, timeout) and confirmed

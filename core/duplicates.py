@@ -282,7 +282,7 @@ def _candidates(procs: Mapping[int, Proc], identity_of: Callable[[Proc], ScriptI
 
     for p in procs.values():
         py = p.python
-        if py is None or py.kind == "interactive" or p.state in ("Z", "X"):
+        if py is None or py.kind == "interactive" or p.dead:
             continue
         if py.args[:1] == ("run",) and is_runner(p):
             runners.add(p.pid)  # `procguard run`: never a run itself, its child is
@@ -291,7 +291,7 @@ def _candidates(procs: Mapping[int, Proc], identity_of: Callable[[Proc], ScriptI
     if runners:
         # A program that is not Python is a job only as the command `procguard run` started.
         for p in procs.values():
-            if p.python is None and p.ppid in runners and not p.kernel_thread and p.state not in ("Z", "X"):
+            if p.python is None and p.ppid in runners and not p.kernel_thread and not p.dead:
                 take(p)
     return out
 
@@ -613,14 +613,14 @@ class Explanation:
 
 
 def _runner_child(snap: Snapshot, pid: int) -> int | None:
-    kids = sorted((p for p in snap if p.ppid == pid and p.state not in ("Z", "X")), key=_age_key)
+    kids = sorted((p for p in snap if p.ppid == pid and not p.dead), key=_age_key)
     return kids[0].pid if kids else None
 
 
 def _uncounted_first(proc: Proc, snap: Snapshot, res: IdentityResolver, settings: Settings
                      ) -> tuple[ScriptIdentity | None, str, str, int | None] | None:
     """Reasons that need no report: (identity, code, reason, related), or None to look at the runs."""
-    if proc.state in ("Z", "X"):
+    if proc.dead:
         return None, "exited", "it has exited (a zombie waiting to be reaped)", None
     c = res.classify(proc)
     if proc.python is None:

@@ -52,6 +52,7 @@ from types import FrameType
 from typing import Any
 
 from procguard.core import format as fmt
+from procguard.core.procfs import DEAD_STATES
 
 __all__ = [
     "FlushError",
@@ -418,7 +419,7 @@ def _alive(pid: int) -> bool:
         return False
     except OSError:
         return True
-    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] not in (b"Z", b"X")
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3].decode() not in DEAD_STATES
 
 
 def _answers(answer: Any, request_id: str | None, asked: float) -> bool:

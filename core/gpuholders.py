@@ -340,9 +340,10 @@ def device_holders(procs: Iterable[_ProcLike] | Snapshot | None = None) -> dict[
 # ---------------------------------------------------------------------------------------------- orphans
 
 
-def _alive_leader(snap: Snapshot, pid: int, attr: str) -> bool:
+def _alive_leader(snap: Snapshot, pid: int, leads: Callable[[Proc], int]) -> bool:
+    """`pid` is alive and leads what `leads` reads of it (its group: pgid, its session: sid)."""
     p = snap.get(pid)
-    return p is not None and getattr(p, attr) == pid and p.state not in ("Z", "X")
+    return p is not None and leads(p) == pid and not p.dead
 
 
 def _unit_main_process(pid: int) -> str | None:
@@ -385,9 +386,9 @@ def orphan_reason(snap: Snapshot, proc: Proc, *, check_units: bool = True) -> st
     else:
         return None
     gone = []
-    if not _alive_leader(snap, proc.pgid, "pgid"):
+    if not _alive_leader(snap, proc.pgid, lambda p: p.pgid):
         gone.append(f"its process-group leader {proc.pgid} is gone")
-    if not _alive_leader(snap, proc.sid, "sid"):
+    if not _alive_leader(snap, proc.sid, lambda p: p.sid):
         gone.append(f"its session leader {proc.sid} is gone")
     if not gone:
         return None

@@ -696,7 +696,7 @@ def current_identity(pid: int, settings: Settings | None = None) -> ScriptIdenti
     """The identity `pid` has right now, read fresh from /proc (None: gone, or not a job). A non-Python process
     has one only as the child of a `procguard run` launcher."""
     proc = fresh_proc(pid)
-    if proc is None or proc.state in ("Z", "X"):
+    if proc is None or proc.dead:
         return None
     if proc.python is None:
         parent = fresh_proc(proc.ppid)

@@ -11,6 +11,9 @@ HAS_PROC = os.path.isdir(f"{PROC}/self")
 CLK_TCK: int = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 PF_KTHREAD = 0x00200000
+# Process states (the letter in /proc/PID/stat, as ps shows it) that callers ask about by meaning, not letter.
+DEAD_STATES = frozenset({"Z", "X"})  # exited: a zombie not yet reaped (Z), or being reaped right now (X)
+STOPPED_STATES = frozenset({"T", "t"})  # stopped by a signal (T: SIGSTOP, SIGTSTP...) or by a tracer (t)
 
 _boot_time: float | None = None
 
@@ -51,6 +54,16 @@ class Stat(NamedTuple):
     start_ticks: int  # since boot, clock ticks: with pid, the identity of a process
     rss_pages: int
     exit_code: int = 0  # a zombie's wait status (Linux >= 3.5; 0 where the kernel hides it)
+
+    @property
+    def dead(self) -> bool:
+        """Exited but still in the table (a zombie, or being reaped)."""
+        return self.state in DEAD_STATES
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped by a signal or a tracer."""
+        return self.state in STOPPED_STATES
 
 
 def parse_stat(data: bytes) -> Stat:

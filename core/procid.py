@@ -43,7 +43,7 @@ class ProcId(NamedTuple):
     def running(self) -> bool:
         """This very process exists and has not exited (not a zombie)."""
         st = procfs.read_stat(self.pid)
-        return st is not None and st.start_ticks == self.start_ticks and st.state not in ("Z", "X")
+        return st is not None and st.start_ticks == self.start_ticks and not st.dead
 
     def __str__(self) -> str:
         return f"pid {self.pid}"

@@ -18,11 +18,8 @@ from types import MappingProxyType
 from typing import NamedTuple
 
 from procguard.core import procfs
+from procguard.core.procfs import DEAD_STATES, STOPPED_STATES  # defined with the stat reader; named here too
 from procguard.core.pyproc import PythonCmd, parse_python_cmdline
-
-# Process states (the letter in /proc/PID/stat, as ps shows it) that callers ask about by meaning, not letter.
-DEAD_STATES = frozenset({"Z", "X"})  # exited: a zombie not yet reaped (Z), or being reaped right now (X)
-STOPPED_STATES = frozenset({"T", "t"})  # stopped by a signal (T: SIGSTOP, SIGTSTP...) or by a tracer (t)
 
 
 class Proc(NamedTuple):

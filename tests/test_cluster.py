@@ -1205,7 +1205,7 @@ def test_tui_ray_errors_are_one_line(ray_cluster: RayCluster, tmp_path: Path) ->
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and dead in out.stderr, out.stderr
         for argv in (["--ray", dead], ["--ray", ray_cluster.address, "--node", "ffff0000"]):
             master, slave = os.openpty()
-            p = subprocess.Popen([sys.executable, "-m", "procguard.tui.app", *argv], stdin=subprocess.DEVNULL,
+            p = subprocess.Popen([sys.executable, "-m", "procguard.tui", *argv], stdin=subprocess.DEVNULL,
                                  stdout=slave, stderr=subprocess.PIPE, text=True, start_new_session=True)
             os.close(slave)
             runs.append((argv, p, master))

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from procguard.core import views
+from procguard.core import procfs, snapshot, views
 from procguard.core.snapshot import Snapshotter, process_snapshot
 from tests.conftest import ProcStarter, proc_state, wait_for
 
@@ -139,6 +139,11 @@ def test_dead_and_stopped_states(procs: ProcStarter) -> None:
     assert (snap[running.pid].dead, snap[running.pid].stopped) == (False, False)
     assert (snap[stopped.pid].dead, snap[stopped.pid].stopped) == (False, True)
     assert (snap[dead.pid].dead, snap[dead.pid].stopped) == (True, False)
+    # The raw /proc reader answers the same questions with the same definitions.
+    for pid in (running.pid, stopped.pid, dead.pid):
+        st = procfs.read_stat(pid)
+        assert st is not None and (st.dead, st.stopped) == (snap[pid].dead, snap[pid].stopped)
+    assert snapshot.DEAD_STATES is procfs.DEAD_STATES and snapshot.STOPPED_STATES is procfs.STOPPED_STATES
 
 
 def test_descendant_pids_of_several_roots() -> None:

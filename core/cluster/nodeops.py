@@ -143,7 +143,7 @@ def act(action: str, targets: Sequence[Target], grace: float = 5.0,
 def entry_for(node_id: str, pid: int, kind: str = "popen") -> TaskEntry | None:
     """The registry entry for a live process of this node (None if it is gone already)."""
     st = procfs.read_stat(pid)
-    if st is None or st.state in ("Z", "X"):
+    if st is None or st.dead:
         return None
     return TaskEntry(node_id, pid, st.pgid, procfs.create_time(st.start_ticks), st.start_ticks, kind)
 
@@ -230,7 +230,7 @@ def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry], sinc
             continue
         seen.add(pid)
         p = snap.get(pid)
-        if p is None or p.pid in kinds or p.state in ("Z", "X"):
+        if p is None or p.pid in kinds or p.dead:
             continue
         if pid not in known:
             out.append(TaskEntry(node_id, pid, p.pgid, p.create_time, p.start_ticks, "leftover"))
