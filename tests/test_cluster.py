@@ -464,6 +464,21 @@ def test_plan_cuts_ray_processes_out_of_groups_and_trees() -> None:
     assert plan_targets([Target.group(301), Target.tree(300)], snap) == ([Target.group(301), Target.tree(300)], [])
 
 
+def test_plan_cuts_a_ray_process_out_of_a_deep_tree() -> None:
+    # Depth first, whole Ray-free subtrees, single pids on the way down to the Ray process; a chain deeper than
+    # Python's recursion limit works too.
+    procs = [_proc(10, 1, 10, ("python", "main.py")), _proc(11, 10, 10, ("sleep", "9")),
+             _proc(12, 10, 10, ("bash",)), _proc(13, 12, 10, ("ray::w",)), _proc(14, 12, 10, ("sleep", "9"))]
+    depth = 3000
+    procs += [_proc(1000 + i, 1000 + i - 1 if i else 10, 10, ("sh",)) for i in range(depth)]
+    procs.append(_proc(1000 + depth, 1000 + depth - 1, 10, ("ray::deep",)))
+    snap = rebuild_snapshot(procs, time.time())
+    allowed, refused = plan_targets([Target.tree(10)], snap)
+    assert sorted(m.pid for m in refused) == [13, 1000 + depth]
+    assert allowed == [Target.pid(10), Target.tree(11), Target.pid(12), Target.tree(14),
+                       *(Target.pid(1000 + i) for i in range(depth))]
+
+
 def test_find_node_by_prefix_head_or_ip() -> None:
     from procguard.core.cluster import NodeInfo
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from procguard.core.signals import Member, Target, resolve
 from procguard.core.snapshot import Proc, Snapshot
-from procguard.core.views import group_members, tree
+from procguard.core.views import ancestors, children, group_members, tree
 
 # Python entry points of Ray's services, by their path inside the ray package.
 _RAY_SCRIPTS: dict[str, str] = {
@@ -42,7 +42,7 @@ _RAY_BINARIES: dict[str, str] = {
 }
 
 
-def ray_process_kind(cmdline: Sequence[str], name: str = "") -> str | None:
+def ray_process_kind(cmdline: Sequence[str]) -> str | None:
     """What part of Ray this command line is ("raylet", "gcs_server", "worker (ray::IDLE)"...), or None."""
     if not cmdline:
         return None
@@ -68,7 +68,7 @@ def ray_kinds(snap: Snapshot) -> dict[int, str]:
     """pid -> Ray kind for every Ray system process in the snapshot."""
     out: dict[int, str] = {}
     for p in snap:
-        kind = ray_process_kind(p.cmdline, p.name)
+        kind = ray_process_kind(p.cmdline)
         if kind is not None:
             out[p.pid] = kind
     return out
@@ -83,18 +83,27 @@ def _has_ray(procs: Iterable[Proc], ray: dict[int, str]) -> bool:
 
 
 def _ray_free_subtrees(snap: Snapshot, pid: int, ray: dict[int, str], out: list[Target]) -> None:
-    """Cover the tree at pid without its Ray processes: whole subtrees where possible, single pids above."""
-    members = tree(snap, pid)
-    if not members:
-        return
-    if not _has_ray(members, ray):
-        out.append(Target.tree(pid))
-        return
-    if pid not in ray:
-        out.append(Target.pid(pid))
-    for c in snap.children_map.get(pid, ()):
-        if c != pid:
-            _ray_free_subtrees(snap, c, ray, out)
+    """Cover the tree at pid without its Ray processes: whole subtrees where possible, single pids above.
+    Depth first, children in the snapshot's order; iterative, so a deep chain can't hit the recursion limit."""
+    inside = {p.pid for p in tree(snap, pid)}
+    # The members with a Ray process at or below them: their trees can't be handed over whole.
+    above_ray: set[int] = set()
+    for r in ray:
+        if r in inside:
+            above_ray.add(r)
+            for a in ancestors(snap, r):
+                if a.pid not in inside or a.pid in above_ray:
+                    break
+                above_ray.add(a.pid)
+    stack = [pid] if inside else []
+    while stack:
+        p = stack.pop()
+        if p not in above_ray:
+            out.append(Target.tree(p))
+            continue
+        if p not in ray:
+            out.append(Target.pid(p))
+        stack.extend(c.pid for c in reversed(children(snap, p)))
 
 
 def plan_targets(targets: Sequence[Target], snap: Snapshot,
