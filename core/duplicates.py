@@ -47,6 +47,8 @@ from procguard.core.sanitize import safe
 from procguard.core.snapshot import Proc, Snapshot, process_snapshot
 
 if TYPE_CHECKING:
+    from procguard.core.gpu import GpuSnapshot
+    from procguard.core.held_locks import HeldLock
     from procguard.core.signals import Member, ProgressFn, SignalResult
 
 __all__ = [
@@ -536,36 +538,28 @@ def find_instances(script: str | os.PathLike[str] | ScriptIdentity, snapshot: Sn
     return list(groups[0].instances) if groups else []
 
 
-def enrich(groups: Sequence[DuplicateGroup], snapshot: Snapshot, gpu: Any = None,
-           held: Iterable[Any] | None = None) -> list[DuplicateGroup]:
-    """Fill each instance's gpu_memory (sum over its whole tree) and locks.
-
-    `gpu`: a GPU snapshot with `.processes` items having `.pid` and `.memory_used` (bytes); `held`: lock
-    objects with `.path` and `.holders` (pids) or `.pid`; default locks.held_locks() when that module exists.
-    """
+def enrich(groups: Sequence[DuplicateGroup], snapshot: Snapshot, gpu: GpuSnapshot | None = None,
+           held: Iterable[HeldLock] | None = None) -> list[DuplicateGroup]:
+    """Fill each instance's gpu_memory (sum over its whole tree; None without an available GPU snapshot) and
+    locks (the paths of `held`, default `held_locks()`, that any process of its tree holds)."""
     from procguard.core.views import tree
 
     if held is None:
-        try:
-            from procguard.core.locks import held_locks
-        except ImportError:
-            held = ()
-        else:
-            held = held_locks()
+        from procguard.core.held_locks import held_locks  # loaded only when asked: it reads /proc/locks
+
+        held = held_locks()
     lock_holders: list[tuple[str, set[int]]] = []
     for lk in held:
-        pids = set(getattr(lk, "holders", None) or ())
-        pid = getattr(lk, "pid", None)
-        if isinstance(pid, int):
-            pids.add(pid)
-        lock_holders.append((str(getattr(lk, "path", lk)), pids))
+        pids = set(lk.holders)
+        if lk.pid is not None:
+            pids.add(lk.pid)
+        lock_holders.append((lk.path, pids))
     gpu_by_pid: dict[int, int] | None = None
-    if gpu is not None and getattr(gpu, "available", True):
+    if gpu is not None and gpu.available:
         gpu_by_pid = {}
-        for gp in getattr(gpu, "processes", ()) or ():
-            mem = getattr(gp, "memory_used", None)
-            if isinstance(mem, int):
-                gpu_by_pid[gp.pid] = gpu_by_pid.get(gp.pid, 0) + mem
+        for gp in gpu.processes:
+            if gp.memory_used is not None:
+                gpu_by_pid[gp.pid] = gpu_by_pid.get(gp.pid, 0) + gp.memory_used
     out: list[DuplicateGroup] = []
     for g in groups:
         insts = []

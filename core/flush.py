@@ -49,10 +49,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procguard.core import format as fmt
 from procguard.core.procfs import DEAD_STATES
+
+if TYPE_CHECKING:
+    from procguard.core.registry import RegistryEntry
 
 __all__ = [
     "FlushError",
@@ -227,16 +230,10 @@ def _safe(text: object) -> str:
     return safe(text)
 
 
-def _field(entry: Any, name: str) -> Any:
-    """A field of a registry entry, first-class or in `extra`."""
-    if entry is None:
-        return None
-    v = getattr(entry, name, None)
-    if v is None:
-        extra = getattr(entry, "extra", None)
-        if isinstance(extra, Mapping):
-            v = extra.get(name)
-    return v
+def _field(entry: RegistryEntry | None, name: str) -> Any:
+    """What a guarded process published in its registry entry under `name` (update_entry keeps every such key,
+    flush, flush_request, allocator, in `extra`); None without an entry."""
+    return None if entry is None else entry.extra.get(name)
 
 
 _write_lock = threading.Lock()  # serialises this process's own registry writes (worker and publisher)

@@ -318,7 +318,7 @@ class HolderScanner:
                     yield pid, st.start_ticks
             return
         for p in procs:
-            if getattr(p, "kernel_thread", False):
+            if isinstance(p, Proc) and p.kernel_thread:
                 continue  # kernel threads have no fds
             yield p.pid, p.start_ticks
 

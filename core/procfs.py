@@ -165,21 +165,6 @@ def read_cwd(pid: int) -> str | None:
     return read_link(pid, "cwd")
 
 
-def read_environ(pid: int) -> dict[str, str] | None:
-    """The environment a process started with; None when gone or denied (another user's process)."""
-    try:
-        with open(f"{PROC}/{pid}/environ", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    env: dict[str, str] = {}
-    for item in data.split(b"\0"):
-        k, sep, v = item.partition(b"=")
-        if sep:
-            env[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
-    return env
-
-
 def list_pids() -> list[int]:
     try:
         with os.scandir(PROC) as it:

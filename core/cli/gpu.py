@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from procguard.core import flush as _flush
 from procguard.core import format as fmt
@@ -20,7 +20,10 @@ from procguard.core.gpuholders import DeviceHolder, ForeignPid, MergedHolder
 from procguard.core.sanitize import safe
 from procguard.core.snapshot import Snapshot, process_snapshot
 
-EntryLookup = Callable[[int], Any]
+if TYPE_CHECKING:
+    from procguard.core.registry import RegistryEntry
+
+EntryLookup = Callable[[int], "RegistryEntry | None"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,12 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _registry_lookup() -> EntryLookup:
-    try:
-        from procguard.core import registry
-    except ImportError:  # pragma: no cover - registry not installed in this build
-        return lambda pid: None
+    from procguard.core import registry  # only `gpu --json` and the listing need it
 
-    def lookup(pid: int) -> Any:
+    def lookup(pid: int) -> RegistryEntry | None:
         try:
             # Untrusted entries too, flagged (registry trust rule): shown as such, never as guarded.
             return registry.get_entry(pid, include_untrusted=True)
@@ -110,14 +110,14 @@ def gpu_report(gpu: _gpu.GpuSnapshot, lookup: EntryLookup | None = None,
     processes = []
     for p in sorted(gpu.processes, key=lambda p: (p.device, -(p.memory_used or 0), p.pid)):
         entry = lookup(p.pid)
-        trusted = entry is not None and bool(getattr(entry, "trusted", True))
+        trusted = entry is not None and entry.trusted
         alloc = _flush._field(entry, "allocator") if trusted else None
         alloc = alloc if isinstance(alloc, dict) else {}
         row: dict[str, Any] = {"pid": p.pid, "device": p.device, "memory_used": p.memory_used,
                                "guarded": trusted, "reserved": alloc.get("reserved"),
                                "allocated": alloc.get("allocated")}
         if entry is not None and not trusted:
-            row["untrusted_entry"] = getattr(entry, "untrusted_reason", None) or "not trusted"
+            row["untrusted_entry"] = entry.untrusted_reason or "not trusted"
         processes.append(row)
     out: dict[str, Any] = {"available": gpu.available, "reason": gpu.reason, "devices": devices,
                            "processes": processes}
