@@ -49,7 +49,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from procguard.core import format as fmt
 from procguard.core.procfs import DEAD_STATES
@@ -107,7 +107,7 @@ def _count(v: Any) -> int | None:
     return int(v) if _number(v) else None
 
 
-def _number(v: Any) -> bool:
+def _number(v: object) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -71,16 +71,21 @@ def _init_reason(nvml: Any, exc: BaseException) -> str:
     return f"NVML init failed: {exc}"
 
 
+def _import_pynvml() -> Any:
+    try:
+        import pynvml  # lazy: loading procguard must not touch the driver
+    except ImportError as e:
+        raise NvmlUnavailable(f"nvidia-ml-py is not installed (import pynvml failed: {e})") from e
+    return pynvml
+
+
 def load(nvml: Any = None) -> Any:
     """Import `pynvml` (unless a module is given), initialise it and check there is a device.
 
     Returns the initialised module; raises `NvmlUnavailable` with the reason otherwise.
     """
     if nvml is None:
-        try:
-            import pynvml as nvml  # lazy: loading procguard must not touch the driver
-        except ImportError as e:
-            raise NvmlUnavailable(f"nvidia-ml-py is not installed (import pynvml failed: {e})") from e
+        nvml = _import_pynvml()
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as e:
@@ -110,8 +115,10 @@ def _text(v: object) -> str:
 def _running(nvml: Any, handle: object, base: str) -> list[Any]:
     """Compute or graphics processes of one device. The unversioned binding needs a recent driver: fall back
     to `_v2` where the driver lacks the symbol; an unsupported query is an empty list."""
-    mismatch = tuple(
-        c for c in (getattr(nvml, "NVMLLibraryMismatchError", None),) if isinstance(c, type)
+    # Only where this binding has the class (older nvidia-ml-py lacks it); `except ()` catches nothing.
+    found = getattr(nvml, "NVMLLibraryMismatchError", None)
+    mismatch: tuple[type[BaseException], ...] = (
+        (found,) if isinstance(found, type) and issubclass(found, BaseException) else ()
     )
     for name in (base, base + "_v2"):
         fn = getattr(nvml, name, None)

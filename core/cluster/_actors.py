@@ -195,4 +195,6 @@ class NodeAgent:
 
 RegistryActor = ray.remote(num_cpus=0, max_restarts=-1)(Registry)
 # Threaded: a terminate waiting out its grace must not hold up a snapshot or another node's request.
-AgentActor = ray.remote(num_cpus=0, max_concurrency=8, max_restarts=-1)(NodeAgent)
+# Ray's stubs type the options form of ray.remote for tasks only: max_concurrency, an actor option Ray accepts
+# at run time, matches none of its overloads.
+AgentActor = ray.remote(num_cpus=0, max_concurrency=8, max_restarts=-1)(NodeAgent)  # type: ignore[call-overload]
