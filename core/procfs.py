@@ -54,6 +54,10 @@ class Stat(NamedTuple):
     start_ticks: int  # since boot, clock ticks: with pid, the identity of a process
     rss_pages: int
     exit_code: int = 0  # a zombie's wait status (Linux >= 3.5; 0 where the kernel hides it)
+    # Where the argv of the running program starts in its memory (Linux >= 3.5): new at every exec (the stack is
+    # rebuilt, and placed at random), so it tells an exec even when comm stays the same. 0 where the kernel
+    # hides it (another user's process, unless root), for a zombie or a kernel thread.
+    arg_start: int = 0
 
     @property
     def dead(self) -> bool:
@@ -86,6 +90,7 @@ def parse_stat(data: bytes) -> Stat:
         int(f[19]),
         int(f[21]),
         int(f[49]) if len(f) > 49 else 0,
+        int(f[45]) if len(f) > 46 else 0,
     )
 
 

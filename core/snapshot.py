@@ -111,6 +111,12 @@ class _Static(NamedTuple):
     uid: int
     username: str
     python: PythonCmd | None
+    arg_start: int  # procfs.Stat.arg_start when read: another value means the process exec'd since
+
+
+# A Python process whose stat hides arg_start (another user's, unless root) could exec into another Python
+# program unseen (the comm stays "python3"): its command line is read again every this many snapshots.
+RECHECK_HIDDEN_EVERY = 8
 
 
 _usernames: dict[int, str] = {}
@@ -135,6 +141,7 @@ class Snapshotter:
         self._cpu: dict[tuple[int, int], int] = {}
         self._last_mono: float | None = None
         self._lock = threading.Lock()
+        self._scans = 0
 
     def take(self) -> Snapshot:
         with self._lock:
@@ -158,6 +165,8 @@ class Snapshotter:
         parse_stat = procfs.parse_stat
         read_bytes = procfs.read_bytes
         proc_dir = procfs.PROC
+        self._scans += 1
+        recheck = self._scans % RECHECK_HIDDEN_EVERY  # pids with this remainder are due (spread over scans)
         try:
             entries = os.scandir(proc_dir)
         except OSError:
@@ -173,7 +182,9 @@ class Snapshotter:
                     continue  # vanished mid-scan
                 key = (st.pid, st.start_ticks)
                 s = static_old.get(key)
-                if s is None or s.comm != st.comm:
+                # Static data is read again after an exec: a new comm, or a new argv address (python -> python).
+                if (s is None or s.comm != st.comm or s.arg_start != st.arg_start
+                        or (not st.arg_start and s.python is not None and st.pid % RECHECK_HIDDEN_EVERY == recheck)):
                     s = self._read_static(st, s)
                 static_new[key] = s
                 ticks = st.utime + st.stime
@@ -215,7 +226,7 @@ class Snapshotter:
         if uid is None:
             uid = old.uid if old is not None else -1
         python = parse_python_cmdline(cmdline) if cmdline else None
-        return _Static(st.comm, cmdline, uid, username_of(uid) if uid >= 0 else "?", python)
+        return _Static(st.comm, cmdline, uid, username_of(uid) if uid >= 0 else "?", python, st.arg_start)
 
     def _take_psutil(self) -> Snapshot:  # pragma: no cover - non-Linux path
         import psutil

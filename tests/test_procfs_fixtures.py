@@ -29,7 +29,7 @@ def stat_line(comm: bytes, *, pid: int = 4242, state: bytes = b"S", fields: int 
 
 
 EXPECTED = {"ppid": 40, "pgid": 50, "sid": 60, "tty_nr": 70, "flags": 90, "utime": 140, "stime": 150,
-            "num_threads": 200, "start_ticks": 220, "rss_pages": 240, "exit_code": 520}
+            "num_threads": 200, "start_ticks": 220, "rss_pages": 240, "arg_start": 480, "exit_code": 520}
 
 
 @pytest.mark.parametrize("comm", [
@@ -57,7 +57,7 @@ def test_parse_stat_comm_that_is_not_utf8_and_a_comm_made_safe() -> None:
 
 def test_parse_stat_old_kernel_without_exit_code_and_zombie() -> None:
     st = procfs.parse_stat(stat_line(b"old", fields=44))  # Linux < 3.5: no exit_code field
-    assert st.exit_code == 0 and st.start_ticks == 220
+    assert st.exit_code == 0 and st.arg_start == 0 and st.start_ticks == 220
     z = procfs.parse_stat(stat_line(b"defunct) (x", state=b"Z"))
     assert (z.state, z.comm, z.exit_code) == ("Z", "defunct) (x", 520)
 

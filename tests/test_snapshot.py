@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from procguard.core import procfs, snapshot, views
 from procguard.core.snapshot import Snapshotter, process_snapshot
-from tests.conftest import ProcStarter, proc_state, wait_for
+from tests.conftest import NOBODY, ProcStarter, proc_state, wait_for
 
 BUSY = """
 import os, time
@@ -153,3 +155,60 @@ def test_descendant_pids_of_several_roots() -> None:
     assert sorted(views.descendant_pids(cmap, [1, 3])) == [2, 4, 5]
     assert views.descendant_pids(cmap, [6]) == [7]
     assert views.descendant_pids(cmap, [9]) == []
+
+
+# Execs into another Python program (same comm) on SIGUSR1; the new program says "ready" on the same stdout.
+EXECS_ON_USR1 = """
+import os, signal, sys, time
+def go(*_):
+    os.execv(sys.executable, [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)",
+                              "second-program"])
+signal.signal(signal.SIGUSR1, go)
+print("ready", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+
+def test_exec_into_a_program_with_the_same_comm_is_seen(procs: ProcStarter) -> None:
+    p = procs.python(EXECS_ON_USR1, name="exec_same_comm")
+    snapper = Snapshotter()
+    before = snapper.take()[p.pid]
+    assert before.cmdline[1].endswith(".py") and before.python is not None and before.python.kind == "file"
+    os.kill(p.pid, signal.SIGUSR1)
+    procs.wait_ready(p)
+    after = snapper.take()[p.pid]
+    assert after.name == before.name and after.start_ticks == before.start_ticks  # same comm, same process
+    assert after.cmdline[-1] == "second-program" and after.python is not None and after.python.kind == "code"
+
+
+HIDDEN_SNAPSHOTS = """
+import sys
+from procguard.core import procfs
+from procguard.core.snapshot import RECHECK_HIDDEN_EVERY, Snapshotter
+pid = int(sys.argv[1])
+snapper = Snapshotter()
+st = procfs.read_stat(pid)
+print(st.arg_start, snapper.take()[pid].cmdline[-1], flush=True)
+sys.stdin.readline()
+for _ in range(RECHECK_HIDDEN_EVERY):
+    cmd = snapper.take()[pid].cmdline
+print(cmd[-1], flush=True)
+"""
+
+
+def test_exec_is_seen_in_another_users_process_too(procs: ProcStarter) -> None:
+    # As nobody, root's process hides its argv address: its command line is read again every few snapshots.
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to look at another user's process as nobody)")
+    p = procs.python(EXECS_ON_USR1, "first-program", name="exec_hidden")
+    viewer = procs.popen([*NOBODY, sys.executable, "-c", HIDDEN_SNAPSHOTS, str(p.pid)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert viewer.stdin is not None and viewer.stdout is not None
+    assert viewer.stdout.readline().split() == ["0", "first-program"]  # hidden, and the first program seen
+    os.kill(p.pid, signal.SIGUSR1)
+    procs.wait_ready(p)
+    viewer.stdin.write("go\n")
+    viewer.stdin.flush()
+    assert viewer.stdout.readline().strip() == "second-program"
+    assert viewer.wait(timeout=60) == 0
