@@ -89,7 +89,8 @@ def _imported_from() -> str:
     except ImportError:
         return "; PYTHONPATH set but procguard.core not found"
     where = os.path.dirname(os.path.dirname(spec.origin)) if spec and spec.origin else "?"
-    return f"; procguard imported from `{where}` (PYTHONPATH)"
+    tui = os.environ.get("PGBENCH_TUI")
+    return f"; procguard imported from `{where}` (PYTHONPATH)" + (f", app run as `{tui}` (PGBENCH_TUI)" if tui else "")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -26,7 +26,10 @@ HTOP_PROGRAM = os.environ.get("PGBENCH_HTOP", "htop")  # override to test the "h
 
 
 def tui_program() -> Path:
-    return Path(sys.executable).parent / TUI
+    """The venv's `procguard-tui` entry point, or the program named by PGBENCH_TUI (e.g. a launcher for a copy
+    of another commit, whose entry point may live in another module)."""
+    override = os.environ.get("PGBENCH_TUI")
+    return Path(override) if override else Path(sys.executable).parent / TUI
 
 
 def available() -> str | None:

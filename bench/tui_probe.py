@@ -2,7 +2,8 @@
 
     python bench/tui_probe.py OUT.jsonl [procguard-tui arguments...]
 
-The app is started through its `procguard-tui` console entry point (whatever module it lives in), after these
+The app is started through its `procguard-tui` console entry point (whatever module it lives in; PGBENCH_TUI_MAIN
+"module:function" names another, e.g. for a copy of an older commit), after these
 Textual internals are wrapped to count, per widget (class#id):
 - `Widget.refresh()` calls (and how many asked for a layout);
 - lines re-rendered by the widget (`StylesCache.render_line`: a line that was not in Textual's line cache), and
@@ -159,10 +160,17 @@ def main() -> None:
     out = sys.argv[1]
     args = sys.argv[2:]
     _event("probe start")
-    from importlib.metadata import entry_points
+    override = os.environ.get("PGBENCH_TUI_MAIN")  # "module:function", for a copy of another commit
+    if override:
+        import importlib
 
-    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "procguard-tui"]
-    app_main = ep.load()
+        module, _, attr = override.partition(":")
+        app_main = getattr(importlib.import_module(module), attr)
+    else:
+        from importlib.metadata import entry_points
+
+        (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "procguard-tui"]
+        app_main = ep.load()
     _event("app imported")
     _patch()
     threading.Thread(target=_dump_loop, args=(out,), daemon=True, name="probe-dump").start()
