@@ -153,7 +153,8 @@ def test_a_reused_pid_is_never_signalled(procs: ProcStarter, tmp_path: Path, sce
     assert p.returncode == 0, err.decode()
     got = json.loads(out)
     assert got["newcomer"] == got["pid"]  # the pid really was reused
-    assert got["newcomer_state"] in ("S", "R")  # not signalled: a SIGTERM or SIGKILL would have ended it
+    # Not signalled: a SIGTERM or SIGKILL would have ended it (D: still exec'ing on a busy machine).
+    assert got["newcomer_state"] in ("S", "R", "D")
     [r] = got["results"]
     if scenario == "before":
         assert r["outcome"] == Outcome.ALREADY_GONE.value
