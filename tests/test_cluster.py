@@ -57,7 +57,7 @@ from procguard.core.cluster import (  # noqa: E402
 )
 from procguard.core.cluster.api import agent  # noqa: E402
 from procguard.core.cluster.nodeops import owners_on_node, rebuild_snapshot  # noqa: E402
-from procguard.core.cluster.protect import plan_targets  # noqa: E402
+from procguard.core.cluster.rayprocs import plan_targets  # noqa: E402
 from procguard.core.signals import Outcome, Target  # noqa: E402
 from procguard.core.snapshot import Proc, process_snapshot  # noqa: E402
 from tests.conftest import ProcStarter, is_gone, proc_state, wait_for  # noqa: E402

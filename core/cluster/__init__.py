@@ -62,7 +62,7 @@ from procguard.core.cluster.cancel import (  # noqa: E402
     resolve_task_ids,
 )
 from procguard.core.cluster.nodeops import TaskEntry, TaskOwner, TaskRecord  # noqa: E402
-from procguard.core.cluster.protect import ray_process_kind  # noqa: E402
+from procguard.core.cluster.rayprocs import ray_process_kind  # noqa: E402
 from procguard.core.cluster.tracking import TaskTracker, track_task, tracked  # noqa: E402
 
 __all__ = [

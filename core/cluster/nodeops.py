@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from procguard.core import procfs, signals
-from procguard.core.cluster.protect import plan_targets, ray_kinds
+from procguard.core.cluster.rayprocs import plan_targets, ray_kinds
 from procguard.core.signals import Member, Outcome, SignalResult, Target
 from procguard.core.snapshot import Proc, Snapshot, Snapshotter, process_snapshot
 from procguard.core.views import children, descendants, group_members, tree
