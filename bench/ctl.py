@@ -67,7 +67,9 @@ class ControlClient:
         self._reader = threading.Thread(target=self._read, name=f"tmux-ctl-{session}", daemon=True)
         self._reader.start()
         # Until it is attached: tmux 3.3a's server segfaults when a window size is recalculated (new-session
-        # -x/-y) while a client is connected without a session yet (recalculate_size_skip_client, tmux#2982).
+        # -x/-y, an attach, a respawn) while a client is connected without a session (recalculate_size_skip_client,
+        # tmux#2982): a client still attaching, or any command-line client. So: every session first, then the
+        # control clients one by one, then only commands through them until the end.
         self.command("display-message", "-p", "#{session_name}")
 
     # ------------------------------------------------------------------------------------------ stream
@@ -218,7 +220,7 @@ def _lines(f: BinaryIO) -> Iterator[bytes]:
 
 
 def _quote(word: str) -> str:
-    if word and re.fullmatch(r"[A-Za-z0-9_@%+=:,./#{}-]+", word):
+    if word and re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", word):  # "#" starts a comment in tmux
         return word
     return "'" + word.replace("'", "'\\''") + "'"
 

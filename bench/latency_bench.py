@@ -190,6 +190,7 @@ class KeyResults:
     samples: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)  # (app, kind, cond)
     missed: dict[tuple[str, str, str], int] = field(default_factory=dict)
     no_ticks: set[str] = field(default_factory=set)
+    crashes: list[str] = field(default_factory=list)  # tmux server crashes a phase was retried after
 
 
 def _run_kind(panes: list[Pane], kind: str, n: dict[str, int], interval: float, res: KeyResults) -> None:
@@ -248,12 +249,22 @@ class Launch:
     frames_before: int
 
 
+def _adopt(tm: Tmux, p: Pane, load: Load) -> int:
+    """The pid now in the pane, pinned for the cleanup. Asked through the control client: once one is attached,
+    no tmux command-line client may connect (tmux 3.3a segfaults when a window size is recalculated while a
+    client without a session is connected, tmux#2982; a command-line client has none)."""
+    pid = int(p.client.command("display-message", "-p", "-t", p.session, "#{pane_pid}").lines[0].strip())
+    load.track([pid])
+    tm.pids[p.session] = pid
+    return pid
+
+
 def launch_once(tm: Tmux, p: Pane, argv: list[str], env: dict[str, str] | None, load: Load) -> Launch:
     c = p.client
     seen = c.output_count(p.pane)
     t0 = time.perf_counter()
     c.command("respawn-pane", "-k", "-t", p.session, tm.pane_command(argv, env))
-    pid = tm.adopt(p.session)
+    pid = _adopt(tm, p, load)
     first_any = first_rows = None
     empty: str | None = None
     frames = 0
@@ -298,27 +309,61 @@ def _apps(load: Load, cfg: Config) -> dict[str, tuple[list[str], dict[str, str] 
     return apps
 
 
-def measure(load: Load, cfg: Config, log: Callable[[str], object] = print) -> tuple[KeyResults, dict[str, list[Launch]], int]:
-    table = procstat.count_processes()
-    apps = _apps(load, cfg)
-    tm = Tmux(load, "latency")
+Apps = dict[str, tuple[list[str], dict[str, str] | None]]
+
+
+class ServerCrashed(RuntimeError):
+    """tmux's server died under us (3.3a has crashes with control-mode clients): the phase may be retried."""
+
+
+def _phase(load: Load, tag: str, body: Callable[[Tmux, dict[str, Pane]], object]) -> object:
+    """Run one phase in a fresh tmux server; a crashed server raises ServerCrashed, with how it ended."""
+    tm = Tmux(load, tag)
     panes: dict[str, Pane] = {}
     try:
+        return body(tm, panes)
+    except RuntimeError as e:
+        if tm.server is not None and not procstat.alive(tm.server):
+            raise ServerCrashed(f"{e} ({tm.server_end()})") from e
+        raise
+    finally:
+        for p in panes.values():
+            p.client.close()
+        tm.close()
+
+
+def _attach(tm: Tmux, load: Load, panes: dict[str, Pane], sessions: dict[str, str]) -> None:
+    """A control client per session, once every session exists (see ControlClient)."""
+    ids = {app: tm.pane_id(session) for app, session in sessions.items()}  # the last command-line calls
+    for app, session in sessions.items():
+        panes[app] = Pane(app, session, ids[app], ControlClient(tm, session, load))
+
+
+def _launch_phase(load: Load, cfg: Config, apps: Apps) -> dict[str, list[Launch]]:
+    def body(tm: Tmux, panes: dict[str, Pane]) -> dict[str, list[Launch]]:
         sessions = {app: "launch-" + ("pg" if app == TUI else "htop") for app in apps}
-        for session in sessions.values():  # every session before any control client (see ControlClient)
+        for session in sessions.values():
             tm.start(session, ["sleep", "600"])
-        for app, session in sessions.items():
-            panes[app] = Pane(app, session, tm.pane_id(session), ControlClient(tm, session, load))
+        _attach(tm, load, panes, sessions)
         launches: dict[str, list[Launch]] = {a: [] for a in apps}
         for _ in range(cfg.launch_reps):
             for app, (argv, env) in apps.items():
                 launches[app].append(launch_once(tm, panes[app], argv, env, load))
-        log(f"keys: launches done; table {table:,}")
+        return launches
+
+    return _phase(load, "launch", body)  # type: ignore[return-value]
+
+
+def _key_phase(load: Load, cfg: Config, apps: Apps, log: Callable[[str], object]) -> KeyResults:
+    def body(tm: Tmux, panes: dict[str, Pane]) -> KeyResults:
+        # The apps start with their sessions (no respawn in this phase), then the clients attach.
+        sessions = {app: "keys-" + ("pg" if app == TUI else "htop") for app in apps}
         for app, (argv, env) in apps.items():
-            p = panes[app]
-            p.client.command("respawn-pane", "-k", "-t", p.session, tm.pane_command(argv, env))
-            tm.adopt(p.session)
-        time.sleep(cfg.tui_warmup + 1.0)
+            tm.start(sessions[app], argv, env)
+        for session in sessions.values():
+            tm.wait_drawn(session)
+        _attach(tm, load, panes, sessions)
+        time.sleep(cfg.tui_warmup)
         for p in panes.values():
             _calibrate(p)
         res = KeyResults()
@@ -329,15 +374,31 @@ def measure(load: Load, cfg: Config, log: Callable[[str], object] = print) -> tu
                 while kind == "view" and p.key_i.get("view", 0) % 2:  # both apps: two keys go there and back
                     sample(p, "view")
             log(f"keys: {kind} done")
-        return res, launches, table
-    except RuntimeError as e:
-        if tm.server is not None and not procstat.alive(tm.server):
-            raise RuntimeError(f"{e} ({tm.server_end()})") from e
-        raise
-    finally:
-        for p in panes.values():
-            p.client.close()
-        tm.close()
+        return res
+
+    return _phase(load, "keys", body)  # type: ignore[return-value]
+
+
+def measure(load: Load, cfg: Config, log: Callable[[str], object] = print) -> tuple[KeyResults, dict[str, list[Launch]], int]:
+    """Figures 5 and 6; each phase in its own tmux server, retried once if tmux's server crashes."""
+    table = procstat.count_processes()
+    apps = _apps(load, cfg)
+    crashes: list[str] = []
+
+    def retried(fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except ServerCrashed as e:
+            crashes.append(str(e))
+            log(f"keys: the tmux server crashed, retrying once: {e}")
+            return fn()
+
+    launches = retried(lambda: _launch_phase(load, cfg, apps))
+    log(f"keys: launches done; table {table:,}")
+    res = retried(lambda: _key_phase(load, cfg, apps, log))
+    assert isinstance(res, KeyResults)
+    res.crashes = crashes
+    return res, launches, table  # type: ignore[return-value]
 
 
 def key_section(cfg: Config, res: KeyResults | None, table: int, why: str | None) -> Section:
@@ -391,6 +452,9 @@ def key_section(cfg: Config, res: KeyResults | None, table: int, why: str | None
         sec.notes.append("htop answers some keys in about 1 ms (it redraws only what changed). This figure is "
                          "event-driven (no capture polling), so it has no floor of a few ms under either app; a "
                          "polling measurement (capture-pane every few ms) shows htop at 7–9 ms instead.")
+    if res.crashes:
+        sec.notes.append(f"tmux's server crashed {len(res.crashes)} time(s) and the phase was run again from the start "
+                         f"(tmux 3.3a with control-mode clients): {res.crashes[0][:200]}")
     if res.no_ticks:
         sec.notes.append(f"No refresh output was seen from {', '.join(sorted(res.no_ticks))}: its refresh-landing "
                          "samples could not be aimed (an app that draws nothing when nothing changed).")

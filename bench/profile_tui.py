@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -212,6 +213,12 @@ def timings(load: Load, args: argparse.Namespace, out: Path) -> str:
         tm.close()
 
 
+def _probe_env() -> dict[str, str]:
+    """PGBENCH_TUI_MAIN for the probe in its pane (the pane gets only the load's environment)."""
+    main = os.environ.get("PGBENCH_TUI_MAIN")
+    return {"PGBENCH_TUI_MAIN": main} if main else {}
+
+
 def _phase(records: list[dict], t0: float, t1: float) -> tuple[dict, dict, float]:
     """Counter deltas between the last dump before t0 and the last before t1; and the seconds between them."""
     before = [r for r in records if r["time"] <= t0]
@@ -271,7 +278,7 @@ def counters(load: Load, args: argparse.Namespace, out: Path) -> str:
     jsonl.unlink(missing_ok=True)
     tm = Tmux(load, "probe")
     try:
-        tm.start("app", [sys.executable, str(PROBE), str(jsonl), "--interval", f"{args.interval:g}"])
+        tm.start("app", [sys.executable, str(PROBE), str(jsonl), "--interval", f"{args.interval:g}"], _probe_env())
         tm.wait_drawn("app")
         time.sleep(args.warmup)
         t0 = time.time()
@@ -298,7 +305,7 @@ def first_frame(load: Load, args: argparse.Namespace, out: Path) -> str:
     jsonl.unlink(missing_ok=True)
     tm = Tmux(load, "launch")
     try:
-        tm.start("app", [sys.executable, str(PROBE), str(jsonl), "--interval", f"{args.interval:g}"])
+        tm.start("app", [sys.executable, str(PROBE), str(jsonl), "--interval", f"{args.interval:g}"], _probe_env())
         time.sleep(4.0)
         records = _read_records(jsonl)
     finally:

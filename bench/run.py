@@ -53,19 +53,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke run: small tables, few repetitions (~20 s)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     p.add_argument("--token", help="marker token for the load's processes (default: random)")
+    p.add_argument("--only", default="", metavar="FIGURES",
+                   help=f"comma-separated figures to run ({', '.join(FIGURES)}; 'keys' is figures 5 and 6); needs "
+                        "--out, so a partial run never replaces RESULTS.md")
     return p
 
 
+FIGURES = ("snapshot", "terminate", "cgroup", "duplicates", "gpuholders", "tui", "keys", "scaling")
+
+
 class Runner:
-    def __init__(self, cfg: Config, load: Load) -> None:
+    def __init__(self, cfg: Config, load: Load, only: frozenset[str] = frozenset()) -> None:
         self.cfg = cfg
         self.load = load
+        self.only = only  # empty: every figure
+        self.apps_wanted = False
+        self.tui_ok = False
         self.sections: dict[str, Section] = {}
         self.loads: list[str] = [procstat.loadavg()]
         self.log_t0 = time.monotonic()
 
     def log(self, msg: str) -> None:
         print(f"[{time.monotonic() - self.log_t0:6.1f}s] {msg}", flush=True)
+
+    def want(self, figure: str) -> bool:
+        return not self.only or figure in self.only
 
     def guarded(self, key: str, fn: Callable[[], Section | None], missing: str | None = None) -> None:
         title = TITLES.get(key, key)
@@ -130,61 +142,75 @@ class Runner:
                                               reason=failed.reason)
 
     def run(self) -> list[Section]:
-        cfg = self.cfg
+        cfg, want = self.cfg, self.want
         points = [Point(s) for s in cfg.sizes]
         tui_missing = tui_bench.available()
         refresh_missing = None if _refresh_ok() else "procguard.tui's LiveBackend / build_rows: not available yet"
         apps_possible = tmux.missing() is None and (tui_missing is None or tui_bench.htop_available() is None)
-
-        # -- smallest table: a scaling point
-        points[0].table = self.resize(cfg.sizes[0])
-        self.point(points[0])
-        small = None
-        if not cfg.quick and apps_possible:
-            small = self.apps(cfg.tui_small_window or cfg.tui_scaling_window, "small", tui_missing is None)
-            points[0].apps = small or {}
-
-        # -- the main table
-        table = self.resize(cfg.main_size)
-        self.guarded("snapshot", lambda: snapshot_bench.run(cfg), snapshot_bench.available())
-        snap = self.sections.get("snapshot")
-        if snap is not None and snap.data:
-            points[1].snapshot, points[1].table = snap.data["stats"], snap.data["table"]
-            self.point(points[1], snapshot=False)
-        else:
-            self.point(points[1])
-        self.guarded("terminate", lambda: terminate_bench.run(self.load, cfg), terminate_bench.available())
-        self.guarded("cgroup", lambda: cgroup_bench.run(self.load, cfg), cgroup_bench.available())
-        self.guarded("gpuholders", lambda: gpuholders_bench.run(self.load, cfg, (cfg.main_size,)),
-                     gpuholders_bench.available())
-        self.resize(cfg.main_size)  # as it was before the stages that change the table
-        idle = self.apps(cfg.tui_window, "idle", tui_missing is None) if apps_possible else None
-        points[1].apps = idle or {}
-        self.keys(table)
-        self.guarded("duplicates", lambda: duplicates_bench.run(self.load, cfg), duplicates_bench.available())
-
-        # -- the big table
-        big_table = self.resize(cfg.big_size)
-        points[2].table = big_table
-        self.point(points[2])
-        big = None
-        if not cfg.quick and apps_possible:
-            big = self.apps(cfg.tui_scaling_window, "big", tui_missing is None)
-            points[2].apps = big or {}
-
-        self.sections["tui"] = tui_bench.section(cfg, (small, idle, big),
-                                                 (points[0].table if small else None, table,
-                                                  big_table if big else None), tui_missing)
-        self.sections["scaling"] = scaling.section(points, refresh_missing, cfg.tui_interval)
+        self.apps_wanted = apps_possible and (want("tui") or want("scaling"))
+        self.tui_ok = tui_missing is None
+        runs: list[dict[str, AppRun] | None] = [None, None, None]
+        if want("scaling") or want("tui"):
+            runs[0] = self.outer_stage(points[0], cfg.tui_small_window or cfg.tui_scaling_window, "small")
+        table = self.main_stage(points[1])
+        if self.apps_wanted:
+            runs[1] = self.apps(cfg.tui_window, "idle", self.tui_ok)
+            points[1].apps = runs[1] or {}
+        if want("keys"):
+            self.keys(table)
+        if want("duplicates"):
+            self.guarded("duplicates", lambda: duplicates_bench.run(self.load, cfg), duplicates_bench.available())
+        if want("scaling") or want("tui"):
+            runs[2] = self.outer_stage(points[2], cfg.tui_scaling_window, "big")
+        if want("tui"):
+            self.sections["tui"] = tui_bench.section(
+                cfg, runs, (points[0].table if runs[0] else None, table, points[2].table if runs[2] else None),
+                tui_missing)
+        if want("scaling"):
+            self.sections["scaling"] = scaling.section(points, refresh_missing, cfg.tui_interval)
         self.loads.append(procstat.loadavg())  # before the cleanup: SIGKILLing thousands at once spikes it
-        order = ["snapshot", "terminate", "cgroup", "duplicates", "gpuholders", "tui", "keys", "launch", "scaling"]
+        order = [k for k in ("snapshot", "terminate", "cgroup", "duplicates", "gpuholders", "tui", "keys", "launch",
+                             "scaling") if k in self.sections]
         out = [self.sections[k] for k in order]
         # Failures of helper stages (scaling points, tmux runs) are reported with the figure they feed.
         for k, s in self.sections.items():
             if k not in order and s.status != "ok":
-                target = self.sections["tui"] if k.startswith("apps") else self.sections["scaling"]
+                target = self.sections.get("tui" if k.startswith("apps") else "scaling") or (out or [s])[0]
                 target.notes.append(f"{k}: {s.status}: {s.reason}")
         return out
+
+    def outer_stage(self, point: Point, window: float, tag: str) -> dict[str, AppRun] | None:
+        """The smallest or the biggest table: a scaling point and the apps side by side (not in --quick)."""
+        point.table = self.resize(point.size)
+        if self.want("scaling"):
+            self.point(point)
+        if self.cfg.quick or not self.apps_wanted:
+            return None
+        runs = self.apps(window, tag, self.tui_ok)
+        point.apps = runs or {}
+        return runs
+
+    def main_stage(self, point: Point) -> int:
+        """The main table: figures 1, 2, the cgroup and GPU-holder figures; returns the table's size after them."""
+        cfg, want = self.cfg, self.want
+        self.resize(cfg.main_size)
+        if want("snapshot"):
+            self.guarded("snapshot", lambda: snapshot_bench.run(cfg), snapshot_bench.available())
+        snap = self.sections.get("snapshot")
+        if snap is not None and snap.data:
+            point.snapshot, point.table = snap.data["stats"], snap.data["table"]
+            if want("scaling"):
+                self.point(point, snapshot=False)
+        elif want("scaling"):
+            self.point(point)
+        if want("terminate"):
+            self.guarded("terminate", lambda: terminate_bench.run(self.load, cfg), terminate_bench.available())
+        if want("cgroup"):
+            self.guarded("cgroup", lambda: cgroup_bench.run(self.load, cfg), cgroup_bench.available())
+        if want("gpuholders"):
+            self.guarded("gpuholders", lambda: gpuholders_bench.run(self.load, cfg, (cfg.main_size,)),
+                         gpuholders_bench.available())
+        return self.resize(cfg.main_size)  # as it was before the stages that change the table
 
 
 def _refresh_ok() -> bool:
@@ -196,13 +222,20 @@ def _refresh_ok() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    only = frozenset(x.strip() for x in args.only.split(",") if x.strip())
+    unknown = sorted(only - set(FIGURES))
+    if unknown:
+        parser.exit(2, f"python -m bench: --only: unknown figure {unknown[0]!r} (one of {', '.join(FIGURES)})\n")
+    if only and args.out == DEFAULT_OUT:
+        parser.exit(2, "python -m bench: --only needs --out PATH (a partial run never replaces RESULTS.md)\n")
     cfg = QUICK if args.quick else FULL
     t0 = time.monotonic()
     env = report.environment()
     leftovers: list[int] = []
     with Load(args.token) as load:
-        runner = Runner(cfg, load)
+        runner = Runner(cfg, load, only)
         runner.log(f"load token {load.token}; {'quick' if cfg.quick else 'full'} suite")
         try:
             sections = runner.run()
@@ -216,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     env["load average (1/5/15 min)"] = (f"start {loads[0]}; end (before cleanup) {loads[-1]}; highest 1-min "
                                         f"during the run {busiest:.2f}")
     env["processes of ours left after cleanup"] = str(len(leftovers))
+    if only:
+        env["figures"] = f"only {', '.join(sorted(only))} (--only: a partial run)"
     notes = []
     cpus = os.cpu_count() or 1
     start_load = float(loads[0].split()[0])

@@ -36,6 +36,14 @@ SERIES = [
 ]
 
 
+def _app_cell(run: AppRun | None, table: int) -> str:
+    """CPU ms per refresh; the table it ran against when that differs from the row's (a shared machine)."""
+    if run is None:
+        return "–"
+    differs = run.table and table and abs(run.table - table) > max(20, table // 20)
+    return ms(run.per_refresh) + (f" (at {run.table:,})" if differs else "")
+
+
 def _cell(s: Stats | None) -> str:
     return ms(s.median) if s is not None else "–"
 
@@ -70,7 +78,7 @@ def section(points: list[Point], refresh_missing: str | None, interval: float) -
         sec.rows.append([f"{p.table or p.size:,}", _cell(ps), _cell(p.snapshot.get("psutil")),
                          _cell(p.snapshot.get("procguard cold")), _cell(warm),
                          f"{warm.median / ps.median:.2f}×" if warm and ps else "–", _cell(p.refresh),
-                         ms(tui.per_refresh) if tui else "–", ms(htop.per_refresh) if htop else "–"])
+                         _app_cell(tui, p.table), _app_cell(htop, p.table)])
     series: list[tuple[str, dict[int, float]]] = []
     for key, label in SERIES:
         series.append((label, {p.size: p.snapshot[key].median for p in points if key in p.snapshot}))

@@ -48,6 +48,7 @@ class AppRun:
     interval: float
     vm_hwm: int | None
     screen: str = ""
+    table: int = 0  # processes in the table during the window (mean of its start and end)
 
     @property
     def cpu_percent(self) -> float:
@@ -169,15 +170,18 @@ def measure(load: Load, apps: dict[str, list[str]], *, warmup: float, window: fl
         time.sleep(warmup)
         before = {n: procstat.cpu_seconds(p) for n, p in tm.pids.items()}
         t0 = time.monotonic()
+        table0 = procstat.count_processes()
         time.sleep(window)
         after = {n: procstat.cpu_seconds(p) for n, p in tm.pids.items()}
         elapsed = time.monotonic() - t0
+        table = (table0 + procstat.count_processes()) // 2
         out: dict[str, AppRun] = {}
         for name, pid in tm.pids.items():
             b, a = before[name], after[name]
             if a is None or b is None or not procstat.alive(pid):
                 raise RuntimeError(f"{name} exited during the measurement: {tm.screen(name).strip()[-500:]}")
-            out[name] = AppRun(name, pid, a - b, elapsed, interval, procstat.vm_hwm_bytes(pid), tm.screen(name))
+            out[name] = AppRun(name, pid, a - b, elapsed, interval, procstat.vm_hwm_bytes(pid), tm.screen(name),
+                               table)
         return out
     finally:
         tm.close()

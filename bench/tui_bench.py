@@ -143,6 +143,9 @@ def section(cfg: Config, runs: Sequence[dict[str, AppRun] | None], tables: Seque
                  f"{round(cfg.tui_interval * 10)}` with default settings (an empty HOME).")
     sec.headers = ["app", "processes", "window s", "CPU s", "CPU % of a core", "CPU ms / refresh", "× htop",
                    "VmHWM MB"]
+    # The table each window really ran against (other users' processes come and go), not the size asked for.
+    tables = [next((r.table for r in (apps or {}).values() if r.table), n) for apps, n in zip(runs, tables,
+                                                                                           strict=True)]
     for apps, n in zip(runs, tables, strict=True):
         apps = apps or {}
         h = apps.get(HTOP)
