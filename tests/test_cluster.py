@@ -1068,11 +1068,14 @@ def test_cli_dupes_locks_gpu_with_ray(ray_cluster: RayCluster, procs: ProcStarte
     assert all(n["error"] is None and "available" in n for n in report["nodes"])
 
 
-def test_tui_ray_backend_shows_and_acts_on_one_node(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path) -> None:
-    """The app's backend for a cluster: the namespace node's own processes (its pids), actions routed there."""
+def test_tui_ray_backend_shows_every_node_and_acts_on_each(ray_cluster: RayCluster, pinned: Pinned,
+                                                            tmp_path: Path) -> None:
+    """The app's backend for a cluster: one model with a part per node; the namespace node's process (its own
+    pid) in that node's part; an action routed to that node only."""
     pytest.importorskip("procguard.tui.model")
     from procguard.tui.actions import make_plan, run_plan
-    from procguard.tui.backends.ray import RayNodeBackend
+    from procguard.tui.backends.ray import RayClusterBackend
+    from procguard.tui.model import node_targets
 
     rc = ray_cluster
     node = rc.ns or rc.worker
@@ -1082,37 +1085,56 @@ def test_tui_ray_backend_shows_and_acts_on_one_node(ray_cluster: RayCluster, pin
     _worker, child = _read_pids(pidfile)
     child_host = pinned.add(host_pid(rc, node, child))
 
-    backend = RayNodeBackend(rc.address, node=node[:12])
-    assert backend.node_id == node and {n.node_id for n in backend.nodes()} == {n.node_id for n in nodes()}
+    backend = RayClusterBackend(rc.address)
+    assert backend.start_node is None and RayClusterBackend(rc.address, node=node[:12]).start_node == node
     model = backend.collect()
-    assert not model.errors, model.errors
-    assert model.snapshot[child].cmdline == ("sleep", "308.5")
-    assert backend.proc_extra(child).cwd is not None
-    assert "guarded" in backend.flush(child)  # not a guarded process: the node's answer says so
+    assert model.cluster and not model.errors, model.errors
+    assert [p.node.node_id for p in model.parts] == [n.node_id for n in nodes()]  # type: ignore[union-attr]
+    part = model.part(node)
+    assert part is not None and part.snapshot[child].cmdline == ("sleep", "308.5")
+    assert backend.node_of(part.snapshot) == node
+    assert backend.proc_extra(child, part.snapshot).cwd is not None
+    assert "guarded" in backend.flush(child, part.snapshot)  # not a guarded process: the node's answer says so
 
-    plan = make_plan(backend, "pause", [Target.pid(child)], model, grace=1.0)
-    assert [m.pid for m in plan.blast.acting] == [child]
+    plan = make_plan(backend, "pause", node_targets([("p", child, node)], model), model, grace=1.0)
+    assert [m.pid for m in plan.blast.acting] == [child] and [g.node for g in plan.nodes] == [node]
     run_plan(backend, plan)
     assert proc_state(child_host) == "T"
-    backend.resume([Target.pid(child)], model.snapshot)
+    backend.resume([Target.pid(child)], part.snapshot)
     assert proc_state(child_host) not in ("T", None)
-    results = backend.terminate([Target.pid(child)], 1.0, model.snapshot)
+    results = backend.terminate([Target.pid(child)], 1.0, part.snapshot)
     assert [(r.pid, r.outcome) for r in results] == [(child, Outcome.EXITED)] and is_gone(child_host)
     assert ray.get(ref, timeout=60) == -signal.SIGTERM
 
 
-@pytest.mark.asyncio
-async def test_tui_app_switches_node_and_pauses_there(ray_cluster: RayCluster, pinned: Pinned,
-                                                      tmp_path: Path) -> None:
-    """procguard-tui on the cluster: starts on the head, `n` moves to the node that runs the test's process
-    (the namespace node if there is one: there the pid means another process than on the host), the summary
-    line names that node, `p`/`r` pause and resume it there, and the confirm dialog names the node."""
-    pytest.importorskip("textual")
-    from textual.pilot import Pilot
+async def _tui_until(pilot: Any, pred: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout  # a condition wait, not a timing assertion
+    while not pred():
+        assert time.monotonic() < deadline, f"condition not met within {timeout}s"
+        await pilot.pause(0.05)
 
+
+def _scoped_app(rc: RayCluster, scope: str, **opts: Any) -> Any:
+    """procguard-tui on the test cluster, filtered to `scope` and refusing any action outside it."""
     from procguard.core.signals import Member
     from procguard.tui.app import Options, ProcguardApp
-    from procguard.tui.backends.ray import RayNodeBackend
+    from procguard.tui.backends.ray import RayClusterBackend
+
+    def in_scope(m: Member) -> bool:
+        return scope in m.command
+
+    return ProcguardApp(Options(interval=0.5, filter=scope, grace=1.0, **opts), backend=RayClusterBackend(rc.address),
+                        act_scope=in_scope)
+
+
+@pytest.mark.asyncio
+async def test_tui_app_one_table_narrows_to_a_node_and_pauses_there(ray_cluster: RayCluster, pinned: Pinned,
+                                                                    tmp_path: Path) -> None:
+    """procguard-tui on the cluster: every node's rows in one table (NODE column), the test's process on the node
+    that runs it (the namespace node if there is one: there the pid means another process than on the host);
+    `n` narrows to one node after another (the summary names it), then all again; `p`/`r` pause and resume the
+    process on its node; the confirm dialog names the node."""
+    pytest.importorskip("textual")
     from procguard.tui.screens.confirm import ConfirmScreen
     from procguard.tui.widgets.summary import Summary
 
@@ -1126,83 +1148,103 @@ async def test_tui_app_switches_node_and_pauses_there(ray_cluster: RayCluster, p
     child_host = pinned.add(host_pid(rc, node, child))
     infos = {n.node_id: n for n in nodes()}
     ids = list(infos)
+    key = ("p", child, node)
 
-    def in_scope(m: Member) -> bool:
-        return scope in m.command
-
-    async def until(pilot: Pilot[None], pred: Any, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout  # a condition wait, not a timing assertion
-        while not pred():
-            assert time.monotonic() < deadline, f"condition not met within {timeout}s"
-            await pilot.pause(0.05)
-
-    def shown(app: ProcguardApp) -> str | None:
-        view = None if app.model is None else app.node_view(app.model.snapshot)
-        return None if view is None else view.node_id
-
-    def row_state(app: ProcguardApp, pid: int) -> str | None:
-        row = next((r for r in app.process_table.rows if r.kind == "proc" and r.id == pid), None)
+    def row_state() -> str | None:
+        i = app.process_table.index_of(key)
+        row = None if i is None else app.process_table.rows[i]
         return None if row is None or row.proc is None else row.proc.state
 
-    backend = RayNodeBackend(rc.address, node="head")
-    app = ProcguardApp(Options(interval=0.5, filter=scope, grace=1.0), backend=backend, act_scope=in_scope)
+    app = _scoped_app(rc, scope)
     try:
         async with app.run_test(size=(130, 30)) as pilot:
-            await until(pilot, lambda: shown(app) == rc.head)
-            assert app.cluster_mode and app.check_action("next_node", ()) is True
-            assert "procguard.node" in [b for _k, _d, b in app.key_table()]
-            summary = str(app.query_one(Summary).render())
-            assert f"node {rc.head[:8]} {infos[rc.head].ip} (head) · 1 of {len(ids)}" in summary, summary
-            if node != rc.ns:  # head and worker share this machine's /proc: the head lists the child too
-                await until(pilot, lambda: app.process_table.index_of(("p", child)) is not None)
-                assert app.process_table.move_to_key(("p", child))
-                await pilot.press("space")
-                assert app.marks
-
-            for _ in range(len(ids)):
-                if shown(app) == node:
-                    break
-                before = shown(app)
-                await pilot.press("n")
-                await until(pilot, lambda before=before: not app.switching_node and shown(app) != before)
-                assert not app.marks  # marks never carry over to another node
-            assert shown(app) == node
-            assert app.process_table.cursor == 0 and not app.marks
-            summary = str(app.query_one(Summary).render())
-            assert f"node {node[:8]} {infos[node].ip} · {ids.index(node) + 1} of {len(ids)}" in summary, summary
-
             table = app.process_table
-            await until(pilot, lambda: table.index_of(("p", child)) is not None)
-            assert table.move_to_key(("p", child))
+            await _tui_until(pilot, lambda: table.index_of(key) is not None)
+            assert app.cluster_mode and app.check_action("next_node", ()) is True
+            assert "NODE" in [c.title for c in table.columns]
+            assert f"node all {len(ids)} nodes" in str(app.query_one(Summary).render())
+            for i in range(len(ids) + 1):  # n: each node in turn, then all of them
+                await pilot.press("n")
+                want = ids[i] if i < len(ids) else None
+                assert app.view_state.node == want
+                summary = str(app.query_one(Summary).render())
+                if want is not None:
+                    head = " (head)" if infos[want].is_head else ""
+                    assert f"node {want[:8]} {infos[want].ip}{head} · {i + 1} of {len(ids)}" in summary, summary
+                    await _tui_until(pilot, lambda want=want: all(r.node == want for r in table.rows))
+            await _tui_until(pilot, lambda: table.index_of(key) is not None)
+            assert table.move_to_key(key)
             await pilot.pause()
             row = app.selected_row()
-            assert row is not None and row.proc is not None and scope in row.proc.command
+            assert row is not None and row.node == node and row.proc is not None and scope in row.proc.command
 
             await pilot.press("p")
-            await until(pilot, lambda: proc_state(child_host) == "T")
+            await _tui_until(pilot, lambda: proc_state(child_host) == "T")
             (ns_snap,) = cluster_snapshot(node_ids=[node])  # the owning node's agent sees it stopped
             assert ns_snap.snapshot is not None and ns_snap.snapshot[child].state == "T"
-            await until(pilot, lambda: row_state(app, child) == "T")
-
+            await _tui_until(pilot, lambda: row_state() == "T")
             await pilot.press("r")
-            await until(pilot, lambda: proc_state(child_host) not in ("T", None))
-            await until(pilot, lambda: row_state(app, child) not in ("T", None))
+            await _tui_until(pilot, lambda: proc_state(child_host) not in ("T", None))
+            await _tui_until(pilot, lambda: row_state() not in ("T", None))
 
             # The confirm dialog names the node; cancelling signals nothing.
-            assert table.move_to_key(("p", child))
+            assert table.move_to_key(key)
             await pilot.press("t")
-            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await _tui_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             dialog = app.screen
             assert isinstance(dialog, ConfirmScreen) and dialog.node is not None and node[:8] in dialog.node
             assert [m.pid for m in dialog.plan.blast.acting] == [child]
             await pilot.press("n")
-            await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            await _tui_until(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
             assert proc_state(child_host) in ("S", "R")
-            errors = [t for t, sev in app.notices if sev == "error"]
+            errors = [t for t, sev in app.record.notices if sev == "error"]
             assert not errors, errors
     finally:
         cancel(ref, grace=0.5)
     assert is_gone(child_host)
+
+
+@pytest.mark.asyncio
+async def test_tui_app_acts_on_rows_of_two_nodes_in_one_action(ray_cluster: RayCluster, pinned: Pinned,
+                                                               tmp_path: Path) -> None:
+    """One `k` on two marked rows of two nodes (the worker and the namespace node, or the head): the confirm
+    dialog groups the processes by node, and each node kills its own."""
+    pytest.importorskip("textual")
+    from procguard.tui.screens.confirm import ConfirmScreen
+
+    rc = ray_cluster
+    where = [(rc.worker, "pg_w1"), (rc.ns, "pg_ns") if rc.ns else (rc.head, "pg_head")]
+    scope = str(tmp_path)
+    refs, keys, hosts = [], [], []
+    for nid, res in where:
+        assert nid is not None
+        pidfile = tmp_path / f"pids-{res}"
+        refs.append(scoped_sleeper_task.options(num_cpus=0, resources={res: 0.01}).remote(str(pidfile), scope))
+        _worker, child = _read_pids(pidfile)
+        hosts.append(pinned.add(host_pid(rc, nid, child)))
+        keys.append(("p", child, nid))
+    app = _scoped_app(rc, scope)
+    try:
+        async with app.run_test(size=(130, 30)) as pilot:
+            table = app.process_table
+            await _tui_until(pilot, lambda: all(table.index_of(k) is not None for k in keys))
+            for k in keys:
+                assert table.move_to_key(k)
+                await pilot.press("space")
+            assert app.marks == frozenset(keys)
+            await pilot.press("k")
+            await _tui_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            dialog = app.screen
+            assert isinstance(dialog, ConfirmScreen)
+            assert sorted((n, m.pid) for n, m in zip(dialog.plan.blast.nodes, dialog.plan.blast.members,
+                                                      strict=True)) == sorted((k[2], k[1]) for k in keys)
+            assert {g.node for g in dialog.plan.nodes} == {k[2] for k in keys}
+            await pilot.press("y")
+            await _tui_until(pilot, lambda: all(is_gone(h) for h in hosts))
+            await _tui_until(pilot, lambda: "2 ended" in "\n".join(t for t, _s in app.record.notices))
+    finally:
+        for ref in refs:
+            cancel(ref, grace=0.5)
 
 
 def test_tui_ray_errors_are_one_line(ray_cluster: RayCluster, tmp_path: Path) -> None:

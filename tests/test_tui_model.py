@@ -116,7 +116,7 @@ def test_prune_marks() -> None:
 def test_summary_and_other_views() -> None:
     m = demo_model()
     s = summarize_model(m)
-    assert (s.processes, s.duplicate_groups, s.held_locks, s.stopped, s.zombies) == (34, 1, 3, 1, 1)
+    assert (s.processes, s.duplicate_groups, s.held_locks, s.stopped, s.zombies) == (39, 1, 3, 1, 1)
     assert s.gpu_total == 160 * 1024**3
     dup = duplicate_rows(m)
     assert [r.key for r in dup if r.kind == "item"][:2] == [("inst", 2101), ("inst", 2466)]
@@ -176,8 +176,10 @@ def test_cli_options(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--version"])
     assert e.value.code == 0
     assert "procguard-tui" in capsys.readouterr().out
-    assert parse_keymap("procguard.terminate=T, procguard.kill=K,bad") == {"procguard.terminate": "T",
-                                                                           "procguard.kill": "K"}
+    assert parse_keymap("procguard.terminate=T, procguard.kill=K") == {"procguard.terminate": "T",
+                                                                       "procguard.kill": "K"}
+    with pytest.raises(ValueError, match="'bad' is not binding-id=key"):  # issue 17: no longer ignored
+        parse_keymap("procguard.terminate=T, procguard.kill=K,bad")
 
 
 def main_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -13,7 +13,7 @@ from procguard.core.identity import ScriptIdentity
 from procguard.core.signals import Member, Progress, SignalResult, Target, summarize
 from procguard.core.snapshot import Snapshot
 from procguard.tui.backends import Backend, ProgressFn
-from procguard.tui.model import Blast, Model, blast_radius
+from procguard.tui.model import Blast, Model, NodeTargets, blast_radius
 
 Kind = Literal["terminate", "kill", "pause", "resume", "end_duplicates"]
 VERBS = {"terminate": "Terminate", "kill": "Kill", "pause": "Pause", "resume": "Resume",
@@ -36,6 +36,7 @@ class Plan:
     notes: tuple[str, ...] = field(default=())  # extra lines for the dialog (kept run, skipped runs)
     victims: tuple[Instance, ...] = ()  # end_duplicates: the runs the dialog shows; only these may end
     all_users: bool = False  # end_duplicates: root may end other users' runs (--all-users)
+    nodes: tuple[NodeTargets, ...] = ()  # cluster mode: each node's targets and snapshot (each acts on its own)
 
     @property
     def title(self) -> str:
@@ -50,12 +51,26 @@ class Plan:
         return f"{VERBS[self.kind]} {what}?"
 
 
-def make_plan(backend: Backend, kind: Kind, targets: Sequence[Target], model: Model, grace: float,
-              scope: Callable[[Member], bool] | None = None) -> Plan:
-    snap = model.snapshot
-    members = backend.resolve(targets, snap)
+def make_plan(backend: Backend, kind: Kind, targets: Sequence[Target] | Sequence[NodeTargets], model: Model,
+              grace: float, scope: Callable[[Member], bool] | None = None) -> Plan:
+    """The dry run of `targets` (plain targets on the model's snapshot, or targets grouped by node: model.node_targets;
+    in cluster mode every node's part is resolved on that node, all at once)."""
+    groups = [g if isinstance(g, NodeTargets) else NodeTargets("", "", (g,), model.snapshot) for g in targets]
+    flat = tuple(t for g in groups for t in g.targets)
+    if not model.cluster:
+        members = backend.resolve(flat, model.snapshot)
+        _check_scope(members, scope)
+        notes = tuple(backend.plan_notes(kind, flat))
+        return Plan(kind, flat, model.snapshot, blast_radius(model, members), grace, notes=notes)
+    pairs, failed = backend.resolve_nodes(groups)
+    members = [m for _node, m in pairs]
     _check_scope(members, scope)
-    return Plan(kind, tuple(targets), snap, blast_radius(model, members), grace)
+    # A node that did not answer the dry run is left out of the action: the dialog says so.
+    gone = {node for node, _why in failed}
+    notes = tuple(f"left out: {why}" for _node, why in failed)
+    return Plan(kind, tuple(t for g in groups if g.node not in gone for t in g.targets), model.snapshot,
+                blast_radius(model, members, [node for node, _m in pairs]), grace, notes=notes,
+                nodes=tuple(g for g in groups if g.node not in gone))
 
 
 def make_duplicates_plan(backend: Backend, group: DuplicateGroup, model: Model, grace: float,
@@ -113,7 +128,10 @@ def describe(kind: Kind, results: Sequence[SignalResult]) -> Done:
 def run_plan(backend: Backend, plan: Plan, on_progress: ProgressFn | None = None) -> Done:
     if plan.kind == "end_duplicates":
         return _end_duplicates(backend, plan, on_progress)
-    results = backend.act(plan.kind, plan.targets, plan.snapshot, grace=plan.grace, on_progress=on_progress)
+    if plan.nodes:  # cluster mode: each node acts on its own part, all at once
+        results = backend.act_nodes(plan.kind, plan.nodes, grace=plan.grace, on_progress=on_progress)
+    else:
+        results = backend.act(plan.kind, plan.targets, plan.snapshot, grace=plan.grace, on_progress=on_progress)
     return describe(plan.kind, results)
 
 

@@ -1,13 +1,14 @@
 """Rows of the Duplicates, Locks and GPU panes, built from a Model. Pure (no Textual, no I/O) like model.py;
-the panes (panes/*.py) only draw what these return; widgets/table.py draws them."""
+the panes (panes/*.py) only draw what these return; widgets/table.py draws them. A cluster model gives one section
+per node (its label, then its rows, keyed and tagged with its node: actions on a row go to that node)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from procguard.core import format as fmt
 from procguard.core.duplicates import DuplicateGroup, Instance
-from procguard.core.gpu import unknown_gpu_pids
 from procguard.core.signals import Target
 from procguard.tui.model import FLAG_GUARDED, FLAG_ORPHAN_GPU, Model, display_command
 
@@ -33,6 +34,7 @@ class TableRow(NamedTuple):
     pid: int | None = None  # what Enter (details) and `f` look at
     targets: tuple[Target, ...] = ()  # what t / k / p / r act on
     ref: object = None  # the DuplicateGroup of a Duplicates row
+    node: str = ""  # cluster mode: the node the row's process lives on (its targets go there)
 
 
 def _c(text: object, style: str = "") -> Cell:
@@ -45,6 +47,20 @@ def section(key: str, text: str) -> TableRow:
 
 def note(key: str, text: str) -> TableRow:
     return TableRow(("note", key), (Cell(text, "dim"),), "note")
+
+
+def per_node(model: Model, rows_of: Callable[[Model], list[TableRow]]) -> list[TableRow]:
+    """A pane's rows: those of a single host, or in cluster mode a section per node (its label) followed by that
+    node's rows, keyed and tagged with the node. A node that did not answer is named where its section would be."""
+    if not model.cluster:
+        return rows_of(model)
+    out: list[TableRow] = []
+    for part in model.parts:
+        nid = part.node.node_id if part.node is not None else ""
+        out.append(section(f"node-{nid}", f"node {part.node.label if part.node is not None else '?'}"))
+        out += [r._replace(key=(*r.key, nid), node=nid) for r in rows_of(part)]
+    out += [note(f"failed-{i}", f"⚠ {why}") for i, why in enumerate(model.failures)]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- duplicates
@@ -74,6 +90,10 @@ def _instance_row(model: Model, g: DuplicateGroup, inst: Instance, oldest: bool)
 
 
 def duplicate_rows(model: Model) -> list[TableRow]:
+    return per_node(model, _duplicate_rows)
+
+
+def _duplicate_rows(model: Model) -> list[TableRow]:
     rows: list[TableRow] = []
     if not model.duplicates:
         rows.append(note("none", "No script is running more than once."))
@@ -110,6 +130,10 @@ LOCK_COLUMNS = (
 
 
 def lock_rows(model: Model) -> list[TableRow]:
+    return per_node(model, _lock_rows)
+
+
+def _lock_rows(model: Model) -> list[TableRow]:
     rows: list[TableRow] = []
     held = [lk for lk in model.locks if not lk.stale]
     rows.append(section("held", f"Held locks ({len(held)})"))
@@ -158,6 +182,7 @@ class DeviceLine(NamedTuple):
     used: int
     total: int
     utilization: int | None
+    node: str = ""  # cluster mode: the short id of the node the GPU is on
 
     @property
     def fraction(self) -> float:
@@ -165,32 +190,59 @@ class DeviceLine(NamedTuple):
 
 
 def device_lines(model: Model) -> list[DeviceLine]:
-    return [DeviceLine(d.index, d.name, d.memory_used, d.memory_total, d.utilization) for d in model.gpu.devices]
+    return [DeviceLine(d.index, d.name, d.memory_used, d.memory_total, d.utilization,
+                       part.node.short if part.node is not None else "")
+            for part in model.each() for d in part.gpu.devices]
 
 
 def gpu_rows(model: Model) -> list[TableRow]:
+    return per_node(model, _gpu_rows)
+
+
+def gpu_table_shown(model: Model) -> bool:
+    """The GPU view lists holders where NVML answers, or where the kernel shows GPU device files open."""
+    return any(p.gpu.available or p.holders for p in model.each())
+
+
+def _gpu_rows(model: Model) -> list[TableRow]:
+    """Every GPU holder: NVML's processes with their memory, and the processes the kernel shows with a GPU
+    device file open that NVML does not list ("open": no memory figure; flag O when left behind), then NVML's
+    pids that are not in this PID namespace."""
     rows: list[TableRow] = []
     snap = model.snapshot
-    procs = sorted(model.gpu.processes, key=lambda p: (p.device, -(p.memory_used or 0), p.pid))
-    if not procs:
-        rows.append(note("none", "No process holds GPU memory."))
-    unknown = {p.pid for p in unknown_gpu_pids(snap, model.gpu)}
-    for gp in procs:
-        p = snap.get(gp.pid)
-        guard = model.guarded.get(gp.pid)
-        flags = (FLAG_GUARDED if guard else "") + (FLAG_ORPHAN_GPU if gp.pid in model.orphans else "")
-        if gp.pid in unknown:
-            cmd, user, style = "(not in this PID namespace, or just exited)", "?", "dim"
-        else:
-            assert p is not None
-            cmd, user, style = display_command(p), p.username, ""
+    holders = sorted(model.holders, key=lambda h: (h.devices[:1] or (1 << 30,), -(h.memory_used or 0), h.pid))
+    if not holders and not model.foreign:
+        rows.append(note("none", "No process holds a GPU."))
+    for h in holders:
+        p = snap.get(h.pid)
+        guard = model.guarded.get(h.pid)
+        flags = (FLAG_GUARDED if guard else "") + (FLAG_ORPHAN_GPU if h.pid in model.orphans else "")
+        if p is None:
+            continue
+        cmd = display_command(p)
+        if h.host_pid is not None:
+            cmd = f"(host pid {h.host_pid}) {cmd}"
+        mem = _c(fmt.bytes_short(h.memory_used), "accent") if h.memory_used is not None else _c(
+            "open" if not h.in_nvml else "?", "dim")
         reserved = fmt.bytes_short(guard.reserved) if guard and guard.reserved is not None else ""
         allocated = fmt.bytes_short(guard.allocated) if guard and guard.allocated is not None else ""
-        rows.append(TableRow(("gpu", gp.pid, gp.device), (
-            _c(gp.pid), _c(gp.device), _c(fmt.bytes_short(gp.memory_used), "accent"), _c(reserved),
-            _c(allocated), _c(flags, "error" if FLAG_ORPHAN_GPU in flags else "success"), _c(user),
-            _c(cmd, style)), pid=None if gp.pid in unknown else gp.pid,
-            targets=() if gp.pid in unknown else (Target.pid(gp.pid),)))
+        dev = ",".join(map(str, h.devices)) or ("?" if h.minors or "nvidia" in h.kinds else "-")
+        rows.append(TableRow(("gpu", h.pid, h.devices[0] if h.devices else -1), (
+            _c(h.pid), _c(dev), mem, _c(reserved), _c(allocated),
+            _c(flags, "error" if FLAG_ORPHAN_GPU in flags else "success"), _c(p.username), _c(cmd)),
+            pid=h.pid, targets=(Target.pid(h.pid),)))
+    for f in model.foreign:
+        if f.local_pid is not None:
+            continue  # shown above, as the local holder it was matched to
+        rows.append(TableRow(("foreign", f.host_pid), (
+            _c(f.host_pid), _c(",".join(map(str, f.devices))), _c(fmt.bytes_short(f.memory_used), "accent"),
+            _c(""), _c(""), _c(""), _c("?"), _c(f"{f.label}, or a process that just exited", "dim"))))
+    orphans = [h for h in holders if h.orphan is not None]
+    if orphans:
+        known = [h.memory_used for h in orphans if h.memory_used is not None]
+        pinned = f" pin {fmt.bytes_long(sum(known), 'unknown')}" if known else ""
+        rows.append(note("orphans", f"{len(orphans)} GPU orphan{'s' if len(orphans) != 1 else ''} (O: left behind by "
+                                    f"a job that ended){pinned}: t ends the selected one"))
     flushable = [(pid, g) for pid, g in sorted(model.guarded.items()) if g.flushable]
     if flushable:
         total = sum(g.flushable or 0 for _, g in flushable)

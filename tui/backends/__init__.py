@@ -2,12 +2,13 @@
 implements, cluster mode included.
 
 - `live.LiveBackend`: this machine, through procguard.core (the default);
-- `ray.RayNodeBackend`: one node of a Ray cluster at a time (`--ray`): cluster mode;
+- `ray.RayClusterBackend`: every node of a Ray cluster in one table (`--ray`): cluster mode;
 - `demo.DemoBackend`: the fixed demo scenario of the snapshot tests, the screenshots and `--demo`.
 
-Cluster mode is part of the protocol, not a guess from a backend's methods: `cluster` says whether the backend
-shows one node of several, `node_view(snapshot)` names the node a snapshot shows (None on a single host) and
-`next_node()` moves on to the next one. Single-host backends take `SingleHost` for those three.
+Cluster mode is part of the protocol, not a guess from a backend's methods: `cluster` says the backend's models
+are cluster models (`Model.parts`, one per node), and an action's targets come grouped by node (`NodeTargets`:
+`resolve_nodes` is the dry run on every node at once, `act_nodes` sends each node its part at once). Single-host
+backends take `SingleHost` for those.
 
 Every method but `collect` (the collector thread) is called from a worker thread, never the UI thread.
 """
@@ -15,53 +16,24 @@ Every method but `collect` (the collector thread) is called from a worker thread
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from procguard.core.duplicates import Instance, TerminateReport
 from procguard.core.identity import ScriptIdentity
 from procguard.core.signals import Member, Progress, SignalResult, Target
 from procguard.core.snapshot import Snapshot
-from procguard.tui.model import Model, ProcExtra
+from procguard.tui.model import Model, NodeTargets, NodeView, ProcExtra
 
 __all__ = ["Backend", "NodeView", "ProgressFn", "SingleHost"]
 
 ProgressFn = Callable[[Progress], None]
 
 
-@dataclass(frozen=True)
-class NodeView:
-    """Cluster mode: which node a snapshot came from, and where it stood among the live nodes then (index
-    from 1)."""
-
-    node_id: str
-    ip: str
-    is_head: bool
-    index: int  # 0 when the node had left the cluster
-    count: int
-
-    @property
-    def short(self) -> str:
-        return self.node_id[:8]
-
-    @property
-    def label(self) -> str:
-        """`1a2b3c4d 10.0.0.2 (head) · 1 of 3`: names the node every row of the view lives on."""
-        head = " (head)" if self.is_head else ""
-        where = f"{self.index} of {self.count}" if self.index else f"gone ({self.count} left)"
-        return f"{self.short} {self.ip}{head} · {where}"
-
-    @property
-    def compact(self) -> str:
-        """`1a2b3c4d 1/3`, for narrow screens."""
-        return f"{self.short} {self.index}/{self.count}" if self.index else f"{self.short} gone"
-
-
 class Backend(Protocol):
     """What the app needs from a data source."""
 
     static: bool  # fixed data: the app takes one model at start and runs no refresh loop
-    cluster: bool  # shows one node of a cluster at a time (node_view / next_node mean something)
+    cluster: bool  # its models are cluster models (every node's processes); actions go by node
     locks_every_refresh: bool  # set by the app while the Locks view is shown
 
     def collect(self) -> Model: ...
@@ -76,7 +48,14 @@ class Backend(Protocol):
         them (core's one dispatch, `signals.run_action`, wherever the processes live)."""
         ...
 
-    def flush(self, pid: int) -> str: ...
+    def flush(self, pid: int, snapshot: Snapshot | None = None) -> str:
+        """Ask guarded process `pid` to flush its GPU cache (in cluster mode: on the node of `snapshot`)."""
+        ...
+
+    def plan_notes(self, kind: str, targets: Sequence[Target]) -> list[str]:
+        """Lines for the confirm dialog about how the targets would be acted on: for a cgroup target, the way
+        (cgroup.kill / cgroup.freeze, or the fallback and why), from core's dry run `cgroups.cgroup_plan`."""
+        ...
 
     def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *,
                         all_users: bool = False) -> TerminateReport:
@@ -93,12 +72,15 @@ class Backend(Protocol):
 
     def clean_locks(self, paths: Sequence[str]) -> list[Any]: ...
 
-    def node_view(self, snapshot: Snapshot) -> NodeView | None:
-        """Cluster mode: the node `snapshot` (from collect()) shows; None on a single host."""
+    def resolve_nodes(self, parts: Sequence[NodeTargets]) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
+        """Cluster mode: the dry run on every node of `parts` at once: (node id, member) pairs, and (node id, one
+        line naming it and why) for each node that did not answer (the plan leaves its targets out)."""
         ...
 
-    def next_node(self) -> None:
-        """Cluster mode: show the next node from the next collect() on."""
+    def act_nodes(self, action: str, parts: Sequence[NodeTargets], *, grace: float = 5.0,
+                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+        """Cluster mode: each node of `parts` acts on its own targets, all at once (core's `signal_nodes`); a
+        node that fails gives an `unreachable` result (naming it) for each of its targets."""
         ...
 
 
@@ -107,8 +89,9 @@ class SingleHost:
 
     cluster = False
 
-    def node_view(self, snapshot: Snapshot) -> NodeView | None:
-        return None
+    def resolve_nodes(self, parts: Sequence[NodeTargets]) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
+        raise RuntimeError("not a cluster: targets have no node")
 
-    def next_node(self) -> None:
-        raise RuntimeError("not a cluster: there is no other node")
+    def act_nodes(self, action: str, parts: Sequence[NodeTargets], *, grace: float = 5.0,
+                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+        raise RuntimeError("not a cluster: targets have no node")

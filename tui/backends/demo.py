@@ -1,5 +1,7 @@
 """A deterministic demo scenario: a fixed GPU box with the usual trouble (a second training run, a stopped
-job, a zombie, an orphaned DataLoader worker holding GPU memory, locks, a stale lock file).
+job, a zombie, an orphaned DataLoader worker holding GPU memory and its sibling that NVML does not list but the
+kernel shows holding the device open, locks, a stale lock file), every process in its cgroup (systemd units and
+login scopes, a docker container serving a model, SLURM job steps, one of them frozen by the cgroup freezer).
 
 `DemoBackend` is a data source (the `Backend` protocol, like the live one), producing the same model every
 time: no clock, no /proc, no NVML. Its actions never send a signal; they only pretend (the processes they
@@ -17,6 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from procguard.core import views
+from procguard.core.cgroups import CgroupDir, CgroupInfo, CgroupPlan, CgroupState, is_within, name_cgroup
 from procguard.core.duplicates import (
     DuplicateGroup,
     Explanation,
@@ -25,6 +28,7 @@ from procguard.core.duplicates import (
     TerminateReport,
 )
 from procguard.core.gpu import GpuSnapshot
+from procguard.core.gpuholders import DeviceHolder, GpuFd
 from procguard.core.identity import ScriptIdentity
 from procguard.core.locks import HeldLock, LockHolder
 from procguard.core.nvml import GpuDevice, GpuProcess
@@ -33,7 +37,8 @@ from procguard.core.pyproc import parse_python_cmdline
 from procguard.core.signals import Member, Outcome, Progress, SignalResult, Target, action_name
 from procguard.core.snapshot import DEAD_STATES, Proc, Snapshot
 from procguard.tui.backends import ProgressFn, SingleHost
-from procguard.tui.model import GuardInfo, Model, ProcExtra, make_model
+from procguard.tui.history import History
+from procguard.tui.model import GuardInfo, Model, ProcExtra, cgroup_note, make_model
 
 NOW = 1_767_225_600.0  # the scenario's fixed "now" (epoch seconds): ages are measured from it
 GiB = 1024**3
@@ -111,17 +116,87 @@ def _procs() -> list[Proc]:
         # bob's SLURM array tasks: the same script twice on purpose
         *(_p(pid, 1, pid, pid, [PY, "eval.py", "--split", "val", "--task", str(t)], uid=1001,
              age=25 * 60, rss=900 * MiB, cpu=c) for pid, t, c in ((6001, 1, 64.0), (6002, 2, 61.5))),
+        # the crashed fine-tuning run's other worker: it inherited the CUDA context and keeps /dev/nvidia1 open;
+        # NVML does not list it, the kernel does
+        _p(3121, 1, 3101, 3101, [PY, "finetune.py", "--epochs", "3"], age=7 * 3600, rss=1300 * MiB, threads=2),
+        # a model server in a docker container (its own PID namespace: 7010 is pid 1 in there)
+        _p(7000, 1, 7000, 7000, ["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id", DOCKER_ID[:12],
+                                 "-address", "/run/containerd/containerd.sock"], uid=0, age=4 * 86400,
+           rss=11 * MiB, threads=10),
+        _p(7010, 7000, 7010, 7010, [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/llama-3-8b",
+                                    "--port", "8000"], uid=0, age=4 * 86400, rss=5200 * MiB, cpu=7.4, threads=57),
+        *(_p(pid, 7010, 7010, 7010, [PY, "-c", "from multiprocessing.spawn import spawn_main; spawn_main()",
+                                     "--multiprocessing-fork"], uid=0, age=4 * 86400, rss=610 * MiB, cpu=c,
+             threads=3) for pid, c in ((7031, 1.2), (7032, 0.9))),
     ]
+
+
+DOCKER_ID = "3f9a1c2b4d5e" + "8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d"  # 64 hex digits
+_USER = "/user.slice/user-1000.slice"
+_APPS = f"{_USER}/user@1000.service/app.slice"
+_SLURM = "/system.slice/slurmstepd.scope"
+# Each process's cgroup (v2 paths): systemd services and login scopes, a container, SLURM job steps.
+_CGROUP_OF: dict[str, tuple[int, ...]] = {
+    "/init.scope": (1,),
+    "/system.slice/ssh.service": (612,),
+    "/system.slice/nvidia-persistenced.service": (640,),
+    "/system.slice/postgresql@16-main.service": (733, 741),
+    "/system.slice/cron.service": (901,),
+    "/system.slice/unattended-upgrades.service": (950,),
+    f"{_USER}/user@1000.service/init.scope": (1180,),
+    f"{_APPS}/jupyter.service": (5001, 5050),
+    f"{_APPS}/serve-api.service": (5200,),
+    f"{_USER}/session-3.scope": (2001, 2010, 2101, 2135, 2136, 2137, 2138),
+    f"{_USER}/session-5.scope": (2300, 2410, 2466, 2470, 2471, 2480, 2550, 2602),
+    f"{_USER}/session-2.scope": (3120, 3121),
+    "/user.slice/user-1001.slice/session-7.scope": (4001, 4010, 4100, 4110, 4111),
+    f"{_SLURM}/job_88413/step_0/user/task_0": (6001,),
+    f"{_SLURM}/job_88414/step_0/user/task_0": (6002,),
+    "/system.slice/containerd.service": (7000,),
+    f"/system.slice/docker-{DOCKER_ID}.scope": (7010, 7031, 7032),
+}
+CGROUPS = {pid: path for path, pids in _CGROUP_OF.items() for pid in pids}
+# `scontrol suspend 88414` froze the second eval task's job with the cgroup freezer: ps shows it as S.
+FROZEN = frozenset({f"{_SLURM}/job_88414"})
+_NSPID = {7010: (7010, 1), 7031: (7031, 14), 7032: (7032, 15)}
+HOST_PIDNS, CONTAINER_PIDNS = 4026531836, 4026532781
+
+
+def _cgroup_infos(procs: dict[int, Proc]) -> dict[int, CgroupInfo]:
+    out = {}
+    for pid, path in CGROUPS.items():
+        if pid in procs:
+            ns = CONTAINER_PIDNS if pid in _NSPID else HOST_PIDNS
+            out[pid] = CgroupInfo(pid, path, 2, name_cgroup(path), ns, _NSPID.get(pid, (pid,)), path, None)
+    return out
+
+
+def _frozen(procs: dict[int, Proc], frozen: frozenset[str]) -> dict[int, str]:
+    """pid -> the frozen cgroup (the outermost) that holds it."""
+    out = {}
+    for pid, path in CGROUPS.items():
+        roots = sorted((f for f in frozen if is_within(path, f)), key=len)
+        if pid in procs and not procs[pid].dead and roots:
+            out[pid] = roots[0]
+    return out
+
+
+def _device_holders(procs: dict[int, Proc]) -> dict[int, DeviceHolder]:
+    """What /proc/PID/fd shows: the NVML processes hold their GPU's /dev/nvidiaN, and 3121 holds /dev/nvidia1 too."""
+    ctl = (GpuFd(3, "/dev/nvidiactl", "nvidiactl", None), GpuFd(5, "/dev/nvidia-uvm", "nvidia-uvm", None))
+    held = {**{p.pid: p.device for p in _gpu().processes}, 3121: 1}
+    return {pid: DeviceHolder(pid, procs[pid].start_ticks, (*ctl, GpuFd(7, f"/dev/nvidia{dev}", "nvidia", dev)))
+            for pid, dev in held.items() if pid in procs}
 
 
 def _gpu() -> GpuSnapshot:
     held = {2101: (0, 30.5), 2466: (1, 22.0), 3120: (1, 9.8), 4110: (0, 4.0), 4111: (1, 4.0), 5050: (0, 3.1),
-            5200: (1, 6.0), 88231: (0, 1.2)}
+            5200: (1, 6.0), 7010: (0, 18.5), 88231: (0, 1.2)}
     processes = tuple(GpuProcess(pid, dev, int(g * GiB)) for pid, (dev, g) in held.items())
     used = {d: sum(int(g * GiB) for dev, g in held.values() if dev == d) + 600 * MiB for d in (0, 1)}
     total = 80 * GiB
     devices = tuple(GpuDevice(d, "NVIDIA A100-SXM4-80GB", f"GPU-5f1c0b7e-00{d}0-4a4e-9d7c-0c3e5a1b2f{d}0",
-                              total, used[d], total - used[d], util) for d, util in ((0, 97), (1, 58)))
+                              total, used[d], total - used[d], util, d) for d, util in ((0, 97), (1, 58)))
     return GpuSnapshot(True, None, devices, processes, NOW)
 
 
@@ -185,9 +260,9 @@ _EXTRA = {
 
 
 def demo_model(seq: int = 1, gone: frozenset[int] = frozenset(), states: dict[int, str] | None = None,
-               cleaned: frozenset[str] = frozenset()) -> Model:
+               cleaned: frozenset[str] = frozenset(), frozen: frozenset[str] = FROZEN) -> Model:
     """The scenario as a Model; `gone` pids are left out, `states` overrides state letters, `cleaned` stale
-    lock files are gone."""
+    lock files are gone, `frozen` are the cgroups the freezer holds."""
     # A zombie whose parent is gone was reaped by init with it.
     procs = {p.pid: p for p in _procs() if p.pid not in gone and not (p.dead and p.ppid in gone)}
     for pid, st in (states or {}).items():
@@ -202,14 +277,16 @@ def demo_model(seq: int = 1, gone: frozenset[int] = frozenset(), states: dict[in
     stale = [p for p in (f"{LOCKS}/finetune.lock", f"{LOCKS}/old-eval.lock") if p not in cleaned]
     guarded = [g for g in _guarded() if g.pid not in gone]
     return make_model(seq, snap, gpu, duplicates=groups, scheduled=sched, locks=locks, stale_locks=stale,
-                      guarded=guarded)
+                      guarded=guarded, cgroups=_cgroup_infos(procs), frozen=_frozen(procs, frozen),
+                      holders=_device_holders(procs))
 
 
 def demo_model_without_gpu() -> Model:
     m = demo_model()
     gpu = GpuSnapshot(False, "NVML library not found (libnvidia-ml.so.1): no NVIDIA driver", (), (), NOW)
     return make_model(m.seq, m.snapshot, gpu, duplicates=m.duplicates, scheduled=m.scheduled, locks=m.locks,
-                      stale_locks=m.stale_locks, guarded=m.guarded.values())
+                      stale_locks=m.stale_locks, guarded=m.guarded.values(), cgroups=m.cgroups, frozen=m.frozen,
+                      holders=_device_holders(dict(m.snapshot.procs)))  # the kernel's holders: no NVML needed
 
 
 def demo_resolve(snapshot: Snapshot, targets: Sequence[Target]) -> list[Member]:
@@ -219,17 +296,39 @@ def demo_resolve(snapshot: Snapshot, targets: Sequence[Target]) -> list[Member]:
     seen: set[int] = set()
     out: list[Member] = []
     for t in targets:
+        refused = None
         if t.kind == "pid":
             procs = [p] if (p := snapshot.get(t.id)) is not None else []
         elif t.kind == "group":
             procs = views.group_members(snapshot, t.id)
+        elif t.kind == "cgroup":
+            procs, refused = _cgroup_members(snapshot, t.path)
         else:
             procs = views.tree(snapshot, t.id)
         for p in procs:
             if p.pid not in seen:
                 seen.add(p.pid)
-                out.append(Member.of(p, t, process_protection(p, p.pid)))
+                out.append(Member.of(p, t, refused or process_protection(p, p.pid)))
     return out
+
+
+def _cgroup_members(snapshot: Snapshot, path: str) -> tuple[list[Proc], str | None]:
+    """A cgroup target in the scenario: its members (and those of its descendants), refused like core refuses."""
+    procs = [p for pid, cg in sorted(CGROUPS.items()) if is_within(cg, path) and (p := snapshot.get(pid))]
+    if path in ("", "/"):
+        return procs, f"cgroup {path or '/'}: refusing the root cgroup (it holds every process)"
+    if any(p.pid == 1 for p in procs):
+        return procs, f"cgroup {path}: refusing, it contains pid 1 (init)"
+    return procs, None
+
+
+def demo_cgroup_plan(path: str, snapshot: Snapshot, frozen: frozenset[str]) -> CgroupPlan:
+    """core's `cgroups.cgroup_plan` for the scenario: a cgroup v2 machine where procguard runs as root."""
+    procs, refused = _cgroup_members(snapshot, path)
+    cg = CgroupDir(path, "/sys/fs/cgroup" + path, 2, "/sys/fs/cgroup", "/")
+    state = CgroupState(bool(procs), any(is_within(path, f) for f in frozen))
+    return CgroupPlan(cg, tuple(p.pid for p in procs), refused, "cgroup.kill", "cgroup.freeze", None, state,
+                      name_cgroup(path))
 
 
 _TRAIN = ScriptIdentity("file", "/home/alice/proj/train.py", "/home/alice/proj/train.py",
@@ -283,6 +382,7 @@ class DemoBackend(SingleHost):
     def __init__(self, *, gpu: bool = True, step: float = 0.25) -> None:
         self._gone: set[int] = set()
         self._states: dict[int, str] = {}
+        self._frozen: set[str] = set(FROZEN)  # cgroups the freezer holds
         self._cleaned: set[str] = set()
         self._seq = 0
         self._gpu = gpu
@@ -294,10 +394,9 @@ class DemoBackend(SingleHost):
         with self._lock:
             self._seq += 1
             if not self._gpu:
-                m = demo_model_without_gpu()
-                return make_model(self._seq, m.snapshot, m.gpu, duplicates=m.duplicates, scheduled=m.scheduled,
-                                  locks=m.locks, stale_locks=m.stale_locks, guarded=m.guarded.values())
-            return demo_model(self._seq, frozenset(self._gone), dict(self._states), frozenset(self._cleaned))
+                return replace(demo_model_without_gpu(), seq=self._seq)
+            return demo_model(self._seq, frozenset(self._gone), dict(self._states), frozenset(self._cleaned),
+                              frozenset(self._frozen))
 
     def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
         return demo_resolve(snapshot, targets)
@@ -335,6 +434,12 @@ class DemoBackend(SingleHost):
             self._gone.update(live)
         return self._results(members, Outcome.KILLED, grace)
 
+    def plan_notes(self, kind: str, targets: Sequence[Target]) -> list[str]:
+        snap = demo_model().snapshot
+        with self._lock:
+            frozen = frozenset(self._frozen)
+        return [cgroup_note(kind, demo_cgroup_plan(t.path, snap, frozen)) for t in targets if t.kind == "cgroup"]
+
     def kill(self, targets: Sequence[Target], snapshot: Snapshot,
              on_progress: ProgressFn | None = None) -> list[SignalResult]:
         members = self.resolve(targets, snapshot)
@@ -343,18 +448,26 @@ class DemoBackend(SingleHost):
         return self._results(members, Outcome.KILLED, 0.01)
 
     def pause(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
+        """SIGSTOP (T) for processes; a cgroup is frozen instead (its members show F)."""
         members = self.resolve(targets, snapshot)
+        cgroups = {t.path for t in targets if t.kind == "cgroup"}
+        by_cgroup = {m.pid for m in members if m.target.kind == "cgroup"}
         with self._lock:
-            self._states.update({m.pid: "T" for m in members if not m.protected})
+            self._states.update({m.pid: "T" for m in members if not m.protected and m.pid not in by_cgroup})
+            if not any(m.protected for m in members if m.pid in by_cgroup):
+                self._frozen.update(cgroups)
         return self._results(members, Outcome.PAUSED, 0.0)
 
     def resume(self, targets: Sequence[Target], snapshot: Snapshot) -> list[SignalResult]:
+        """SIGCONT; a cgroup target is thawed (and every frozen cgroup inside it)."""
         members = self.resolve(targets, snapshot)
+        cgroups = [t.path for t in targets if t.kind == "cgroup"]
         with self._lock:
             self._states.update({m.pid: "S" for m in members if not m.protected})
+            self._frozen = {f for f in self._frozen if not any(is_within(f, c) for c in cgroups)}
         return self._results(members, Outcome.RESUMED, 0.0)
 
-    def flush(self, pid: int) -> str:
+    def flush(self, pid: int, snapshot: Snapshot | None = None) -> str:
         if pid not in (2101, 5200):
             raise LookupError(f"pid {pid} is not a guarded process: it does not answer flush requests")
         return "flushed CUDA cache: freed 5.7 GiB (reserved 29.9 GiB -> 24.2 GiB)"
@@ -392,3 +505,43 @@ class DemoBackend(SingleHost):
             return ProcExtra(None, None, None, f"no process {pid}")
         extra = _EXTRA.get(pid) or ProcExtra("/root" if p.uid == 0 else f"/home/{p.username}", {})
         return replace(extra, explanation=demo_explain(p, extra.cwd or "/"))
+
+
+def _wave(i: int, period: int) -> int:
+    """A triangle wave from 0 up to period // 2 and back, in integer steps."""
+    k = i % period
+    return k if k <= period // 2 else period - k
+
+
+def demo_history(samples: int = 300) -> History:
+    """The scenario's last five minutes, one sample a second until NOW, for the GPU view's graphs and the
+    details screen's (the screenshots): deterministic, integer steps only. GPU 0: alice's first training run
+    (2101) loads its model a minute in and trains at ~95%, dropping to 40% while it evaluates every 75 s; GPU 1:
+    the second run (2466) and the others, utilization wandering between 45% and 75%. Every graph ends at what
+    the scenario shows."""
+    model = demo_model()
+    hist = History()
+    times = [NOW - samples + i for i in range(samples)]  # the app's first refresh (at NOW) comes next
+    dev0, dev1 = model.gpu.devices
+    run = model.gpu_by_pid.get(2101, 0)
+    load = [min(30, max(0, i - 60)) for i in range(samples)]  # 0 before the model loads, 30 once loaded
+    evaluating = [load[i] == 30 and i % 75 >= 65 for i in range(samples)]
+    util0 = [3 + i % 4 if not load[i] else 40 if evaluating[i] else min(97, 40 + 2 * load[i] - i % 3)
+             for i in range(samples)]
+    util0[-1] = dev0.utilization or 0
+    hist.seed_device(0, dev0.memory_total, times, [dev0.memory_used - run + run * f // 30 for f in load], util0)
+    util1 = [45 + _wave(i, 64) for i in range(samples)]
+    util1[-1] = dev1.utilization or 0
+    hist.seed_device(1, dev1.memory_total, times,
+                     [dev1.memory_used - (samples - 1 - i) * 8 * MiB for i in range(samples)], util1)
+    p = model.snapshot[2101]
+    hist.seed_proc(2101, p.start_ticks, times,
+                   [0.0 if not f else 35.0 if ev else p.cpu_percent * f / 30 for f, ev in zip(load, evaluating,
+                                                                                          strict=True)],
+                   [p.rss - (30 - f) * 40 * MiB - (samples - 1 - i) * MiB for i, f in enumerate(load)],
+                   [run * f // 30 for f in load])
+    q = model.snapshot[2466]
+    hist.seed_proc(2466, q.start_ticks, times, [q.cpu_percent - _wave(i, 50) for i in range(samples)],
+                   [q.rss - _wave(i, 90) * 8 * MiB for i in range(samples)],
+                   [model.gpu_by_pid.get(2466, 0)] * samples)
+    return hist

@@ -1,8 +1,9 @@
 """The confirm dialog: the blast radius of an action before it happens.
 
 Every process that would be signalled (pid, user, command; refused ones with the reason), the GPU memory and
-the locks that would be freed, the grace, and in cluster mode the node they all live on. `y` or Enter confirms,
-`n` or Escape cancels. Commands, user names, lock paths, notes and refusal reasons are another user's text: they
+the locks that would be freed, the grace, how a whole cgroup would be acted on (cgroup.kill / cgroup.freeze, or
+the fallback and why), and in cluster mode the processes grouped under the node each lives on (each node acts on
+its own). `y` or Enter confirms, `n` or Escape cancels. Commands, user names, lock paths, notes and refusal reasons are another user's text: they
 go in as plain text (`tui.text.fill`).
 """
 
@@ -28,13 +29,28 @@ MAX_LINES = 400  # a session of thousands: the dialog says how many more there a
 
 def member_lines(plan: Plan, width: int = 200) -> list[Content]:
     lines: list[Content] = []
-    members = plan.blast.members
-    gpu = plan.blast.gpu_by_pid
-    for m in members[:MAX_LINES]:
+    blast = plan.blast
+    members = blast.members
+    gpu = blast.member_gpu or tuple(blast.gpu_by_pid.get(m.pid, 0) for m in members)
+    pad = any(g for g, m in zip(gpu, members, strict=True) if not m.protected)
+    order = list(range(len(members)))
+    nodes = blast.nodes
+    labels = {g.node: g.label for g in plan.nodes}
+    if nodes:  # cluster mode: grouped by node, in the plan's node order (head first)
+        rank = {n: i for i, n in enumerate(labels)}
+        order.sort(key=lambda i: rank.get(nodes[i], len(rank)))
+    current: str | None = None
+    for i in order[:MAX_LINES]:
+        m = members[i]
+        if nodes and nodes[i] != current:
+            current = nodes[i]
+            n = sum(1 for x in nodes if x == current)
+            lines.append(fill(f"[b $text-accent]node $node[/] [$text-muted]{n} process{'es' if n != 1 else ''}[/]",
+                              node=labels.get(current) or current[:8]))
         # Escaped first, then cut: the escapes count in the width.
         cmd = truncate(plain(m.command), width)
         user = f"{truncate(plain(m.username), 10):<10}"
-        mem = f"[$text-accent]{fmt.bytes_short(gpu[m.pid]):>6}[/] " if gpu.get(m.pid) else " " * 7 if gpu else ""
+        mem = f"[$text-accent]{fmt.bytes_short(gpu[i]):>6}[/] " if gpu[i] else " " * 7 if pad else ""
         if m.protected:
             lines.append(fill(f"[$text-muted]{m.pid:>7}  $user $cmd[/]\n"
                               "         [$text-error]refused: $why[/]", user=user, cmd=cmd, why=m.protected))
@@ -97,7 +113,11 @@ class ConfirmScreen(ModalScreen[bool]):
     def __init__(self, plan: Plan, node: str | None = None) -> None:
         super().__init__(classes="-kill" if plan.kind == "kill" else "")
         self.plan = plan
-        self.node = node  # cluster mode: the node the action goes to (its label)
+        # Cluster mode: the node the action goes to (its label), or how many nodes (each named over its processes).
+        if node is None and plan.nodes:
+            labels = [g.label or g.node[:8] for g in plan.nodes]
+            node = labels[0] if len(labels) == 1 else f"{len(labels)} nodes, each on its own processes"
+        self.node = node
 
     def compose(self) -> ComposeResult:
         plan = self.plan

@@ -14,9 +14,12 @@ from procguard.tui.model import (
     FLAG_LOCK,
     FLAG_ORPHAN_GPU,
     FLAG_RUN,
+    STATE_FROZEN,
     Row,
     display_command,
     group_label,
+    shown_state,
+    status_key,
 )
 from procguard.tui.rows import Cell, Column
 from procguard.tui.widgets.table import KeyedTable
@@ -28,12 +31,15 @@ _FLAG_STYLE = {FLAG_DUPLICATE: "warning", FLAG_GUARDED: "success", FLAG_RUN: "su
 WIDE = 120  # from this width on, the table adds thread count and age and a wider user column
 
 
-def process_columns(width: int) -> tuple[Column, ...]:
-    """Narrow terminals get the essentials; wide ones more columns. The command takes whatever is left."""
+def process_columns(width: int, cluster: bool = False) -> tuple[Column, ...]:
+    """Narrow terminals get the essentials; wide ones more columns. The command takes whatever is left. A cluster
+    adds NODE (the node's short id: the same pid on two nodes is two processes) and, from 100 columns on, TASK (the
+    Ray task or actor owning the process)."""
     wide = width >= WIDE
     cols = [
         Column("", 1),  # mark
         Column("PID", 7, "right"),
+        *([Column("NODE", 8)] if cluster else []),
         Column("USER", 12 if wide else 8),
         Column("S", 1),
         Column("CPU%", 5, "right"),
@@ -42,6 +48,8 @@ def process_columns(width: int) -> tuple[Column, ...]:
     ]
     if wide:
         cols += [Column("THR", 4, "right"), Column("AGE", 6, "right")]
+    if cluster and width >= 100:
+        cols.append(Column("TASK", 8))
     cols += [Column("FLG", 3), Column("COMMAND", 0)]
     return tuple(cols)
 
@@ -66,11 +74,20 @@ class ProcessTable(KeyedTable):
         self.columns = process_columns(80)
         self.status: Mapping[int, str] = {}  # pid -> progress of an action running on it
         self.now = 0.0  # the model's time: ages are measured from it (no clock here)
+        self.cluster = False  # rows of a cluster (they carry their node): NODE and TASK columns
 
     def _column_widths(self, width: int) -> list[int]:
         if width != self._widths_for:
-            self.columns = process_columns(width)
+            self.columns = process_columns(width, self.cluster)
         return super()._column_widths(width)
+
+    def set_rows(self, rows: Sequence[Any], alive: Any = None) -> None:
+        cluster = bool(rows[0].node) if rows else self.cluster
+        if cluster != self.cluster:
+            self.cluster = cluster
+            self.columns = process_columns(self.scrollable_content_region.width or 80, cluster)
+            self._widths_for = -1  # the widths follow at the next draw
+        super().set_rows(rows, alive)
 
     def set_status(self, status: Mapping[int, str]) -> None:
         self.status = dict(status)
@@ -88,7 +105,7 @@ class ProcessTable(KeyedTable):
         if row.kind != "proc":
             return self.get_component_rich_style("process-table--group")
         p = row.proc
-        if p is not None and p.stopped:
+        if p is not None and (p.stopped or (row.frozen and not p.dead)):
             return self.get_component_rich_style("process-table--stopped")
         if p is not None and p.dead:
             return self.get_component_rich_style("process-table--zombie")
@@ -98,8 +115,8 @@ class ProcessTable(KeyedTable):
         if not self.status:
             return None
         if row.kind == "proc":
-            return self.status.get(row.id)
-        busy = [self.status[m] for m in row.members if m in self.status]
+            return self.status.get(status_key(row.id, row.node))
+        busy = [s for m in row.members if (s := self.status.get(status_key(m, row.node))) is not None]
         if not busy:
             return None
         # One line for the whole group: where the members still running are, and how many have exited.
@@ -113,17 +130,17 @@ class ProcessTable(KeyedTable):
 
     def render_cells(self, row: Row, gone: bool) -> Sequence[Cell]:
         mark = "●" if row.key in self.marks else ""
-        wide = len(self.columns) > 9
+        wide = any(c.title == "THR" for c in self.columns)  # (a cluster has more columns, not wider ones)
         flags = row.flags
         threads = age = ""
         if row.kind == "proc":
             p = row.proc
             assert p is not None
-            user, state = p.username, p.state
+            user, state = p.username, shown_state(row)
             if wide:
                 threads, age = str(p.num_threads), fmt.age(self.now - p.create_time)
             prefix, command = row.prefix, display_command(p)
-            state_style = "warning" if p.stopped else "error" if p.dead else ""
+            state_style = "warning" if p.stopped or state == STATE_FROZEN else "error" if p.dead else ""
         else:
             user = row.proc.username if row.proc is not None else ""
             state = ""
@@ -139,7 +156,8 @@ class ProcessTable(KeyedTable):
             cmd_cell = Cell(prefix + command)
         cells = [
             Cell(mark, "accent"),
-            Cell(str(row.id)),
+            Cell("" if row.kind == "cgroup" else str(row.id)),  # a cgroup header's id is only its lowest pid
+            *([Cell(row.node[:8], "dim")] if self.cluster else []),
             Cell(user, "dim"),
             Cell(state, state_style),
             Cell(fmt.cpu(row.cpu)),
@@ -148,5 +166,7 @@ class ProcessTable(KeyedTable):
         ]
         if wide:
             cells += [Cell(threads, "dim"), Cell(age, "dim")]
+        if self.cluster and any(c.title == "TASK" for c in self.columns):
+            cells.append(Cell(row.task, "accent"))
         cells += [Cell(flags, parts=tuple((f, _FLAG_STYLE.get(f, "")) for f in flags)), cmd_cell]
         return cells

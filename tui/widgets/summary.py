@@ -1,7 +1,8 @@
-"""The summary line on top (in cluster mode first the node shown; then processes, Python processes, duplicate
-groups, held locks, stopped, GPU memory) and the status line under it (grouping, sort, filter, marks). Theme
-colours only, through markup variables. The node label, an error text and the filter can carry another user's
-text: they go in as plain text (`tui.text`)."""
+"""The summary line on top (in cluster mode first the node shown, or how many; then processes, Python processes,
+duplicate groups, held locks, stopped, frozen, GPU memory, GPU holders and orphans; a node that did not answer or
+a part that failed, with ⚠) and the status line under it (grouping, sort, filter, marks). Theme colours only,
+through markup variables. The node label, an error text and the filter can carry another user's text: they go
+in as plain text (`tui.text`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from procguard.tui.text import fill, plain
 
 def summary_markup(model: Model | None, width: int = 80, node: str | None = None,
                    node_compact: str | None = None) -> Content:
-    """`node`: in cluster mode, which node every row shows (short id, IP, "k of N"); it comes first
-    (`node_compact` instead below 100 columns)."""
+    """`node`: in cluster mode, which node the rows show (short id, IP, "k of N"; or "all N nodes"); it comes
+    first (`node_compact` instead below 100 columns). The figures count what `model` holds: a single host, every
+    node of a cluster model, or the one node it was narrowed to."""
     if model is None:
         return fill("[$text-muted]reading the process table…[/]")
     s = summarize_model(model)
@@ -28,6 +30,8 @@ def summary_markup(model: Model | None, width: int = 80, node: str | None = None
     parts = [item(s.processes, "procs"), item(s.python, "python"),
              item(s.duplicate_groups, "dup groups" if width >= 100 else "dups", "$text-warning"),
              item(s.held_locks, "locks"), item(s.stopped, "stopped", "$text-warning")]
+    if s.frozen:
+        parts.append(item(s.frozen, "frozen", "$text-warning"))
     if s.zombies and width >= 100:
         parts.append(item(s.zombies, "zombies", "$text-error"))
     if s.gpu_used is not None and s.gpu_total is not None:
@@ -35,6 +39,10 @@ def summary_markup(model: Model | None, width: int = 80, node: str | None = None
                      f"{fmt.bytes_short(s.gpu_total)}[/]")
     else:
         parts.append("[$text-muted]GPU n/a[/]")
+    if s.gpu_holders and width >= 100:  # NVML's and the kernel's (device open)
+        parts.append(item(s.gpu_holders, "holders" if s.gpu_holders != 1 else "holder"))
+    if s.gpu_orphans:
+        parts.append(item(s.gpu_orphans, "orphans" if s.gpu_orphans != 1 else "orphan", "$text-error"))
     sep = " [$text-muted]·[/] " if width >= 100 else " "
     text = sep.join(parts)  # numbers and our labels only
     values: dict[str, object] = {}
@@ -43,7 +51,8 @@ def summary_markup(model: Model | None, width: int = 80, node: str | None = None
         text = f"[$text-muted]node[/] [b $text-accent]$node[/] [$text-muted]│[/] {text}"
     if model.errors:
         values["error"] = model.errors[0]
-        text += "  [$text-error]⚠ $error[/]"
+        more = f" (+{len(model.errors) - 1} more)" if len(model.errors) > 1 else ""
+        text += f"  [$text-error]⚠ $error{more}[/]"
     return fill(text, **values)
 
 
