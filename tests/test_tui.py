@@ -283,8 +283,8 @@ async def test_views_help_details_and_palette_commands(procs: ProcStarter, tmp_p
             await pilot.press(key)
             assert app.view == view
             assert app.query_one("#views").current == view  # type: ignore[attr-defined]
-        titles = {c.title for c in app.get_system_commands(app.screen)}
-        assert {"Terminate selection", "Kill selection", "Filter", "View: GPU"} <= titles
+        titles = {title for title, _help, _command in app.palette_commands()}
+        assert {"Terminate selection", "Kill selection", "Filter", "View: GPU", "Sort by CPU%"} <= titles
 
 
 async def test_d_in_duplicates_ends_all_but_the_oldest_run(procs: ProcStarter, tmp_path: Path) -> None:
@@ -628,3 +628,295 @@ async def test_escapes_in_a_command_line_never_reach_the_screen(procs: ProcStart
         await pilot.press("n")
         await wait_until(pilot, lambda: "cancelled" in notices(app))
     assert not is_gone(p.pid)
+
+
+# ---------------------------------------------------------------------------------------------- folding, palette,
+# notifications, --user, history (issue 17)
+
+POOL = """
+import os, signal, sys
+n = int(sys.argv[1])
+for _ in range(n):
+    if os.fork() == 0:
+        signal.pause()
+        os._exit(0)
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+def proc_rows(app: ProcguardApp) -> list:  # type: ignore[type-arg]
+    return [r for r in app.process_table.rows if r.kind == "proc"]
+
+
+async def test_a_pool_of_1000_sleepers_is_one_row_until_unfolded(procs: ProcStarter, tmp_path: Path) -> None:
+    """A process with 1,000 children (its own process group) starts folded: one row with the totals of all
+    1,001 processes, in the tree and in the group view. The fold survives refreshes, a narrower filter and a
+    sort; `+` / `-` / `*` / ← / → fold and unfold it, and the cursor stays on the row that holds it."""
+    pool = procs.python(POOL, "1000", name="pool")
+    kids = [int(c) for c in Path(f"/proc/{pool.pid}/task/{pool.pid}/children").read_text().split()]
+    assert len(kids) == 1000
+    members = {pool.pid, *kids}
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        def head() -> object:
+            idx = app.process_table.index_of(("p", pool.pid))
+            return None if idx is None else app.process_table.rows[idx]
+
+        await wait_until(pilot, lambda: (r := head()) is not None and r.folded and r.size == 1001)  # type: ignore[attr-defined]
+        row = head()
+        snap = app.model.snapshot  # type: ignore[union-attr]
+        assert [r.id for r in proc_rows(app)] == [pool.pid]  # one row for 1,001 processes
+        assert row.rss == sum(snap[p].rss for p in members)  # type: ignore[attr-defined]
+        assert row.prefix.endswith("▸ +1000 ") and "1 folded" in str(app.query_one("#status").render())  # type: ignore[attr-defined]
+        await refreshed(pilot, app)
+        assert head().folded  # type: ignore[union-attr]
+        await pilot.press("slash", *"/pool", "enter")  # a narrower filter (the script's name)
+        await wait_until(pilot, lambda: app.view_state.filter.endswith("/pool"))
+        await pilot.press("s", "s", "s")  # sort by CPU, then RSS
+        await refreshed(pilot, app)
+        assert [r.id for r in proc_rows(app)] == [pool.pid] and head().folded  # type: ignore[union-attr]
+        await select(pilot, app, ("p", pool.pid))
+        await pilot.press("plus")  # unfolded: every child has its row, and stays so
+        await wait_until(pilot, lambda: len(proc_rows(app)) == 1001)
+        await refreshed(pilot, app)
+        assert {r.id for r in proc_rows(app)} == members and not head().folded  # type: ignore[union-attr]
+        await select(pilot, app, ("p", kids[500]))
+        await pilot.press("minus")  # on a child: folds its parent, the cursor goes there
+        assert app.process_table.cursor_key == ("p", pool.pid) and head().folded  # type: ignore[union-attr]
+        await pilot.press("right")  # → unfolds, ← folds again
+        assert not head().folded  # type: ignore[union-attr]
+        await select(pilot, app, ("p", kids[500]))
+        await pilot.press("g")  # its group header would start folded (its size): it opens for the selection
+        assert app.process_table.cursor_key == ("p", kids[500])
+        await pilot.press("g", "g", "g")  # back to the tree
+        await select(pilot, app, ("p", pool.pid))
+        await pilot.press("left")
+        assert head().folded  # type: ignore[union-attr]
+        await pilot.press("asterisk")  # something is folded: * opens everything
+        assert not head().folded and len(proc_rows(app)) == 1001  # type: ignore[union-attr]
+        await pilot.press("g")  # by process group: one header for the whole pool, folded by its size
+        group = app.process_table.rows[app.process_table.index_of(("g", pool.pid))]  # type: ignore[index]
+        assert group.size == 1001 and not group.folded  # * opened everything, groups too
+        await pilot.press("asterisk")  # nothing folded: * folds every header
+        group = app.process_table.rows[app.process_table.index_of(("g", pool.pid))]  # type: ignore[index]
+        assert group.folded and proc_rows(app) == [] and app.process_table.cursor_key == ("g", pool.pid)
+        assert group.rss == sum(snap[p].rss for p in members)
+        await pilot.press("right", "right")  # → unfolds the header, then goes to its first member
+        assert app.process_table.cursor_key == ("p", pool.pid)
+        await pilot.press("left")  # ← on a member: to its header
+        assert app.process_table.cursor_key == ("g", pool.pid)
+    assert app.record.actions_started == 0
+
+
+async def test_a_fold_the_user_made_keeps_the_cursor_on_the_folded_row() -> None:
+    """A fold survives sorts and regroupings; folding a member's header moves the cursor to the header (demo
+    scenario). (A fold made for a row's size opens for the selected process instead: the test above.)"""
+    app = demo_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert app.process_table.move_to_key(("p", 2101))
+        await pilot.press("minus")  # fold 2101's subtree (its 4 workers)
+        row = app.selected_row()
+        assert row is not None and row.folded and row.size == 5 and row.cpu == pytest.approx(99.2 + 38.0 + 35.5
+                                                                                             + 36.1 + 33.9)
+        await pilot.press("s", "s", "s", "S")  # sorts: still folded, still under the cursor
+        assert app.process_table.cursor_key == ("p", 2101) and app.selected_row().folded  # type: ignore[union-attr]
+        await pilot.press("g")
+        assert app.process_table.move_to_key(("p", 2135))
+        await pilot.press("minus")  # folds group 2101 (the worker's header), the cursor goes to it
+        assert app.process_table.cursor_key == ("g", 2101)
+        await pilot.press("g", "g", "g", "g")  # round every grouping back to groups: the fold is still there
+        assert app.process_table.index_of(("g", 2101)) is not None
+        assert app.process_table.rows[app.process_table.index_of(("g", 2101))].folded  # type: ignore[index]
+
+
+async def test_every_action_is_in_the_palette_and_acts_on_the_selection(procs: ProcStarter,
+                                                                        tmp_path: Path) -> None:
+    """Ctrl+P then "pause", "resume", "term", "sort", "help": a command for each, built from the bindings, acting
+    on the selected row like the key (real signals on the test's own process)."""
+    from textual.command import CommandList, CommandPalette
+
+    from procguard.tui.app import PALETTE_TITLES
+    from procguard.tui.model import GROUPING_LABELS, GROUPINGS, SORT_KEYS, SORT_LABELS
+
+    p = procs.python(SLEEPER, name="paletted")
+    app = make_app(tmp_path)
+
+    async def run(query: str, title: str) -> None:
+        await pilot.press("ctrl+p")
+        await wait_until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*query)
+        clist = app.screen.query_one(CommandList)
+        await wait_until(pilot, lambda: clist.option_count > 0)
+        first = str(clist.get_option_at_index(0).prompt).splitlines()[0]
+        assert first == title, (query, first)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not isinstance(app.screen, CommandPalette))
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        titles = [t for t, _h, _c in app.palette_commands()]
+        # Every binding is a command (but the cluster's node switch without --ray), then each sort and grouping.
+        assert titles[:len(app.KEYS) - 1] == [PALETTE_TITLES[b.id] for b in app.KEYS  # type: ignore[index]
+                                             if b.id != "procguard.node"]
+        assert titles[len(app.KEYS) - 1:] == [*(f"Sort by {SORT_LABELS[k]}" for k in SORT_KEYS),
+                                             *(f"Group {GROUPING_LABELS[g]}" for g in GROUPINGS)]
+        await select(pilot, app, ("p", p.pid))
+        await run("pause", "Pause selection")
+        await wait_until(pilot, lambda: proc_state(p.pid) == "T")
+        await run("resume", "Resume selection")
+        await wait_until(pilot, lambda: proc_state(p.pid) in ("S", "R"))
+        await run("sort by rss", "Sort by RSS")
+        assert app.view_state.sort == "rss"
+        await run("term", "Terminate selection")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert [m.pid for m in app.screen.plan.blast.acting] == [p.pid]  # type: ignore[attr-defined]
+        await pilot.press("n")
+        await wait_until(pilot, lambda: "cancelled" in notices(app))
+        await run("help", "Help: keys, flags, remapping")
+        await wait_until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        await pilot.press("escape")
+        await pilot.press("2")
+        await run("mark", "Mark / unmark row")  # not in this view: says why, like the key
+        await wait_until(pilot, lambda: "works in the Processes view" in notices(app))
+    assert not is_gone(p.pid) and app.record.actions_started == 2  # pause, resume
+
+
+async def test_keys_that_do_nothing_here_say_why() -> None:
+    """space in Duplicates, d and x outside their views, Enter on a section header, sorting by GPU memory
+    without a GPU: a short notification each, never silence. A remapped key's reason names the new key."""
+    app = ProcguardApp(Options(), backend=DemoBackend(gpu=False))
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await pilot.press("d", "x")
+        await pilot.press("s", "s", "s", "s")  # pid → age → CPU → RSS → (GPU mem: skipped) → pid
+        assert app.view_state.sort == "pid"
+        await pilot.press("2", "space")
+        app.query_one(DuplicatesPane).table.move_to_key(("group", app.model.duplicates[0].identity.key))  # type: ignore[union-attr]
+        await pilot.press("enter")
+        await pilot.press("x")
+        said = [t for t, _ in app.record.notices]
+        assert said == ["d ends duplicate runs in the Duplicates view: press 2",
+                        "x removes stale lock files in the Locks view: press 3",
+                        "sort by GPU memory skipped: no GPU (NVML library not found (libnvidia-ml.so.1): no NVIDIA "
+                        "driver)",
+                        "space (mark) works in the Processes view: press 1",
+                        "Enter: a section header has no details: move to a process row",
+                        "x removes stale lock files in the Locks view: press 3"], said
+        await pilot.pause()
+        from textual.widgets._toast import Toast
+
+        toasts = list(app.screen.query(Toast))
+        assert toasts and all(t.region.height == 1 for t in toasts)  # one line each at 80x24
+        assert len(toasts) == 5  # the same words twice: one toast
+
+
+async def test_remapped_keys_explain_with_their_new_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROCGUARD_TUI_KEYMAP", "procguard.end_duplicates=D,procguard.fold=f9")
+    app = demo_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("d")  # nothing bound there any more: no word
+        await pilot.press("D")
+        await pilot.press("3", "f9")
+        assert [t for t, _ in app.record.notices] == ["D ends duplicate runs in the Duplicates view: press 2",
+                                                      "f9 (fold) works in the Processes view: press 1"]
+        assert ("D", "Duplicates: end all but the oldest run of the script", "procguard.end_duplicates") in \
+            app.key_table()
+
+
+async def test_user_filters_every_view_and_the_summary() -> None:
+    """--user bob on the demo: the Duplicates view loses alice's training runs, the Locks view keeps only
+    locks bob's processes hold, the GPU view only bob's processes, and the summary counts bob's only."""
+    from procguard.tui.backends.demo import demo_model
+    from procguard.tui.model import summarize_model
+
+    bob = {p.pid for p in demo_model().snapshot if p.username == "bob"}
+    app = demo_app(user="bob")
+    async with app.run_test(size=(160, 40)) as pilot:
+        summary = str(app.query_one("#summary").render())
+        assert summary.startswith(f" {len(bob)} procs") or f"{len(bob)} procs" in summary, summary
+        await pilot.press("2")
+        dup = app.query_one("#duplicates-table")
+        keys = [r.key for r in dup.rows]  # type: ignore[attr-defined]
+        assert ("inst", 2101) not in keys and ("note", "none") in keys  # alice's duplicates are not bob's
+        assert {k[1] for k in keys if k[0] == "sched"} == {6001, 6002}  # bob's scheduled runs stay
+        await pilot.press("3")
+        locks = [r for r in app.query_one("#locks-table").rows if r.key[0] == "lock"]  # type: ignore[attr-defined]
+        assert locks == []  # only alice and root hold locks in the scenario
+        await pilot.press("4")
+        gpu = {r.pid for r in app.query_one("#gpu-table").rows if r.kind == "item"}  # type: ignore[attr-defined]
+        assert gpu and gpu <= bob, gpu
+    totals = summarize_model(app.user_model(app.model))  # type: ignore[arg-type]
+    assert totals.processes == len(bob) and totals.duplicate_groups == 0 and totals.held_locks == 0
+
+
+@needs_root
+async def test_user_filters_duplicates_and_locks_of_real_processes(procs: ProcStarter, shared_tmp: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real processes: a script run twice by root and another run twice by nobody, each run of root's holding a
+    lock: `--user nobody` shows nobody's duplicate group only, no lock, and nobody's processes in the summary."""
+    lock_dir = shared_tmp / "locks"
+    lock_dir.mkdir(mode=0o700)
+    monkeypatch.setenv("PROCGUARD_LOCK_DIR", str(lock_dir))
+    monkeypatch.setenv("PROCGUARD_REGISTRY_DIR", str(shared_tmp / "registry"))
+    mine, theirs = shared_tmp / "mine.py", shared_tmp / "theirs.py"
+    mine.write_text(SLEEPER)
+    theirs.write_text(SLEEPER)
+    theirs.chmod(0o644)
+    started = []
+    for argv in ([sys.executable, str(mine)], [sys.executable, str(mine)],
+                 [*NOBODY, sys.executable, str(theirs)], [*NOBODY, sys.executable, str(theirs)]):
+        p = procs.popen(argv, start_new_session=True, stdout=subprocess.PIPE)
+        procs.wait_ready(p)
+        started.append(p)
+    holder = procs.python(STALE_LOCK_HOLDER, "root-job", env={**os.environ}, name="locker")
+    app = make_app(shared_tmp, user="nobody")
+    async with app.run_test(size=(140, 30)) as pilot:
+        await pilot.press("2")
+        pane = app.query_one(DuplicatesPane)
+        await wait_until(pilot, lambda: all(pane.table.index_of(("inst", p.pid)) is not None
+                                            for p in started[2:]))
+        assert all(pane.table.index_of(("inst", p.pid)) is None for p in started[:2])
+        await pilot.press("3")
+        await wait_until(pilot, lambda: app.model is not None and any(holder.pid in lk.holders
+                                                                      for lk in app.model.locks))
+        await refreshed(pilot, app)
+        rows = app.query_one("#locks-table").rows  # type: ignore[attr-defined]
+        assert not [r for r in rows if r.key[0] == "lock" and holder.pid in (r.pid,)]
+        view = app.user_model(app.model)  # type: ignore[arg-type]
+        assert {p.username for p in view.snapshot} == {"nobody"}
+        assert {started[2].pid, started[3].pid} <= set(view.snapshot.procs)
+
+
+async def test_gpu_and_details_history_graphs() -> None:
+    """The demo's history: the GPU view draws each device's memory and utilization over the last minutes, the
+    details screen the process's CPU, RSS and GPU memory since it is watched."""
+    from procguard.tui.backends.demo import demo_history
+    from procguard.tui.history import BLOCKS
+
+    app = ProcguardApp(Options(), backend=DemoBackend(), history=demo_history())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.press("4")
+        panel = str(app.query_one("#gpu-devices").render())
+        assert panel.count("mem ") == 2 and panel.count("util ") >= 4 and "last 4m59s" in panel, panel
+        assert len({c for c in panel if c in BLOCKS}) >= 4  # the graphs move
+        await pilot.press("1")
+        assert app.process_table.move_to_key(("p", 2466))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen))
+        body = str(app.screen.query_one("#details-body").render())
+        assert "history  CPU" in body and "RSS" in body and "watched for 5m00s (301 samples" in body, body
+
+
+async def test_details_history_starts_when_a_process_is_selected(procs: ProcStarter, tmp_path: Path) -> None:
+    """Live: the selected process is watched from its first refresh on, and an open details screen grows."""
+    p = procs.python(SLEEPER, name="watched")
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await select(pilot, app, ("p", p.pid))
+        await refreshed(pilot, app)
+        hist = app.history.of(app.model, p.pid)  # type: ignore[arg-type]
+        assert hist is not None and hist.count >= 2
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen))
+        seen = hist.count
+        await wait_until(pilot, lambda: hist.count >= seen + 2)
+        await wait_until(pilot, lambda: f"({hist.count} samples" in str(app.screen.query_one("#details-body").render()))

@@ -1,7 +1,8 @@
 """Enter: everything about one process: full command, ids, cwd, rank / scheduler environment, open locks,
 children, GPU memory, guard and `procguard run` facts, and what it is to duplicate detection (its identity key,
 kind and parts, and whether it counts as a run, or why not). cwd, environment and the identity are read in a
-worker (/proc reads the refresh loop doesn't do)."""
+worker (/proc reads the refresh loop doesn't do). Its CPU, RSS and GPU-memory history since the app started
+watching it (history.py) is drawn as sparklines and grows while the screen is open."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from procguard.core import format as fmt
 from procguard.core import views
 from procguard.core.duplicates import Explanation
 from procguard.tui.backends import Backend
+from procguard.tui.history import ProcHistory, sparkline
 from procguard.tui.model import Model, ProcExtra, display_command
 from procguard.tui.text import fill, join_lines, plain
 
@@ -119,7 +121,28 @@ def _gpu_row(model: Model, pid: int) -> Content:
     return _row("GPU", fill(f"{fmt.bytes_long(gpu or 0)}{where}{orphan}"))
 
 
-def details_markup(model: Model, pid: int, extra: ProcExtra | None) -> Content:
+SPARK = 40  # history graph width (cells), at most
+
+
+def history_rows(history: ProcHistory | None, spark: int = SPARK) -> list[Content]:
+    """CPU, RSS and GPU memory since the app started watching the process: a sparkline each (0 to the
+    series' maximum), the latest value and the maximum."""
+    if history is None or not history.count:
+        return [_row("history", _muted("none yet: it starts when the process is selected"))]
+    out = []
+    for name, series, show in (("CPU", history.cpu, lambda v: f"{fmt.cpu(v)}%"),
+                               ("RSS", history.rss, lambda v: fmt.bytes_short(int(v))),
+                               ("GPU", history.gpu, lambda v: fmt.bytes_short(int(v)))):
+        line = fill(f"[$text-muted]{name:<3}[/] [$text-accent]{sparkline(series, spark)}[/]  now "
+                    f"[b]{show(series[-1])}[/]  [$text-muted]max[/] {show(max(series))}")
+        out.append(_row("history" if not out else "", line))
+    span = fmt.age(history.last - history.since)
+    out.append(_row("", _muted(f"watched for {span} ({history.count} samples, the last {len(history.cpu)} drawn)")))
+    return out
+
+
+def details_markup(model: Model, pid: int, extra: ProcExtra | None, history: ProcHistory | None = None,
+                   spark: int = SPARK) -> Content:
     """Every value from the process (command, user, cwd, environment, paths, names) goes in through
     `tui.text` as plain text: this screen shows the most of another user's text."""
     snap = model.snapshot
@@ -132,6 +155,7 @@ def details_markup(model: Model, pid: int, extra: ProcExtra | None) -> Content:
     lines.append(_row("state", fill(f"$state   threads {p.num_threads}   CPU {fmt.cpu(p.cpu_percent)}%   "
                                     f"RSS {fmt.bytes_long(p.rss)}", state=p.state)))
     lines.append(_row("started", f"{fmt.age(model.time - p.create_time)} ago"))
+    lines += history_rows(history, spark)
     lines += _extra_rows(extra)
     if p.python is not None:
         py = p.python
@@ -171,17 +195,19 @@ class DetailsScreen(ModalScreen[None]):
     DetailsScreen #details-keys { color: $text-muted; }
     """
 
-    def __init__(self, model: Model, pid: int, backend: Backend) -> None:
+    def __init__(self, model: Model, pid: int, backend: Backend, history: ProcHistory | None = None) -> None:
         super().__init__()
         self.model = model
         self.pid = pid
         self.backend = backend
         self.extra: ProcExtra | None = None
+        self.history = history  # the app's, for this process: it grows with every refresh
 
     def compose(self) -> ComposeResult:
         with Vertical(id="details"):
             with VerticalScroll():
-                yield Static(details_markup(self.model, self.pid, None), id="details-body")
+                yield Static(details_markup(self.model, self.pid, None, self.history, self._spark()),
+                             id="details-body")
             yield Static("[b]Esc[/]/[b]Enter[/] close", id="details-keys")
 
     def on_mount(self) -> None:
@@ -201,10 +227,19 @@ class DetailsScreen(ModalScreen[None]):
 
     def _show(self, extra: ProcExtra) -> None:
         self.extra = extra
+        self.show_history()
+
+    def show_history(self) -> None:
+        """Redraw (the app calls this after each refresh: the history has a new sample)."""
         if not self.is_attached:  # closed (or the app exited) while the worker read /proc
             return
         with contextlib.suppress(NoMatches):
-            self.query_one("#details-body", Static).update(details_markup(self.model, self.pid, extra))
+            self.query_one("#details-body", Static).update(details_markup(self.model, self.pid, self.extra,
+                                                                          self.history, self._spark()))
+
+    def _spark(self) -> int:
+        """The graphs' width: what the dialog leaves beside the labels and figures (it is 95% of the screen)."""
+        return max(10, min(SPARK, self.app.size.width - 50))
 
     def action_close(self) -> None:
         self.dismiss(None)

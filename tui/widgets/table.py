@@ -139,6 +139,23 @@ class KeyedTable(ScrollView, can_focus=True):
         self._widths: list[int] = []
         self._widths_for = -1
         self._cache: dict[tuple[int, bool], Strip] = {}
+        self._shown: frozenset[str] | None = None  # column titles shown (None: all); see shown_columns
+
+    @property
+    def shown_columns(self) -> frozenset[str] | None:
+        """The titles of the columns shown (the config file's `columns`); None: every column. A column with no
+        title (the mark column) always shows. Hidden columns give their room to the flexible ones."""
+        return self._shown
+
+    @shown_columns.setter
+    def shown_columns(self, titles: frozenset[str] | None) -> None:
+        self._shown = titles
+        self._widths_for = -1
+        self._cache.clear()
+        self.refresh()
+
+    def _shows(self, column: Column) -> bool:
+        return self._shown is None or not column.title or column.title in self._shown
 
     # ------------------------------------------------------------------------------------------ data
 
@@ -268,14 +285,20 @@ class KeyedTable(ScrollView, can_focus=True):
         raise NotImplementedError
 
     def _column_widths(self, width: int) -> list[int]:
+        """Widths in column order; 0 for a hidden column (not drawn, no separator)."""
         if width != self._widths_for:
-            self._widths = layout(self.columns, width)
+            if self._shown is None:
+                self._widths = layout(self.columns, width)
+            else:
+                shown = iter(layout([c for c in self.columns if self._shows(c)], width))
+                self._widths = [next(shown) if self._shows(c) else 0 for c in self.columns]
             self._widths_for = width
         return self._widths
 
     def _header(self, width: int) -> Strip:
         widths = self._column_widths(width)
-        text = " ".join(fit(c.title, w, c.align) for c, w in zip(self.columns, widths, strict=True))
+        text = " ".join(fit(c.title, w, c.align) for c, w in zip(self.columns, widths, strict=True)
+                        if self._shows(c))
         return Strip([Segment(fit(text, width), self.style("header"))], width)
 
     def render_line(self, y: int) -> Strip:
@@ -322,9 +345,13 @@ class KeyedTable(ScrollView, can_focus=True):
         else:
             widths = self._column_widths(width)
             sep_style = base + overlay if overlay else base
-            for i, (col, w, cell) in enumerate(zip(self.columns, widths, cells, strict=False)):
-                if i:
+            drawn = 0
+            for col, w, cell in zip(self.columns, widths, cells, strict=False):
+                if self._shown is not None and not self._shows(col):
+                    continue
+                if drawn:
                     segments.append(Segment(" ", sep_style))
+                drawn += 1
                 if cell.parts:
                     segments.extend(self._parts(cell.parts, w, base, overlay))
                     continue
@@ -332,7 +359,7 @@ class KeyedTable(ScrollView, can_focus=True):
                 if overlay:
                     st = st + overlay
                 segments.append(Segment(fit(plain(cell.text), w, col.align, col.clip), st))
-            used = sum(widths) + max(0, len(widths) - 1)
+            used = sum(widths) + max(0, sum(1 for c in self.columns if self._shows(c)) - 1)
             if used < width:
                 segments.append(Segment(" " * (width - used), sep_style))
         return Strip(segments, width)
