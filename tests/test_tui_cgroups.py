@@ -250,6 +250,9 @@ def test_demo_cgroup_rows_have_their_totals_and_names() -> None:
     assert sum(r.kind == "proc" for r in rows) == sum(1 for p in m.snapshot if not p.kernel_thread)
     (frozen_root,) = FROZEN
     assert m.frozen == {6002: frozen_root}
+    # the CGROUP column of a process: what its cgroup is, and its pid inside its own PID namespace
+    tree = {r.key: r for r in build_rows(m, ViewState())}
+    assert tree[("p", 7010)].label == "docker 3f9a1c2b4d5e pid 1" and tree[("p", 612)].label == "ssh.service"
     assert summarize_model(m).frozen == 1 and summarize_model(m).gpu_orphans == 2
 
 

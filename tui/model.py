@@ -69,7 +69,7 @@ FLAG_LEGEND = (
     (FLAG_GUARDED, "guarded process (procguard's guard() in the script)"),
     (FLAG_RUN, "a `procguard run` job (its parent is the launcher; Enter shows the run's lock)"),
     (FLAG_LOCK, "holds a file lock (see Locks)"),
-    (FLAG_ORPHAN_GPU, "orphan holding GPU memory: its parent died (leftover worker?)"),
+    (FLAG_ORPHAN_GPU, "GPU orphan: holds GPU memory or a GPU device open, left behind by a job that ended"),
 )
 
 
@@ -266,7 +266,7 @@ class Row(NamedTuple):
     folded: bool = False
     parent: RowKey | None = None
     node: str = ""  # cluster mode: the id of the node the row lives on ("" on a single host)
-    label: str = ""  # cgroup rows: what the cgroup is (docker 1a2b3c4d5e6f, nginx.service, slurm 42.0)
+    label: str = ""  # what the cgroup is (docker 1a2b3c4d5e6f, nginx.service, slurm 42.0): a cgroup row's, a process's
     frozen: int = 0  # members frozen by the cgroup freezer (they show as F, not S)
     task: str = ""  # cluster mode: the Ray task (or actor) owning the process, short
 
@@ -376,7 +376,18 @@ def _proc_row(model: Model, p: Proc, depth: int, prefix: str, parent: RowKey | N
     stopped = 1 if p.stopped else 0
     return Row(("p", p.pid), "proc", p.pid, depth, prefix, p, 1, stopped, p.cpu_percent, p.rss,
                model.gpu_by_pid.get(p.pid, 0), flags_of(model, p), (p.pid,), fold, False, parent,
-               frozen=1 if p.pid in model.frozen else 0, task=model.owners.get(p.pid, ""))
+               label=cgroup_label(model, p.pid), frozen=1 if p.pid in model.frozen else 0,
+               task=model.owners.get(p.pid, ""))
+
+
+def cgroup_label(model: Model, pid: int) -> str:
+    """The CGROUP column: what the process's cgroup is (a container, a unit, a SLURM step), and inside another PID
+    namespace its own pid there (`docker 3f9a1c2b4d5e pid 1`)."""
+    info = model.cgroups.get(pid)
+    if info is None or info.name is None:
+        return ""
+    inner = f" pid {info.inner_pid}" if info.inner_pid is not None else ""
+    return ("" if info.name.kind == "root" else info.name.label) + inner
 
 
 def shown_state(row: Row) -> str:

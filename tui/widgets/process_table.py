@@ -29,6 +29,7 @@ _FLAG_STYLE = {FLAG_DUPLICATE: "warning", FLAG_GUARDED: "success", FLAG_RUN: "su
 
 
 WIDE = 120  # from this width on, the table adds thread count and age and a wider user column
+CGROUPS = 150  # from this width on, a CGROUP column (the process's container, unit or job; not for a cluster)
 
 
 def process_columns(width: int, cluster: bool = False) -> tuple[Column, ...]:
@@ -50,6 +51,8 @@ def process_columns(width: int, cluster: bool = False) -> tuple[Column, ...]:
         cols += [Column("THR", 4, "right"), Column("AGE", 6, "right")]
     if cluster and width >= 100:
         cols.append(Column("TASK", 8))
+    if not cluster and width >= CGROUPS:
+        cols.append(Column("CGROUP", 26))
     cols += [Column("FLG", 3), Column("COMMAND", 0)]
     return tuple(cols)
 
@@ -168,5 +171,7 @@ class ProcessTable(KeyedTable):
             cells += [Cell(threads, "dim"), Cell(age, "dim")]
         if self.cluster and any(c.title == "TASK" for c in self.columns):
             cells.append(Cell(row.task, "accent"))
+        if any(c.title == "CGROUP" for c in self.columns):
+            cells.append(Cell(row.label if row.kind == "proc" else "", "dim"))
         cells += [Cell(flags, parts=tuple((f, _FLAG_STYLE.get(f, "")) for f in flags)), cmd_cell]
         return cells
