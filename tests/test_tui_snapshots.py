@@ -1,5 +1,6 @@
 """Snapshot tests (pytest-textual-snapshot) of procguard-tui on the deterministic demo scenario: every view,
-the confirm dialog, the help screen and the details screen, at 80x24 and at 160x50.
+the confirm dialog, the help screen and the details screen, at 80x24 and at 160x50; folded rows, the history
+graphs (the demo's history) and a notification at 80x24.
 
 Update the baselines after an intended change with `pytest tests/test_tui_snapshots.py --snapshot-update`
 and look at the report it writes before committing them.
@@ -15,7 +16,7 @@ import pytest
 from textual.pilot import Pilot
 
 from procguard.tui.app import ProcguardApp
-from procguard.tui.backends.demo import DemoBackend
+from procguard.tui.backends.demo import DemoBackend, demo_history
 from procguard.tui.screens.confirm import ConfirmScreen
 from procguard.tui.screenshots import SHOTS, render_all
 
@@ -71,6 +72,51 @@ def test_details_screen(snap_compare: Callable[..., bool]) -> None:
         assert app.process_table.move_to_key(("p", 2101))
 
     assert snap_compare(demo_app(), press=["enter"], terminal_size=(100, 30), run_before=run_before)
+
+
+def fold(*keys: tuple[str, int], grouping_presses: int = 0) -> Callable[[Pilot[None]], Awaitable[None]]:
+    async def run_before(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, ProcguardApp)
+        for _ in range(grouping_presses):
+            await pilot.press("g")
+        for key in keys:
+            assert app.process_table.move_to_key(key)
+            await pilot.press("minus")
+
+    return run_before
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_folded_tree(snap_compare: Callable[..., bool], size: str) -> None:
+    """Both training runs folded: one row each, `▸ +N`, with the totals of the run and its workers."""
+    assert snap_compare(demo_app(), terminal_size=SIZES[size], run_before=fold(("p", 2101), ("p", 2466)))
+
+
+def test_folded_process_groups(snap_compare: Callable[..., bool]) -> None:
+    assert snap_compare(demo_app(), terminal_size=(100, 30), run_before=fold(("g", 2101), ("g", 4100),
+                                                                             grouping_presses=1))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_gpu_history(snap_compare: Callable[..., bool], size: str) -> None:
+    app = ProcguardApp(backend=DemoBackend(), history=demo_history())
+    assert snap_compare(app, press=["4"], terminal_size=SIZES[size])
+
+
+def test_details_with_history(snap_compare: Callable[..., bool]) -> None:
+    async def run_before(pilot: Pilot[None]) -> None:
+        app = pilot.app
+        assert isinstance(app, ProcguardApp)
+        assert app.process_table.move_to_key(("p", 2101))
+
+    app = ProcguardApp(backend=DemoBackend(), history=demo_history())
+    assert snap_compare(app, press=["enter"], terminal_size=(100, 30), run_before=run_before)
+
+
+def test_a_notification_at_80x24_is_one_line(snap_compare: Callable[..., bool]) -> None:
+    """`d` in the Processes view says why it does nothing, on one line over the bottom right of the table."""
+    assert snap_compare(demo_app(), press=["d"], terminal_size=(80, 24))
 
 
 def test_gpu_view_without_a_gpu(snap_compare: Callable[..., bool]) -> None:

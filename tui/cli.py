@@ -25,6 +25,7 @@ from procguard.tui.backends import Backend
 from procguard.tui.config import Config, ConfigError
 
 if TYPE_CHECKING:
+    from procguard.tui.app import Options
     from procguard.tui.backends.ray import RayClusterBackend
 
 PROG = "procguard-tui"
@@ -139,6 +140,17 @@ def _settings(args: argparse.Namespace) -> tuple[Config, dict[str, str]]:
         sys.exit(2)
 
 
+def options_for(args: argparse.Namespace, config: Config, keymap: dict[str, str]) -> Options:
+    """The app's options: the command line's, else the config file's, else the defaults."""
+    from procguard.tui.app import Options
+
+    return Options(interval=config.interval if args.interval is None else args.interval, filter=args.filter,
+                   grace=config.grace if args.grace is None else args.grace, user=args.user,
+                   no_confirm=args.no_confirm or not config.confirm, all_users=args.all_users,
+                   view=config.view, sort=config.sort, reverse=config.reverse,  # type: ignore[arg-type]
+                   grouping=config.grouping, columns=config.column_titles, keymap=keymap)  # type: ignore[arg-type]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         args = parse_args(argv)
@@ -148,13 +160,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     config, keymap = _settings(args)
     config.apply_duplicate_settings()  # core's duplicate rules read them from the environment
-    from procguard.tui.app import Options, ProcguardApp
+    from procguard.tui.app import ProcguardApp
 
-    options = Options(interval=config.interval if args.interval is None else args.interval, filter=args.filter,
-                      grace=config.grace if args.grace is None else args.grace, user=args.user,
-                      no_confirm=args.no_confirm or not config.confirm, all_users=args.all_users,
-                      view=config.view, sort=config.sort, reverse=config.reverse,  # type: ignore[arg-type]
-                      grouping=config.grouping, columns=config.column_titles, keymap=keymap)  # type: ignore[arg-type]
+    options = options_for(args, config, keymap)
     backend: Backend | None = None
     history = None
     if args.demo:

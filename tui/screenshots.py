@@ -23,7 +23,7 @@ from textual.pilot import Pilot
 from procguard.core.signals import Outcome, Progress, SignalResult, Target
 from procguard.core.snapshot import DEAD_STATES, Snapshot
 from procguard.tui.app import ProcguardApp
-from procguard.tui.backends.demo import DemoBackend
+from procguard.tui.backends.demo import DemoBackend, demo_history
 from procguard.tui.screens.confirm import ConfirmScreen
 
 DEFAULT_SIZE = (100, 30)
@@ -128,6 +128,23 @@ async def shot_help(pilot: Pilot[None], app: ProcguardApp, backend: HeldDemo) ->
     await pilot.press("question_mark")
 
 
+async def shot_folded(pilot: Pilot[None], app: ProcguardApp, backend: HeldDemo) -> None:
+    for pid in (2466, 2101):  # both training runs, each one row with its workers' totals
+        assert app.process_table.move_to_key(("p", pid))
+        await pilot.press("minus")
+
+
+async def shot_palette(pilot: Pilot[None], app: ProcguardApp, backend: HeldDemo) -> None:
+    from textual.command import CommandInput, CommandList, CommandPalette
+
+    assert app.process_table.move_to_key(("p", 2466))
+    await pilot.press("ctrl+p")
+    await until(pilot, lambda: isinstance(app.screen, CommandPalette), "the command palette")
+    app.screen.query_one(CommandInput).cursor_blink = False  # the same frame every time
+    await pilot.press(*"term")
+    await until(pilot, lambda: app.screen.query_one(CommandList).option_count > 0, "the palette's matches")
+
+
 class Shot(NamedTuple):
     name: str  # the file is <name>.svg
     title: str  # the SVG's window title
@@ -138,19 +155,21 @@ SHOTS: tuple[Shot, ...] = (
     Shot("processes", "procguard-tui: 1 Processes (tree by parent)", shot_processes),
     Shot("duplicates", "procguard-tui: 2 Duplicates", shot_duplicates),
     Shot("locks", "procguard-tui: 3 Locks", shot_locks),
-    Shot("gpu", "procguard-tui: 4 GPU", shot_gpu),
+    Shot("gpu", "procguard-tui: 4 GPU, memory and utilization over the last minutes", shot_gpu),
+    Shot("folded", "procguard-tui: - folds a subtree into one row with its totals", shot_folded),
     Shot("confirm", "procguard-tui: t on a process group, the confirm dialog", shot_confirm),
     Shot("terminating", "procguard-tui: a terminate in progress", shot_terminating),
     Shot("terminated", "procguard-tui: the result", shot_terminated),
     Shot("details", "procguard-tui: Enter, details of a process", shot_details),
     Shot("help", "procguard-tui: ? help", shot_help),
+    Shot("palette", "procguard-tui: Ctrl+P, every action", shot_palette),
 )
 
 
 async def render(shot: Shot, size: tuple[int, int] = DEFAULT_SIZE) -> str:
     """One screenshot as SVG text."""
     backend = HeldDemo()
-    app = ProcguardApp(backend=backend)
+    app = ProcguardApp(backend=backend, history=demo_history())
     try:
         async with app.run_test(size=size, notifications=True) as pilot:
             await shot.steps(pilot, app, backend)
