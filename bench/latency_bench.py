@@ -20,7 +20,8 @@ is measured as it goes). Samples alternate between the apps.
 Launch (figure 6), at the main table: the app is started in a fresh pane (`respawn-pane`) and every output is
 followed by a capture: the first frame with rows is the first capture with at least 3 process rows under a PID
 header; an *empty-table frame* is a capture before it that shows the header with no row, or says "0 shown" or
-"no process matches".
+"no process matches" (a header without rows counts only once no output came for 30 ms after it: a frame
+caught half drawn is not one the user saw).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ MEDIAN_GOAL = 1.5
 P95_GOAL = 0.050
 LAUNCH_GOAL = 0.3
 ROWS_NEEDED = 3
+SHOWN = 0.03  # seconds a header without rows must stay unchanged to count as an empty-table frame
 _SORT_LINE = re.compile(r"\bsort\b")
 _TREE = re.compile(r"[├└]─|[|`]-")
 _EMPTY_TEXT = re.compile(r"\b0 shown\b|no process matches")
@@ -284,11 +286,14 @@ def launch_once(tm: Tmux, p: Pane, argv: list[str], env: dict[str, str] | None, 
                 first_rows = at - t0
                 break
             frames += 1
-            text = "\n".join(lines)
-            m = _EMPTY_TEXT.search(text)
-            if empty is None and (m or header_index(lines) is not None):
-                h = header_index(lines)
-                empty = m.group(0) if m else (lines[h].strip()[:60] + " (no rows)" if h is not None else "?")
+            m = _EMPTY_TEXT.search("\n".join(lines))
+            h = header_index(lines)
+            if empty is None and m:
+                empty = m.group(0)
+            elif empty is None and h is not None and c.wait_output(p.pane, seen, SHOWN) == seen:
+                # A header without rows that stayed on screen (no output for SHOWN s): a frame the user saw,
+                # not a frame caught half drawn (its rows still in the next output).
+                empty = lines[h].strip()[:60] + " (no rows)"
         return Launch(first_any, first_rows, empty, frames)
     finally:
         load.stop([pid])
@@ -475,7 +480,8 @@ def launch_section(cfg: Config, launches: dict[str, list[Launch]] | None, table:
     sec.intro = (f"The app started in a fresh tmux pane ({WIDTH}×{HEIGHT}) with {table:,} processes in the table, "
                  f"{cfg.launch_reps} launch(es) each, alternating. *First frame*: the first screen with text; *with "
                  f"rows*: the first with at least {ROWS_NEEDED} process rows under the PID header. *Empty-table frame*: "
-                 "one before it showing the header without rows, or saying \"0 shown\" / \"no process matches\".")
+                 "one before it saying \"0 shown\" / \"no process matches\", or showing the header without rows "
+                 "for 30 ms or more (not a frame caught half drawn).")
     sec.headers = ["app", "first frame: median s", "with rows: median s", "min–max s", "× htop (with rows)",
                    "empty-table frames", "it showed"]
     ht = [x.first_rows for x in launches.get(HTOP, []) if x.first_rows is not None]
