@@ -920,3 +920,38 @@ async def test_details_history_starts_when_a_process_is_selected(procs: ProcStar
         seen = hist.count
         await wait_until(pilot, lambda: hist.count >= seen + 2)
         await wait_until(pilot, lambda: f"({hist.count} samples" in str(app.screen.query_one("#details-body").render()))
+
+
+async def test_history_stays_bounded_at_5000_processes() -> None:
+    """5,000 processes, each selected in turn over 400 refreshes: 64 histories kept (the last watched), none
+    longer than 300 samples, and what the history holds stays a few MiB (measured: tracemalloc)."""
+    import tracemalloc
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from procguard.core.snapshot import Snapshot
+    from procguard.tui.backends.demo import demo_model
+    from procguard.tui.history import SAMPLES, WATCHED, History
+    from procguard.tui.model import make_model
+
+    demo = demo_model()
+    p0 = demo.snapshot[2101]
+    procs = {pid: p0._replace(pid=pid, ppid=1, start_ticks=pid) for pid in range(10_000, 15_000)}
+    model = make_model(1, Snapshot(MappingProxyType(procs), demo.time), demo.gpu)
+    hist = History()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for seq in range(400):  # 64 processes watched at once (their graphs fill up), then others come
+            m = replace(model, seq=seq)
+            hist.record(m)
+            hist.watch(m, 10_000 + (seq % 64 if seq < 350 else (seq * 13) % 5000))
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    last = 10_000 + (399 * 13) % 5000
+    assert len(hist.procs) == WATCHED and list(hist.procs)[-1] == ("", last, last)
+    assert all(len(ph.cpu) <= SAMPLES and len(ph.rss) <= SAMPLES for ph in hist.procs.values())
+    assert max(len(ph.cpu) for ph in hist.procs.values()) == SAMPLES  # some graphs are full
+    assert all(len(d.memory) == SAMPLES for d in hist.devices.values()) and len(hist.devices) == 2
+    assert held < 4 * 1024 * 1024, held  # under 2 MiB at worst: the RSS goal is 150 MB

@@ -175,7 +175,7 @@ class ProcguardApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "procguard-tui"
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (120, "-wide")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]  # Screen.-narrow: one-line notifications
 
     KEYS: ClassVar[list[Binding]] = [
         Binding("1", "show_view('processes')", "Processes", show=False, id="procguard.view.processes"),
@@ -384,9 +384,11 @@ class ProcguardApp(App[None]):
 
     def _show_status(self) -> None:
         if self.view == "processes":
-            rows = self.process_table.rows
-            shown = sum(1 for r in rows if r.kind == "proc")
-            text = status_text(self.view_state, len(self.marks), shown, sum(1 for r in rows if r.folded))
+            shown = folded = 0
+            for r in self.process_table.rows:  # one pass: the status line runs on every refresh
+                shown += r.kind == "proc"
+                folded += r.folded
+            text = status_text(self.view_state, len(self.marks), shown, folded)
         else:
             narrow, wide = VIEW_HINTS[self.view]
             text = wide if self.size.width >= 120 else narrow

@@ -42,9 +42,10 @@ FILE_NAME = "config.toml"
 MAX_BYTES = 64 * 1024
 VIEWS = ("processes", "duplicates", "locks", "gpu")
 # Processes view columns: the config's name -> the column title (widgets/process_table.py). THR and AGE show on
-# wide terminals only, NODE and TASK in cluster mode only; the mark column always shows.
+# wide terminals only, CGROUP on very wide ones, NODE and TASK in cluster mode only; the mark column always shows.
 COLUMNS = {"pid": "PID", "node": "NODE", "user": "USER", "state": "S", "cpu": "CPU%", "rss": "RSS", "gpu": "GPU",
-           "threads": "THR", "age": "AGE", "task": "TASK", "flags": "FLG", "command": "COMMAND"}
+           "threads": "THR", "age": "AGE", "task": "TASK", "cgroup": "CGROUP", "flags": "FLG",
+           "command": "COMMAND"}
 
 
 class ConfigError(Exception):
@@ -211,7 +212,8 @@ def _schema() -> dict[str, dict[str, Callable[[Any], Any]]]:
     }
 
 
-_FIELDS = {("duplicates", "launchers"): "launchers", ("duplicates", "never_duplicate"): "never_duplicate"}
+_FIELDS: dict[tuple[str, str], str] = {("duplicates", "launchers"): "launchers",
+                                       ("duplicates", "never_duplicate"): "never_duplicate"}
 
 
 def load(path: Path | None = None) -> Config:
@@ -248,7 +250,7 @@ def load(path: Path | None = None) -> Config:
                 raise ConfigError(f"{path}:{where.line(table, key)}: {table}.{key}: unknown key (known in [{table}]: "
                                   f"{', '.join(schema[table])})")
             try:
-                values[_FIELDS.get((table, key), key)] = check(value)
+                values[_FIELDS.get((table, key), str(key))] = check(value)
             except ValueError as e:
                 raise ConfigError(f"{path}:{where.line(table, key)}: {table}.{key}: {e}") from None
     return Config(**values)
@@ -299,7 +301,7 @@ def default_text() -> str:
         f"# Processes view: group by {', '.join(repr(g) for g in GROUPINGS)} (the tree).".replace("'", '"'),
         f'grouping = "{d.grouping}"',
         "# Processes view columns shown (leave one out to hide it; thread count and age show from 120 columns",
-        "# on, node and task with --ray only).",
+        "# on, cgroup from 150, node and task with --ray only).",
         f"columns = [{cols}]",
         "# Ask before t, k and d act (false: as --no-confirm).",
         f"confirm = {str(d.confirm).lower()}",

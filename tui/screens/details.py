@@ -129,7 +129,7 @@ def history_rows(history: ProcHistory | None, spark: int = SPARK) -> list[Conten
     series' maximum), the latest value and the maximum."""
     if history is None or not history.count:
         return [_row("history", _muted("none yet: it starts when the process is selected"))]
-    out = []
+    out: list[Content] = []
     for name, series, show in (("CPU", history.cpu, lambda v: f"{fmt.cpu(v)}%"),
                                ("RSS", history.rss, lambda v: fmt.bytes_short(int(v))),
                                ("GPU", history.gpu, lambda v: fmt.bytes_short(int(v)))):
