@@ -152,9 +152,9 @@ def test_describe_results_names_failures() -> None:
 def test_progress_labels() -> None:
     from procguard.core.signals import Progress
 
-    assert progress_label(Progress("waiting", (1,), 3.24), 1) == "SIGTERM sent, 3.2 s left"
-    assert progress_label(Progress("sigkill", (1,), 0.0), 1) == "SIGKILL sent"
-    assert progress_label(Progress("done", (1,), 0.0), 1) is None
+    assert progress_label(Progress("waiting", (1,), 3.24)) == "SIGTERM sent, 3.2 s left"
+    assert progress_label(Progress("sigkill", (1,), 0.0)) == "SIGKILL sent"
+    assert progress_label(Progress("done", (1,), 0.0)) is None
 
 
 def test_cli_options(capsys: pytest.CaptureFixture[str]) -> None:

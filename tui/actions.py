@@ -153,8 +153,8 @@ def _end_duplicates(backend: Backend, plan: Plan, on_progress: ProgressFn | None
     return Done(plan.kind, done.results, f"{done.message}; {skipped}", severity)
 
 
-def progress_label(event: Progress, pid: int) -> str | None:
-    """What a row shows while an action runs on it (None: nothing new for this pid)."""
+def progress_label(event: Progress) -> str | None:
+    """What the rows of `event.pids` show while an action runs on them (None: nothing new)."""
     if event.phase in ("sigterm", "waiting"):
         return f"SIGTERM sent, {event.remaining:.1f} s left"
     if event.phase == "exited":

@@ -66,6 +66,7 @@ from procguard.tui.model import (
     Row,
     RowKey,
     SortKey,
+    StatusKey,
     ViewState,
     build_rows,
     fold_alive,
@@ -138,7 +139,7 @@ class AppRecord:
     models_applied: int = 0  # models shown (each refresh, each node switch)
     actions_started: int = 0  # plans started (confirmed, or without a dialog)
     notices: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=1000))  # (text, severity)
-    progress_log: deque[tuple[int, str]] = field(default_factory=lambda: deque(maxlen=2000))  # (pid, label)
+    progress_log: deque[tuple[StatusKey, str]] = field(default_factory=lambda: deque(maxlen=2000))  # (pid, label)
 
 
 class ViewTabs(Tabs, can_focus=False):
@@ -217,7 +218,7 @@ class ProcguardApp(App[None]):
     view: var[str] = var("processes", init=False, bindings=True)
     view_state: var[ViewState] = var(ViewState(), init=False)
     marks: var[frozenset[RowKey]] = var(frozenset(), init=False, bindings=True)
-    status: var[Mapping[int, str]] = var(dict, init=False, always_update=True)  # pid -> progress label
+    status: var[Mapping[StatusKey, str]] = var(dict, init=False, always_update=True)  # pid (node) -> label
 
     def __init__(self, options: Options | None = None, *, backend: Backend | None = None,
                  act_scope: Callable[[Member], bool] | None = None, history: History | None = None) -> None:
@@ -355,7 +356,7 @@ class ProcguardApp(App[None]):
         self.process_table.set_marks(set(marks))
         self._show_status()
 
-    def watch_status(self, status: Mapping[int, str]) -> None:
+    def watch_status(self, status: Mapping[StatusKey, str]) -> None:
         if self._ui_live():
             self.process_table.set_status(status)
 
@@ -852,19 +853,19 @@ class ProcguardApp(App[None]):
         if not self._ui_live():
             return
         ev = message.event
-        pids = ev.pids
+        pids: tuple[StatusKey, ...] = ev.pids
         if ev.phase == "sigkill" and not pids:
             # Core ended a group with one killpg and names no pid: every member not seen exiting got it.
             pids = tuple(p for p in message.pids if self.status.get(p, "").startswith("SIGTERM"))
         status = dict(self.status)
         for pid in pids:
-            label = progress_label(ev, pid)
+            label = progress_label(ev)
             if label is not None:
                 status[pid] = label
                 self.record.progress_log.append((pid, label))
         self.status = status
 
-    def _clear_status(self, pids: Iterable[int]) -> None:
+    def _clear_status(self, pids: Iterable[StatusKey]) -> None:
         """The progress labels of these pids go (the table is redrawn only while the app is live)."""
         gone = set(pids)
         if gone & self.status.keys():

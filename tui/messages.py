@@ -7,7 +7,7 @@ from textual.message import Message
 
 from procguard.core.signals import Progress
 from procguard.tui.actions import Done, Kind, Plan
-from procguard.tui.model import Model
+from procguard.tui.model import Model, StatusKey
 
 
 class ModelReady(Message):
@@ -33,7 +33,7 @@ class PlanReady(Message):
 class ActionProgress(Message):
     """`pids`: every process the action acts on (core's sigkill event can name none: a killpg did it)."""
 
-    def __init__(self, event: Progress, pids: tuple[int, ...] = ()) -> None:
+    def __init__(self, event: Progress, pids: tuple[StatusKey, ...] = ()) -> None:
         super().__init__()
         self.event = event
         self.pids = pids
@@ -42,7 +42,7 @@ class ActionProgress(Message):
 class ActionDone(Message):
     """`pids`: every process the action was started on (their progress labels go, whatever core reported)."""
 
-    def __init__(self, done: Done, pids: tuple[int, ...] = ()) -> None:
+    def __init__(self, done: Done, pids: tuple[StatusKey, ...] = ()) -> None:
         super().__init__()
         self.done = done
         self.pids = pids
@@ -51,7 +51,7 @@ class ActionDone(Message):
 class ActionFailed(Message):
     """An action could not run at all (a dry run failed, out of scope, flush refused...): the reason."""
 
-    def __init__(self, kind: Kind | str, reason: str, pids: tuple[int, ...] = ()) -> None:
+    def __init__(self, kind: Kind | str, reason: str, pids: tuple[StatusKey, ...] = ()) -> None:
         super().__init__()
         self.kind = kind
         self.reason = reason

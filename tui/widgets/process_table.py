@@ -16,6 +16,7 @@ from procguard.tui.model import (
     FLAG_RUN,
     STATE_FROZEN,
     Row,
+    StatusKey,
     display_command,
     group_label,
     shown_state,
@@ -75,7 +76,7 @@ class ProcessTable(KeyedTable):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.columns = process_columns(80)
-        self.status: Mapping[int, str] = {}  # pid -> progress of an action running on it
+        self.status: Mapping[StatusKey, str] = {}  # pid ((pid, node) in a cluster) -> progress of an action
         self.now = 0.0  # the model's time: ages are measured from it (no clock here)
         self.cluster = False  # rows of a cluster (they carry their node): NODE and TASK columns
 
@@ -92,7 +93,7 @@ class ProcessTable(KeyedTable):
             self._widths_for = -1  # the widths follow at the next draw
         super().set_rows(rows, alive)
 
-    def set_status(self, status: Mapping[int, str]) -> None:
+    def set_status(self, status: Mapping[StatusKey, str]) -> None:
         self.status = dict(status)
         self.invalidate()
 
