@@ -166,28 +166,55 @@ def _sizes(cfg: Config) -> tuple[int, ...]:
 
 def section(runs: dict[tuple[int, str], list[Run]], sizes: tuple[int, ...], reps: int, table: int) -> Section:
     sec = Section("cgroup", TITLE)
-    sec.intro = (f"Process table during the run: {table:,} processes. {reps} runs per method and job size, "
-                 "alternating which goes first. Each job: N sleepers + 1 `setsid` escapee under an `sh` that ignores "
-                 "SIGTERM and forks a new sleeper every 10 ms throughout. Time: the call to its return, every "
-                 "process confirmed dead. *Left alive*: processes found in the cgroup after the method returned "
-                 "(summed over the runs).")
-    sec.headers = ["job", "method", "median ms", "min–max ms", "× freeze-then-kill", "members at the call (median)",
-                   "left alive", "last run"]
+    sec.intro = (
+        f"Process table during the run: {table:,} processes. {reps} runs per method and job size, "
+        "alternating which goes first. Each job: N sleepers + 1 `setsid` escapee under an `sh` that ignores "
+        "SIGTERM and forks a new sleeper every 10 ms throughout. Time: the call to its return, every "
+        "process confirmed dead. *Left alive*: processes found in the cgroup after the method returned "
+        "(summed over the runs)."
+    )
+    sec.headers = [
+        "job",
+        "method",
+        "median ms",
+        "min–max ms",
+        "× freeze-then-kill",
+        "members at the call (median)",
+        "left alive",
+        "last run",
+    ]
     for size in sizes:
         base = Stats(tuple(r.seconds for r in runs[(size, "freeze-then-kill")])).median
         for method in METHODS:
             rs = runs[(size, method)]
             s = Stats(tuple(r.seconds for r in rs))
-            label = ("procguard `kill_cgroup(path)` (cgroup.kill)" if method == "cgroup.kill"
-                     else "procguard `kill(Target.tree(pid))` (SIGSTOP rounds, then SIGKILL)")
-            sec.rows.append([f"{size} sleepers + escapee, forking", label, ms(s.median), f"{ms(s.min)}–{ms(s.max)}",
-                             ratio(s.median, base), str(int(Stats(tuple(r.members for r in rs)).median)),
-                             str(sum(r.left for r in rs)), rs[-1].how])
+            label = (
+                "procguard `kill_cgroup(path)` (cgroup.kill)"
+                if method == "cgroup.kill"
+                else "procguard `kill(Target.tree(pid))` (SIGSTOP rounds, then SIGKILL)"
+            )
+            sec.rows.append(
+                [
+                    f"{size} sleepers + escapee, forking",
+                    label,
+                    ms(s.median),
+                    f"{ms(s.min)}–{ms(s.max)}",
+                    ratio(s.median, base),
+                    str(int(Stats(tuple(r.members for r in rs)).median)),
+                    str(sum(r.left for r in rs)),
+                    rs[-1].how,
+                ]
+            )
         cg = Stats(tuple(r.seconds for r in runs[(size, "cgroup.kill")])).median
         left = sum(r.left for r in runs[(size, "cgroup.kill")])
-        sec.goals.append(Goal(f"end a forking {size}-sleeper job: cgroup.kill vs freeze-then-kill of the tree",
-                              f"{cg / base:.2f}× ({ms(cg)} vs {ms(base)} ms), {left} left alive",
-                              "≤ 1.0×, none left", cg <= base and left == 0))
+        sec.goals.append(
+            Goal(
+                f"end a forking {size}-sleeper job: cgroup.kill vs freeze-then-kill of the tree",
+                f"{cg / base:.2f}× ({ms(cg)} vs {ms(base)} ms), {left} left alive",
+                "≤ 1.0×, none left",
+                cg <= base and left == 0,
+            )
+        )
     sec.data = {"runs": runs}
     return sec
 
@@ -222,8 +249,11 @@ def _print(sec: Section) -> None:
 def main(argv: list[str] | None = None) -> int:
     from bench.common import FULL
 
-    p = argparse.ArgumentParser(prog="python -m bench.cgroup_bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.cgroup_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="one job size, 2 runs per method")
     p.add_argument("--table", type=int, default=0, help="top the process table up to N processes first")
     args = p.parse_args(argv)

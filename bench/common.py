@@ -41,14 +41,42 @@ class Config:
         return self.sizes[2]
 
 
-FULL = Config(quick=False, sizes=(500, 2000, 5000), snapshot_reps=15, scaling_reps=7, terminate_reps=9,
-              group_size=20, grace=1.0, python_procs=300, dupes_reps=11, tui_window=60.0,
-              tui_scaling_window=15.0, tui_warmup=5.0, tui_interval=1.0, tui_small_window=30.0,
-              key_samples=(30, 30), launch_reps=10)
-QUICK = Config(quick=True, sizes=(200, 400, 600), snapshot_reps=3, scaling_reps=2, terminate_reps=1,
-               group_size=20, grace=0.3, python_procs=40, dupes_reps=2, tui_window=2.0,
-               tui_scaling_window=0.0, tui_warmup=1.5, tui_interval=1.0, tui_small_window=0.0,
-               key_samples=(2, 1), launch_reps=1)
+FULL = Config(
+    quick=False,
+    sizes=(500, 2000, 5000),
+    snapshot_reps=15,
+    scaling_reps=7,
+    terminate_reps=9,
+    group_size=20,
+    grace=1.0,
+    python_procs=300,
+    dupes_reps=11,
+    tui_window=60.0,
+    tui_scaling_window=15.0,
+    tui_warmup=5.0,
+    tui_interval=1.0,
+    tui_small_window=30.0,
+    key_samples=(30, 30),
+    launch_reps=10,
+)
+QUICK = Config(
+    quick=True,
+    sizes=(200, 400, 600),
+    snapshot_reps=3,
+    scaling_reps=2,
+    terminate_reps=1,
+    group_size=20,
+    grace=0.3,
+    python_procs=40,
+    dupes_reps=2,
+    tui_window=2.0,
+    tui_scaling_window=0.0,
+    tui_warmup=1.5,
+    tui_interval=1.0,
+    tui_small_window=0.0,
+    key_samples=(2, 1),
+    launch_reps=1,
+)
 
 
 @dataclass

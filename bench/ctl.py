@@ -48,8 +48,11 @@ class ControlClient:
         self.log = load.tmp / f"tmux-ctl-{session}.log"  # the client's stderr, quoted if it goes away
         null = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            self.pid = load.spawn([TMUX, "-L", tm.sock, "-f", "/dev/null", "-C", "attach-session", "-t", session],
-                                  env=tm.env, stdio=(child_in, child_out, null))
+            self.pid = load.spawn(
+                [TMUX, "-L", tm.sock, "-f", "/dev/null", "-C", "attach-session", "-t", session],
+                env=tm.env,
+                stdio=(child_in, child_out, null),
+            )
         finally:
             for fd in (child_in, child_out, null):
                 os.close(fd)
@@ -132,14 +135,17 @@ class ControlClient:
             try:
                 os.write(self._w, line.encode())
             except BrokenPipeError:
-                raise RuntimeError(f"the tmux control client of session {self.session} has exited: "
-                                   f"{self._why()}") from None
+                raise RuntimeError(
+                    f"the tmux control client of session {self.session} has exited: {self._why()}"
+                ) from None
             try:
                 reply = self._replies.get(timeout=timeout)
             except queue.Empty:
                 state = "reading" if self._reader.is_alive() else f"reader ended {self.reader_error}"
-                raise RuntimeError(f"tmux control client ({self.session}): no answer to {words[0]} in "
-                                   f"{timeout:g} s ({state}; {self._why()})") from None
+                raise RuntimeError(
+                    f"tmux control client ({self.session}): no answer to {words[0]} in "
+                    f"{timeout:g} s ({state}; {self._why()})"
+                ) from None
         if not reply.ok:
             raise RuntimeError(f"tmux {words[0]}: {' '.join(reply.lines).strip()}")
         return reply
@@ -149,7 +155,9 @@ class ControlClient:
             text = self.log.read_text(errors="replace").strip()
         except OSError:
             text = ""
-        return " ".join(filter(None, [self.exit_line, text[-300:]])) or "(no %exit line, nothing on its stderr)"
+        return (
+            " ".join(filter(None, [self.exit_line, text[-300:]])) or "(no %exit line, nothing on its stderr)"
+        )
 
     def send_key(self, target: str, key: str) -> float:
         """Send one key; returns the time just before the command was written."""
@@ -238,7 +246,7 @@ def backgrounds(raw: str) -> tuple[str, list[str]]:
     bg, reverse, fg = "", False, ""
     pos = 0
     for m in _SGR.finditer(raw):
-        chunk = _OTHER_ESC.sub("", raw[pos:m.start()])
+        chunk = _OTHER_ESC.sub("", raw[pos : m.start()])
         eff = f"rev:{fg}" if reverse else bg
         text.append(chunk)
         bgs.extend([eff] * len(chunk))
@@ -263,7 +271,7 @@ def _apply_sgr(params: str, bg: str, reverse: bool, fg: str) -> tuple[str, bool,
             reverse = False
         elif p in ("38", "48"):
             n = 3 if i + 1 < len(ps) and ps[i + 1] == "5" else 5
-            value = ";".join(ps[i + 1:i + n])
+            value = ";".join(ps[i + 1 : i + n])
             if p == "48":
                 bg = value
             else:
@@ -299,7 +307,7 @@ def table_rows(plain: Sequence[str]) -> int:
     h = header_index(plain)
     if h is None:
         return 0
-    return sum(1 for line in plain[h + 1:] if _ROW.match(line))
+    return sum(1 for line in plain[h + 1 :] if _ROW.match(line))
 
 
 def screen_text(lines: Sequence[str]) -> str:

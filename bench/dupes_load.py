@@ -70,8 +70,14 @@ class DupesLoad:
 
 def _plan(total: int) -> dict[str, int]:
     """How many scripts of each kind for `total` Python processes."""
-    n = {"A": max(1, total // 15), "B": max(1, total // 15), "C": max(1, total // 60), "D": max(1, total // 60),
-         "F": max(1, total // 30), "G": max(1, total // 150)}
+    n = {
+        "A": max(1, total // 15),
+        "B": max(1, total // 15),
+        "C": max(1, total // 60),
+        "D": max(1, total // 60),
+        "F": max(1, total // 30),
+        "G": max(1, total // 150),
+    }
     used = 2 * n["A"] + n["B"] + (1 + WORKERS) * n["C"] + 2 * n["D"] + 2 * n["F"] + 2 * n["G"]
     if used > total:
         raise ValueError(f"{total} Python processes are too few for the duplicates mix")
@@ -127,7 +133,9 @@ def start(load: Load, total: int) -> DupesLoad:
         d.truth.add(frozenset((go([script, "--seed", "1"], root), go([script, "--seed", "2"], root))))
     for g in range(n["G"]):
         _write(root / f"mods{g}" / "jobmod.py", f"G{g}")
-        d.truth.add(frozenset((go(["-m", "jobmod"], root / f"mods{g}"), go(["-m", "jobmod"], root / f"mods{g}"))))
+        d.truth.add(
+            frozenset((go(["-m", "jobmod"], root / f"mods{g}"), go(["-m", "jobmod"], root / f"mods{g}")))
+        )
     for e in range(n["E"]):
         go([str(_write(root / "single" / f"s{e}.py", f"E{e}"))], root)
 

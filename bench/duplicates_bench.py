@@ -116,11 +116,13 @@ def run(load: Load, cfg: Config) -> Section:
     finally:
         load.stop(d.instances + d.workers)
     ours = d.pids
-    sec.intro = (f"{len(ours)} Python processes of ours ({len(d.instances)} runs + {len(d.workers)} forked "
-                 f"workers) in a table of {len(snap):,}; mix per kind: {d.counts} (see bench/dupes_load.py). "
-                 f"Median of {cfg.dupes_reps} runs, interleaved. *Detection*: both sides work from the same "
-                 "snapshot (the goal's figure). *End to end*: each side also lists the processes itself. Right "
-                 "answer: exactly the groups the load was built with, among our processes.")
+    sec.intro = (
+        f"{len(ours)} Python processes of ours ({len(d.instances)} runs + {len(d.workers)} forked "
+        f"workers) in a table of {len(snap):,}; mix per kind: {d.counts} (see bench/dupes_load.py). "
+        f"Median of {cfg.dupes_reps} runs, interleaved. *Detection*: both sides work from the same "
+        "snapshot (the goal's figure). *End to end*: each side also lists the processes itself. Right "
+        "answer: exactly the groups the load was built with, among our processes."
+    )
     sec.headers = ["method", "median ms", "min–max ms", "speed-up vs common", "right answer?", "detail"]
     verdicts = {}
     for k, s in stats.items():
@@ -128,21 +130,38 @@ def run(load: Load, cfg: Config) -> Section:
         ok, detail = _verdict(_ours(answers[k], ours), d.truth)
         verdicts[k] = ok
         speed = f"{base / s.median:.1f}×" if s.median > 0 else "–"
-        sec.rows.append([LABELS[k], ms(s.median), f"{ms(s.min)}–{ms(s.max)}", speed, "yes" if ok else "**no**",
-                         detail])
+        sec.rows.append(
+            [LABELS[k], ms(s.median), f"{ms(s.min)}–{ms(s.max)}", speed, "yes" if ok else "**no**", detail]
+        )
     n = cfg.python_procs
     for k, base_key, what, goal in (
         ("procguard", "common", "detection, steady state", True),
         ("procguard cold", "common", "detection, fresh identity cache", True),
-        ("procguard e2e", "common e2e", "end to end incl. each side's own process listing (reference)", False),
+        (
+            "procguard e2e",
+            "common e2e",
+            "end to end incl. each side's own process listing (reference)",
+            False,
+        ),
     ):
         st: Stats = stats[k]
         base = stats[base_key].median
         f = base / st.median if st.median > 0 else float("inf")
-        sec.goals.append(Goal(f"duplicates over {n} Python processes, {what}: procguard vs common",
-                              f"{f:.1f}× faster ({ms(st.median)} vs {ms(base)} ms)",
-                              f"≥ {GOAL:.0f}×" if goal else "–", (f >= GOAL) if goal else None))
+        sec.goals.append(
+            Goal(
+                f"duplicates over {n} Python processes, {what}: procguard vs common",
+                f"{f:.1f}× faster ({ms(st.median)} vs {ms(base)} ms)",
+                f"≥ {GOAL:.0f}×" if goal else "–",
+                (f >= GOAL) if goal else None,
+            )
+        )
     right = all(verdicts[k] for k in ("procguard", "procguard cold", "procguard e2e"))
-    sec.goals.append(Goal("duplicates: right answer", f"procguard {'yes' if right else 'no'}, common "
-                          f"{'yes' if verdicts['common'] else 'no'}", "procguard right", right))
+    sec.goals.append(
+        Goal(
+            "duplicates: right answer",
+            f"procguard {'yes' if right else 'no'}, common {'yes' if verdicts['common'] else 'no'}",
+            "procguard right",
+            right,
+        )
+    )
     return sec

@@ -50,11 +50,15 @@ def _make_nodes(folder: str) -> str | None:
 
 def _fuser(paths: list[str]) -> set[int]:
     # fuser prints the pids on stdout (and names and access letters on stderr); exit 1 when nobody holds them.
-    out = subprocess.run(["fuser", *paths], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    out = subprocess.run(
+        ["fuser", *paths], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ).stdout
     return {int(x) for x in out.split() if x.isdigit()}
 
 
-def _methods(paths: list[str], dev: str) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], set[int]]]]:
+def _methods(
+    paths: list[str], dev: str
+) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], set[int]]]]:
     from procguard.core.gpuholders import DevicePatterns, HolderScanner
     from procguard.core.snapshot import Snapshotter
 
@@ -85,8 +89,9 @@ LABELS = {
 }
 
 
-def measure_point(load: Load, size: int, reps: int, dev: str, holders: set[int]) -> tuple[dict[str, Stats], int,
-                                                                                           dict[str, bool], int]:
+def measure_point(
+    load: Load, size: int, reps: int, dev: str, holders: set[int]
+) -> tuple[dict[str, Stats], int, dict[str, bool], int]:
     table = load.resize(size)
     paths = [os.path.join(dev, n) for n in NODES]
     timed, answers = _methods(paths, dev)
@@ -117,22 +122,46 @@ def run(load: Load, cfg: Config, sizes: tuple[int, ...] | None = None) -> Sectio
         sizes = sizes or ((cfg.sizes[0],) if cfg.quick else (cfg.main_size, cfg.big_size))
         reps = max(3, cfg.scaling_reps)
         sec = Section("gpuholders", f"{TITLE} at {', '.join(f'{s:,}' for s in sizes)} processes")
-        sec.intro = (f"{HOLDERS} processes of ours hold fake NVIDIA device files; the rest of the table is the "
-                     f"load. Median of {reps} runs each, interleaved. Ratio = median / median of `fuser` in the same "
-                     "run. *fd reads*: readlinks a cold scan makes.")
-        sec.headers = ["table", "method", "median ms", "min–max ms", "× fuser", "right answer", "fd reads (cold)"]
+        sec.intro = (
+            f"{HOLDERS} processes of ours hold fake NVIDIA device files; the rest of the table is the "
+            f"load. Median of {reps} runs each, interleaved. Ratio = median / median of `fuser` in the same "
+            "run. *fd reads*: readlinks a cold scan makes."
+        )
+        sec.headers = [
+            "table",
+            "method",
+            "median ms",
+            "min–max ms",
+            "× fuser",
+            "right answer",
+            "fd reads (cold)",
+        ]
         for size in sizes:
             stats, table, right, links = measure_point(load, size, reps, dev, holders)
             base = stats["fuser"].median
             for k, s in stats.items():
                 key = {"procguard cold": "cold", "procguard warm": "warm", "fuser": "fuser"}.get(k, "warm")
-                sec.rows.append([f"{table:,}", LABELS[k], ms(s.median), f"{ms(s.min)}–{ms(s.max)}",
-                                 ratio(s.median, base), "yes" if right[key] else "**no**", f"{links:,}"])
+                sec.rows.append(
+                    [
+                        f"{table:,}",
+                        LABELS[k],
+                        ms(s.median),
+                        f"{ms(s.min)}–{ms(s.max)}",
+                        ratio(s.median, base),
+                        "yes" if right[key] else "**no**",
+                        f"{links:,}",
+                    ]
+                )
             warm = stats["procguard warm"].median
-            sec.goals.append(Goal(f"GPU holders at {table:,} processes: warm scan vs fuser",
-                                  f"{warm / base:.2f}× ({ms(warm)} vs {ms(base)} ms), cold "
-                                  f"{ms(stats['procguard cold'].median)} ms", "≤ 1.0×, right answer",
-                                  warm <= base and all(right.values())))
+            sec.goals.append(
+                Goal(
+                    f"GPU holders at {table:,} processes: warm scan vs fuser",
+                    f"{warm / base:.2f}× ({ms(warm)} vs {ms(base)} ms), cold "
+                    f"{ms(stats['procguard cold'].median)} ms",
+                    "≤ 1.0×, right answer",
+                    warm <= base and all(right.values()),
+                )
+            )
         return sec
     finally:
         shutil.rmtree(dev, ignore_errors=True)
@@ -166,8 +195,11 @@ def _link(pid: int, fd: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from bench.common import FULL, QUICK
 
-    p = argparse.ArgumentParser(prog="python -m bench.gpuholders_bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.gpuholders_bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--sizes", default="", help="comma-separated table sizes (default 2000,5000; quick 200)")
     args = p.parse_args(argv)

@@ -202,7 +202,7 @@ def _run_kind(panes: list[Pane], kind: str, n: dict[str, int], interval: float, 
     rotate = 0
     while any(v > 0 for v in pending.values()) and time.perf_counter() < budget:
         rotate += 1
-        order = panes[rotate % len(panes):] + panes[:rotate % len(panes)]
+        order = panes[rotate % len(panes) :] + panes[: rotate % len(panes)]
         did = False
         for p in order:
             now = time.perf_counter()
@@ -305,12 +305,15 @@ def launch_once(tm: Tmux, p: Pane, argv: list[str], env: dict[str, str] | None, 
 
 def _apps(load: Load, cfg: Config) -> dict[str, tuple[list[str], dict[str, str] | None]]:
     apps: dict[str, tuple[list[str], dict[str, str] | None]] = {
-        TUI: ([str(tui_bench.tui_program()), "--interval", f"{cfg.tui_interval:g}"], None)}
+        TUI: ([str(tui_bench.tui_program()), "--interval", f"{cfg.tui_interval:g}"], None)
+    }
     if tui_bench.htop_available() is None:
         home = load.tmp / "htop-latency-home"
         home.mkdir(exist_ok=True)
-        apps[HTOP] = ([tui_bench.HTOP_PROGRAM, "-d", str(round(cfg.tui_interval * 10)), "-s", "PID"],
-                      {"HOME": str(home)})
+        apps[HTOP] = (
+            [tui_bench.HTOP_PROGRAM, "-d", str(round(cfg.tui_interval * 10)), "-s", "PID"],
+            {"HOME": str(home)},
+        )
     return apps
 
 
@@ -384,7 +387,9 @@ def _key_phase(load: Load, cfg: Config, apps: Apps, log: Callable[[str], object]
     return _phase(load, "keys", body)  # type: ignore[return-value]
 
 
-def measure(load: Load, cfg: Config, log: Callable[[str], object] = print) -> tuple[KeyResults, dict[str, list[Launch]], int]:
+def measure(
+    load: Load, cfg: Config, log: Callable[[str], object] = print
+) -> tuple[KeyResults, dict[str, list[Launch]], int]:
     """Figures 5 and 6; each phase in its own tmux server, retried once if tmux's server crashes."""
     table = procstat.count_processes()
     apps = _apps(load, cfg)
@@ -410,17 +415,31 @@ def key_section(cfg: Config, res: KeyResults | None, table: int, why: str | None
     sec = Section("keys", KEY_TITLE)
     if why:
         sec.status, sec.reason = ("not available yet" if "procguard-tui" in why else "skipped"), why
-        sec.goals.append(Goal("keypress to screen vs htop", f"not measured: {why}", "median ≤ 1.5× htop; p95 ≤ 50 ms",
-                              None))
+        sec.goals.append(
+            Goal(
+                "keypress to screen vs htop", f"not measured: {why}", "median ≤ 1.5× htop; p95 ≤ 50 ms", None
+            )
+        )
         return sec
     assert res is not None
-    sec.intro = (f"Both apps side by side in tmux ({WIDTH}×{HEIGHT}) at a {cfg.tui_interval:g} s refresh, on a table "
-                 f"of {table:,} processes; htop runs as `htop -d {round(cfg.tui_interval * 10)} -s PID`. Time: "
-                 "`tmux send-keys` → the pane output after which the screen shows the key's effect (control-mode "
-                 "client, no polling). *idle*: no refresh near; *refresh landing*: the key is sent 0–90 ms (in 10 ms steps, in turn) "
-                 "before the app's next refresh reaches the screen. See bench/latency_bench.py for the keys and the checks.")
-    sec.headers = ["key", "condition", "procguard-tui median ms", "p95 ms", "htop median ms", "p95 ms",
-                   "median × htop", "samples (pg / htop)", "no change seen"]
+    sec.intro = (
+        f"Both apps side by side in tmux ({WIDTH}×{HEIGHT}) at a {cfg.tui_interval:g} s refresh, on a table "
+        f"of {table:,} processes; htop runs as `htop -d {round(cfg.tui_interval * 10)} -s PID`. Time: "
+        "`tmux send-keys` → the pane output after which the screen shows the key's effect (control-mode "
+        "client, no polling). *idle*: no refresh near; *refresh landing*: the key is sent 0–90 ms (in 10 ms steps, in turn) "
+        "before the app's next refresh reaches the screen. See bench/latency_bench.py for the keys and the checks."
+    )
+    sec.headers = [
+        "key",
+        "condition",
+        "procguard-tui median ms",
+        "p95 ms",
+        "htop median ms",
+        "p95 ms",
+        "median × htop",
+        "samples (pg / htop)",
+        "no change seen",
+    ]
     for kind in KINDS:
         ratios: list[str] = []
         worst_ratio, worst_p95 = 0.0, 0.0
@@ -430,11 +449,24 @@ def key_section(cfg: Config, res: KeyResults | None, table: int, why: str | None
             pg = res.samples.get((TUI, kind, cond), [])
             ht = res.samples.get((HTOP, kind, cond), [])
             miss = f"{res.missed.get((TUI, kind, cond), 0)} / {res.missed.get((HTOP, kind, cond), 0)}"
-            r = statistics.median(pg) / statistics.median(ht) if pg and ht and statistics.median(ht) > 0 else None
-            sec.rows.append([KIND_LABELS[kind], "refresh landing" if cond == "refresh" else "idle",
-                             ms(statistics.median(pg)) if pg else "–", ms(p95(pg)) if pg else "–",
-                             ms(statistics.median(ht)) if ht else "–", ms(p95(ht)) if ht else "–",
-                             f"{r:.2f}×" if r is not None else "–", f"{len(pg)} / {len(ht)}", miss])
+            r = (
+                statistics.median(pg) / statistics.median(ht)
+                if pg and ht and statistics.median(ht) > 0
+                else None
+            )
+            sec.rows.append(
+                [
+                    KIND_LABELS[kind],
+                    "refresh landing" if cond == "refresh" else "idle",
+                    ms(statistics.median(pg)) if pg else "–",
+                    ms(p95(pg)) if pg else "–",
+                    ms(statistics.median(ht)) if ht else "–",
+                    ms(p95(ht)) if ht else "–",
+                    f"{r:.2f}×" if r is not None else "–",
+                    f"{len(pg)} / {len(ht)}",
+                    miss,
+                ]
+            )
             label = "idle" if cond == "idle" else "refresh landing"
             if r is None or not pg:
                 complete = False
@@ -445,31 +477,55 @@ def key_section(cfg: Config, res: KeyResults | None, table: int, why: str | None
             worst_p95 = max(worst_p95, p95(pg))
             ratios.append(f"{label} {r:.2f}× ({ms(statistics.median(pg))} vs {ms(statistics.median(ht))} ms)")
             p95s.append(f"{label} {ms(p95(pg))} ms")
-        sec.goals.append(Goal(f"keypress → screen, {KIND_LABELS[kind]}: median vs htop", "; ".join(ratios),
-                              f"≤ {MEDIAN_GOAL:g}×", (worst_ratio <= MEDIAN_GOAL) if complete else None))
-        sec.goals.append(Goal(f"keypress → screen, {KIND_LABELS[kind]}: procguard-tui p95", "; ".join(p95s),
-                              f"≤ {P95_GOAL * 1000:.0f} ms", (worst_p95 <= P95_GOAL) if complete else None))
+        sec.goals.append(
+            Goal(
+                f"keypress → screen, {KIND_LABELS[kind]}: median vs htop",
+                "; ".join(ratios),
+                f"≤ {MEDIAN_GOAL:g}×",
+                (worst_ratio <= MEDIAN_GOAL) if complete else None,
+            )
+        )
+        sec.goals.append(
+            Goal(
+                f"keypress → screen, {KIND_LABELS[kind]}: procguard-tui p95",
+                "; ".join(p95s),
+                f"≤ {P95_GOAL * 1000:.0f} ms",
+                (worst_p95 <= P95_GOAL) if complete else None,
+            )
+        )
     no_htop = tui_bench.htop_available()
     if no_htop:
         sec.notes.append(f"htop was not measured: {no_htop}. procguard-tui's own figures are still shown.")
-    fast = [statistics.median(v) for (app, _k, c), v in res.samples.items() if app == HTOP and c == "idle" and v]
+    fast = [
+        statistics.median(v) for (app, _k, c), v in res.samples.items() if app == HTOP and c == "idle" and v
+    ]
     if fast and min(fast) < 0.003:
-        sec.notes.append("htop answers some keys in about 1 ms (it redraws only what changed). This figure is "
-                         "event-driven (no capture polling), so it has no floor of a few ms under either app; a "
-                         "polling measurement (capture-pane every few ms) shows htop at 7–9 ms instead.")
+        sec.notes.append(
+            "htop answers some keys in about 1 ms (it redraws only what changed). This figure is "
+            "event-driven (no capture polling), so it has no floor of a few ms under either app; a "
+            "polling measurement (capture-pane every few ms) shows htop at 7–9 ms instead."
+        )
     if res.crashes:
-        sec.notes.append(f"tmux's server crashed {len(res.crashes)} time(s) and the phase was run again from the start "
-                         f"(tmux 3.3a with control-mode clients): {res.crashes[0][:200]}")
+        sec.notes.append(
+            f"tmux's server crashed {len(res.crashes)} time(s) and the phase was run again from the start "
+            f"(tmux 3.3a with control-mode clients): {res.crashes[0][:200]}"
+        )
     if res.no_ticks:
-        sec.notes.append(f"No refresh output was seen from {', '.join(sorted(res.no_ticks))}: its refresh-landing "
-                         "samples could not be aimed (an app that draws nothing when nothing changed).")
+        sec.notes.append(
+            f"No refresh output was seen from {', '.join(sorted(res.no_ticks))}: its refresh-landing "
+            "samples could not be aimed (an app that draws nothing when nothing changed)."
+        )
     if cfg.quick:
-        sec.notes.append(f"--quick: {cfg.key_samples[0]} idle and {cfg.key_samples[1]} refresh-landing sample(s) "
-                         "per key and app (the full run takes 30 each).")
+        sec.notes.append(
+            f"--quick: {cfg.key_samples[0]} idle and {cfg.key_samples[1]} refresh-landing sample(s) "
+            "per key and app (the full run takes 30 each)."
+        )
     return sec
 
 
-def launch_section(cfg: Config, launches: dict[str, list[Launch]] | None, table: int, why: str | None) -> Section:
+def launch_section(
+    cfg: Config, launches: dict[str, list[Launch]] | None, table: int, why: str | None
+) -> Section:
     sec = Section("launch", LAUNCH_TITLE)
     goal = f"≤ {LAUNCH_GOAL:g} s, no empty-table frame"
     if why:
@@ -477,13 +533,22 @@ def launch_section(cfg: Config, launches: dict[str, list[Launch]] | None, table:
         sec.goals.append(Goal("launch → first frame with rows", f"not measured: {why}", goal, None))
         return sec
     assert launches is not None
-    sec.intro = (f"The app started in a fresh tmux pane ({WIDTH}×{HEIGHT}) with {table:,} processes in the table, "
-                 f"{cfg.launch_reps} launch(es) each, alternating. *First frame*: the first screen with text; *with "
-                 f"rows*: the first with at least {ROWS_NEEDED} process rows under the PID header. *Empty-table frame*: "
-                 "one before it saying \"0 shown\" / \"no process matches\", or showing the header without rows "
-                 "for 30 ms or more (not a frame caught half drawn).")
-    sec.headers = ["app", "first frame: median s", "with rows: median s", "min–max s", "× htop (with rows)",
-                   "empty-table frames", "it showed"]
+    sec.intro = (
+        f"The app started in a fresh tmux pane ({WIDTH}×{HEIGHT}) with {table:,} processes in the table, "
+        f"{cfg.launch_reps} launch(es) each, alternating. *First frame*: the first screen with text; *with "
+        f"rows*: the first with at least {ROWS_NEEDED} process rows under the PID header. *Empty-table frame*: "
+        'one before it saying "0 shown" / "no process matches", or showing the header without rows '
+        "for 30 ms or more (not a frame caught half drawn)."
+    )
+    sec.headers = [
+        "app",
+        "first frame: median s",
+        "with rows: median s",
+        "min–max s",
+        "× htop (with rows)",
+        "empty-table frames",
+        "it showed",
+    ]
     ht = [x.first_rows for x in launches.get(HTOP, []) if x.first_rows is not None]
     ht_med = statistics.median(ht) if ht else None
     for app, runs in launches.items():
@@ -491,21 +556,39 @@ def launch_section(cfg: Config, launches: dict[str, list[Launch]] | None, table:
         anys = [x.first_any for x in runs if x.first_any is not None]
         empties = [x.empty_seen for x in runs if x.empty_seen]
         med = statistics.median(rows) if rows else None
-        sec.rows.append([app, f"{statistics.median(anys):.3f}" if anys else "–", f"{med:.3f}" if med else "–",
-                         f"{min(rows):.3f}–{max(rows):.3f}" if rows else "–",
-                         f"{med / ht_med:.2f}×" if med and ht_med else "–", f"{len(empties)} of {len(runs)}",
-                         empties[0] if empties else ""])
+        sec.rows.append(
+            [
+                app,
+                f"{statistics.median(anys):.3f}" if anys else "–",
+                f"{med:.3f}" if med else "–",
+                f"{min(rows):.3f}–{max(rows):.3f}" if rows else "–",
+                f"{med / ht_med:.2f}×" if med and ht_med else "–",
+                f"{len(empties)} of {len(runs)}",
+                empties[0] if empties else "",
+            ]
+        )
     pg_runs = launches.get(TUI, [])
     pg_rows = [x.first_rows for x in pg_runs if x.first_rows is not None]
     if pg_rows:
         med = statistics.median(pg_rows)
         flashes = sum(1 for x in pg_runs if x.empty_seen)
-        value = (f"{med:.3f} s" + (f" (htop {ht_med:.3f} s)" if ht_med else "") +
-                 (f"; empty-table frame in {flashes} of {len(pg_runs)}" if flashes else "; no empty-table frame"))
-        sec.goals.append(Goal(f"launch → first frame with rows at {table:,} processes", value, goal,
-                              med <= LAUNCH_GOAL and flashes == 0 and len(pg_rows) == len(pg_runs)))
+        value = (
+            f"{med:.3f} s"
+            + (f" (htop {ht_med:.3f} s)" if ht_med else "")
+            + (f"; empty-table frame in {flashes} of {len(pg_runs)}" if flashes else "; no empty-table frame")
+        )
+        sec.goals.append(
+            Goal(
+                f"launch → first frame with rows at {table:,} processes",
+                value,
+                goal,
+                med <= LAUNCH_GOAL and flashes == 0 and len(pg_rows) == len(pg_runs),
+            )
+        )
     else:
-        sec.goals.append(Goal("launch → first frame with rows", "no frame with rows within 30 s", goal, False))
+        sec.goals.append(
+            Goal("launch → first frame with rows", "no frame with rows within 30 s", goal, False)
+        )
     return sec
 
 

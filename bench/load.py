@@ -173,14 +173,24 @@ class Load:
                 os.close(fd)
         self.reap([p for p in found if p in self._children])
         listing = "\n  ".join(f"{pid} {cmd[:160]}" for pid, cmd in sorted(self._leaked.items()))
-        print(f"bench: processes left running after the cleanup (now killed):\n  {listing}", file=sys.stderr,
-              flush=True)
+        print(
+            f"bench: processes left running after the cleanup (now killed):\n  {listing}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # ------------------------------------------------------------------------------------------ spawning
 
-    def spawn(self, argv: Sequence[str], *, cwd: str | os.PathLike[str] | None = None, pgroup: int | None = 0,
-              env: dict[str, str] | None = None, quiet: bool = False,
-              stdio: tuple[int, int, int] | None = None) -> int:
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | os.PathLike[str] | None = None,
+        pgroup: int | None = 0,
+        env: dict[str, str] | None = None,
+        quiet: bool = False,
+        stdio: tuple[int, int, int] | None = None,
+    ) -> int:
         """Start argv (argv[0] looked up in PATH) with the marker and a parent-death SIGKILL.
 
         pgroup: 0 = a new process group led by this process; a pgid = join that group (one of ours).

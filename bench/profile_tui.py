@@ -48,9 +48,14 @@ def _has(frames: Frames, *needles: str) -> bool:
 
 COLLECT_PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("snapshot (core/snapshot, procfs)", ("core/snapshot.py", "core/procfs.py")),
-    ("duplicates (core/duplicates, identity)", ("core/duplicates.py", "core/identity.py", "core/launchers.py")),
-    ("locks (held_locks, stale lock files)", ("core/held_locks.py", "core/proclocks.py", "core/locks.py",
-                                              "core/lockfile.py")),
+    (
+        "duplicates (core/duplicates, identity)",
+        ("core/duplicates.py", "core/identity.py", "core/launchers.py"),
+    ),
+    (
+        "locks (held_locks, stale lock files)",
+        ("core/held_locks.py", "core/proclocks.py", "core/locks.py", "core/lockfile.py"),
+    ),
     ("registry", ("core/registry.py",)),
     ("GPU", ("core/gpu.py", "core/nvml.py", "core/gpuholders.py")),
     ("make_model (tui model)", ("make_model",)),
@@ -103,8 +108,18 @@ def _main_bucket(frames: Frames) -> str:
         return "draw: compositor (chops, cuts, strips)"
     if _has(frames, "stylesheet", "_update_styles", "update_styles", "css/"):
         return "draw: CSS / styles"
-    if _has(frames, "_dispatch_message", "_process_messages", "_on_message", "post_message", "_flush_next",
-            "on_timer", "_on_idle", "check_idle", "_tick"):
+    if _has(
+        frames,
+        "_dispatch_message",
+        "_process_messages",
+        "_on_message",
+        "post_message",
+        "_flush_next",
+        "on_timer",
+        "_on_idle",
+        "check_idle",
+        "_tick",
+    ):
         return "messages / timers / idle (rest)"
     return "other (main thread)"
 
@@ -132,17 +147,31 @@ def summarize(samples: list[tuple[str, Frames, int]], cpu_ms_per_refresh: float,
             selfs[_short(frames[-1]) if frames else "?"] += n
             per_bucket.setdefault(b, Counter())[_short(frames[-1]) if frames else "?"] += n
     active = sum(n for b, n in buckets.items() if not b.startswith("wait:"))
-    lines = [f"{active:,} active samples (+{buckets.total() - active:,} blocked in a select or a wait, left out); "
-             f"scaled to {cpu_ms_per_refresh:.1f} ms CPU per refresh.", "",
-             "| bucket | share | ms / refresh |", "| --- | --- | --- |"]
+    lines = [
+        f"{active:,} active samples (+{buckets.total() - active:,} blocked in a select or a wait, left out); "
+        f"scaled to {cpu_ms_per_refresh:.1f} ms CPU per refresh.",
+        "",
+        "| bucket | share | ms / refresh |",
+        "| --- | --- | --- |",
+    ]
     for b, n in sorted(buckets.items(), key=lambda kv: -kv[1]):
         if b.startswith("wait:"):
             continue
         lines.append(f"| {b} | {100 * n / active:.1f}% | {cpu_ms_per_refresh * n / active:.1f} |")
-    lines += ["", f"Top {top} functions by own time (innermost frame):", "", "| function | share |", "| --- | --- |"]
+    lines += [
+        "",
+        f"Top {top} functions by own time (innermost frame):",
+        "",
+        "| function | share |",
+        "| --- | --- |",
+    ]
     for f, n in selfs.most_common(top):
         lines.append(f"| `{f}` | {100 * n / max(1, active):.1f}% |")
-    lines += ["", "Inside the six biggest buckets, the top functions by own time (share of all active samples):", ""]
+    lines += [
+        "",
+        "Inside the six biggest buckets, the top functions by own time (share of all active samples):",
+        "",
+    ]
     for b, _n in [kv for kv in buckets.most_common() if not kv[0].startswith("wait:")][:6]:
         fs = ", ".join(f"`{f}` {100 * n / max(1, active):.1f}%" for f, n in per_bucket[b].most_common(4))
         lines.append(f"- {b}: {fs}")
@@ -172,13 +201,31 @@ def _keys(tm: Tmux, name: str, seconds: float, every: float) -> int:
     return sent
 
 
-def _spy(load: Load, pid: int, seconds: float, rate: int, out: Path,
-         during: Callable[[], object] | None = None) -> tuple[float, float, object]:
+def _spy(
+    load: Load, pid: int, seconds: float, rate: int, out: Path, during: Callable[[], object] | None = None
+) -> tuple[float, float, object]:
     """py-spy over `seconds` while `during` runs; returns (app CPU seconds, window seconds, during's result)."""
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     c0, t0 = procstat.cpu_seconds(pid), time.monotonic()
-    spy = load.spawn([pyspy, "record", "--pid", str(pid), "--duration", f"{seconds:g}", "--rate", str(rate),
-                      "--format", "raw", "--threads", "--nonblocking", "-o", str(out)], quiet=True)
+    spy = load.spawn(
+        [
+            pyspy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            f"{seconds:g}",
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--threads",
+            "--nonblocking",
+            "-o",
+            str(out),
+        ],
+        quiet=True,
+    )
     result = during() if during is not None else None
     load.wait_child(spy, timeout=seconds + 60)
     c1, t1 = procstat.cpu_seconds(pid), time.monotonic()
@@ -196,18 +243,30 @@ def timings(load: Load, args: argparse.Namespace, out: Path) -> str:
         refreshes = args.seconds / args.interval
         cpu, window, _ = _spy(load, pid, args.seconds, args.rate, out / "pyspy-idle.txt")
         idle_ms = 1000 * cpu / (window / args.interval)
-        cpu_k, window_k, sent = _spy(load, pid, args.seconds, args.rate, out / "pyspy-keys.txt",
-                                     lambda: _keys(tm, "app", args.seconds, args.key_every))
+        cpu_k, window_k, sent = _spy(
+            load,
+            pid,
+            args.seconds,
+            args.rate,
+            out / "pyspy-keys.txt",
+            lambda: _keys(tm, "app", args.seconds, args.key_every),
+        )
         keys_ms = 1000 * cpu_k / (window_k / args.interval)
         n_keys = int(sent or 0)  # type: ignore[call-overload]
         per_key = (cpu_k - cpu * window_k / window) * 1000 / max(1, n_keys)
-        text = [f"## Timings at {args.table:,} processes (py-spy {args.rate} Hz, {args.seconds:g} s per phase)", "",
-                f"Idle: {1000 * cpu:.0f} ms CPU over {window:.1f} s = **{idle_ms:.1f} ms per refresh** "
-                f"({refreshes:.0f} refreshes).", "",
-                summarize(parse_raw(out / "pyspy-idle.txt"), idle_ms), "",
-                f"With keys: {n_keys} cursor keys over {window_k:.1f} s (one every {args.key_every:g} s): "
-                f"{1000 * cpu_k:.0f} ms CPU = {keys_ms:.1f} ms per second; **{per_key:.1f} ms per key** above idle.",
-                "", summarize(parse_raw(out / "pyspy-keys.txt"), keys_ms)]
+        text = [
+            f"## Timings at {args.table:,} processes (py-spy {args.rate} Hz, {args.seconds:g} s per phase)",
+            "",
+            f"Idle: {1000 * cpu:.0f} ms CPU over {window:.1f} s = **{idle_ms:.1f} ms per refresh** "
+            f"({refreshes:.0f} refreshes).",
+            "",
+            summarize(parse_raw(out / "pyspy-idle.txt"), idle_ms),
+            "",
+            f"With keys: {n_keys} cursor keys over {window_k:.1f} s (one every {args.key_every:g} s): "
+            f"{1000 * cpu_k:.0f} ms CPU = {keys_ms:.1f} ms per second; **{per_key:.1f} ms per key** above idle.",
+            "",
+            summarize(parse_raw(out / "pyspy-keys.txt"), keys_ms),
+        ]
         return "\n".join(text)
     finally:
         tm.close()
@@ -226,16 +285,23 @@ def _phase(records: list[dict], t0: float, t1: float) -> tuple[dict, dict, float
     if not before or not upto:
         raise RuntimeError("the probe wrote no counters in time")
     a, b = before[-1], upto[-1]
-    counts = {k: {n: v - a["counts"].get(k, {}).get(n, 0) for n, v in d.items()} for k, d in b["counts"].items()}
-    times = {k: {n: v - a["times"].get(k, {}).get(n, 0.0) for n, v in d.items()} for k, d in b["times"].items()}
+    counts = {
+        k: {n: v - a["counts"].get(k, {}).get(n, 0) for n, v in d.items()} for k, d in b["counts"].items()
+    }
+    times = {
+        k: {n: v - a["times"].get(k, {}).get(n, 0.0) for n, v in d.items()} for k, d in b["times"].items()
+    }
     return counts, times, b["time"] - a["time"]
 
 
 def _counter_table(counts: dict, times: dict, secs: float, refreshes: float) -> str:
     per = max(1.0, refreshes)
-    lines = [f"Over {secs:.0f} s ({per:.0f} refreshes); per refresh:", "",
-             "| widget | refresh() calls | layout refreshes | lines re-rendered | of which unchanged |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"Over {secs:.0f} s ({per:.0f} refreshes); per refresh:",
+        "",
+        "| widget | refresh() calls | layout refreshes | lines re-rendered | of which unchanged |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     widgets = set(counts.get("refresh", {})) | set(counts.get("lines", {}))
     for w in sorted(widgets, key=lambda w: -counts.get("lines", {}).get(w, 0)):
         r = counts.get("refresh", {}).get(w, 0)
@@ -249,15 +315,22 @@ def _counter_table(counts: dict, times: dict, secs: float, refreshes: float) -> 
     layouts = sum(counts.get("layouts", {}).values())
     layout_t = sum(times.get("layouts", {}).values())
     out = counts.get("output", {})
-    lines += ["", f"- frames (compositor refreshes): {frames / per:.1f} per refresh, {1000 * frame_t / per:.1f} ms "
-              f"per refresh ({1000 * frame_t / max(1, frames):.1f} ms each); layouts: {layouts / per:.1f}, "
-              f"{1000 * layout_t / per:.1f} ms per refresh",
-              f"- terminal output: {out.get('bytes', 0) / per / 1024:.1f} KiB in {out.get('writes', 0) / per:.1f} "
-              "writes per refresh", "", "| message | per refresh | ms per refresh (dispatch wall time) |",
-              "| --- | --- | --- |"]
+    lines += [
+        "",
+        f"- frames (compositor refreshes): {frames / per:.1f} per refresh, {1000 * frame_t / per:.1f} ms "
+        f"per refresh ({1000 * frame_t / max(1, frames):.1f} ms each); layouts: {layouts / per:.1f}, "
+        f"{1000 * layout_t / per:.1f} ms per refresh",
+        f"- terminal output: {out.get('bytes', 0) / per / 1024:.1f} KiB in {out.get('writes', 0) / per:.1f} "
+        "writes per refresh",
+        "",
+        "| message | per refresh | ms per refresh (dispatch wall time) |",
+        "| --- | --- | --- |",
+    ]
     msgs = counts.get("messages", {})
     for m in sorted(msgs, key=lambda m: -times.get("messages", {}).get(m, 0.0))[:14]:
-        lines.append(f"| {m} | {msgs[m] / per:.1f} | {1000 * times.get('messages', {}).get(m, 0.0) / per:.1f} |")
+        lines.append(
+            f"| {m} | {msgs[m] / per:.1f} | {1000 * times.get('messages', {}).get(m, 0.0) / per:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -278,7 +351,9 @@ def counters(load: Load, args: argparse.Namespace, out: Path) -> str:
     jsonl.unlink(missing_ok=True)
     tm = Tmux(load, "probe")
     try:
-        tm.start("app", [sys.executable, str(PROBE), str(jsonl), "--interval", f"{args.interval:g}"], _probe_env())
+        tm.start(
+            "app", [sys.executable, str(PROBE), str(jsonl), "--interval", f"{args.interval:g}"], _probe_env()
+        )
         tm.wait_drawn("app")
         time.sleep(args.warmup)
         t0 = time.time()
@@ -292,11 +367,19 @@ def counters(load: Load, args: argparse.Namespace, out: Path) -> str:
         keys = _phase(records, t1, t2)
     finally:
         tm.close()
-    return "\n".join([
-        f"## Counters at {args.table:,} processes (bench/tui_probe.py)", "", "### Idle", "",
-        _counter_table(*idle, idle[2] / args.interval), "",
-        f"### With keys ({sent} cursor keys, one every {args.key_every:g} s; per refresh = per second)", "",
-        _counter_table(*keys, keys[2] / args.interval)])
+    return "\n".join(
+        [
+            f"## Counters at {args.table:,} processes (bench/tui_probe.py)",
+            "",
+            "### Idle",
+            "",
+            _counter_table(*idle, idle[2] / args.interval),
+            "",
+            f"### With keys ({sent} cursor keys, one every {args.key_every:g} s; per refresh = per second)",
+            "",
+            _counter_table(*keys, keys[2] / args.interval),
+        ]
+    )
 
 
 def first_frame(load: Load, args: argparse.Namespace, out: Path) -> str:
@@ -305,14 +388,22 @@ def first_frame(load: Load, args: argparse.Namespace, out: Path) -> str:
     jsonl.unlink(missing_ok=True)
     tm = Tmux(load, "launch")
     try:
-        tm.start("app", [sys.executable, str(PROBE), str(jsonl), "--interval", f"{args.interval:g}"], _probe_env())
+        tm.start(
+            "app", [sys.executable, str(PROBE), str(jsonl), "--interval", f"{args.interval:g}"], _probe_env()
+        )
         time.sleep(4.0)
         records = _read_records(jsonl)
     finally:
         tm.close()
     events = records[-1]["events"] if records else {}
-    lines = [f"## First frame at {n:,} processes", "", "Seconds from the process's start (kernel start time):", "",
-             "| event | s |", "| --- | --- |"]
+    lines = [
+        f"## First frame at {n:,} processes",
+        "",
+        "Seconds from the process's start (kernel start time):",
+        "",
+        "| event | s |",
+        "| --- | --- |",
+    ]
     lines += [f"| {k} | {v:.3f} |" for k, v in sorted(events.items(), key=lambda kv: kv[1])]
     lines += ["", cold_collect()]
     return "\n".join(lines)
@@ -341,18 +432,27 @@ def cold_collect() -> str:
     backend = tui_bench.live_backend()
     if backend is not None:
         try:
-            timed("the app's whole first collect() (fresh backend, same process: partly warm)", backend.collect)
+            timed(
+                "the app's whole first collect() (fresh backend, same process: partly warm)", backend.collect
+            )
         except Exception as e:  # noqa: BLE001 - the app is being rewritten; the parts above still count
             parts.append((f"the app's first collect() failed: {type(e).__name__}: {e}", 0.0))
-    rows = ["The app's first `collect()` by part, in this process (cold unless said):", "", "| part | ms |",
-            "| --- | --- |"]
+    rows = [
+        "The app's first `collect()` by part, in this process (cold unless said):",
+        "",
+        "| part | ms |",
+        "| --- | --- |",
+    ]
     rows += [f"| {name} | {1000 * s:.1f} |" for name, s in parts]
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.profile_tui", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.profile_tui",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--table", type=int, default=500, help="processes in the table (default 500)")
     p.add_argument("--first-table", type=int, default=2000, help="table for the first-frame timeline (2000)")
     p.add_argument("--seconds", type=float, default=30.0, help="seconds per phase (default 30)")
@@ -360,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=1.0, help="the app's --interval (default 1)")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--key-every", type=float, default=0.1, help="seconds between cursor keys (default 0.1)")
-    p.add_argument("--out", type=Path, default=Path("/tmp/procguard-profile"), help="folder for the raw files")
+    p.add_argument(
+        "--out", type=Path, default=Path("/tmp/procguard-profile"), help="folder for the raw files"
+    )
     p.add_argument("--skip", default="", help="comma-separated parts to skip: timings,counters,first")
     args = p.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))

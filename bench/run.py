@@ -48,14 +48,19 @@ TITLES = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: small tables, few repetitions (~20 s)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT})")
     p.add_argument("--token", help="marker token for the load's processes (default: random)")
-    p.add_argument("--only", default="", metavar="FIGURES",
-                   help=f"comma-separated figures to run ({', '.join(FIGURES)}; 'keys' is figures 5 and 6); needs "
-                        "--out, so a partial run never replaces RESULTS.md")
+    p.add_argument(
+        "--only",
+        default="",
+        metavar="FIGURES",
+        help=f"comma-separated figures to run ({', '.join(FIGURES)}; 'keys' is figures 5 and 6); needs "
+        "--out, so a partial run never replaces RESULTS.md",
+    )
     return p
 
 
@@ -90,8 +95,11 @@ class Runner:
             sec = fn()
         except Exception as e:  # noqa: BLE001 - one failing benchmark must not stop the others
             sec = Section(key, title, status="failed", reason=f"{type(e).__name__}: {e}")
-            sec.notes.append("Traceback (last lines): `" +
-                             " | ".join(traceback.format_exc().strip().splitlines()[-4:]) + "`")
+            sec.notes.append(
+                "Traceback (last lines): `"
+                + " | ".join(traceback.format_exc().strip().splitlines()[-4:])
+                + "`"
+            )
             self.log(f"{key}: FAILED {e}")
         if sec is not None:
             self.sections[key] = sec
@@ -100,7 +108,9 @@ class Runner:
     def resize(self, size: int) -> int:
         t = time.monotonic()
         n = self.load.resize(size)
-        self.log(f"table: {n:,} processes ({self.load.sleepers:,} sleepers of ours) in {time.monotonic() - t:.1f} s")
+        self.log(
+            f"table: {n:,} processes ({self.load.sleepers:,} sleepers of ours) in {time.monotonic() - t:.1f} s"
+        )
         return n
 
     def point(self, p: Point, *, snapshot: bool = True) -> None:
@@ -138,14 +148,17 @@ class Runner:
         self.guarded("keys", go)
         if "launch" not in self.sections:  # it failed with the key figure
             failed = self.sections["keys"]
-            self.sections["launch"] = Section("launch", latency_bench.LAUNCH_TITLE, status=failed.status,
-                                              reason=failed.reason)
+            self.sections["launch"] = Section(
+                "launch", latency_bench.LAUNCH_TITLE, status=failed.status, reason=failed.reason
+            )
 
     def run(self) -> list[Section]:
         cfg, want = self.cfg, self.want
         points = [Point(s) for s in cfg.sizes]
         tui_missing = tui_bench.available()
-        refresh_missing = None if _refresh_ok() else "procguard.tui's LiveBackend / build_rows: not available yet"
+        refresh_missing = (
+            None if _refresh_ok() else "procguard.tui's LiveBackend / build_rows: not available yet"
+        )
         apps_possible = tmux.missing() is None and (tui_missing is None or tui_bench.htop_available() is None)
         self.apps_wanted = apps_possible and (want("tui") or want("scaling"))
         self.tui_ok = tui_missing is None
@@ -159,18 +172,36 @@ class Runner:
         if want("keys"):
             self.keys(table)
         if want("duplicates"):
-            self.guarded("duplicates", lambda: duplicates_bench.run(self.load, cfg), duplicates_bench.available())
+            self.guarded(
+                "duplicates", lambda: duplicates_bench.run(self.load, cfg), duplicates_bench.available()
+            )
         if want("scaling") or want("tui"):
             runs[2] = self.outer_stage(points[2], cfg.tui_scaling_window, "big")
         if want("tui"):
             self.sections["tui"] = tui_bench.section(
-                cfg, runs, (points[0].table if runs[0] else None, table, points[2].table if runs[2] else None),
-                tui_missing)
+                cfg,
+                runs,
+                (points[0].table if runs[0] else None, table, points[2].table if runs[2] else None),
+                tui_missing,
+            )
         if want("scaling"):
             self.sections["scaling"] = scaling.section(points, refresh_missing, cfg.tui_interval)
         self.loads.append(procstat.loadavg())  # before the cleanup: SIGKILLing thousands at once spikes it
-        order = [k for k in ("snapshot", "terminate", "cgroup", "duplicates", "gpuholders", "tui", "keys", "launch",
-                             "scaling") if k in self.sections]
+        order = [
+            k
+            for k in (
+                "snapshot",
+                "terminate",
+                "cgroup",
+                "duplicates",
+                "gpuholders",
+                "tui",
+                "keys",
+                "launch",
+                "scaling",
+            )
+            if k in self.sections
+        ]
         out = [self.sections[k] for k in order]
         # Failures of helper stages (scaling points, tmux runs) are reported with the figure they feed.
         for k, s in self.sections.items():
@@ -204,12 +235,17 @@ class Runner:
         elif want("scaling"):
             self.point(point)
         if want("terminate"):
-            self.guarded("terminate", lambda: terminate_bench.run(self.load, cfg), terminate_bench.available())
+            self.guarded(
+                "terminate", lambda: terminate_bench.run(self.load, cfg), terminate_bench.available()
+            )
         if want("cgroup"):
             self.guarded("cgroup", lambda: cgroup_bench.run(self.load, cfg), cgroup_bench.available())
         if want("gpuholders"):
-            self.guarded("gpuholders", lambda: gpuholders_bench.run(self.load, cfg, (cfg.main_size,)),
-                         gpuholders_bench.available())
+            self.guarded(
+                "gpuholders",
+                lambda: gpuholders_bench.run(self.load, cfg, (cfg.main_size,)),
+                gpuholders_bench.available(),
+            )
         return self.resize(cfg.main_size)  # as it was before the stages that change the table
 
 
@@ -227,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     only = frozenset(x.strip() for x in args.only.split(",") if x.strip())
     unknown = sorted(only - set(FIGURES))
     if unknown:
-        parser.exit(2, f"python -m bench: --only: unknown figure {unknown[0]!r} (one of {', '.join(FIGURES)})\n")
+        parser.exit(
+            2, f"python -m bench: --only: unknown figure {unknown[0]!r} (one of {', '.join(FIGURES)})\n"
+        )
     if only and args.out == DEFAULT_OUT:
         parser.exit(2, "python -m bench: --only needs --out PATH (a partial run never replaces RESULTS.md)\n")
     cfg = QUICK if args.quick else FULL
@@ -245,9 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - t0
     loads = runner.loads
     busiest = max(float(x.split()[0]) for x in loads)
-    env["suite wall time"] = f"{wall // 60:.0f} min {wall % 60:.0f} s" + (" (--quick smoke run)" if cfg.quick else "")
-    env["load average (1/5/15 min)"] = (f"start {loads[0]}; end (before cleanup) {loads[-1]}; highest 1-min "
-                                        f"during the run {busiest:.2f}")
+    env["suite wall time"] = f"{wall // 60:.0f} min {wall % 60:.0f} s" + (
+        " (--quick smoke run)" if cfg.quick else ""
+    )
+    env["load average (1/5/15 min)"] = (
+        f"start {loads[0]}; end (before cleanup) {loads[-1]}; highest 1-min during the run {busiest:.2f}"
+    )
     env["processes of ours left after cleanup"] = str(len(leftovers))
     if only:
         env["figures"] = f"only {', '.join(sorted(only))} (--only: a partial run)"
@@ -257,9 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     # The suite's own load (thousands of processes, the TUI and htop side by side) raises the load average by
     # itself; only work that was there before it started says the machine was shared.
     if start_load > 0.5 * cpus:
-        notes.append(f"The machine was busy when this run started (1-min load average {start_load:.1f} on {cpus} "
-                     f"CPUs, up to {busiest:.1f} during the run): other work ran alongside. Absolute times are "
-                     "perturbed; the ratios compare methods measured in the same run, interleaved.")
+        notes.append(
+            f"The machine was busy when this run started (1-min load average {start_load:.1f} on {cpus} "
+            f"CPUs, up to {busiest:.1f} during the run): other work ran alongside. Absolute times are "
+            "perturbed; the ratios compare methods measured in the same run, interleaved."
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report.render(env, sections, notes))
     runner.log(f"wrote {args.out} in {wall:.0f} s; leftovers: {len(leftovers)}")

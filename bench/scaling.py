@@ -66,19 +66,39 @@ def _plot(points: list[Point], series: list[tuple[str, dict[int, float]]], width
 
 def section(points: list[Point], refresh_missing: str | None, interval: float) -> Section:
     sec = Section("scaling", "7. Scaling: snapshot and TUI refresh cost by table size")
-    sec.intro = ("Snapshot: median ms as in figure 1. TUI refresh (in process): one warm tick of the TUI's data "
-                 "path, `LiveBackend.collect()` + `build_rows()` (snapshot, duplicates, locks as due, registry, "
-                 "rows), median ms. TUI / htop CPU per refresh: CPU ms per "
-                 f"{interval:g} s refresh from the tmux runs (drawing included).")
-    sec.headers = ["processes", "ps", "psutil", "pg cold", "pg warm", "pg warm × ps", "TUI refresh (in process)",
-                   "TUI CPU / refresh", "htop CPU / refresh"]
+    sec.intro = (
+        "Snapshot: median ms as in figure 1. TUI refresh (in process): one warm tick of the TUI's data "
+        "path, `LiveBackend.collect()` + `build_rows()` (snapshot, duplicates, locks as due, registry, "
+        "rows), median ms. TUI / htop CPU per refresh: CPU ms per "
+        f"{interval:g} s refresh from the tmux runs (drawing included)."
+    )
+    sec.headers = [
+        "processes",
+        "ps",
+        "psutil",
+        "pg cold",
+        "pg warm",
+        "pg warm × ps",
+        "TUI refresh (in process)",
+        "TUI CPU / refresh",
+        "htop CPU / refresh",
+    ]
     for p in points:
         warm, ps = p.snapshot.get("procguard warm"), p.snapshot.get("ps")
         tui, htop = p.apps.get(tui_bench.TUI), p.apps.get(tui_bench.HTOP)
-        sec.rows.append([f"{p.table or p.size:,}", _cell(ps), _cell(p.snapshot.get("psutil")),
-                         _cell(p.snapshot.get("procguard cold")), _cell(warm),
-                         f"{warm.median / ps.median:.2f}×" if warm and ps else "–", _cell(p.refresh),
-                         _app_cell(tui, p.table), _app_cell(htop, p.table)])
+        sec.rows.append(
+            [
+                f"{p.table or p.size:,}",
+                _cell(ps),
+                _cell(p.snapshot.get("psutil")),
+                _cell(p.snapshot.get("procguard cold")),
+                _cell(warm),
+                f"{warm.median / ps.median:.2f}×" if warm and ps else "–",
+                _cell(p.refresh),
+                _app_cell(tui, p.table),
+                _app_cell(htop, p.table),
+            ]
+        )
     series: list[tuple[str, dict[int, float]]] = []
     for key, label in SERIES:
         series.append((label, {p.size: p.snapshot[key].median for p in points if key in p.snapshot}))

@@ -39,8 +39,18 @@ def run_psutil() -> int:
         except OSError:
             pgid = sid = -1
         mem = info["memory_info"]
-        rows.append((info["pid"], info["ppid"], pgid, sid, info["status"], mem.rss if mem else 0,
-                     info["username"], info["cmdline"]))
+        rows.append(
+            (
+                info["pid"],
+                info["ppid"],
+                pgid,
+                sid,
+                info["status"],
+                mem.rss if mem else 0,
+                info["username"],
+                info["cmdline"],
+            )
+        )
     return len(rows)
 
 
@@ -75,8 +85,10 @@ def measure(reps: int) -> tuple[dict[str, Stats], int]:
 def run(cfg: Config) -> Section:
     stats, table = measure(cfg.snapshot_reps)
     sec = Section("snapshot", f"1. Snapshot of {cfg.main_size:,} processes")
-    sec.intro = (f"Process table during the run: {table:,} processes. Median of {cfg.snapshot_reps} runs each, "
-                 "interleaved. Ratio = median / median of `ps` measured in the same run.")
+    sec.intro = (
+        f"Process table during the run: {table:,} processes. Median of {cfg.snapshot_reps} runs each, "
+        "interleaved. Ratio = median / median of `ps` measured in the same run."
+    )
     sec.headers = ["method", "median ms", "min ms", "max ms", "× ps"]
     ps = stats["ps"].median
     for k, s in stats.items():
@@ -84,13 +96,24 @@ def run(cfg: Config) -> Section:
     for k in ("procguard cold", "procguard warm"):
         r = stats[k].median / ps
         stretch = " (stretch met)" if r <= STRETCH else ""
-        sec.goals.append(Goal(f"snapshot {cfg.main_size:,}: {k} vs ps",
-                              f"{r:.2f}× ({ms(stats[k].median)} ms){stretch}",
-                              f"≤ {GOAL:.2f}× (stretch {STRETCH:.2f}×)", r <= GOAL))
+        sec.goals.append(
+            Goal(
+                f"snapshot {cfg.main_size:,}: {k} vs ps",
+                f"{r:.2f}× ({ms(stats[k].median)} ms){stretch}",
+                f"≤ {GOAL:.2f}× (stretch {STRETCH:.2f}×)",
+                r <= GOAL,
+            )
+        )
     pu = stats["psutil"].median
-    sec.goals.append(Goal(f"snapshot {cfg.main_size:,}: procguard cold vs psutil.process_iter (same fields)",
-                          f"{stats['procguard cold'].median / pu:.2f}× ({ms(stats['procguard cold'].median)} vs "
-                          f"{ms(pu)} ms)", "– (reference)", None))
+    sec.goals.append(
+        Goal(
+            f"snapshot {cfg.main_size:,}: procguard cold vs psutil.process_iter (same fields)",
+            f"{stats['procguard cold'].median / pu:.2f}× ({ms(stats['procguard cold'].median)} vs "
+            f"{ms(pu)} ms)",
+            "– (reference)",
+            None,
+        )
+    )
     sec.notes.append(f"psutil.process_iter is {pu / ps:.2f}× ps here (reference only; no goal).")
     sec.data = {"stats": stats, "table": table}
     return sec

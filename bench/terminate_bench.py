@@ -111,13 +111,17 @@ def procguard_terminate(pgid: int, grace: float) -> Run:
     results = terminate(Target.group(pgid), grace=grace)
     from_call = time.perf_counter() - t
     c = Counter(r.outcome.value for r in results)
-    return Run(max(r.elapsed for r in results), from_call, ", ".join(f"{n} {o}" for o, n in sorted(c.items())))
+    return Run(
+        max(r.elapsed for r in results), from_call, ", ".join(f"{n} {o}" for o, n in sorted(c.items()))
+    )
 
 
 METHODS = {"procguard": procguard_terminate, "waitprocs": waitprocs_terminate, "common": common_terminate}
-LABELS = {"procguard": "procguard `terminate(Target.group(pgid))`",
-          "waitprocs": "psutil: `terminate()` each, `wait_procs(timeout=grace)`, `kill()` the rest",
-          "common": "common design (fixed 100 ms polls, 1.5 s cool-down)"}
+LABELS = {
+    "procguard": "procguard `terminate(Target.group(pgid))`",
+    "waitprocs": "psutil: `terminate()` each, `wait_procs(timeout=grace)`, `kill()` the rest",
+    "common": "common design (fixed 100 ms polls, 1.5 s cool-down)",
+}
 
 
 def _start_group(load: Load, size: int, ignoring: bool) -> tuple[int, list[int]]:
@@ -146,7 +150,9 @@ def measure(load: Load, cfg: Config) -> dict[tuple[str, str], list[Run]]:
     for scenario, ignoring in (("plain", False), ("ignoring", True)):
         for _ in range(cfg.terminate_reps):
             for fn in METHODS:
-                runs.setdefault((scenario, fn), []).append(_one(load, cfg.group_size, ignoring, cfg.grace, fn))
+                runs.setdefault((scenario, fn), []).append(
+                    _one(load, cfg.group_size, ignoring, cfg.grace, fn)
+                )
     return runs
 
 
@@ -155,12 +161,22 @@ def run(load: Load, cfg: Config) -> Section:
     runs = measure(load, cfg)
     n = cfg.group_size
     sec = Section("terminate", f"2. Terminate a group of {n} processes, time to confirmed death")
-    sec.intro = (f"Background load present: {table:,} processes in the table. {cfg.terminate_reps} runs per "
-                 f"method and scenario, alternating. Grace {cfg.grace:g} s. *From signal*: first signal to "
-                 "the last member confirmed dead (procguard: the largest `SignalResult.elapsed`). *From call*: "
-                 "the whole call, including finding the group's members.")
-    sec.headers = ["scenario", "method", "from signal: median ms", "min–max ms", "from call: median ms",
-                   "× wait_procs (signal)", "× common (signal)", "outcomes (last run)"]
+    sec.intro = (
+        f"Background load present: {table:,} processes in the table. {cfg.terminate_reps} runs per "
+        f"method and scenario, alternating. Grace {cfg.grace:g} s. *From signal*: first signal to "
+        "the last member confirmed dead (procguard: the largest `SignalResult.elapsed`). *From call*: "
+        "the whole call, including finding the group's members."
+    )
+    sec.headers = [
+        "scenario",
+        "method",
+        "from signal: median ms",
+        "min–max ms",
+        "from call: median ms",
+        "× wait_procs (signal)",
+        "× common (signal)",
+        "outcomes (last run)",
+    ]
     labels = {"plain": f"{n} members exit on SIGTERM", "ignoring": f"{n - 1} exit + 1 ignores SIGTERM"}
     for scenario in ("plain", "ignoring"):
         med = {fn: Stats(tuple(r.from_signal for r in runs[(scenario, fn)])).median for fn in METHODS}
@@ -168,19 +184,41 @@ def run(load: Load, cfg: Config) -> Section:
             rs = runs[(scenario, fn)]
             sig = Stats(tuple(r.from_signal for r in rs))
             call = Stats(tuple(r.from_call for r in rs))
-            sec.rows.append([labels[scenario], LABELS[fn], ms(sig.median), f"{ms(sig.min)}–{ms(sig.max)}",
-                             ms(call.median), ratio(sig.median, med["waitprocs"]), ratio(sig.median, med["common"]),
-                             rs[-1].outcomes])
+            sec.rows.append(
+                [
+                    labels[scenario],
+                    LABELS[fn],
+                    ms(sig.median),
+                    f"{ms(sig.min)}–{ms(sig.max)}",
+                    ms(call.median),
+                    ratio(sig.median, med["waitprocs"]),
+                    ratio(sig.median, med["common"]),
+                    rs[-1].outcomes,
+                ]
+            )
         pg = med["procguard"]
-        value = (f"{ms(pg)} ms (psutil wait_procs {ms(med['waitprocs'])} ms, "
-                 f"{ratio(pg, med['waitprocs'])}; common design {ms(med['common'])} ms)")
+        value = (
+            f"{ms(pg)} ms (psutil wait_procs {ms(med['waitprocs'])} ms, "
+            f"{ratio(pg, med['waitprocs'])}; common design {ms(med['common'])} ms)"
+        )
         if scenario == "plain":
-            sec.goals.append(Goal(f"terminate {n} (exit on SIGTERM), median from signal", value,
-                                  f"≤ {GOAL_PLAIN * 1000:.0f} ms", pg <= GOAL_PLAIN))
+            sec.goals.append(
+                Goal(
+                    f"terminate {n} (exit on SIGTERM), median from signal",
+                    value,
+                    f"≤ {GOAL_PLAIN * 1000:.0f} ms",
+                    pg <= GOAL_PLAIN,
+                )
+            )
         else:
-            sec.goals.append(Goal(f"terminate {n} with 1 ignoring SIGTERM, grace {cfg.grace:g} s, median", value,
-                                  f"≤ grace + {GOAL_SLACK * 1000:.0f} ms = {ms(cfg.grace + GOAL_SLACK)} ms",
-                                  pg <= cfg.grace + GOAL_SLACK))
+            sec.goals.append(
+                Goal(
+                    f"terminate {n} with 1 ignoring SIGTERM, grace {cfg.grace:g} s, median",
+                    value,
+                    f"≤ grace + {GOAL_SLACK * 1000:.0f} ms = {ms(cfg.grace + GOAL_SLACK)} ms",
+                    pg <= cfg.grace + GOAL_SLACK,
+                )
+            )
     pg_ign = Stats(tuple(r.from_signal for r in runs[("ignoring", "procguard")]))
     if pg_ign.median > cfg.grace + GOAL_SLACK:
         scan = _rescan_cost()
@@ -190,7 +228,8 @@ def run(load: Load, cfg: Config) -> Section:
                 f"inside procguard's terminate (`signals._scan()`: /proc/PID/stat of every process) costs "
                 f"{ms(scan)} ms here at {table:,} processes; terminate() runs one when the grace ends (in its "
                 "wait loop) and another in `_kill_phase()` before it confirms the SIGKILLed member dead, so the "
-                "confirmation waits for about two scans. See bench/README.md (figure 2).")
+                "confirmation waits for about two scans. See bench/README.md (figure 2)."
+            )
     sec.data = {"runs": runs}
     return sec
 

@@ -70,8 +70,13 @@ class Tmux:
         self.socket: str | None = None
 
     def _tmux(self, *args: str, check: bool = True) -> str:
-        r = subprocess.run([TMUX, "-L", self.sock, "-f", "/dev/null", *args], env=self.env, text=True,
-                           capture_output=True, timeout=30)
+        r = subprocess.run(
+            [TMUX, "-L", self.sock, "-f", "/dev/null", *args],
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=30,
+        )
         if check and r.returncode != 0:
             gone = "" if self.server is None or procstat.alive(self.server) else f" ({self.server_end()})"
             raise RuntimeError(f"tmux {' '.join(args[:2])}: {r.stderr.strip() or r.stdout.strip()}{gone}")
@@ -94,19 +99,28 @@ class Tmux:
         # (exit-empty: "server exited unexpectedly" at the first new-session).
         conf = self.load.tmp / f"tmux-{self.sock}.conf"
         conf.write_text(f"set -g exit-empty off\nset -g remain-on-exit on\nset -g default-terminal {TERM}\n")
-        self.server = self.load.spawn([TMUX, "-L", self.sock, "-f", str(conf), "-D"],
-                                      env={"TERM": "xterm-256color"}, quiet=True)
+        self.server = self.load.spawn(
+            [TMUX, "-L", self.sock, "-f", str(conf), "-D"], env={"TERM": "xterm-256color"}, quiet=True
+        )
         deadline = time.monotonic() + 10
         while True:  # until the server answers on its socket
-            r = subprocess.run([TMUX, "-L", self.sock, "-f", "/dev/null", "list-sessions"], env=self.env,
-                               capture_output=True, timeout=30)
+            r = subprocess.run(
+                [TMUX, "-L", self.sock, "-f", "/dev/null", "list-sessions"],
+                env=self.env,
+                capture_output=True,
+                timeout=30,
+            )
             if r.returncode == 0 or b"no sessions" in r.stderr:
                 break
             if not procstat.alive(self.server) or time.monotonic() > deadline:
-                raise RuntimeError(f"the tmux server did not start: {r.stderr.decode(errors='replace').strip()}")
+                raise RuntimeError(
+                    f"the tmux server did not start: {r.stderr.decode(errors='replace').strip()}"
+                )
             time.sleep(0.05)
         self.socket = self._tmux("display-message", "-p", "#{socket_path}").strip() or None
-        self._tmux("set-option", "-g", "remain-on-exit", "on", ";", "set-option", "-g", "default-terminal", TERM)
+        self._tmux(
+            "set-option", "-g", "remain-on-exit", "on", ";", "set-option", "-g", "default-terminal", TERM
+        )
 
     def pane_command(self, argv: list[str], env: dict[str, str] | None = None) -> str:
         """The shell command a pane runs for argv: it dies with the server (and carries the run's token)."""
@@ -158,8 +172,16 @@ class Tmux:
                 os.unlink(self.socket)
 
 
-def measure(load: Load, apps: dict[str, list[str]], *, warmup: float, window: float, interval: float,
-            env: dict[str, dict[str, str]] | None = None, tag: str = "apps") -> dict[str, AppRun]:
+def measure(
+    load: Load,
+    apps: dict[str, list[str]],
+    *,
+    warmup: float,
+    window: float,
+    interval: float,
+    env: dict[str, dict[str, str]] | None = None,
+    tag: str = "apps",
+) -> dict[str, AppRun]:
     """Run the apps concurrently; CPU time (utime+stime of each app's process, all threads) over one window."""
     tm = Tmux(load, tag)
     try:
@@ -180,8 +202,9 @@ def measure(load: Load, apps: dict[str, list[str]], *, warmup: float, window: fl
             b, a = before[name], after[name]
             if a is None or b is None or not procstat.alive(pid):
                 raise RuntimeError(f"{name} exited during the measurement: {tm.screen(name).strip()[-500:]}")
-            out[name] = AppRun(name, pid, a - b, elapsed, interval, procstat.vm_hwm_bytes(pid), tm.screen(name),
-                               table)
+            out[name] = AppRun(
+                name, pid, a - b, elapsed, interval, procstat.vm_hwm_bytes(pid), tm.screen(name), table
+            )
         return out
     finally:
         tm.close()

@@ -38,8 +38,9 @@ def available() -> str | None:
     if not exe.exists():
         return f"{exe} is not installed"
     try:
-        r = subprocess.run([str(exe), "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [str(exe), "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60
+        )
     except subprocess.TimeoutExpired:
         return f"`{TUI} --version` did not finish in 60 s"
     if r.returncode != 0:
@@ -120,52 +121,90 @@ def run_apps(load: Load, cfg: Config, window: float, tag: str, with_tui: bool) -
         env[HTOP] = {"HOME": str(home)}
     if not apps:
         return {}
-    return tmux.measure(load, apps, warmup=cfg.tui_warmup, window=window, interval=cfg.tui_interval, env=env,
-                        tag=tag)
+    return tmux.measure(
+        load, apps, warmup=cfg.tui_warmup, window=window, interval=cfg.tui_interval, env=env, tag=tag
+    )
 
 
 IDLE_GOALS = (1.0, 0.75, 0.75)  # × htop at sizes[0], sizes[1], sizes[2] (500, 2,000, 5,000 in the full suite)
 
 
-def section(cfg: Config, runs: Sequence[dict[str, AppRun] | None], tables: Sequence[int | None],
-            tui_missing: str | None) -> Section:
+def section(
+    cfg: Config,
+    runs: Sequence[dict[str, AppRun] | None],
+    tables: Sequence[int | None],
+    tui_missing: str | None,
+) -> Section:
     """runs/tables: the tmux runs and table sizes at sizes[0], sizes[1] (the main table) and sizes[2]."""
-    sec = Section("tui", f"4. procguard-tui idle CPU at a {cfg.tui_interval:g} s refresh beside htop; peak RSS")
+    sec = Section(
+        "tui", f"4. procguard-tui idle CPU at a {cfg.tui_interval:g} s refresh beside htop; peak RSS"
+    )
     no_tmux = tmux.missing()
     no_htop = htop_available()
     if tui_missing:
         sec.status, sec.reason = NOT_AVAILABLE, tui_missing
     elif no_tmux:
         sec.status, sec.reason = "skipped", no_tmux
-    sec.intro = ("Both apps run at the same time in one tmux server "
-                 f"({tmux.WIDTH}×{tmux.HEIGHT}), on the same table, after a {cfg.tui_warmup:g} s warm-up; CPU = "
-                 "utime+stime of the app's process (all threads) from /proc over the window. `htop -d "
-                 f"{round(cfg.tui_interval * 10)}` with default settings (an empty HOME).")
-    sec.headers = ["app", "processes", "window s", "CPU s", "CPU % of a core", "CPU ms / refresh", "× htop",
-                   "VmHWM MB"]
+    sec.intro = (
+        "Both apps run at the same time in one tmux server "
+        f"({tmux.WIDTH}×{tmux.HEIGHT}), on the same table, after a {cfg.tui_warmup:g} s warm-up; CPU = "
+        "utime+stime of the app's process (all threads) from /proc over the window. `htop -d "
+        f"{round(cfg.tui_interval * 10)}` with default settings (an empty HOME)."
+    )
+    sec.headers = [
+        "app",
+        "processes",
+        "window s",
+        "CPU s",
+        "CPU % of a core",
+        "CPU ms / refresh",
+        "× htop",
+        "VmHWM MB",
+    ]
     # The table each window really ran against (other users' processes come and go), not the size asked for.
-    tables = [next((r.table for r in (apps or {}).values() if r.table), n) for apps, n in zip(runs, tables,
-                                                                                           strict=True)]
+    tables = [
+        next((r.table for r in (apps or {}).values() if r.table), n)
+        for apps, n in zip(runs, tables, strict=True)
+    ]
     for apps, n in zip(runs, tables, strict=True):
         apps = apps or {}
         h = apps.get(HTOP)
         for r in apps.values():
             x = f"{r.cpu_seconds / h.cpu_seconds:.2f}×" if h is not None and h.cpu_seconds > 0 else "–"
-            sec.rows.append([r.name, f"{n:,}" if n else "?", f"{r.window:.1f}", f"{r.cpu_seconds:.2f}",
-                             f"{r.cpu_percent:.1f}", ms(r.per_refresh), x,
-                             f"{r.vm_hwm / 2**20:.0f}" if r.vm_hwm else "?"])
+            sec.rows.append(
+                [
+                    r.name,
+                    f"{n:,}" if n else "?",
+                    f"{r.window:.1f}",
+                    f"{r.cpu_seconds:.2f}",
+                    f"{r.cpu_percent:.1f}",
+                    ms(r.per_refresh),
+                    x,
+                    f"{r.vm_hwm / 2**20:.0f}" if r.vm_hwm else "?",
+                ]
+            )
     why = tui_missing or no_tmux or no_htop
     for i, (apps, n, goal) in enumerate(zip(runs, tables, IDLE_GOALS, strict=True)):
         size = f"{n:,}" if n else f"{cfg.sizes[i]:,}"
         if apps and TUI in apps and HTOP in apps:
             t, h = apps[TUI], apps[HTOP]
             f = t.cpu_seconds / h.cpu_seconds if h.cpu_seconds > 0 else float("inf")
-            sec.goals.append(Goal(f"TUI idle CPU at {size} processes vs htop, {t.window:.0f} s window",
-                                  f"{f:.2f}× ({ms(t.per_refresh)} vs {ms(h.per_refresh)} ms per refresh)",
-                                  f"≤ {goal:.2f}×", f <= goal))
+            sec.goals.append(
+                Goal(
+                    f"TUI idle CPU at {size} processes vs htop, {t.window:.0f} s window",
+                    f"{f:.2f}× ({ms(t.per_refresh)} vs {ms(h.per_refresh)} ms per refresh)",
+                    f"≤ {goal:.2f}×",
+                    f <= goal,
+                )
+            )
         else:
-            value = (f"not measured: {why}" if why else "not measured: --quick (only the main table)"
-                     if cfg.quick and i != 1 else "not measured (see below)")
+            value = (
+                f"not measured: {why}"
+                if why
+                else "not measured: --quick (only the main table)"
+                if cfg.quick and i != 1
+                else "not measured (see below)"
+            )
             sec.goals.append(Goal(f"TUI idle CPU at {size} processes vs htop", value, f"≤ {goal:.2f}×", None))
     if no_htop and not tui_missing and not no_tmux:
         sec.notes.append(f"htop was not measured: {no_htop}. procguard-tui's own figures are still shown.")
@@ -173,12 +212,28 @@ def section(cfg: Config, runs: Sequence[dict[str, AppRun] | None], tables: Seque
     rss_run = big.get(TUI) or (runs[1] or {}).get(TUI)
     at = tables[2] if big.get(TUI) else tables[1]
     if rss_run is not None and rss_run.vm_hwm:
-        sec.goals.append(Goal(f"TUI peak RSS (VmHWM) at {at or 0:,} processes", f"{rss_run.vm_hwm / 2**20:.0f} MB",
-                              "< 150 MB", rss_run.vm_hwm < RSS_GOAL))
+        sec.goals.append(
+            Goal(
+                f"TUI peak RSS (VmHWM) at {at or 0:,} processes",
+                f"{rss_run.vm_hwm / 2**20:.0f} MB",
+                "< 150 MB",
+                rss_run.vm_hwm < RSS_GOAL,
+            )
+        )
     else:
-        sec.goals.append(Goal("TUI peak RSS", f"not measured: {tui_missing or no_tmux}"
-                              if tui_missing or no_tmux else "not measured (see below)", "< 150 MB", None))
+        sec.goals.append(
+            Goal(
+                "TUI peak RSS",
+                f"not measured: {tui_missing or no_tmux}"
+                if tui_missing or no_tmux
+                else "not measured (see below)",
+                "< 150 MB",
+                None,
+            )
+        )
     if cfg.quick and not big:
-        sec.notes.append("--quick: idle CPU and peak RSS from the main-table run only (the full suite also runs "
-                         "the smallest and the biggest table).")
+        sec.notes.append(
+            "--quick: idle CPU and peak RSS from the main-table run only (the full suite also runs "
+            "the smallest and the biggest table)."
+        )
     return sec

@@ -63,8 +63,9 @@ def _patch() -> None:
 
     refresh = Widget.refresh
 
-    def counted_refresh(self: Any, *regions: Any, repaint: bool = True, layout: bool = False,
-                        recompose: bool = False) -> Any:
+    def counted_refresh(
+        self: Any, *regions: Any, repaint: bool = True, layout: bool = False, recompose: bool = False
+    ) -> Any:
         label = _label(self)
         COUNTS["refresh"][label] += 1
         if layout:
@@ -147,9 +148,13 @@ def _dump_loop(path: str) -> None:
     while True:
         time.sleep(1.0)
         try:
-            record = {"time": time.time(), "cpu": time.process_time(),
-                      "counts": {k: dict(v) for k, v in list(COUNTS.items())},
-                      "times": {k: dict(v) for k, v in list(TIMES.items())}, "events": dict(EVENTS)}
+            record = {
+                "time": time.time(),
+                "cpu": time.process_time(),
+                "counts": {k: dict(v) for k, v in list(COUNTS.items())},
+                "times": {k: dict(v) for k, v in list(TIMES.items())},
+                "events": dict(EVENTS),
+            }
             with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         except (RuntimeError, OSError):  # a dict changed size while copied: next second

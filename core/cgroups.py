@@ -237,10 +237,19 @@ class CgroupName(NamedTuple):
     label: str  # short, for a column: "docker 1a2b3c4d5e6f", "nginx.service", "slurm 42.0", "/a/b"
 
 
-_RUNTIMES = {"docker": "docker", "libpod": "podman", "podman": "podman", "crio": "cri-o",
-             "cri-containerd": "containerd", "containerd": "containerd", "nerdctl": "containerd"}
-_RUNTIME_UNIT = re.compile(r"^(docker|libpod|podman|crio|cri-containerd|containerd|nerdctl)-([0-9a-f]{12,64})"
-                           r"(?:\.scope)?$")
+_RUNTIMES = {
+    "docker": "docker",
+    "libpod": "podman",
+    "podman": "podman",
+    "crio": "cri-o",
+    "cri-containerd": "containerd",
+    "containerd": "containerd",
+    "nerdctl": "containerd",
+}
+_RUNTIME_UNIT = re.compile(
+    r"^(docker|libpod|podman|crio|cri-containerd|containerd|nerdctl)-([0-9a-f]{12,64})"
+    r"(?:\.scope)?$"
+)
 _BARE_ID = re.compile(r"^[0-9a-f]{64}$")
 _SLURM_JOB = re.compile(r"^job_(\d+)$")
 _SLURM_STEP = re.compile(r"^step_(\w+)$")
@@ -261,7 +270,7 @@ def _container(comps: list[str]) -> tuple[int, str, str] | None:
                 return i, "kubernetes", c
             return i, "containerd", c  # containerd's cgroupfs layout: /<namespace>/<id>
         if c.startswith("lxc.payload."):
-            return i, "lxc", c[len("lxc.payload."):]
+            return i, "lxc", c[len("lxc.payload.") :]
         if i > 0 and comps[i - 1] == "lxc":
             return i, "lxc", c
     return None
@@ -293,7 +302,9 @@ def name_cgroup(path: str) -> CgroupName:
     found = _container(comps)
     if found is not None:
         i, runtime, cid = found
-        return CgroupName("container", runtime, cid, "", "/" + "/".join(comps[: i + 1]), f"{runtime} {cid[:12]}")
+        return CgroupName(
+            "container", runtime, cid, "", "/" + "/".join(comps[: i + 1]), f"{runtime} {cid[:12]}"
+        )
     slurm = _slurm(comps)
     if slurm is not None:
         return slurm
@@ -338,10 +349,18 @@ class CgroupInfo(NamedTuple):
 
     def to_json(self) -> dict[str, object]:
         n = self.name
-        return {"path": self.path, "version": self.version, "kind": n.kind if n else None,
-                "runtime": n.runtime if n else None, "id": n.id if n else None, "step": n.step if n else None,
-                "unit_path": n.unit_path if n else None, "label": n.label if n else None,
-                "pidns": self.pidns, "nspid": list(self.nspid)}
+        return {
+            "path": self.path,
+            "version": self.version,
+            "kind": n.kind if n else None,
+            "runtime": n.runtime if n else None,
+            "id": n.id if n else None,
+            "step": n.step if n else None,
+            "unit_path": n.unit_path if n else None,
+            "label": n.label if n else None,
+            "pidns": self.pidns,
+            "nspid": list(self.nspid),
+        }
 
 
 def read_proc_cgroup(pid: int) -> tuple[str | None, int]:
@@ -382,8 +401,16 @@ def cgroup_info(pid: int) -> CgroupInfo | None:
     nspid = read_nspid(pid)
     if path is None and not nspid:
         return None
-    return CgroupInfo(pid, path, version, name_cgroup(path) if path is not None else None, read_pidns(pid), nspid,
-                      v2, v1.get("freezer"))
+    return CgroupInfo(
+        pid,
+        path,
+        version,
+        name_cgroup(path) if path is not None else None,
+        read_pidns(pid),
+        nspid,
+        v2,
+        v1.get("freezer"),
+    )
 
 
 class CgroupReader:
@@ -440,7 +467,7 @@ def _under_mount(mount: Mount | None, path: str | None) -> str | None:
     root = [c for c in mount.root.split("/") if c]
     if comps[: len(root)] != root:
         return None
-    return os.path.join(mount.point, *comps[len(root):])
+    return os.path.join(mount.point, *comps[len(root) :])
 
 
 class FreezerReader:
@@ -472,7 +499,9 @@ class FreezerReader:
         out: bool | None = None
         if where is not None:
             try:
-                data = procfs.read_bytes(os.path.join(where, "cgroup.events" if version == 2 else "freezer.state"))
+                data = procfs.read_bytes(
+                    os.path.join(where, "cgroup.events" if version == 2 else "freezer.state")
+                )
             except OSError:
                 data = None
             if data is not None and version == 2:
@@ -543,12 +572,12 @@ def _locate(path: str, mounts: CgroupMounts) -> tuple[Mount, int, list[str]]:
     for mount, version in candidates:
         point = mount.point.rstrip("/")
         if path == point or path.startswith(point + "/"):
-            return mount, version, _split_components(path[len(point):], path)
+            return mount, version, _split_components(path[len(point) :], path)
     mount, version = candidates[0]
     comps = _split_components(path, path)
     root = [c for c in mount.root.split("/") if c]
     if root and comps[: len(root)] == root:
-        comps = comps[len(root):]  # /proc/PID/cgroup paths include a bind-mounted hierarchy's root
+        comps = comps[len(root) :]  # /proc/PID/cgroup paths include a bind-mounted hierarchy's root
     return mount, version, comps
 
 
@@ -565,8 +594,9 @@ def resolve_cgroup(path: str, *, mounts: CgroupMounts | None = None) -> CgroupDi
     fd = _open_components(mount.point, comps, path)
     os.close(fd)
     rel = "/" + "/".join(comps)
-    return CgroupDir(rel, os.path.join(mount.point, *comps) if comps else mount.point, version, mount.point,
-                     mount.root)
+    return CgroupDir(
+        rel, os.path.join(mount.point, *comps) if comps else mount.point, version, mount.point, mount.root
+    )
 
 
 _DIR_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -577,7 +607,9 @@ def _open_components(point: str, comps: Sequence[str], shown: str) -> int:
     try:
         fd = os.open(point, _DIR_FLAGS)
     except OSError as e:
-        raise CgroupError(f"cgroup {safe(shown)}: can't open the hierarchy at {safe(point)} ({e.strerror})") from e
+        raise CgroupError(
+            f"cgroup {safe(shown)}: can't open the hierarchy at {safe(point)} ({e.strerror})"
+        ) from e
     try:
         dev = os.fstat(fd).st_dev
         for c in comps:
@@ -587,8 +619,9 @@ def _open_components(point: str, comps: Sequence[str], shown: str) -> int:
                 if e.errno == errno.ENOENT:
                     raise CgroupError(f"cgroup {safe(shown)}: no such cgroup") from e
                 if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise CgroupError(f"cgroup {safe(shown)}: {safe(c)} is not a cgroup directory "
-                                      "(a symlink or a file)") from e
+                    raise CgroupError(
+                        f"cgroup {safe(shown)}: {safe(c)} is not a cgroup directory (a symlink or a file)"
+                    ) from e
                 raise CgroupError(f"cgroup {safe(shown)}: {e.strerror}") from e
             os.close(fd)
             fd = nxt
@@ -688,8 +721,9 @@ def _state_fd(dirfd: int, version: int) -> CgroupState:
         except OSError:
             return CgroupState(None, None)
         fz = ev.get("frozen")
-        return CgroupState(bool(ev["populated"]) if "populated" in ev else None,
-                           None if fz is None else bool(fz))
+        return CgroupState(
+            bool(ev["populated"]) if "populated" in ev else None, None if fz is None else bool(fz)
+        )
     try:
         st = _read_file(dirfd, "freezer.state").strip()
     except OSError:
@@ -771,17 +805,30 @@ class CgroupResult:
         for r in self.results:
             counts[r.outcome.value] = counts.get(r.outcome.value, 0) + 1
         what = ", ".join(f"{n} {o}" for o, n in sorted(counts.items())) or "no members"
-        done = {"kill": "confirmed empty", "terminate": "confirmed empty", "freeze": "confirmed frozen",
-                "thaw": "confirmed thawed"}[self.action]
+        done = {
+            "kill": "confirmed empty",
+            "terminate": "confirmed empty",
+            "freeze": "confirmed frozen",
+            "thaw": "confirmed thawed",
+        }[self.action]
         tail = done if self.confirmed else f"NOT {done}"
         extra = f" ({self.fallback})" if self.fallback else ""
-        return (f"cgroup {safe(self.path)}: {what} via {self.method}{extra} in {self.elapsed * 1000:.1f} ms, "
-                f"{tail}")
+        return (
+            f"cgroup {safe(self.path)}: {what} via {self.method}{extra} in {self.elapsed * 1000:.1f} ms, "
+            f"{tail}"
+        )
 
     def to_json(self) -> dict[str, object]:
-        return {"path": self.path, "action": self.action, "method": self.method, "fallback": self.fallback,
-                "confirmed": self.confirmed, "elapsed": round(self.elapsed, 6), "notes": list(self.notes),
-                "results": [r.to_json() for r in self.results]}
+        return {
+            "path": self.path,
+            "action": self.action,
+            "method": self.method,
+            "fallback": self.fallback,
+            "confirmed": self.confirmed,
+            "elapsed": round(self.elapsed, 6),
+            "notes": list(self.notes),
+            "results": [r.to_json() for r in self.results],
+        }
 
 
 class CgroupPlan(NamedTuple):
@@ -803,8 +850,13 @@ def _writable(dirfd: int, name: str) -> str | None:
         os.stat(name, dir_fd=dirfd, follow_symlinks=False)
     except OSError as e:
         return _why(name, e)
-    if not os.access(name, os.W_OK, dir_fd=dirfd, effective_ids=os.access in os.supports_effective_ids,
-                     follow_symlinks=False):
+    if not os.access(
+        name,
+        os.W_OK,
+        dir_fd=dirfd,
+        effective_ids=os.access in os.supports_effective_ids,
+        follow_symlinks=False,
+    ):
         return f"{name} is not writable (no permission or a read-only mount)"
     return None
 
@@ -849,8 +901,9 @@ def cgroup_plan(path: str | CgroupDir, *, method: str = "auto") -> CgroupPlan:
         members = _members_fd(fd)
         kill_m, freeze_m, why = _methods(fd, cg.version, method)
         state = _state_fd(fd, cg.version)
-    return CgroupPlan(cg, tuple(members), _refusal(cg, members), kill_m, freeze_m, why, state,
-                      name_cgroup(cg.proc_path))
+    return CgroupPlan(
+        cg, tuple(members), _refusal(cg, members), kill_m, freeze_m, why, state, name_cgroup(cg.proc_path)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- waiting
@@ -882,7 +935,9 @@ class _Job:
         self._events: int | None = None
         if cg.version == 2:
             with contextlib.suppress(OSError):
-                self._events = os.open("cgroup.events", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+                self._events = os.open(
+                    "cgroup.events", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd
+                )
 
     def close(self) -> None:
         for p in self.pins.values():
@@ -945,8 +1000,13 @@ class _Job:
             if p.exited():
                 p.finish(outcome, self.now())
 
-    def wait_until(self, done: Callable[[], bool], deadline: float, outcome: Outcome,
-                   on_tick: Callable[[], None] | None = None) -> bool:
+    def wait_until(
+        self,
+        done: Callable[[], bool],
+        deadline: float,
+        outcome: Outcome,
+        on_tick: Callable[[], None] | None = None,
+    ) -> bool:
         """Finish exited pins (as `outcome`) until done() or the deadline; True when done."""
         while True:
             self.drain()
@@ -1139,8 +1199,13 @@ class _Reporter:
         self.last = now
 
 
-def kill_cgroup(path: str | CgroupDir, *, timeout: float = KILL_CONFIRM_TIMEOUT, method: str = "auto",
-                on_progress: ProgressFn | None = None) -> CgroupResult:
+def kill_cgroup(
+    path: str | CgroupDir,
+    *,
+    timeout: float = KILL_CONFIRM_TIMEOUT,
+    method: str = "auto",
+    on_progress: ProgressFn | None = None,
+) -> CgroupResult:
     """SIGKILL every process in the cgroup and below, and confirm the cgroup is empty.
 
     cgroup v2: one write to `cgroup.kill` (atomic: nothing forks past it). Otherwise freeze (v2 `cgroup.freeze`,
@@ -1155,11 +1220,19 @@ def kill_cgroup(path: str | CgroupDir, *, timeout: float = KILL_CONFIRM_TIMEOUT,
         report.send("sigkill", (p.pid for p in job.live()))
         used, fallback, ok = _kill_phase(job, method, timeout)
         report.send("done", job.pins)
-        return CgroupResult(job.cg.path, "kill", used, fallback, job.results(), ok, job.now(), tuple(job.notes))
+        return CgroupResult(
+            job.cg.path, "kill", used, fallback, job.results(), ok, job.now(), tuple(job.notes)
+        )
 
 
-def terminate_cgroup(path: str | CgroupDir, grace: float = 5.0, *, timeout: float = KILL_CONFIRM_TIMEOUT,
-                     method: str = "auto", on_progress: ProgressFn | None = None) -> CgroupResult:
+def terminate_cgroup(
+    path: str | CgroupDir,
+    grace: float = 5.0,
+    *,
+    timeout: float = KILL_CONFIRM_TIMEOUT,
+    method: str = "auto",
+    on_progress: ProgressFn | None = None,
+) -> CgroupResult:
     """SIGTERM every member (a frozen cgroup is thawed first and stopped members continued, or the SIGTERM would
     wait), SIGTERM members that appear during the grace too, wait up to `grace` seconds for the cgroup to empty,
     then end the rest as `kill_cgroup` does (cgroup.kill on v2). Members that exit in the grace are EXITED, the
@@ -1172,10 +1245,16 @@ def terminate_cgroup(path: str | CgroupDir, grace: float = 5.0, *, timeout: floa
             return CgroupResult(job.cg.path, "terminate", "none", None, (), True, 0.0)
         st = job.state()
         if st.frozen or st.freezing:
-            thaw = _freeze_v2(job, False, FREEZE_TIMEOUT) if job.cg.version == 2 else _freeze_v1(
-                job, False, FREEZE_TIMEOUT)
-            job.notes.append("thawed first so the members can act on SIGTERM" if thaw is None
-                             else f"could not thaw it first: {thaw}")
+            thaw = (
+                _freeze_v2(job, False, FREEZE_TIMEOUT)
+                if job.cg.version == 2
+                else _freeze_v1(job, False, FREEZE_TIMEOUT)
+            )
+            job.notes.append(
+                "thawed first so the members can act on SIGTERM"
+                if thaw is None
+                else f"could not thaw it first: {thaw}"
+            )
         grace_end = job.t0 + grace
         report = _Reporter(job, on_progress, grace_end)
 
@@ -1192,13 +1271,22 @@ def terminate_cgroup(path: str | CgroupDir, grace: float = 5.0, *, timeout: floa
         ok = job.wait_until(lambda: not job.live() and job.empty(), grace_end, Outcome.EXITED, tick)
         if ok:
             report.send("done", job.pins)
-            return CgroupResult(job.cg.path, "terminate", "SIGTERM", None, job.results(), True, job.now(),
-                                tuple(job.notes))
+            return CgroupResult(
+                job.cg.path, "terminate", "SIGTERM", None, job.results(), True, job.now(), tuple(job.notes)
+            )
         report.send("sigkill", (p.pid for p in job.live()))
         used, fallback, ok = _kill_phase(job, method, timeout)
         report.send("done", job.pins)
-        return CgroupResult(job.cg.path, "terminate", f"SIGTERM, then {used}", fallback, job.results(), ok,
-                            job.now(), tuple(job.notes))
+        return CgroupResult(
+            job.cg.path,
+            "terminate",
+            f"SIGTERM, then {used}",
+            fallback,
+            job.results(),
+            ok,
+            job.now(),
+            tuple(job.notes),
+        )
 
 
 def _finish_all(job: _Job, outcome: Outcome) -> None:
@@ -1206,7 +1294,9 @@ def _finish_all(job: _Job, outcome: Outcome) -> None:
         p.finish(outcome, job.now())
 
 
-def freeze_cgroup(path: str | CgroupDir, *, timeout: float = FREEZE_TIMEOUT, method: str = "auto") -> CgroupResult:
+def freeze_cgroup(
+    path: str | CgroupDir, *, timeout: float = FREEZE_TIMEOUT, method: str = "auto"
+) -> CgroupResult:
     """Pause every member: cgroup.freeze (v2; confirmed by cgroup.events `frozen 1`), the v1 freezer, or
     SIGSTOP rounds until no new member appears (confirmed per process in /proc). Refused like a kill: freezing
     procguard's own cgroup would freeze procguard."""
@@ -1229,8 +1319,16 @@ def freeze_cgroup(path: str | CgroupDir, *, timeout: float = FREEZE_TIMEOUT, met
             fallback = "per-process signals asked for"
         settled = _stop_rounds(job)
         ok = confirm_states(job.live(), True, job.t0, timeout) and settled
-        return CgroupResult(job.cg.path, "freeze", M_STOP, fallback, job.results(), ok, job.now(),
-                            () if settled else (f"members kept appearing after {_MAX_STOP_ROUNDS} rounds",))
+        return CgroupResult(
+            job.cg.path,
+            "freeze",
+            M_STOP,
+            fallback,
+            job.results(),
+            ok,
+            job.now(),
+            () if settled else (f"members kept appearing after {_MAX_STOP_ROUNDS} rounds",),
+        )
 
 
 def thaw_cgroup(path: str | CgroupDir, *, timeout: float = FREEZE_TIMEOUT) -> CgroupResult:

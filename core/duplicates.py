@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class Instance:
     """One independent run of a job. For a distributed run, pid is its launcher (or its oldest rank when
@@ -110,7 +109,9 @@ class Instance:
         if len(cmd) > width:
             cmd = cmd[: width - 1] + "…"
         # The run's argv and user name are that process's words: escaped before they reach a terminal.
-        return f"pid {self.pid} (since {fmt.clock(self.create_time)}, user {safe(self.username)}): {safe(cmd)}"
+        return (
+            f"pid {self.pid} (since {fmt.clock(self.create_time)}, user {safe(self.username)}): {safe(cmd)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,9 @@ class _Lineage:
 
     _EMPTY: tuple[frozenset[str], int | None] = (frozenset(), None)
 
-    def __init__(self, procs: Mapping[int, Proc], key_of: Mapping[int, str],
-                 is_launcher: Callable[[Proc], bool]) -> None:
+    def __init__(
+        self, procs: Mapping[int, Proc], key_of: Mapping[int, str], is_launcher: Callable[[Proc], bool]
+    ) -> None:
         self._procs = procs
         self._key_of = key_of
         self._memo: dict[int, tuple[frozenset[str], int | None]] = {}
@@ -194,7 +196,9 @@ class _Lineage:
             memo[path[i].pid] = info
         return memo.get(pid, self._EMPTY)
 
-    def _extend_top(self, info: tuple[frozenset[str], int | None], anc: Proc) -> tuple[frozenset[str], int | None]:
+    def _extend_top(
+        self, info: tuple[frozenset[str], int | None], anc: Proc
+    ) -> tuple[frozenset[str], int | None]:
         keys, outer = info
         k = self._key_of.get(anc.pid)
         if k is not None and k not in keys:
@@ -234,8 +238,12 @@ def _scheduler_of(env: Mapping[str, str] | None) -> tuple[str, str] | None:
 class _Table:
     """One pass's view: identities of the counted candidates, launchers, lineage."""
 
-    def __init__(self, procs: Mapping[int, Proc], idents: Mapping[int, ScriptIdentity],
-                 launcher_of: Callable[[Proc], str | None]) -> None:
+    def __init__(
+        self,
+        procs: Mapping[int, Proc],
+        idents: Mapping[int, ScriptIdentity],
+        launcher_of: Callable[[Proc], str | None],
+    ) -> None:
         self.procs = procs
         self.idents = idents
         self.launcher_of = launcher_of
@@ -267,9 +275,13 @@ class _Table:
         return out
 
 
-def _candidates(procs: Mapping[int, Proc], identity_of: Callable[[Proc], ScriptIdentity | None],
-                is_runner: Callable[[Proc], bool], launcher_of: Callable[[Proc], str | None],
-                script: ScriptIdentity | None) -> dict[int, ScriptIdentity]:
+def _candidates(
+    procs: Mapping[int, Proc],
+    identity_of: Callable[[Proc], ScriptIdentity | None],
+    is_runner: Callable[[Proc], bool],
+    launcher_of: Callable[[Proc], str | None],
+    script: ScriptIdentity | None,
+) -> dict[int, ScriptIdentity]:
     """Identity of every process that may be a run: Python jobs, and the children of `procguard run`."""
     out: dict[int, ScriptIdentity] = {}
     runners: set[int] = set()
@@ -298,8 +310,9 @@ def _candidates(procs: Mapping[int, Proc], identity_of: Callable[[Proc], ScriptI
     return out
 
 
-def _split_roots(t: _Table, key: str, members: list[Proc], why: Why | None
-                 ) -> tuple[list[Proc], dict[int, list[Proc]]]:
+def _split_roots(
+    t: _Table, key: str, members: list[Proc], why: Why | None
+) -> tuple[list[Proc], dict[int, list[Proc]]]:
     """Roots (runs' top processes) of one key, and the ranks under each launcher root. Others are workers."""
     roots: list[Proc] = []
     ranks_of: dict[int, list[Proc]] = {}
@@ -324,8 +337,9 @@ def _split_roots(t: _Table, key: str, members: list[Proc], why: Why | None
     return roots, ranks_of
 
 
-def _union_runs(t: _Table, roots: list[Proc], env_of: Callable[[Proc], Mapping[str, str] | None]
-                ) -> tuple[list[list[Proc]], dict[int, Mapping[str, str] | None]]:
+def _union_runs(
+    t: _Table, roots: list[Proc], env_of: Callable[[Proc], Mapping[str, str] | None]
+) -> tuple[list[list[Proc]], dict[int, Mapping[str, str] | None]]:
     """Roots joined into runs by a common launcher, elastic run id, or rendezvous address."""
     uf = _UnionFind()
     tags: dict[tuple[str, ...], int] = {}
@@ -401,7 +415,11 @@ def build_report(
                 scheduled.append(ScheduledInstance(ident, inst, sched[0], sched[1]))
                 if why is not None:
                     for pid in {inst.pid, *inst.members}:
-                        why[pid] = ("scheduler", 0, f"part of {sched[0]} job {sched[1]}: the scheduler owns it")
+                        why[pid] = (
+                            "scheduler",
+                            0,
+                            f"part of {sched[0]} job {sched[1]}: the scheduler owns it",
+                        )
                 continue
             if len(inst.members) > 1:
                 distributed.append(inst)
@@ -417,8 +435,13 @@ def _args_of(p: Proc) -> tuple[str, ...]:
     return p.python.args if p.python is not None else tuple(p.cmdline[1:])
 
 
-def _make_instance(t: _Table, run: list[Proc], ranks_of: Mapping[int, list[Proc]],
-                   cwd_of: Callable[[Proc], str | None], why: Why | None) -> Instance:
+def _make_instance(
+    t: _Table,
+    run: list[Proc],
+    ranks_of: Mapping[int, list[Proc]],
+    cwd_of: Callable[[Proc], str | None],
+    why: Why | None,
+) -> Instance:
     """One run: its roots (oldest first), the job processes it covers, the process that stands for it."""
     if len(run) == 1 and not ranks_of:
         members = run
@@ -490,17 +513,36 @@ def _cwd(p: Proc) -> str | None:
     return procfs.read_cwd(p.pid)
 
 
-def _report_with(snap: Snapshot, res: IdentityResolver, settings: Settings, script: ScriptIdentity | None,
-                 min_instances: int, why: Why | None = None) -> DuplicateReport:
+def _report_with(
+    snap: Snapshot,
+    res: IdentityResolver,
+    settings: Settings,
+    script: ScriptIdentity | None,
+    min_instances: int,
+    why: Why | None = None,
+) -> DuplicateReport:
     res.use(settings)
-    return build_report(snap.procs, res.identity, res.env, _cwd, script=script, min_instances=min_instances,
-                        is_runner=res.is_runner, launcher_of=res.launcher, why=why)
+    return build_report(
+        snap.procs,
+        res.identity,
+        res.env,
+        _cwd,
+        script=script,
+        min_instances=min_instances,
+        is_runner=res.is_runner,
+        launcher_of=res.launcher,
+        why=why,
+    )
 
 
-def duplicate_report(snapshot: Snapshot | None = None,
-                     script: str | os.PathLike[str] | ScriptIdentity | None = None, *,
-                     min_instances: int = 2, resolver: IdentityResolver | None = None,
-                     settings: Settings | None = None) -> DuplicateReport:
+def duplicate_report(
+    snapshot: Snapshot | None = None,
+    script: str | os.PathLike[str] | ScriptIdentity | None = None,
+    *,
+    min_instances: int = 2,
+    resolver: IdentityResolver | None = None,
+    settings: Settings | None = None,
+) -> DuplicateReport:
     """Duplicate groups plus the scheduler-managed and distributed runs set apart (see DuplicateReport).
 
     `script`: a path (relative to our cwd; symlinks followed) or a ScriptIdentity (any kind). `settings`:
@@ -524,22 +566,33 @@ def duplicate_report(snapshot: Snapshot | None = None,
     return report
 
 
-def find_duplicates(snapshot: Snapshot | None = None,
-                    script: str | os.PathLike[str] | ScriptIdentity | None = None, *,
-                    settings: Settings | None = None) -> list[DuplicateGroup]:
+def find_duplicates(
+    snapshot: Snapshot | None = None,
+    script: str | os.PathLike[str] | ScriptIdentity | None = None,
+    *,
+    settings: Settings | None = None,
+) -> list[DuplicateGroup]:
     """Groups of two or more independent runs of one job, each with its runs oldest first."""
     return list(duplicate_report(snapshot, script, settings=settings).groups)
 
 
-def find_instances(script: str | os.PathLike[str] | ScriptIdentity, snapshot: Snapshot | None = None, *,
-                   settings: Settings | None = None) -> list[Instance]:
+def find_instances(
+    script: str | os.PathLike[str] | ScriptIdentity,
+    snapshot: Snapshot | None = None,
+    *,
+    settings: Settings | None = None,
+) -> list[Instance]:
     """Every independent, non-scheduler run of `script` (even a single one), oldest first."""
     groups = duplicate_report(snapshot, script, min_instances=1, settings=settings).groups
     return list(groups[0].instances) if groups else []
 
 
-def enrich(groups: Sequence[DuplicateGroup], snapshot: Snapshot, gpu: GpuSnapshot | None = None,
-           held: Iterable[HeldLock] | None = None) -> list[DuplicateGroup]:
+def enrich(
+    groups: Sequence[DuplicateGroup],
+    snapshot: Snapshot,
+    gpu: GpuSnapshot | None = None,
+    held: Iterable[HeldLock] | None = None,
+) -> list[DuplicateGroup]:
     """Fill each instance's gpu_memory (sum over its whole tree; None without an available GPU snapshot) and
     locks (the paths of `held`, default `held_locks()`, that any process of its tree holds)."""
     from procguard.core.views import tree
@@ -600,10 +653,20 @@ class Explanation:
         return len(self.runs) >= 2 and (self.counted or self.code == "rank")
 
     def to_json(self) -> dict[str, object]:
-        return {"pid": self.pid, "uid": self.uid, "username": self.username, "cmdline": list(self.cmdline),
-                "identity": self.identity.to_json() if self.identity is not None else None,
-                "counted": self.counted, "code": self.code, "reason": self.reason, "related": self.related,
-                "runs": list(self.runs), "duplicate": self.duplicate, "notes": list(self.notes)}
+        return {
+            "pid": self.pid,
+            "uid": self.uid,
+            "username": self.username,
+            "cmdline": list(self.cmdline),
+            "identity": self.identity.to_json() if self.identity is not None else None,
+            "counted": self.counted,
+            "code": self.code,
+            "reason": self.reason,
+            "related": self.related,
+            "runs": list(self.runs),
+            "duplicate": self.duplicate,
+            "notes": list(self.notes),
+        }
 
 
 def _runner_child(snap: Snapshot, pid: int) -> int | None:
@@ -611,8 +674,9 @@ def _runner_child(snap: Snapshot, pid: int) -> int | None:
     return kids[0].pid if kids else None
 
 
-def _uncounted_first(proc: Proc, snap: Snapshot, res: IdentityResolver, settings: Settings
-                     ) -> tuple[ScriptIdentity | None, str, str, int | None] | None:
+def _uncounted_first(
+    proc: Proc, snap: Snapshot, res: IdentityResolver, settings: Settings
+) -> tuple[ScriptIdentity | None, str, str, int | None] | None:
     """Reasons that need no report: (identity, code, reason, related), or None to look at the runs."""
     if proc.dead:
         return None, "exited", "it has exited (a zombie waiting to be reaped)", None
@@ -630,8 +694,12 @@ def _uncounted_first(proc: Proc, snap: Snapshot, res: IdentityResolver, settings
     if c.own == "run":
         child = _runner_child(snap, proc.pid)
         where = f"its child pid {child} is the job" if child is not None else "it has no child (yet)"
-        return None, "own", f"procguard's own process: the `procguard run` launcher, not a run itself; {where}", \
-            child
+        return (
+            None,
+            "own",
+            f"procguard's own process: the `procguard run` launcher, not a run itself; {where}",
+            child,
+        )
     if not c.is_job:
         return c.identity, c.code, c.reason, None
     if c.identity is not None and c.identity.launcher is None and launcher_kind(proc, settings) is not None:
@@ -640,8 +708,13 @@ def _uncounted_first(proc: Proc, snap: Snapshot, res: IdentityResolver, settings
     return None
 
 
-def explain(pid: int, snapshot: Snapshot | None = None, *, settings: Settings | None = None,
-            resolver: IdentityResolver | None = None) -> Explanation:
+def explain(
+    pid: int,
+    snapshot: Snapshot | None = None,
+    *,
+    settings: Settings | None = None,
+    resolver: IdentityResolver | None = None,
+) -> Explanation:
     """Why `pid` is (or is not) counted as a run in duplicate detection, with its identity key.
 
     Raises LookupError when there is no such process in the snapshot."""
@@ -664,22 +737,43 @@ def explain(pid: int, snapshot: Snapshot | None = None, *, settings: Settings | 
     runs = tuple(i.pid for g in report.groups for i in g.instances)
     notes: list[str] = []
     if proc.uid != os.geteuid():
-        notes.append(f"belongs to user {proc.username}: never ended without --all-users (root), and never by "
-                     "another non-root user")
+        notes.append(
+            f"belongs to user {proc.username}: never ended without --all-users (root), and never by "
+            "another non-root user"
+        )
     if pid in why:
         code, related, text = why[pid]
         return Explanation(*base, ident, False, code, text, related or None, runs, tuple(notes))
     if pid in runs:
         n = len(runs)
-        text = (f"one of {n} runs of {ident.as_target().display}: a duplicate" if n > 1
-                else "the only run of this job")
+        text = (
+            f"one of {n} runs of {ident.as_target().display}: a duplicate"
+            if n > 1
+            else "the only run of this job"
+        )
         return Explanation(*base, ident, True, "counted", text, None, runs, tuple(notes))
     inst = next((i for g in report.groups for i in g.instances if pid in i.members), None)
     if inst is not None:
-        return Explanation(*base, ident, False, "rank", f"rank of pid {inst.pid} (one run with it)", inst.pid,
-                           runs, tuple(notes))
-    return Explanation(*base, ident, False, "unresolved", "not found among the runs (it may have just changed)",
-                       None, runs, tuple(notes))
+        return Explanation(
+            *base,
+            ident,
+            False,
+            "rank",
+            f"rank of pid {inst.pid} (one run with it)",
+            inst.pid,
+            runs,
+            tuple(notes),
+        )
+    return Explanation(
+        *base,
+        ident,
+        False,
+        "unresolved",
+        "not found among the runs (it may have just changed)",
+        None,
+        runs,
+        tuple(notes),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- acting
@@ -701,8 +795,9 @@ class TerminateReport:
         return self.skipped_reason is None and all(r.ok for r in self.results)
 
 
-def _plan(report_groups: Sequence[DuplicateGroup], keep: str, root_ok: bool, lineage: set[int]
-          ) -> tuple[list[Instance], list[tuple[Instance, ScriptIdentity]], list[tuple[Instance, str]]]:
+def _plan(
+    report_groups: Sequence[DuplicateGroup], keep: str, root_ok: bool, lineage: set[int]
+) -> tuple[list[Instance], list[tuple[Instance, ScriptIdentity]], list[tuple[Instance, str]]]:
     uid = os.geteuid()
     kept: list[Instance] = []
     ending: list[tuple[Instance, ScriptIdentity]] = []
@@ -753,8 +848,9 @@ def _victim_changed(inst: Instance, identity: ScriptIdentity, settings: Settings
     return None
 
 
-def recheck_victims(identity: ScriptIdentity, victims: Sequence[Instance], *, settings: Settings | None = None
-                    ) -> tuple[list[Instance], list[tuple[Instance, str]]]:
+def recheck_victims(
+    identity: ScriptIdentity, victims: Sequence[Instance], *, settings: Settings | None = None
+) -> tuple[list[Instance], list[tuple[Instance, str]]]:
     """Re-check planned victims right before signalling them: each process of each run must still be the
     same process (pid + start time) and still have `identity`'s key, read fresh from /proc (an exec keeps the
     pid and start time but changes the job). Returns (still the same runs, [(changed run, why)])."""
@@ -770,11 +866,18 @@ def recheck_victims(identity: ScriptIdentity, victims: Sequence[Instance], *, se
     return ok, changed
 
 
-def terminate_duplicates(keep: str = "oldest", script: str | os.PathLike[str] | ScriptIdentity | None = None,
-                         grace: float = 5.0, *, snapshot: Snapshot | None = None, dry_run: bool = False,
-                         on_progress: ProgressFn | None = None, all_users: bool = False,
-                         victims: Sequence[Instance] | None = None,
-                         settings: Settings | None = None) -> TerminateReport:
+def terminate_duplicates(
+    keep: str = "oldest",
+    script: str | os.PathLike[str] | ScriptIdentity | None = None,
+    grace: float = 5.0,
+    *,
+    snapshot: Snapshot | None = None,
+    dry_run: bool = False,
+    on_progress: ProgressFn | None = None,
+    all_users: bool = False,
+    victims: Sequence[Instance] | None = None,
+    settings: Settings | None = None,
+) -> TerminateReport:
     """End all but one run per duplicate group (each run with its whole process tree: SIGTERM, then SIGKILL
     after `grace`). Only the caller's own runs, unless root with `all_users`. Does nothing inside a distributed
     launch or scheduler job (`skipped_reason` says so). Never touches procguard's own lineage.
@@ -804,8 +907,9 @@ def terminate_duplicates(keep: str = "oldest", script: str | os.PathLike[str] | 
     if dry_run:
         targets = [Target.tree(r) for inst, _ in ending for r in (inst.roots or (inst.pid,))]
         members = signals.resolve(targets, snap) if targets else []
-        return TerminateReport(groups, tuple(kept), tuple(i for i, _ in ending), (), tuple(members),
-                               tuple(skipped), None, True)
+        return TerminateReport(
+            groups, tuple(kept), tuple(i for i, _ in ending), (), tuple(members), tuple(skipped), None, True
+        )
     still: list[Instance] = []
     for inst, ident in ending:
         ok, changed = recheck_victims(ident, [inst], settings=settings)
@@ -821,8 +925,15 @@ class RunCheck(NamedTuple):
     message: str  # for stderr; "" when there is nothing to say
 
 
-def check_before_run(argv: Sequence[str], cwd: str, policy: str, grace: float = 5.0, *,
-                     snapshot: Snapshot | None = None, settings: Settings | None = None) -> RunCheck:
+def check_before_run(
+    argv: Sequence[str],
+    cwd: str,
+    policy: str,
+    grace: float = 5.0,
+    *,
+    snapshot: Snapshot | None = None,
+    settings: Settings | None = None,
+) -> RunCheck:
     """Apply an on-duplicate policy ("abort" | "terminate" | "ignore") to the runs of the job that `argv`
     would start in `cwd` (see identity_for_command). Another user's runs are never ended, not even by root."""
     if policy not in ("abort", "terminate", "ignore"):
@@ -836,8 +947,11 @@ def check_before_run(argv: Sequence[str], cwd: str, policy: str, grace: float = 
         return RunCheck(True, f"not checking for other runs of {ident.display}: {why}")
     snap = snapshot if snapshot is not None else process_snapshot()
     lineage = _lineage()
-    running = [i for i in find_instances(ident, snap, settings=settings)
-               if not lineage & {i.pid, *i.members, *i.roots}]
+    running = [
+        i
+        for i in find_instances(ident, snap, settings=settings)
+        if not lineage & {i.pid, *i.members, *i.roots}
+    ]
     if not running:
         return RunCheck(True, "")
     listing = "; ".join(i.describe() for i in running)
@@ -847,8 +961,11 @@ def check_before_run(argv: Sequence[str], cwd: str, policy: str, grace: float = 
         return RunCheck(False, f"{ident.display} is already running: {listing}")
     ended = end_runs(ident, running, grace, snapshot=snap, settings=settings)
     if ended.refused:
-        return RunCheck(False, f"{ident.display} is already running as another user: "
-                        + "; ".join(i.describe() for i in ended.refused))
+        return RunCheck(
+            False,
+            f"{ident.display} is already running as another user: "
+            + "; ".join(i.describe() for i in ended.refused),
+        )
     if not ended.ended:
         return RunCheck(True, f"no other run of {ident.display} left to end{ended.notes}")
     summary = ended.summary
@@ -881,8 +998,14 @@ class EndedRuns(NamedTuple):
         return "".join(f"; left pid {i.pid} alone: {w}" for i, w in self.changed)
 
 
-def end_runs(identity: ScriptIdentity, runs: Sequence[Instance], grace: float, *,
-             snapshot: Snapshot | None = None, settings: Settings | None = None) -> EndedRuns:
+def end_runs(
+    identity: ScriptIdentity,
+    runs: Sequence[Instance],
+    grace: float,
+    *,
+    snapshot: Snapshot | None = None,
+    settings: Settings | None = None,
+) -> EndedRuns:
     """End other runs of a job on behalf of a run that is starting (guard(on_duplicate="terminate"),
     `procguard run --on-duplicate terminate`): each run's whole trees with escalation. Another user's run is
     never ended here, not even by root (nothing is signalled then: `refused`), and every run is re-checked
@@ -901,12 +1024,22 @@ def end_runs(identity: ScriptIdentity, runs: Sequence[Instance], grace: float, *
 
 
 def instance_json(inst: Instance) -> dict[str, object]:
-    return {"pid": inst.pid, "create_time": inst.create_time, "cwd": inst.cwd, "args": list(inst.args),
-            "username": inst.username}
+    return {
+        "pid": inst.pid,
+        "create_time": inst.create_time,
+        "cwd": inst.cwd,
+        "args": list(inst.args),
+        "username": inst.username,
+    }
 
 
-_MAIN_PART = {"file": "script", "module": "module", "code": "code", "console": "entry point",
-              "command": "executable"}
+_MAIN_PART = {
+    "file": "script",
+    "module": "module",
+    "code": "code",
+    "console": "entry point",
+    "command": "executable",
+}
 
 
 def group_json(g: DuplicateGroup) -> dict[str, object]:
@@ -917,6 +1050,10 @@ def group_json(g: DuplicateGroup) -> dict[str, object]:
     main = parts.get(_MAIN_PART.get(ident.kind, ""))
     if not isinstance(main, str):
         main = ident.key if ident.kind == "file" else ident.display
-    return {"script": main, "kind": ident.kind, "key": ident.key,
-            "parts": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ident.parts},
-            "instances": [instance_json(i) for i in g.instances]}
+    return {
+        "script": main,
+        "kind": ident.kind,
+        "key": ident.key,
+        "parts": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ident.parts},
+        "instances": [instance_json(i) for i in g.instances],
+    }

@@ -86,9 +86,17 @@ class FlushResult:
 
     def to_answer(self, *, started: float, request_id: str | None) -> dict[str, Any]:
         """The registry form (`flush=` field of an entry)."""
-        return {"flushed": self.flushed, "backend": self.backend, "before": self.reserved_before,
-                "after": self.reserved_after, "freed": self.freed, "message": self.message,
-                "time": self.time, "started": started, "request_id": request_id}
+        return {
+            "flushed": self.flushed,
+            "backend": self.backend,
+            "before": self.reserved_before,
+            "after": self.reserved_after,
+            "freed": self.freed,
+            "message": self.message,
+            "time": self.time,
+            "started": started,
+            "request_id": request_id,
+        }
 
     @classmethod
     def from_answer(cls, a: Mapping[str, Any]) -> FlushResult:
@@ -96,11 +104,15 @@ class FlushResult:
         the message is kept exact (a terminal gets it through sanitize.safe)."""
         backend = a.get("backend")
         t = a.get("time")
-        return cls(flushed=bool(a.get("flushed", a.get("freed") is not None)),
-                   backend=backend if isinstance(backend, str) else None,
-                   reserved_before=_count(a.get("before")), reserved_after=_count(a.get("after")),
-                   freed=_count(a.get("freed")), message=str(a.get("message", "")),
-                   time=float(t) if _number(t) else 0.0)
+        return cls(
+            flushed=bool(a.get("flushed", a.get("freed") is not None)),
+            backend=backend if isinstance(backend, str) else None,
+            reserved_before=_count(a.get("before")),
+            reserved_after=_count(a.get("after")),
+            freed=_count(a.get("freed")),
+            message=str(a.get("message", "")),
+            time=float(t) if _number(t) else 0.0,
+        )
 
 
 def _count(v: Any) -> int | None:
@@ -133,8 +145,10 @@ def _nothing(why: str) -> FlushResult:
 
 def _cuda_figures(cuda: Any) -> tuple[int, int]:
     n = cuda.device_count()
-    return (sum(int(cuda.memory_allocated(i)) for i in range(n)),
-            sum(int(cuda.memory_reserved(i)) for i in range(n)))
+    return (
+        sum(int(cuda.memory_allocated(i)) for i in range(n)),
+        sum(int(cuda.memory_reserved(i)) for i in range(n)),
+    )
 
 
 def _mps_available(torch: Any) -> bool:
@@ -186,12 +200,15 @@ def flush_gpu_caches() -> FlushResult:
         else:
             return _nothing("CUDA not initialised in this process")
     except Exception as e:  # a bad fork, a driver error: say so rather than crash the caller
-        return FlushResult(False, backend, None, None, None, f"flush failed: {type(e).__name__}: {e}",
-                           time.time())
+        return FlushResult(
+            False, backend, None, None, None, f"flush failed: {type(e).__name__}: {e}", time.time()
+        )
     freed = max(0, before - after)
     name = "CUDA" if backend == "cuda" else "MPS"
-    msg = (f"flushed {name} cache: freed {fmt.bytes_long(freed)} "
-           f"(reserved {fmt.bytes_long(before)} -> {fmt.bytes_long(after)})")
+    msg = (
+        f"flushed {name} cache: freed {fmt.bytes_long(freed)} "
+        f"(reserved {fmt.bytes_long(before)} -> {fmt.bytes_long(after)})"
+    )
     return FlushResult(True, backend, before, after, freed, msg, time.time())
 
 
@@ -271,8 +288,9 @@ class _Worker:
             try:
                 self._answer()
             except Exception as e:  # never let a registry hiccup kill the worker
-                warnings.warn(f"procguard: could not answer a flush request: {e}", RuntimeWarning,
-                              stacklevel=1)
+                warnings.warn(
+                    f"procguard: could not answer a flush request: {e}", RuntimeWarning, stacklevel=1
+                )
 
     @staticmethod
     def _answer() -> None:
@@ -357,9 +375,12 @@ def install_flush_handler(signum: int = signal.SIGUSR1) -> Callable[[], None]:
             mine.refs += 1
             return _once(lambda: _release(mine))
         if current is None:
-            warnings.warn(f"procguard: {signame} has a handler installed outside Python; the flush handler "
-                          "was not installed, so flush requests will not be answered", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"procguard: {signame} has a handler installed outside Python; the flush handler "
+                "was not installed, so flush requests will not be answered",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return lambda: None
         worker = _ensure_worker()
         handler = _Handler(signum, current, worker)
@@ -368,8 +389,9 @@ def install_flush_handler(signum: int = signal.SIGUSR1) -> Callable[[], None]:
         except ValueError as e:  # not the main thread
             if not _handlers:
                 _stop_worker()
-            warnings.warn(f"procguard: flush handler for {signame} not installed: {e}", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"procguard: flush handler for {signame} not installed: {e}", RuntimeWarning, stacklevel=2
+            )
             return lambda: None
         _handlers[signum] = handler
         return _once(lambda: _release(handler))
@@ -439,17 +461,21 @@ def _not_guarded(reg: Any, pid: int) -> NotGuarded:
     return NotGuarded(
         f"pid {pid} is not a guarded process{why}: it does not answer flush requests (only a process can free "
         "its own GPU cache); wrap its main in `with procguard.core.guard.guard():` (or decorate it with "
-        "@guard), restart it, then ask again")
+        "@guard), restart it, then ask again"
+    )
 
 
 def _flush_signal(entry: Any) -> int:
     signum = entry.flush_signal
     if not signum:
-        raise NotGuarded(f"pid {entry.pid} is guarded without a flush signal (guard(flush_signal=None)): it does "
-                         "not answer flush requests; guard it with a flush signal (SIGUSR1 by default)")
+        raise NotGuarded(
+            f"pid {entry.pid} is guarded without a flush signal (guard(flush_signal=None)): it does "
+            "not answer flush requests; guard it with a flush signal (SIGUSR1 by default)"
+        )
     if not isinstance(signum, int) or isinstance(signum, bool) or signum not in signal.valid_signals():
-        raise NotGuarded(f"pid {entry.pid}: its registry entry names an invalid flush signal "
-                         f"{_safe(repr(signum))}")
+        raise NotGuarded(
+            f"pid {entry.pid}: its registry entry names an invalid flush signal {_safe(repr(signum))}"
+        )
     return int(signum)
 
 
@@ -505,8 +531,9 @@ def _process_owner(pid: int) -> int | None:
         return None
 
 
-def _await_answer(reg: Any, pid: int, signum: int, request_id: str | None, asked: float,
-                  timeout: float) -> FlushResult:
+def _await_answer(
+    reg: Any, pid: int, signum: int, request_id: str | None, asked: float, timeout: float
+) -> FlushResult:
     deadline = time.monotonic() + timeout
     pause = 0.002
     while True:
@@ -520,7 +547,8 @@ def _await_answer(reg: Any, pid: int, signum: int, request_id: str | None, asked
         if left <= 0:
             raise FlushTimeout(
                 f"pid {pid} did not answer the flush request within {timeout:g}s: it is guarded, but it may "
-                f"block or ignore {_signame(signum)}, or its main thread is stuck in native code")
+                f"block or ignore {_signame(signum)}, or its main thread is stuck in native code"
+            )
         time.sleep(min(pause, left))
         pause = min(pause * 2, 0.1)
 

@@ -78,8 +78,9 @@ class GpuMonitor:
     - NVML stays initialised once loaded; `close()` shuts it down.
     """
 
-    def __init__(self, *, nvml: Any = None, retry_after: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, nvml: Any = None, retry_after: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._override = nvml
         self.retry_after = retry_after
         self._clock = clock
@@ -197,23 +198,26 @@ class GpuHolder(NamedTuple):
     in_nvml: bool = True  # False: found by its open device file only ("device open", no memory figure)
 
 
-def merged_holders(snapshot: Snapshot, gpu: GpuSnapshot, holders: Mapping[int, DeviceHolder] | None = None
-                   ) -> tuple[list[MergedHolder], list[ForeignPid]]:
+def merged_holders(
+    snapshot: Snapshot, gpu: GpuSnapshot, holders: Mapping[int, DeviceHolder] | None = None
+) -> tuple[list[MergedHolder], list[ForeignPid]]:
     """NVML's processes and the kernel's device holders as one list (largest memory first, each with its orphan
     reason), and NVML pids that are not in this PID namespace (matched to a local holder where unambiguous)."""
     return _holders.merge_holders(holders or {}, gpu.processes, snapshot, gpu.minor_to_index)
 
 
-def gpu_holders(snapshot: Snapshot, gpu: GpuSnapshot,
-                holders: Mapping[int, DeviceHolder] | None = None) -> list[GpuHolder]:
+def gpu_holders(
+    snapshot: Snapshot, gpu: GpuSnapshot, holders: Mapping[int, DeviceHolder] | None = None
+) -> list[GpuHolder]:
     """Processes of the snapshot that hold a GPU, largest first: those NVML lists, and with `holders` (the
     kernel's) those with a GPU device file open that NVML doesn't list."""
     merged, _foreign = merged_holders(snapshot, gpu, holders)
     return [GpuHolder(snapshot[m.pid], m.memory_used or 0, m.devices, m.orphan, m.in_nvml) for m in merged]
 
 
-def orphaned_gpu_processes(snapshot: Snapshot, gpu: GpuSnapshot,
-                           holders: Mapping[int, DeviceHolder] | None = None) -> list[GpuHolder]:
+def orphaned_gpu_processes(
+    snapshot: Snapshot, gpu: GpuSnapshot, holders: Mapping[int, DeviceHolder] | None = None
+) -> list[GpuHolder]:
     """GPU holders that were left behind: likely leftover workers (DataLoader, multiprocessing, Ray) of a run
     that crashed or was killed, still pinning GPU memory. Largest first. `holders` adds the kernel's holders
     NVML doesn't list (or can't: no NVML at all).

@@ -199,8 +199,13 @@ class DeviceHolder(NamedTuple):
         return tuple(sorted({minor_to_index[m] for m in self.minors if m in minor_to_index}))
 
     def to_json(self, minor_to_index: Mapping[int, int] | None = None) -> dict[str, object]:
-        return {"pid": self.pid, "kinds": list(self.kinds), "minors": list(self.minors),
-                "devices": list(self.devices(minor_to_index)), "paths": sorted({f.path for f in self.fds})}
+        return {
+            "pid": self.pid,
+            "kinds": list(self.kinds),
+            "minors": list(self.minors),
+            "devices": list(self.devices(minor_to_index)),
+            "paths": sorted({f.path for f in self.fds}),
+        }
 
 
 @dataclass
@@ -247,8 +252,14 @@ class HolderScanner:
     """Repeated scans for GPU holders that only read what changed. One per refresh loop; not thread-safe (give
     each thread its own or lock around `scan`)."""
 
-    def __init__(self, patterns: DevicePatterns | None = None, *, max_age: float = 30.0, recheck: float = 0.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        patterns: DevicePatterns | None = None,
+        *,
+        max_age: float = 30.0,
+        recheck: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """max_age: seconds after which a process's fds are read again even if their count did not change.
         recheck: seconds between fd-count checks (one stat) of a known process; 0 checks on every scan. A TUI
         refreshing every second can pass a few seconds here: new processes are still read on their first scan."""
@@ -289,8 +300,9 @@ class HolderScanner:
         self.stats = stats
         return out
 
-    def _check(self, pid: int, entry: _Entry | None, now: float, counter: list[int], stats: ScanStats
-               ) -> _Entry | None:
+    def _check(
+        self, pid: int, entry: _Entry | None, now: float, counter: list[int], stats: ScanStats
+    ) -> _Entry | None:
         count = _fd_count(pid)
         if count is None:
             return None
@@ -422,7 +434,9 @@ class MergedHolder(NamedTuple):
     """One GPU holder from both sources: the kernel's open device files and NVML's process list."""
 
     pid: int  # in our PID namespace
-    devices: tuple[int, ...]  # NVML indices: NVML's list, plus the kernel's minors mapped through minor_to_index
+    devices: tuple[
+        int, ...
+    ]  # NVML indices: NVML's list, plus the kernel's minors mapped through minor_to_index
     minors: tuple[int, ...]  # /dev/nvidiaN minors it holds open (kernel)
     kinds: tuple[str, ...]  # device files open (kernel): nvidia, nvidiactl, nvidia-uvm, render, kfd
     memory_used: int | None  # bytes, NVML (summed over devices); None: NVML does not list it or can't tell
@@ -437,9 +451,17 @@ class MergedHolder(NamedTuple):
         return not self.in_nvml
 
     def to_json(self) -> dict[str, object]:
-        return {"pid": self.pid, "devices": list(self.devices), "minors": list(self.minors),
-                "kinds": list(self.kinds), "memory_used": self.memory_used, "in_nvml": self.in_nvml,
-                "in_kernel": self.in_kernel, "host_pid": self.host_pid, "orphan": self.orphan}
+        return {
+            "pid": self.pid,
+            "devices": list(self.devices),
+            "minors": list(self.minors),
+            "kinds": list(self.kinds),
+            "memory_used": self.memory_used,
+            "in_nvml": self.in_nvml,
+            "in_kernel": self.in_kernel,
+            "host_pid": self.host_pid,
+            "orphan": self.orphan,
+        }
 
 
 def _nvml_by_pid(processes: Iterable[GpuProcess]) -> dict[int, tuple[set[int], int | None]]:
@@ -453,9 +475,12 @@ def _nvml_by_pid(processes: Iterable[GpuProcess]) -> dict[int, tuple[set[int], i
     return out
 
 
-def match_foreign_pids(processes: Iterable[GpuProcess], local_pids: Iterable[int] | Snapshot,
-                       holders: Mapping[int, DeviceHolder], minor_to_index: Mapping[int, int] | None
-                       ) -> list[ForeignPid]:
+def match_foreign_pids(
+    processes: Iterable[GpuProcess],
+    local_pids: Iterable[int] | Snapshot,
+    holders: Mapping[int, DeviceHolder],
+    minor_to_index: Mapping[int, int] | None,
+) -> list[ForeignPid]:
     """NVML entries whose pid is not local, each matched to a local holder when that is unambiguous: on every
     device the foreign pid uses, it is the only foreign pid there and exactly one local holder of that device is
     missing from NVML's list, the same one on all of them. Pure."""
@@ -489,9 +514,14 @@ def match_foreign_pids(processes: Iterable[GpuProcess], local_pids: Iterable[int
     return out
 
 
-def merge_holders(holders: Mapping[int, DeviceHolder], processes: Iterable[GpuProcess] = (),
-                  snapshot: Snapshot | None = None, minor_to_index: Mapping[int, int] | None = None, *,
-                  local_pids: Iterable[int] | None = None) -> tuple[list[MergedHolder], list[ForeignPid]]:
+def merge_holders(
+    holders: Mapping[int, DeviceHolder],
+    processes: Iterable[GpuProcess] = (),
+    snapshot: Snapshot | None = None,
+    minor_to_index: Mapping[int, int] | None = None,
+    *,
+    local_pids: Iterable[int] | None = None,
+) -> tuple[list[MergedHolder], list[ForeignPid]]:
     """Kernel holders and NVML's process list (`GpuSnapshot.processes`; empty without NVML) as one list, largest
     memory first, plus NVML pids that are not ours (unmatched ones are "host pid N (another PID namespace)").
 
@@ -523,9 +553,19 @@ def merge_holders(holders: Mapping[int, DeviceHolder], processes: Iterable[GpuPr
             devs |= set(f.devices)
             mem = f.memory_used
         proc = snapshot.get(pid) if snapshot is not None else None
-        out.append(MergedHolder(pid, tuple(sorted(devs)), h.minors if h else (), h.kinds if h else (), mem,
-                                nv is not None or f is not None, h is not None, f.host_pid if f else None,
-                                orphan_reason(snapshot, proc) if snapshot is not None and proc else None))
+        out.append(
+            MergedHolder(
+                pid,
+                tuple(sorted(devs)),
+                h.minors if h else (),
+                h.kinds if h else (),
+                mem,
+                nv is not None or f is not None,
+                h is not None,
+                f.host_pid if f else None,
+                orphan_reason(snapshot, proc) if snapshot is not None and proc else None,
+            )
+        )
     out.sort(key=lambda m: (-(m.memory_used or 0), m.pid))
     return out, foreign
 

@@ -75,8 +75,13 @@ class DuplicateRunning(SystemExit):
     pid when the lock refused us.
     """
 
-    def __init__(self, message: str, script: str = "", instances: Sequence[Instance] = (),
-                 holder_pid: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        script: str = "",
+        instances: Sequence[Instance] = (),
+        holder_pid: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.script = script
@@ -101,9 +106,16 @@ class Guard(contextlib.ContextDecorator):
     """The object guard() returns. After entry: ``identity``, ``lock_path``, ``entry`` (the registry entry),
     ``terminated`` (signal results of duplicates ended), ``notes`` (steps skipped, and why)."""
 
-    def __init__(self, name: str | None = None, *, lock: bool | str | os.PathLike[str] = True,
-                 on_duplicate: str = "abort", flush_on_exit: bool = True,
-                 flush_signal: int | None = signal.SIGUSR1, grace: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        lock: bool | str | os.PathLike[str] = True,
+        on_duplicate: str = "abort",
+        flush_on_exit: bool = True,
+        flush_signal: int | None = signal.SIGUSR1,
+        grace: float = 5.0,
+    ) -> None:
         if on_duplicate not in _POLICIES:
             raise ValueError(f"on_duplicate must be one of {', '.join(_POLICIES)}, not {on_duplicate!r}")
         if grace < 0:
@@ -127,8 +139,14 @@ class Guard(contextlib.ContextDecorator):
 
     def _recreate_cm(self) -> Guard:
         # Each call of a decorated function gets its own guard state.
-        return Guard(self.name, lock=self.lock, on_duplicate=self.on_duplicate,
-                     flush_on_exit=self.flush_on_exit, flush_signal=self.flush_signal, grace=self.grace)
+        return Guard(
+            self.name,
+            lock=self.lock,
+            on_duplicate=self.on_duplicate,
+            flush_on_exit=self.flush_on_exit,
+            flush_signal=self.flush_signal,
+            grace=self.grace,
+        )
 
     # ------------------------------------------------------------------------------------------ entry
 
@@ -185,8 +203,10 @@ class Guard(contextlib.ContextDecorator):
         want_lock = bool(self.lock) and not sched and main_rank and not nested
         if want_lock:
             lock_name: str | os.PathLike[str] | None = (
-                self.lock if isinstance(self.lock, (str, os.PathLike)) and not isinstance(self.lock, bool)
-                else name)
+                self.lock
+                if isinstance(self.lock, (str, os.PathLike)) and not isinstance(self.lock, bool)
+                else name
+            )
             if lock_name:
                 self._take_lock(stack, lock_name)
             else:
@@ -229,7 +249,9 @@ class Guard(contextlib.ContextDecorator):
         if mine is None:
             self.notes.append("a worker of a run of the same script: no duplicate check, no lock")
             return True
-        older = [i for i in instances if i is not mine and (i.create_time, i.pid) < (mine.create_time, mine.pid)]
+        older = [
+            i for i in instances if i is not mine and (i.create_time, i.pid) < (mine.create_time, mine.pid)
+        ]
         if not older:
             return False
         display = safe(self.identity.display)  # from argv: escaped for the messages below
@@ -240,15 +262,23 @@ class Guard(contextlib.ContextDecorator):
         ended = end_runs(self.identity, older, self.grace, snapshot=snap)
         if ended.refused:
             listing = "; ".join(i.describe() for i in ended.refused)
-            raise DuplicateRunning(f"{display} is already running as another user (can't end it): {listing}",
-                                   display, list(ended.refused))
+            raise DuplicateRunning(
+                f"{display} is already running as another user (can't end it): {listing}",
+                display,
+                list(ended.refused),
+            )
         self.terminated = list(ended.results)
         if not ended.ok:
-            raise DuplicateRunning(f"could not end the other runs of {display}: {ended.summary}{ended.notes}",
-                                   display, older)
+            raise DuplicateRunning(
+                f"could not end the other runs of {display}: {ended.summary}{ended.notes}", display, older
+            )
         if ended.ended:
-            warnings.warn(f"procguard: ended {len(ended.ended)} other run(s) of {display}: {ended.summary}"
-                          f"{ended.notes}", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"procguard: ended {len(ended.ended)} other run(s) of {display}: {ended.summary}"
+                f"{ended.notes}",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         return False
 
     def _take_lock(self, stack: contextlib.ExitStack, lock_name: str | os.PathLike[str]) -> None:
@@ -263,8 +293,11 @@ class Guard(contextlib.ContextDecorator):
             holder_pid = e.holder.pid if e.holder is not None else (e.holders[0] if e.holders else None)
             if self.on_duplicate == "ignore":
                 self.notes.append(f"no lock (on_duplicate='ignore'): {safe(e)}")
-                warnings.warn(f"procguard: {safe(e)}; going on without the lock (on_duplicate='ignore')",
-                              RuntimeWarning, stacklevel=4)
+                warnings.warn(
+                    f"procguard: {safe(e)}; going on without the lock (on_duplicate='ignore')",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
                 return
             raise DuplicateRunning(f"already running: {safe(e)}", str(lock_name), (), holder_pid) from None
         stack.callback(lk.release)
@@ -291,18 +324,25 @@ class Guard(contextlib.ContextDecorator):
     def _register(self, stack: contextlib.ExitStack, name: str | None, flush_installed: bool) -> None:
         ident = self.identity
         script = ident.key if ident is not None else (name or "")
-        extra: dict[str, Any] = {"name": name, "kind": ident.kind if ident else None,
-                                 "display": ident.display if ident else name,
-                                 "on_duplicate": self.on_duplicate}
+        extra: dict[str, Any] = {
+            "name": name,
+            "kind": ident.kind if ident else None,
+            "display": ident.display if ident else name,
+            "on_duplicate": self.on_duplicate,
+        }
         try:
-            self.entry = registry.register(script=script, lock=self.lock_path,
-                                           flush_signal=self.flush_signal if flush_installed else None,
-                                           extra=extra)
+            self.entry = registry.register(
+                script=script,
+                lock=self.lock_path,
+                flush_signal=self.flush_signal if flush_installed else None,
+                extra=extra,
+            )
         except OSError as e:
             # PrivateDirError when every registry folder is unusable (say, made by another user first).
             self.notes.append(f"not registered: {safe(e)}")
-            warnings.warn(f"procguard: could not register this process: {safe(e)}", RuntimeWarning,
-                          stacklevel=4)
+            warnings.warn(
+                f"procguard: could not register this process: {safe(e)}", RuntimeWarning, stacklevel=4
+            )
             return
         pid = os.getpid()
         stack.callback(registry.unregister, pid)
@@ -355,8 +395,9 @@ class Guard(contextlib.ContextDecorator):
 
     # ------------------------------------------------------------------------------------------ exit
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
         stack, self._stack = self._stack, None
         if stack is None:
             return False
@@ -375,11 +416,23 @@ class Guard(contextlib.ContextDecorator):
         return False
 
 
-def guard(name: str | Callable[..., Any] | None = None, *, lock: bool | str | os.PathLike[str] = True,
-          on_duplicate: str = "abort", flush_on_exit: bool = True,
-          flush_signal: int | None = signal.SIGUSR1, grace: float = 5.0) -> Any:
+def guard(
+    name: str | Callable[..., Any] | None = None,
+    *,
+    lock: bool | str | os.PathLike[str] = True,
+    on_duplicate: str = "abort",
+    flush_on_exit: bool = True,
+    flush_signal: int | None = signal.SIGUSR1,
+    grace: float = 5.0,
+) -> Any:
     """A Guard: use as ``with guard(...):`` or ``@guard(...)`` (or bare ``@guard``). See the module doc."""
     if callable(name) and not isinstance(name, str):
         return Guard()(name)
-    return Guard(name, lock=lock, on_duplicate=on_duplicate, flush_on_exit=flush_on_exit,
-                 flush_signal=flush_signal, grace=grace)
+    return Guard(
+        name,
+        lock=lock,
+        on_duplicate=on_duplicate,
+        flush_on_exit=flush_on_exit,
+        flush_signal=flush_signal,
+        grace=grace,
+    )

@@ -52,13 +52,24 @@ from procguard.core.proclocks import (
     read_proc_locks,
 )
 
-__all__ = ["HeldLock", "LockScanner", "clean_stale_locks", "cleanable_folder_problem", "held_locks", "holders_of", "list_locks",
-           "stale_entry", "stale_lock_files"]
+__all__ = [
+    "HeldLock",
+    "LockScanner",
+    "clean_stale_locks",
+    "cleanable_folder_problem",
+    "held_locks",
+    "holders_of",
+    "list_locks",
+    "stale_entry",
+    "stale_lock_files",
+]
 
 UNKNOWN_PATH = "(unknown)"
 _DELETED = " (deleted)"
 # (st_dev, st_ino, path) -> (mtime_ns, ctime_ns, size, managed, holder, stat): metadata already parsed
-_MetaCache = dict[tuple[int, int, str], tuple[int, int, int, bool, "LockHolder | None", "os.stat_result | None"]]
+_MetaCache = dict[
+    tuple[int, int, str], tuple[int, int, int, bool, "LockHolder | None", "os.stat_result | None"]
+]
 
 
 @dataclass(frozen=True)
@@ -93,15 +104,24 @@ class HeldLock:
 
     def to_dict(self) -> dict[str, Any]:
         """The `procguard locks --json` object (exact values: JSON escapes control characters itself)."""
-        return {"path": self.path, "pid": self.pid, "holders": list(self.holders), "kind": self.kind,
-                "mode": self.mode, "managed": self.managed, "stale": self.stale,
-                "holder": self.holder.to_dict() if self.holder else None,
-                "metadata": self.metadata.to_dict() if self.metadata else None,
-                "metadata_trusted": self.metadata_trusted, "metadata_problem": self.metadata_problem}
+        return {
+            "path": self.path,
+            "pid": self.pid,
+            "holders": list(self.holders),
+            "kind": self.kind,
+            "mode": self.mode,
+            "managed": self.managed,
+            "stale": self.stale,
+            "holder": self.holder.to_dict() if self.holder else None,
+            "metadata": self.metadata.to_dict() if self.metadata else None,
+            "metadata_trusted": self.metadata_trusted,
+            "metadata_problem": self.metadata_problem,
+        }
 
 
-def _managed(pid: int, fd: int, link: str, old: _MetaCache, new: _MetaCache
-             ) -> tuple[bool, LockHolder | None, os.stat_result | None]:
+def _managed(
+    pid: int, fd: int, link: str, old: _MetaCache, new: _MetaCache
+) -> tuple[bool, LockHolder | None, os.stat_result | None]:
     """Is the file behind a holder's descriptor a procguard lock file, what does its metadata say, and its stat
     (owner and mode: who could have written that metadata)?"""
     if not link.startswith("/"):
@@ -117,8 +137,12 @@ def _managed(pid: int, fd: int, link: str, old: _MetaCache, new: _MetaCache
         return False, None, None  # never open devices or FIFOs; big files are not ours
     ck = (st.st_dev, st.st_ino, path)
     hit = old.get(ck)
-    if hit is not None and hit[:3] == (st.st_mtime_ns, st.st_ctime_ns, st.st_size) and hit[5] is not None \
-            and (hit[5].st_uid, hit[5].st_mode) == (st.st_uid, st.st_mode):
+    if (
+        hit is not None
+        and hit[:3] == (st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        and hit[5] is not None
+        and (hit[5].st_uid, hit[5].st_mode) == (st.st_uid, st.st_mode)
+    ):
         new[ck] = hit
         return hit[3], hit[4], hit[5]
     holder = None
@@ -218,8 +242,14 @@ def held_locks(*, managed_only: bool = False) -> list[HeldLock]:
     return LockScanner(full_scan_interval=0).held_locks(managed_only=managed_only)
 
 
-def _build(held: list[LockEntry], waiting: list[LockEntry], found: FdIndex, old_meta: _MetaCache,
-           new_meta: _MetaCache, managed_only: bool) -> list[HeldLock]:
+def _build(
+    held: list[LockEntry],
+    waiting: list[LockEntry],
+    found: FdIndex,
+    old_meta: _MetaCache,
+    new_meta: _MetaCache,
+    managed_only: bool,
+) -> list[HeldLock]:
     waiters: dict[str, list[int]] = {}
     for w in waiting:
         waiters.setdefault(w.lock_id, []).append(w.pid)
@@ -243,11 +273,25 @@ def _build(held: list[LockEntry], waiting: list[LockEntry], found: FdIndex, old_
             continue
         # The kernel names the holders; the file's metadata is only believed when it agrees with them.
         problem = None if meta is None else holder_problem(meta, holders, st)
-        out.append(HeldLock(path=path, pid=pid, holders=holders, kind=e.kind, mode=e.mode, managed=managed,
-                            holder=meta if problem is None else None,
-                            warning=None if problem is None else f"lock file metadata ignored: {problem}",
-                            device=e.device, inode=e.inode, start=e.start, end=e.end,
-                            waiters=tuple(waiters.get(e.lock_id, ())), metadata=meta, metadata_problem=problem))
+        out.append(
+            HeldLock(
+                path=path,
+                pid=pid,
+                holders=holders,
+                kind=e.kind,
+                mode=e.mode,
+                managed=managed,
+                holder=meta if problem is None else None,
+                warning=None if problem is None else f"lock file metadata ignored: {problem}",
+                device=e.device,
+                inode=e.inode,
+                start=e.start,
+                end=e.end,
+                waiters=tuple(waiters.get(e.lock_id, ())),
+                metadata=meta,
+                metadata_problem=problem,
+            )
+        )
     out.sort(key=lambda h: (h.path, h.pid or 0))
     return out
 
@@ -296,7 +340,11 @@ def _scan_folder(d: Path, busy: set[int]) -> list[Path]:
                 except OSError:
                     continue
                 p = d / entry.name
-                if stat.S_ISREG(st.st_mode) and st.st_ino not in busy and _is_managed_file(dfd, entry.name, p):
+                if (
+                    stat.S_ISREG(st.st_mode)
+                    and st.st_ino not in busy
+                    and _is_managed_file(dfd, entry.name, p)
+                ):
                     out.append(p)
     except OSError:
         pass
@@ -329,9 +377,18 @@ def stale_entry(path: str | os.PathLike[str]) -> HeldLock:
     caller's or root's and writable by nobody else (no process is left to check it against)."""
     meta, st = read_metadata(path, wait=0)
     problem = None if meta is None else stale_metadata_problem(st)
-    return HeldLock(path=os.fspath(path), pid=None, holders=(), kind=None, mode=None, managed=True,
-                    holder=meta if problem is None else None, stale=True, metadata=meta,
-                    metadata_problem=problem)
+    return HeldLock(
+        path=os.fspath(path),
+        pid=None,
+        holders=(),
+        kind=None,
+        mode=None,
+        managed=True,
+        holder=meta if problem is None else None,
+        stale=True,
+        metadata=meta,
+        metadata_problem=problem,
+    )
 
 
 def cleanable_folder_problem(folder: os.stat_result) -> str | None:
@@ -372,7 +429,9 @@ def _remove_if_unheld(path: Path) -> bool:
 def _remove_in(dfd: int, path: Path) -> bool:
     name = path.name
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dfd)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dfd
+        )
     except OSError:
         return False
     try:
@@ -400,8 +459,10 @@ def _remove_in(dfd: int, path: Path) -> bool:
         os.close(fd)
 
 
-def clean_stale_locks(dirs: Iterable[str | os.PathLike[str]] | None = None,
-                      paths: Iterable[str | os.PathLike[str]] | None = None) -> list[Path]:
+def clean_stale_locks(
+    dirs: Iterable[str | os.PathLike[str]] | None = None,
+    paths: Iterable[str | os.PathLike[str]] | None = None,
+) -> list[Path]:
     """Remove stale managed lock files; returns those removed.
 
     Candidates are `paths` if given, else :func:`stale_lock_files` of `dirs`. Each is removed only if it is
@@ -418,8 +479,12 @@ def _under(path: str, roots: list[str]) -> bool:
     return any(p == r or p.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
-def list_locks(dirs: Iterable[str | os.PathLike[str]] | None = None, *, managed_only: bool = False,
-               scanner: LockScanner | None = None) -> list[HeldLock]:
+def list_locks(
+    dirs: Iterable[str | os.PathLike[str]] | None = None,
+    *,
+    managed_only: bool = False,
+    scanner: LockScanner | None = None,
+) -> list[HeldLock]:
     """Held locks followed by stale managed lock files (``stale=True``, pid None, no holders).
 
     With `dirs`, both are limited to those folders; without, held locks are machine-wide and stale files

@@ -75,8 +75,13 @@ __all__ = [
     "RELEVANT_ENV",
 ]
 
-KIND_LABELS = {"file": "script", "module": "module", "code": "-c", "console": "console script",
-               "command": "command"}
+KIND_LABELS = {
+    "file": "script",
+    "module": "module",
+    "code": "-c",
+    "console": "console script",
+    "command": "command",
+}
 
 Part = tuple[str, "str | tuple[str, ...]"]
 
@@ -103,16 +108,23 @@ class ScriptIdentity:
         return self if self.launcher is None else replace(self, launcher=None)
 
     def to_json(self) -> dict[str, object]:
-        return {"kind": self.kind, "label": self.label, "launcher": self.launcher, "key": self.key,
-                "display": self.display,
-                "parts": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.parts}}
+        return {
+            "kind": self.kind,
+            "label": self.label,
+            "launcher": self.launcher,
+            "key": self.key,
+            "display": self.display,
+            "parts": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.parts},
+        }
 
 
 class Classified(NamedTuple):
     """What a process is to duplicate detection, on its own (its parents and peers aside)."""
 
     identity: ScriptIdentity | None  # set for jobs, and for never-duplicate programs (to explain them)
-    code: str  # "job" | "own" | "helper" | "interactive" | "never" | "other_user" | "unresolved" | "no_target"
+    code: (
+        str  # "job" | "own" | "helper" | "interactive" | "never" | "other_user" | "unresolved" | "no_target"
+    )
     reason: str  # "" for a job; else why it is never counted, as a sentence fragment
     own: str | None = None  # procguard's own: "cli" | "run" | "app" | "bench" | "procguard"
 
@@ -155,8 +167,13 @@ _CLI_MODULES = frozenset({"procguard.core.cli", "procguard.core.cli.__main__"})
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 _BENCH_DIR = os.path.join(_SOURCE_ROOT, "bench")
 _HAS_BENCH = os.path.isfile(os.path.join(_BENCH_DIR, "load.py"))
-_OWN_WORDS = {"cli": "the procguard CLI", "run": "the `procguard run` launcher (its child is the job)",
-              "app": "the procguard app", "bench": "a procguard benchmark helper", "procguard": "procguard"}
+_OWN_WORDS = {
+    "cli": "the procguard CLI",
+    "run": "the `procguard run` launcher (its child is the job)",
+    "app": "the procguard app",
+    "bench": "a procguard benchmark helper",
+    "procguard": "procguard",
+}
 
 
 def _stem(base: str) -> str:
@@ -325,8 +342,9 @@ def _read_head(path: str) -> _Head:
     in_bin = _basename(os.path.dirname(path)) == "bin"
     interp = shebang_interpreter(head)
     python = bool(interp) and any(is_python_interpreter(w) for w in interp[:3])  # type: ignore[index]
-    found = _Head("ok", console_entry_point(head) if in_bin else None, is_zipapp(head), python,
-                  tuple(interp or ()))
+    found = _Head(
+        "ok", console_entry_point(head) if in_bin else None, is_zipapp(head), python, tuple(interp or ())
+    )
     with _heads_lock:
         if len(_heads) > 4096:
             _heads.clear()
@@ -347,19 +365,24 @@ def _file_identity(path: str) -> ScriptIdentity:
 
 
 def _module_identity(module: str, cwd: str) -> ScriptIdentity:
-    return ScriptIdentity("module", f"{module}@{cwd}", f"-m {module} (in {cwd})", (("module", module), ("cwd", cwd)))
+    return ScriptIdentity(
+        "module", f"{module}@{cwd}", f"-m {module} (in {cwd})", (("module", module), ("cwd", cwd))
+    )
 
 
 def _code_identity(cmdline: Iterable[str], code: str) -> ScriptIdentity:
     cmd = tuple(cmdline)
-    return ScriptIdentity("code", "\0".join(cmd), f"-c {_short(code)}", (("code", code), ("command line", cmd)))
+    return ScriptIdentity(
+        "code", "\0".join(cmd), f"-c {_short(code)}", (("code", code), ("command line", cmd))
+    )
 
 
 def _console_identity(entry: str, program: str, args: tuple[str, ...], cwd: str) -> ScriptIdentity:
     key = "console:" + "\0".join((entry, *args)) + "\0@" + cwd
     display = _short(" ".join((_basename(program), *args)), 80) + f" (in {cwd})"
-    return ScriptIdentity("console", key, display,
-                          (("entry point", entry), ("program", program), ("args", args), ("cwd", cwd)))
+    return ScriptIdentity(
+        "console", key, display, (("entry point", entry), ("program", program), ("args", args), ("cwd", cwd))
+    )
 
 
 def _command_identity(exe: str, argv0: str, args: tuple[str, ...], cwd: str) -> ScriptIdentity:
@@ -367,8 +390,9 @@ def _command_identity(exe: str, argv0: str, args: tuple[str, ...], cwd: str) -> 
     name = _basename(argv0) or _basename(exe)
     key = "command:" + "\0".join((exe, name, *args)) + "\0@" + cwd
     display = _short(" ".join((name, *args)), 80) + f" (in {cwd})"
-    return ScriptIdentity("command", key, display,
-                          (("executable", exe), ("name", name), ("args", args), ("cwd", cwd)))
+    return ScriptIdentity(
+        "command", key, display, (("executable", exe), ("name", name), ("args", args), ("cwd", cwd))
+    )
 
 
 class _Where:
@@ -437,8 +461,11 @@ def _target_identity(t: LaunchTarget, where: _Where, settings: Settings) -> Scri
     """The identity of what a launcher starts (never itself a launcher: one level is enough)."""
     if t.kind == "module":
         cwd = where.cwd()
-        return _module_identity(t.target, cwd) if cwd is not None else where.unreadable(
-            "its working folder is private, so its target can't be told")
+        return (
+            _module_identity(t.target, cwd)
+            if cwd is not None
+            else where.unreadable("its working folder is private, so its target can't be told")
+        )
     if t.kind == "argv":
         py = parse_python_cmdline((t.target, *t.args))
         if py is not None:
@@ -469,8 +496,9 @@ def _which(program: str, cwd: str) -> str | None:
     return os.path.realpath(found) if found is not None else None
 
 
-def _shebang_command(interp: tuple[str, ...], script: str, args: tuple[str, ...], cwd: str
-                     ) -> tuple[str, str, tuple[str, ...]] | None:
+def _shebang_command(
+    interp: tuple[str, ...], script: str, args: tuple[str, ...], cwd: str
+) -> tuple[str, str, tuple[str, ...]] | None:
     """(executable, name, args) of the process the kernel makes of a #! script: the interpreter, with the
     #! line's argument and the script as exec named it first (`#!/usr/bin/env prog`: env runs prog)."""
     if not interp:
@@ -487,8 +515,9 @@ def _shebang_command(interp: tuple[str, ...], script: str, args: tuple[str, ...]
     return os.path.realpath(interp[0]), interp[0], (*extra, script, *args)
 
 
-def _script_identity(path: str, args: tuple[str, ...], where: _Where, head: _Head | None = None
-                     ) -> ScriptIdentity | Classified:
+def _script_identity(
+    path: str, args: tuple[str, ...], where: _Where, head: _Head | None = None
+) -> ScriptIdentity | Classified:
     """A script file's identity: a console wrapper or zipapp by entry + args + cwd, else its real path."""
     head = head if head is not None else _read_head(path)
     if head.state == "denied" and (_basename(os.path.dirname(path)) == "bin" or path.endswith(".pyz")):
@@ -498,13 +527,17 @@ def _script_identity(path: str, args: tuple[str, ...], where: _Where, head: _Hea
         return _file_identity(path)
     cwd = where.cwd()
     if cwd is None:
-        return where.unreadable("its working folder is private, so its console script's identity can't be told")
+        return where.unreadable(
+            "its working folder is private, so its console script's identity can't be told"
+        )
     return _console_identity(head.entry or path, path, args, cwd)
 
 
-def _launch(spec: LaunchSpec, name: str, args: tuple[str, ...], where: _Where, settings: Settings
-            ) -> Classified | None:
+def _launch(
+    spec: LaunchSpec, name: str, args: tuple[str, ...], where: _Where, settings: Settings
+) -> Classified | None:
     """A launcher identified by its target; None when these arguments do not launch (`accelerate config`)."""
+
     def is_file(word: str) -> bool:
         p = where.resolve(word)
         return p is not None and os.path.isfile(p)
@@ -548,13 +581,21 @@ def _classify_module(py: PythonCmd, where: _Where, settings: Settings, launchers
 def _classify_file(py: PythonCmd, where: _Where, settings: Settings, launchers: bool) -> Classified:
     path = where.resolve(py.target)
     if path is None:
-        return where.unreadable("its working folder is private, so its relative script path can't be resolved")
+        return where.unreadable(
+            "its working folder is private, so its relative script path can't be resolved"
+        )
     base = _basename(path)
     head = _read_head(path)
     entry_mod = head.entry.partition(":")[0] if head.entry else ""
     own = _own_module(entry_mod, py.args) if entry_mod else None
     if own is None and head.state == "denied" and base in _OWN_SCRIPTS:
-        own = "run" if base == "procguard" and py.args[:1] == ("run",) else "cli" if base == "procguard" else "app"
+        own = (
+            "run"
+            if base == "procguard" and py.args[:1] == ("run",)
+            else "cli"
+            if base == "procguard"
+            else "app"
+        )
     if own is None and _HAS_BENCH and path.startswith(_BENCH_DIR + "/"):
         own = "bench"
     if own is not None:
@@ -572,8 +613,9 @@ def _classify_file(py: PythonCmd, where: _Where, settings: Settings, launchers: 
     return found if isinstance(found, Classified) else _finish(found, settings)
 
 
-def _classify_python(py: PythonCmd, cmdline: tuple[str, ...], where: _Where, settings: Settings,
-                     launchers: bool = True) -> Classified:
+def _classify_python(
+    py: PythonCmd, cmdline: tuple[str, ...], where: _Where, settings: Settings, launchers: bool = True
+) -> Classified:
     if py.kind == "interactive":
         return Classified(None, "interactive", "an interactive Python (no script)")
     if is_helper_process(py):
@@ -649,8 +691,9 @@ def identity_for_path(path: str | os.PathLike[str], cwd: str | None = None) -> S
     return _file_identity(full)
 
 
-def identity_for_command(argv: list[str] | tuple[str, ...], cwd: str,
-                         settings: Settings | None = None) -> ScriptIdentity | None:
+def identity_for_command(
+    argv: list[str] | tuple[str, ...], cwd: str, settings: Settings | None = None
+) -> ScriptIdentity | None:
     """Identity the job `argv` would have if `procguard run` started it in `cwd` (for checks before starting
     it): Python rules for a Python command (a program with a Python #! line included), else the command's."""
     if not argv:
@@ -687,9 +730,25 @@ def fresh_proc(pid: int) -> Proc | None:
     uid = procfs.read_uid(pid)
     if st is None or cmdline is None or uid is None:
         return None
-    return Proc(st.pid, st.ppid, st.pgid, st.sid, st.state, st.comm, cmdline, procfs.create_time(st.start_ticks),
-                0, uid, username_of(uid), 0.0, st.num_threads, st.tty_nr, bool(st.flags & procfs.PF_KTHREAD),
-                st.start_ticks, parse_python_cmdline(cmdline) if cmdline else None)
+    return Proc(
+        st.pid,
+        st.ppid,
+        st.pgid,
+        st.sid,
+        st.state,
+        st.comm,
+        cmdline,
+        procfs.create_time(st.start_ticks),
+        0,
+        uid,
+        username_of(uid),
+        0.0,
+        st.num_threads,
+        st.tty_nr,
+        bool(st.flags & procfs.PF_KTHREAD),
+        st.start_ticks,
+        parse_python_cmdline(cmdline) if cmdline else None,
+    )
 
 
 def current_identity(pid: int, settings: Settings | None = None) -> ScriptIdentity | None:

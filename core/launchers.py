@@ -128,8 +128,9 @@ class Settings:
     never_duplicate: tuple[str, ...] = ()
 
     @classmethod
-    def from_values(cls, launchers: str | Iterable[str] | None = None,
-                    never_duplicate: str | Iterable[str] | None = None) -> Settings:
+    def from_values(
+        cls, launchers: str | Iterable[str] | None = None, never_duplicate: str | Iterable[str] | None = None
+    ) -> Settings:
         return cls(parse_list(LAUNCHERS_VAR, launchers), parse_list(NEVER_DUPLICATE_VAR, never_duplicate))
 
     def launcher_match(self, *names: str) -> str | None:
@@ -167,54 +168,178 @@ class LaunchSpec(NamedTuple):
 
 
 _TORCH_FLAGS = frozenset({"-h", "--help", "--standalone", "--run-path", "--virtual-local-rank", "--use-env"})
-_TORCH_VALUES = frozenset({
-    "--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--rdzv-conf",
-    "--max-restarts", "--monitor-interval", "--start-method", "--event-log-handler", "--role", "--log-dir",
-    "-r", "--redirects", "-t", "--tee", "--local-ranks-filter", "--duplicate-stdout-filters",
-    "--duplicate-stderr-filters", "--node-rank", "--master-addr", "--master-port", "--local-addr",
-    "--logs-specs", "--numa-binding", "--signals-to-handle", "--shutdown-timeout",
-})
-TORCHRUN = LaunchSpec("torchrun", _TORCH_FLAGS, _TORCH_VALUES, frozenset({"-m", "--module"}),
-                      frozenset({"--no-python"}))
+_TORCH_VALUES = frozenset(
+    {
+        "--nnodes",
+        "--nproc-per-node",
+        "--rdzv-backend",
+        "--rdzv-endpoint",
+        "--rdzv-id",
+        "--rdzv-conf",
+        "--max-restarts",
+        "--monitor-interval",
+        "--start-method",
+        "--event-log-handler",
+        "--role",
+        "--log-dir",
+        "-r",
+        "--redirects",
+        "-t",
+        "--tee",
+        "--local-ranks-filter",
+        "--duplicate-stdout-filters",
+        "--duplicate-stderr-filters",
+        "--node-rank",
+        "--master-addr",
+        "--master-port",
+        "--local-addr",
+        "--logs-specs",
+        "--numa-binding",
+        "--signals-to-handle",
+        "--shutdown-timeout",
+    }
+)
+TORCHRUN = LaunchSpec(
+    "torchrun", _TORCH_FLAGS, _TORCH_VALUES, frozenset({"-m", "--module"}), frozenset({"--no-python"})
+)
 TORCH_LAUNCH = TORCHRUN._replace(name="torch.distributed.launch")
 TORCH_RUN_MODULE = TORCHRUN._replace(name="torch.distributed.run")
 
-_ACCELERATE_FLAGS = frozenset({
-    "-h", "--help", "--cpu", "--multi-gpu", "--tpu", "--ipex", "--use-xpu", "--use-deepspeed", "--use-fsdp",
-    "--use-megatron-lm", "--dynamo-use-fullgraph", "--dynamo-use-dynamic", "--dynamo-use-regional-compilation",
-    "--downcast-bf16", "--debug", "-q", "--quiet", "--same-network", "--tpu-use-cluster", "--tpu-use-sudo",
-    "--enable-cpu-affinity",
-})
-_ACCELERATE_VALUES = frozenset({
-    "--config-file", "--mixed-precision", "--num-processes", "--num-machines", "--num-cpu-threads-per-process",
-    "--dynamo-backend", "--dynamo-mode", "--gpu-ids", "--machine-rank", "--main-process-ip",
-    "--main-process-port", "--rdzv-backend", "--rdzv-conf", "--max-restarts", "--main-training-function",
-    "--vm", "--env", "--deepspeed-config-file", "--zero-stage", "--offload-optimizer-device",
-    "--offload-param-device", "--gradient-accumulation-steps", "--gradient-clipping", "--zero3-init-flag",
-    "--zero3-save-16bit-model", "--deepspeed-hostfile", "--deepspeed-exclusion-filter",
-    "--deepspeed-inclusion-filter", "--deepspeed-multinode-launcher", "--fsdp-sharding-strategy",
-    "--fsdp-offload-params", "--fsdp-min-num-params", "--fsdp-auto-wrap-policy",
-    "--fsdp-transformer-layer-cls-to-wrap", "--fsdp-backward-prefetch", "--fsdp-state-dict-type",
-    "--fsdp-forward-prefetch", "--fsdp-use-orig-params", "--fsdp-cpu-ram-efficient-loading",
-    "--fsdp-sync-module-states", "--fsdp-activation-checkpointing", "--fsdp-version", "--log-dir",
-    "--tee", "--redirects", "--local-ranks-filter", "--monitor-interval", "--fp8-backend",
-})
-ACCELERATE = LaunchSpec("accelerate", _ACCELERATE_FLAGS, _ACCELERATE_VALUES,
-                        frozenset({"-m", "--module"}), frozenset({"--no-python"}), "launch")
+_ACCELERATE_FLAGS = frozenset(
+    {
+        "-h",
+        "--help",
+        "--cpu",
+        "--multi-gpu",
+        "--tpu",
+        "--ipex",
+        "--use-xpu",
+        "--use-deepspeed",
+        "--use-fsdp",
+        "--use-megatron-lm",
+        "--dynamo-use-fullgraph",
+        "--dynamo-use-dynamic",
+        "--dynamo-use-regional-compilation",
+        "--downcast-bf16",
+        "--debug",
+        "-q",
+        "--quiet",
+        "--same-network",
+        "--tpu-use-cluster",
+        "--tpu-use-sudo",
+        "--enable-cpu-affinity",
+    }
+)
+_ACCELERATE_VALUES = frozenset(
+    {
+        "--config-file",
+        "--mixed-precision",
+        "--num-processes",
+        "--num-machines",
+        "--num-cpu-threads-per-process",
+        "--dynamo-backend",
+        "--dynamo-mode",
+        "--gpu-ids",
+        "--machine-rank",
+        "--main-process-ip",
+        "--main-process-port",
+        "--rdzv-backend",
+        "--rdzv-conf",
+        "--max-restarts",
+        "--main-training-function",
+        "--vm",
+        "--env",
+        "--deepspeed-config-file",
+        "--zero-stage",
+        "--offload-optimizer-device",
+        "--offload-param-device",
+        "--gradient-accumulation-steps",
+        "--gradient-clipping",
+        "--zero3-init-flag",
+        "--zero3-save-16bit-model",
+        "--deepspeed-hostfile",
+        "--deepspeed-exclusion-filter",
+        "--deepspeed-inclusion-filter",
+        "--deepspeed-multinode-launcher",
+        "--fsdp-sharding-strategy",
+        "--fsdp-offload-params",
+        "--fsdp-min-num-params",
+        "--fsdp-auto-wrap-policy",
+        "--fsdp-transformer-layer-cls-to-wrap",
+        "--fsdp-backward-prefetch",
+        "--fsdp-state-dict-type",
+        "--fsdp-forward-prefetch",
+        "--fsdp-use-orig-params",
+        "--fsdp-cpu-ram-efficient-loading",
+        "--fsdp-sync-module-states",
+        "--fsdp-activation-checkpointing",
+        "--fsdp-version",
+        "--log-dir",
+        "--tee",
+        "--redirects",
+        "--local-ranks-filter",
+        "--monitor-interval",
+        "--fp8-backend",
+    }
+)
+ACCELERATE = LaunchSpec(
+    "accelerate",
+    _ACCELERATE_FLAGS,
+    _ACCELERATE_VALUES,
+    frozenset({"-m", "--module"}),
+    frozenset({"--no-python"}),
+    "launch",
+)
 ACCELERATE_LAUNCH = ACCELERATE._replace(subcommand=None)
 
-_DEEPSPEED_FLAGS = frozenset({
-    "-h", "--help", "--no-ssh-check", "--no-local-rank", "--force-multi", "--elastic-training", "--save-pid",
-    "--bind-cores-to-rank", "--no-ssh", "--use-env",
-})
-_DEEPSPEED_VALUES = frozenset({
-    "-H", "--hostfile", "-i", "--include", "-e", "--exclude", "--num-nodes", "--min-elastic-nodes",
-    "--max-elastic-nodes", "--num-gpus", "--num-accelerators", "--master-port", "--master-addr", "--node-rank",
-    "--launcher", "--launcher-args", "--module-name", "--autotuning", "--comment", "--account", "--ssh-port",
-    "--bind-core-list", "--enable-each-rank-log", "--world-info", "--procs-per-node", "--nnodes", "--nproc-per-node",
-})
-DEEPSPEED = LaunchSpec("deepspeed", _DEEPSPEED_FLAGS, _DEEPSPEED_VALUES, frozenset({"--module"}),
-                       frozenset({"--no-python"}))
+_DEEPSPEED_FLAGS = frozenset(
+    {
+        "-h",
+        "--help",
+        "--no-ssh-check",
+        "--no-local-rank",
+        "--force-multi",
+        "--elastic-training",
+        "--save-pid",
+        "--bind-cores-to-rank",
+        "--no-ssh",
+        "--use-env",
+    }
+)
+_DEEPSPEED_VALUES = frozenset(
+    {
+        "-H",
+        "--hostfile",
+        "-i",
+        "--include",
+        "-e",
+        "--exclude",
+        "--num-nodes",
+        "--min-elastic-nodes",
+        "--max-elastic-nodes",
+        "--num-gpus",
+        "--num-accelerators",
+        "--master-port",
+        "--master-addr",
+        "--node-rank",
+        "--launcher",
+        "--launcher-args",
+        "--module-name",
+        "--autotuning",
+        "--comment",
+        "--account",
+        "--ssh-port",
+        "--bind-core-list",
+        "--enable-each-rank-log",
+        "--world-info",
+        "--procs-per-node",
+        "--nnodes",
+        "--nproc-per-node",
+    }
+)
+DEEPSPEED = LaunchSpec(
+    "deepspeed", _DEEPSPEED_FLAGS, _DEEPSPEED_VALUES, frozenset({"--module"}), frozenset({"--no-python"})
+)
 
 # A launcher the user names: no known options, so the target is found by its look (see pyproc.launch_target).
 GENERIC = LaunchSpec("", frozenset(), frozenset(), frozenset({"-m", "--module"}), frozenset())

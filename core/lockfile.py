@@ -110,9 +110,17 @@ class LockHolder:
 
     def to_dict(self) -> dict[str, Any]:
         """Exact values (for --json: JSON escapes control characters itself)."""
-        return {"pid": self.pid, "argv": list(self.argv), "cwd": self.cwd, "host": self.host,
-                "start_time": self.start_time, "start_ticks": self.start_ticks, "acquired_at": self.acquired_at,
-                "version": self.version, "path": self.path}
+        return {
+            "pid": self.pid,
+            "argv": list(self.argv),
+            "cwd": self.cwd,
+            "host": self.host,
+            "start_time": self.start_time,
+            "start_ticks": self.start_ticks,
+            "acquired_at": self.acquired_at,
+            "version": self.version,
+            "path": self.path,
+        }
 
     def same_start(self, ident: ProcId) -> bool:
         """Does this metadata name the very process `ident` (same start), not an earlier one with its pid?"""
@@ -153,9 +161,17 @@ def own_metadata() -> bytes:
         cwd = os.getcwd()
     except OSError:  # cwd was removed under us
         cwd = "?"
-    meta = {"procguard": META_FORMAT, "pid": pid, "argv": argv, "cwd": cwd, "host": socket.gethostname(),
-            "start_time": start, "start_ticks": ident.start_ticks if ident is not None else None,
-            "acquired_at": time.time(), "version": fmt.version()}
+    meta = {
+        "procguard": META_FORMAT,
+        "pid": pid,
+        "argv": argv,
+        "cwd": cwd,
+        "host": socket.gethostname(),
+        "start_time": start,
+        "start_ticks": ident.start_ticks if ident is not None else None,
+        "acquired_at": time.time(),
+        "version": fmt.version(),
+    }
     return json.dumps(meta, separators=(",", ":")).encode() + b"\n"
 
 
@@ -188,10 +204,17 @@ def parse_metadata(data: bytes, path: str) -> LockHolder | None:
         return f if math.isfinite(f) else None
 
     ticks = obj.get("start_ticks")
-    return LockHolder(pid=pid, argv=argv_t, cwd=str(obj.get("cwd", "")), host=str(obj.get("host", "")),
-                      start_time=num("start_time"), version=str(obj.get("version", "")), path=path,
-                      acquired_at=num("acquired_at"),
-                      start_ticks=ticks if isinstance(ticks, int) and not isinstance(ticks, bool) else None)
+    return LockHolder(
+        pid=pid,
+        argv=argv_t,
+        cwd=str(obj.get("cwd", "")),
+        host=str(obj.get("host", "")),
+        start_time=num("start_time"),
+        version=str(obj.get("version", "")),
+        path=path,
+        acquired_at=num("acquired_at"),
+        start_ticks=ticks if isinstance(ticks, int) and not isinstance(ticks, bool) else None,
+    )
 
 
 def read_holder_fd(fd: int, path: str, wait: float = 0.0) -> LockHolder | None:
@@ -218,8 +241,9 @@ def read_holder_fd(fd: int, path: str, wait: float = 0.0) -> LockHolder | None:
 _OPEN_READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def read_metadata(path: str | os.PathLike[str], *, wait: float = 0.05, dir_fd: int | None = None
-                  ) -> tuple[LockHolder | None, os.stat_result | None]:
+def read_metadata(
+    path: str | os.PathLike[str], *, wait: float = 0.05, dir_fd: int | None = None
+) -> tuple[LockHolder | None, os.stat_result | None]:
     """(holder metadata, fstat) of a lock file, never through a symlink; the metadata is None if the file is
     missing, unreadable, bigger than MAX_META_BYTES or not procguard's, the fstat None if it isn't a regular
     file. With `dir_fd`, `path` is a name in that folder. Takes no lock."""
@@ -294,11 +318,15 @@ def stale_metadata_problem(st: os.stat_result | None) -> str | None:
 def in_lock_dir(path: str | os.PathLike[str]) -> bool:
     """Is this a ``*.lock`` file in a procguard lock folder (any user's)?"""
     p = Path(os.fspath(path).removesuffix(" (deleted)"))
-    return (p.name.endswith(LOCK_SUFFIX) and p.parent.name == "locks"
-            and p.parent.parent.name.startswith("procguard"))
+    return (
+        p.name.endswith(LOCK_SUFFIX)
+        and p.parent.name == "locks"
+        and p.parent.parent.name.startswith("procguard")
+    )
 
 
 # ---------------------------------------------------------------- the per-user lock folder
+
 
 def _runtime_candidate() -> Path | None:
     try:
@@ -348,8 +376,11 @@ def lock_dir() -> Path:
             return ensure_private_dir(p)
         except (PrivateDirError, OSError) as e:
             why = str(e)
-    raise LockError(f"cannot create a private lock folder (tried {', '.join(safe(p) for p in cands)}): "
-                    f"{safe(why)}", cands[-1], errno.EACCES)
+    raise LockError(
+        f"cannot create a private lock folder (tried {', '.join(safe(p) for p in cands)}): {safe(why)}",
+        cands[-1],
+        errno.EACCES,
+    )
 
 
 # ---------------------------------------------------------------- walking a path without following planted links
@@ -453,8 +484,11 @@ def lock_path_for(name_or_path: str | os.PathLike[str]) -> Path:
     is not doubled); anything else, including any ``os.PathLike``, is a path used as given (made absolute,
     ``~`` expanded).
     """
-    if isinstance(name_or_path, str) and os.sep not in name_or_path and not (
-            os.altsep and os.altsep in name_or_path):
+    if (
+        isinstance(name_or_path, str)
+        and os.sep not in name_or_path
+        and not (os.altsep and os.altsep in name_or_path)
+    ):
         name = name_or_path
         if name in ("", ".", "..", "~") or "\0" in name:
             raise ValueError(f"invalid lock name {name!r}")

@@ -87,10 +87,18 @@ class AlreadyRunning(Exception):
     believed; every string in it is terminal-safe.
     """
 
-    def __init__(self, path: Path, holder: LockHolder | None, *, label: str | None = None,
-                 holders: tuple[int, ...] = (), waited: float | None = None,
-                 metadata: LockHolder | None = None, problem: str | None = None,
-                 message: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        holder: LockHolder | None,
+        *,
+        label: str | None = None,
+        holders: tuple[int, ...] = (),
+        waited: float | None = None,
+        metadata: LockHolder | None = None,
+        problem: str | None = None,
+        message: str | None = None,
+    ) -> None:
         self.path = path
         self.holder = holder
         self.holders = holders
@@ -104,8 +112,19 @@ class AlreadyRunning(Exception):
 
     def __reduce__(self) -> tuple[object, ...]:
         # Survives pickling (multiprocessing workers), which would otherwise call __init__(message).
-        return (_rebuild_already_running, (self.path, self.holder, self.label, self.holders, self.waited,
-                                           self.metadata, self.problem, self.message))
+        return (
+            _rebuild_already_running,
+            (
+                self.path,
+                self.holder,
+                self.label,
+                self.holders,
+                self.waited,
+                self.metadata,
+                self.problem,
+                self.message,
+            ),
+        )
 
     def __str__(self) -> str:
         return self.message
@@ -116,8 +135,10 @@ class AlreadyRunning(Exception):
             msg = f"{label} is held by pid {h.pid} ({h.command(160)}), running since {h.since()}"
         elif m is not None and not self.holders and m.host not in ("", socket.gethostname()):
             # Nothing on this machine holds it: a process on another host of a shared filesystem, maybe.
-            msg = (f"{label} is held by pid {m.pid} on {safe(m.host)} ({m.command(160)}), as its lock file "
-                   "says (not verifiable from this host)")
+            msg = (
+                f"{label} is held by pid {m.pid} on {safe(m.host)} ({m.command(160)}), as its lock file "
+                "says (not verifiable from this host)"
+            )
         else:
             msg = f"{label} is held by {_describe_pids(self.holders) if self.holders else 'another process'}"
             if m is None:
@@ -129,11 +150,26 @@ class AlreadyRunning(Exception):
         return msg
 
 
-def _rebuild_already_running(path: Path, holder: LockHolder | None, label: str, holders: tuple[int, ...],
-                             waited: float | None, metadata: LockHolder | None = None,
-                             problem: str | None = None, message: str | None = None) -> AlreadyRunning:
-    return AlreadyRunning(path, holder, label=label, holders=holders, waited=waited, metadata=metadata,
-                          problem=problem, message=message)
+def _rebuild_already_running(
+    path: Path,
+    holder: LockHolder | None,
+    label: str,
+    holders: tuple[int, ...],
+    waited: float | None,
+    metadata: LockHolder | None = None,
+    problem: str | None = None,
+    message: str | None = None,
+) -> AlreadyRunning:
+    return AlreadyRunning(
+        path,
+        holder,
+        label=label,
+        holders=holders,
+        waited=waited,
+        metadata=metadata,
+        problem=problem,
+        message=message,
+    )
 
 
 def _describe_pids(pids: tuple[int, ...]) -> str:
@@ -175,8 +211,9 @@ def _open_folder(path: Path) -> int:
     except LinkRefused as e:
         raise LockError(f"lock path {safe(path)} goes through {e}", path, e.errno) from None
     except OSError as e:
-        raise LockError(f"cannot create the folder for lock file {safe(path)}: {e.strerror or e}", path,
-                        e.errno) from None
+        raise LockError(
+            f"cannot create the folder for lock file {safe(path)}: {e.strerror or e}", path, e.errno
+        ) from None
 
 
 # O_NOFOLLOW: a symlink planted at the lock path is never followed (the write would land in its target).
@@ -233,7 +270,9 @@ def _open_lock_file(dfd: int, path: Path) -> int:
         raise LockError(f"lock path {safe(path)} is a directory", path, e.errno) from e
     except OSError as e:
         if e.errno == errno.ELOOP:  # a symlink planted since the check above
-            raise LockError(f"lock path {safe(path)} is a symlink: refusing to follow it", path, e.errno) from e
+            raise LockError(
+                f"lock path {safe(path)} is a symlink: refusing to follow it", path, e.errno
+            ) from e
         if e.errno in (errno.EACCES, errno.EPERM):
             if st is None and not os.access(".", os.W_OK, dir_fd=dfd):
                 why = f"permission denied (folder {safe(path.parent)} is not writable)"
@@ -265,8 +304,9 @@ class SingleInstanceLock:
     lock and its file).
     """
 
-    def __init__(self, name_or_path: str | os.PathLike[str], *, blocking: bool = False,
-                 timeout: float | None = None) -> None:
+    def __init__(
+        self, name_or_path: str | os.PathLike[str], *, blocking: bool = False, timeout: float | None = None
+    ) -> None:
         if timeout is not None and timeout < 0:
             raise ValueError("timeout must be >= 0")
         self.name = name_or_path
@@ -377,16 +417,18 @@ class SingleInstanceLock:
                 os.close(fd)
             raise
 
-    def _already_running(self, fd: int, path: Path, meta: LockHolder | None,
-                         waited: float | None) -> AlreadyRunning:
+    def _already_running(
+        self, fd: int, path: Path, meta: LockHolder | None, waited: float | None
+    ) -> AlreadyRunning:
         """The refusal, naming the real holder from the kernel; the metadata only where it agrees with it."""
         st = os.fstat(fd)
         hint = meta.pid if meta is not None and meta.pid > 0 else None
         holders = holders_of(os.major(st.st_dev), os.minor(st.st_dev), st.st_ino, hint=hint)
         problem = None if meta is None else holder_problem(meta, holders, st)
         trusted = meta if problem is None else None
-        return AlreadyRunning(path, trusted, label=self._label(), holders=holders, waited=waited,
-                              metadata=meta, problem=problem)
+        return AlreadyRunning(
+            path, trusted, label=self._label(), holders=holders, waited=waited, metadata=meta, problem=problem
+        )
 
     def release(self) -> None:
         """Unlink the lock file, then close (which drops the lock). Idempotent."""
@@ -399,8 +441,12 @@ class SingleInstanceLock:
             # Only the process that took the lock removes the file: a forked child leaving a `with` block
             # must not pull the file from under its parent. Unlink *before* close, so any waiter that
             # then gets the old inode sees that it's no longer at the path and retries.
-            if (os.getpid() == self._owner_pid and self._path is not None and dfd is not None
-                    and _same_file(fd, dfd, self._path)):
+            if (
+                os.getpid() == self._owner_pid
+                and self._path is not None
+                and dfd is not None
+                and _same_file(fd, dfd, self._path)
+            ):
                 os.unlink(self._path.name, dir_fd=dfd)
         except OSError:
             pass  # a read-only or vanished folder: closing still releases the lock
@@ -412,6 +458,7 @@ class SingleInstanceLock:
     def __enter__(self) -> SingleInstanceLock:
         return self.acquire()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

@@ -37,7 +37,9 @@ class GpuDevice:
     memory_used: int
     memory_free: int
     utilization: int | None  # percent of time a kernel ran over the last sample period; None if unsupported
-    minor: int | None = None  # the N of /dev/nvidiaN (maps the kernel's device holders to this GPU); None: unknown
+    minor: int | None = (
+        None  # the N of /dev/nvidiaN (maps the kernel's device holders to this GPU); None: unknown
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,7 +138,9 @@ def trusted_file_problem(st: os.stat_result, folder: str | os.PathLike[str], own
     return None if problem is None else f"its folder is not private to uid {owner_uid}: {problem}"
 
 
-def read_small(path: str | os.PathLike[str], cap: int = MAX_FILE_BYTES) -> tuple[bytes, os.stat_result] | None:
+def read_small(
+    path: str | os.PathLike[str], cap: int = MAX_FILE_BYTES
+) -> tuple[bytes, os.stat_result] | None:
     """(content, fstat) of a regular file, never through a symlink, never more than `cap` bytes (a bigger file
     gives None: it is not one of ours). None when missing, unreadable, not a regular file or too big."""
     try:

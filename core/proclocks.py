@@ -57,9 +57,18 @@ def _parse(lock_id: str, tokens: list[str], waiting: bool) -> LockEntry | None:
         start, end = int(start_s), (None if end_s == "EOF" else int(end_s))
     except ValueError:
         start, end = 0, None
-    return LockEntry(lock_id=lock_id, key=tuple(tokens[:7]), kind=_KINDS.get(cls, cls.lower()),
-                     mode=typ.lower(), pid=pid, device=device, inode=inode, start=start, end=end,
-                     waiting=waiting)
+    return LockEntry(
+        lock_id=lock_id,
+        key=tuple(tokens[:7]),
+        kind=_KINDS.get(cls, cls.lower()),
+        mode=typ.lower(),
+        pid=pid,
+        device=device,
+        inode=inode,
+        start=start,
+        end=end,
+        waiting=waiting,
+    )
 
 
 def parse_proc_locks(data: bytes) -> list[LockEntry]:

@@ -229,8 +229,10 @@ def _parse_interpreter_args(interpreter: str, argv: Sequence[str], start: int) -
 # attribute: `sys.exit(obj.attr())`); old setuptools goes through load_entry_point('dist', 'console_scripts', n).
 _FROM_IMPORT = re.compile(r"^from[ \t]+([A-Za-z_][\w.]*)[ \t]+import[ \t]+([A-Za-z_]\w*)[ \t]*$", re.M)
 _SYS_EXIT = re.compile(r"sys\.exit\(\s*([A-Za-z_][\w.]*)\(\)\s*\)")
-_LOAD_ENTRY = re.compile(r"load_entry_point\(\s*['\"]([^'\"]+)['\"]\s*,\s*['\"]console_scripts['\"]\s*,\s*"
-                         r"['\"]([^'\"]+)['\"]\s*\)")
+_LOAD_ENTRY = re.compile(
+    r"load_entry_point\(\s*['\"]([^'\"]+)['\"]\s*,\s*['\"]console_scripts['\"]\s*,\s*"
+    r"['\"]([^'\"]+)['\"]\s*\)"
+)
 _WRAPPER_MAX = 2048  # wrappers are a few hundred bytes; a longer file is a program of its own
 
 
@@ -339,8 +341,9 @@ def _generic_target(args: Sequence[str], is_file: Callable[[str], bool] | None) 
     return None
 
 
-def launch_target(args: Sequence[str], spec: LaunchSpec,
-                  is_file: Callable[[str], bool] | None = None) -> LaunchTarget | None:
+def launch_target(
+    args: Sequence[str], spec: LaunchSpec, is_file: Callable[[str], bool] | None = None
+) -> LaunchTarget | None:
     """Where the target sits in a launcher's arguments (after the launcher program or module), or None when
     there is none (`torchrun --help`, `accelerate config`: not a launch). `spec` says which options take a
     value; `is_file` (generic launchers only) tells whether a word names an existing file."""

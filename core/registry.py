@@ -183,9 +183,11 @@ def _all_dirs(own: list[str]) -> list[str]:
     tmp = tempfile.gettempdir()
     found: set[str] = set()
     # (pattern, the folder level that names the uid): other names are not ours to read.
-    for pattern, up, uid_name in (("/run/user/*/procguard/registry", 3, re.compile(r"[0-9]{1,10}")),
-                                  (os.path.join(tmp, "runtime-*", "procguard", "registry"), 3, _UID_DIR),
-                                  (os.path.join(tmp, "procguard-*", "registry"), 2, _UID_DIR)):
+    for pattern, up, uid_name in (
+        ("/run/user/*/procguard/registry", 3, re.compile(r"[0-9]{1,10}")),
+        (os.path.join(tmp, "runtime-*", "procguard", "registry"), 3, _UID_DIR),
+        (os.path.join(tmp, "procguard-*", "registry"), 2, _UID_DIR),
+    ):
         for p in glob.glob(pattern):
             if uid_name.fullmatch(Path(p).parts[-up]) and p not in own and os.path.isdir(p):
                 found.add(p)
@@ -352,16 +354,24 @@ def _prune_stale(path: str, stale: RegistryEntry) -> None:
         return  # not our folder: never remove anything in it
     with _dir_locked(directory):
         got = _parse(path)
-        if got is not None and got[1].st_uid == os.geteuid() and \
-                (got[0].create_time, got[0].start_ticks) == (stale.create_time, stale.start_ticks):
+        if (
+            got is not None
+            and got[1].st_uid == os.geteuid()
+            and (got[0].create_time, got[0].start_ticks) == (stale.create_time, stale.start_ticks)
+        ):
             _unlink(path)
 
 
 # ---------------------------------------------------------------------------------------------- API
 
 
-def register(*, script: str, lock: str | None = None, flush_signal: int | None = None,
-             extra: dict[str, Any] | None = None) -> RegistryEntry:
+def register(
+    *,
+    script: str,
+    lock: str | None = None,
+    flush_signal: int | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RegistryEntry:
     """Register the current process (replacing an entry it wrote before). Raises PrivateDirError (an OSError)
     when no registry folder private to us can be had."""
     pid = os.getpid()
@@ -370,8 +380,9 @@ def register(*, script: str, lock: str | None = None, flush_signal: int | None =
     argv = list(procfs.read_cmdline(pid) or ()) if procfs.HAS_PROC else []
     if not argv:
         argv = list(getattr(sys, "orig_argv", sys.argv))
-    entry = RegistryEntry(pid, ctime, script, lock, flush_signal, time.time(), argv, os.geteuid(),
-                          dict(extra or {}), ticks)
+    entry = RegistryEntry(
+        pid, ctime, script, lock, flush_signal, time.time(), argv, os.geteuid(), dict(extra or {}), ticks
+    )
     with _write_lock:
         directory = str(registry_dir())
         # An older entry of ours in another folder (XDG_RUNTIME_DIR changed) would be found first by readers.

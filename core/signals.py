@@ -129,8 +129,19 @@ class Member:
 
     @classmethod
     def of(cls, p: Proc, target: Target, protected: str | None = None) -> Member:
-        return cls(p.pid, p.start_ticks, p.create_time, p.name, p.cmdline, p.username, p.uid, p.state,
-                   p.pgid, target, protected)
+        return cls(
+            p.pid,
+            p.start_ticks,
+            p.create_time,
+            p.name,
+            p.cmdline,
+            p.username,
+            p.uid,
+            p.state,
+            p.pgid,
+            target,
+            protected,
+        )
 
 
 @dataclass(frozen=True)
@@ -145,13 +156,24 @@ class SignalResult:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in (Outcome.EXITED, Outcome.KILLED, Outcome.ALREADY_GONE, Outcome.PAUSED,
-                                Outcome.RESUMED)
+        return self.outcome in (
+            Outcome.EXITED,
+            Outcome.KILLED,
+            Outcome.ALREADY_GONE,
+            Outcome.PAUSED,
+            Outcome.RESUMED,
+        )
 
     def to_json(self) -> dict[str, object]:
-        return {"pid": self.pid, "outcome": self.outcome.value, "elapsed": round(self.elapsed, 6),
-                "reason": self.reason, "name": self.name, "cmdline": list(self.cmdline),
-                "username": self.username}
+        return {
+            "pid": self.pid,
+            "outcome": self.outcome.value,
+            "elapsed": round(self.elapsed, 6),
+            "reason": self.reason,
+            "name": self.name,
+            "cmdline": list(self.cmdline),
+            "username": self.username,
+        }
 
 
 class Progress(NamedTuple):
@@ -249,7 +271,9 @@ class Pinned:
     def finish(self, outcome: Outcome, elapsed: float, reason: str | None = None) -> None:
         if self.result is None:
             m = self.member
-            self.result = SignalResult(m.pid, outcome, max(0.0, elapsed), reason, m.name, m.cmdline, m.username)
+            self.result = SignalResult(
+                m.pid, outcome, max(0.0, elapsed), reason, m.name, m.cmdline, m.username
+            )
         self.close()
 
     def close(self) -> None:
@@ -272,8 +296,13 @@ class Pinned:
             except OSError:
                 self.fd = None  # e.g. seccomp: fall back to start-time checks
         if not self.same_process():
-            self.finish(Outcome.ALREADY_GONE, 0.0, "exited before it was signalled (pid reused)"
-                        if procfs.read_stat(self.pid) else "exited before it was signalled")
+            self.finish(
+                Outcome.ALREADY_GONE,
+                0.0,
+                "exited before it was signalled (pid reused)"
+                if procfs.read_stat(self.pid)
+                else "exited before it was signalled",
+            )
             return False
         return True
 
@@ -338,8 +367,11 @@ def pin_pid(pid: int, target: Target) -> Pinned | None:
 def finish_denied_or_gone(p: Pinned, err: str | None, t0: float) -> bool:
     """Finish `p` when `err` (what `Pinned.send` returned) says it could not be signalled; True when it did."""
     if err == "denied":
-        p.finish(Outcome.DENIED, time.monotonic() - t0, f"no permission to signal pid {p.pid} "
-                 f"(owned by {p.member.username})")
+        p.finish(
+            Outcome.DENIED,
+            time.monotonic() - t0,
+            f"no permission to signal pid {p.pid} (owned by {p.member.username})",
+        )
         return True
     if err == "gone":
         p.finish(Outcome.ALREADY_GONE, time.monotonic() - t0, "exited before it was signalled")
@@ -356,8 +388,9 @@ class _Run:
 
     __slots__ = ("targets", "capture_ticks", "pinned", "t0", "on_progress")
 
-    def __init__(self, targets: list[Target], capture_ticks: int, pinned: list[Pinned],
-                 on_progress: ProgressFn | None) -> None:
+    def __init__(
+        self, targets: list[Target], capture_ticks: int, pinned: list[Pinned], on_progress: ProgressFn | None
+    ) -> None:
         self.targets = targets
         self.capture_ticks = capture_ticks
         self.pinned = pinned
@@ -376,8 +409,9 @@ class _Run:
         return _pin_new(pids, _target_for_new(self.targets)) if pids else []
 
 
-def _capture(targets: TargetLike, snapshot: Snapshot | None,
-             on_progress: ProgressFn | None = None) -> tuple[_Run, list[Pinned]]:
+def _capture(
+    targets: TargetLike, snapshot: Snapshot | None, on_progress: ProgressFn | None = None
+) -> tuple[_Run, list[Pinned]]:
     """Phase 1: resolve and pin. Returns the run and its live members (refused or vanished ones are finished)."""
     tlist = _normalize(targets)
     capture_ticks = procfs.now_ticks()  # before resolving: anything born after this is a newcomer
@@ -406,8 +440,14 @@ def send_term(procs: Sequence[Pinned], t0: float) -> None:
 # ---------------------------------------------------------------------------------------------- waiting
 
 
-def wait_exits(pinned: list[Pinned], deadline: float, t0: float, outcome: Outcome,
-               on_progress: ProgressFn | None = None, grace_end: float | None = None) -> list[Pinned]:
+def wait_exits(
+    pinned: list[Pinned],
+    deadline: float,
+    t0: float,
+    outcome: Outcome,
+    on_progress: ProgressFn | None = None,
+    grace_end: float | None = None,
+) -> list[Pinned]:
     """Phase 3: wait until every pinned process exits or the deadline passes; finish the exited ones with
     `outcome`. Returns the rest."""
     alive = [p for p in pinned if p.result is None]
@@ -418,8 +458,14 @@ def wait_exits(pinned: list[Pinned], deadline: float, t0: float, outcome: Outcom
     return _wait_polling(alive, deadline, t0, outcome)
 
 
-def _wait_pidfds(alive: list[Pinned], deadline: float, t0: float, outcome: Outcome,
-                 on_progress: ProgressFn | None, report_end: float) -> list[Pinned]:
+def _wait_pidfds(
+    alive: list[Pinned],
+    deadline: float,
+    t0: float,
+    outcome: Outcome,
+    on_progress: ProgressFn | None,
+    report_end: float,
+) -> list[Pinned]:
     """Sleep in poll() on the pidfds; with a progress listener, wake every 0.25 s to report."""
     poller = select.poll()
     by_fd: dict[int, Pinned] = {}
@@ -447,7 +493,9 @@ def _wait_pidfds(alive: list[Pinned], deadline: float, t0: float, outcome: Outco
     return list(by_fd.values())
 
 
-def _report_wait(on_progress: ProgressFn, done: list[int], waiting: Iterable[Pinned], remaining: float) -> None:
+def _report_wait(
+    on_progress: ProgressFn, done: list[int], waiting: Iterable[Pinned], remaining: float
+) -> None:
     if done:
         on_progress(Progress("exited", tuple(done), remaining))
     else:
@@ -507,7 +555,9 @@ def _scan() -> dict[int, _Row]:
     return rows
 
 
-def _captured_groups(targets: list[Target], rows: dict[int, _Row], known: set[int], capture_ticks: int) -> set[int]:
+def _captured_groups(
+    targets: list[Target], rows: dict[int, _Row], known: set[int], capture_ticks: int
+) -> set[int]:
     """The group targets whose pgid still names the captured group. A pgid that now leads a process born after
     the capture was reused (the captured group emptied, the number went to someone else): not ours."""
     out = set()
@@ -521,8 +571,9 @@ def _captured_groups(targets: list[Target], rows: dict[int, _Row], known: set[in
     return out
 
 
-def _new_members(targets: list[Target], pinned: list[Pinned], capture_ticks: int,
-                 rows: dict[int, _Row] | None = None) -> list[int]:
+def _new_members(
+    targets: list[Target], pinned: list[Pinned], capture_ticks: int, rows: dict[int, _Row] | None = None
+) -> list[int]:
     """Phase 4: members of group/tree targets that were not captured: forked meanwhile, or reparented orphans.
     Never our own lineage, pid 0 or 1, or a zombie."""
     if not any(t.kind != "pid" for t in targets):
@@ -555,19 +606,42 @@ def _tree_newcomers(tree_pins: list[Pinned], rows: dict[int, _Row], capture_tick
         cmap.setdefault(r.ppid, []).append(r.pid)
     below = set(descendant_pids(cmap, members))
     member_pgids = {p.member.pgid for p in tree_pins}
-    orphans = {r.pid for r in rows.values()
-               if r.ppid == 1 and r.pgid in member_pgids and r.start_ticks >= capture_ticks
-               and r.pid not in members and r.pid not in below}
+    orphans = {
+        r.pid
+        for r in rows.values()
+        if r.ppid == 1
+        and r.pgid in member_pgids
+        and r.start_ticks >= capture_ticks
+        and r.pid not in members
+        and r.pid not in below
+    }
     return below | orphans
 
 
-def _member_from_stat(pid: int, st: procfs.Stat | None, start_ticks: int, state: str, pgid: int,
-                      target: Target, cmdline: tuple[str, ...]) -> Member:
+def _member_from_stat(
+    pid: int,
+    st: procfs.Stat | None,
+    start_ticks: int,
+    state: str,
+    pgid: int,
+    target: Target,
+    cmdline: tuple[str, ...],
+) -> Member:
     """A Member for a newcomer, from what /proc says of it now (it was not in the captured snapshot)."""
     uid = procfs.read_uid(pid)
-    return Member(pid, start_ticks, procfs.create_time(start_ticks), st.comm if st else "", cmdline,
-                  username_of(uid) if uid is not None else "?", uid if uid is not None else -1, state, pgid,
-                  target, None)
+    return Member(
+        pid,
+        start_ticks,
+        procfs.create_time(start_ticks),
+        st.comm if st else "",
+        cmdline,
+        username_of(uid) if uid is not None else "?",
+        uid if uid is not None else -1,
+        state,
+        pgid,
+        target,
+        None,
+    )
 
 
 def _pin_new(pids: list[int], target: Target) -> list[Pinned]:
@@ -703,8 +777,11 @@ def finish_survivors(pinned: Iterable[Pinned], t0: float, after: str, timeout: f
     are reported survived, with their state (D: uninterruptible sleep, which no signal ends)."""
     for p in pinned:
         if p.result is None:
-            p.finish(Outcome.SURVIVED, time.monotonic() - t0, f"still alive {timeout:g} s after {after} "
-                     f"(state {p.state() or '?'}: uninterruptible sleep?)")
+            p.finish(
+                Outcome.SURVIVED,
+                time.monotonic() - t0,
+                f"still alive {timeout:g} s after {after} (state {p.state() or '?'}: uninterruptible sleep?)",
+            )
 
 
 def _results(pinned: list[Pinned]) -> list[SignalResult]:
@@ -719,8 +796,13 @@ def _results(pinned: list[Pinned]) -> list[SignalResult]:
 # ---------------------------------------------------------------------------------------------- actions
 
 
-def terminate(targets: TargetLike, grace: float = 5.0, *, snapshot: Snapshot | None = None,
-              on_progress: ProgressFn | None = None) -> list[SignalResult]:
+def terminate(
+    targets: TargetLike,
+    grace: float = 5.0,
+    *,
+    snapshot: Snapshot | None = None,
+    on_progress: ProgressFn | None = None,
+) -> list[SignalResult]:
     """SIGTERM every member (SIGCONT to stopped ones), wait up to `grace` seconds, then SIGKILL survivors.
 
     Group and tree targets are rescanned after the grace for members that appeared meanwhile; a tree is
@@ -735,8 +817,9 @@ def terminate(targets: TargetLike, grace: float = 5.0, *, snapshot: Snapshot | N
     return out + _on_cgroups("terminate", cgs, grace, on_progress)
 
 
-def _on_cgroups(action: str, cgs: list[Target], grace: float = 0.0,
-                on_progress: ProgressFn | None = None) -> list[SignalResult]:
+def _on_cgroups(
+    action: str, cgs: list[Target], grace: float = 0.0, on_progress: ProgressFn | None = None
+) -> list[SignalResult]:
     """Run an action on each cgroup target through procguard.core.cgroups; its results, in order."""
     if not cgs:
         return []
@@ -756,8 +839,9 @@ def _on_cgroups(action: str, cgs: list[Target], grace: float = 0.0,
     return out
 
 
-def _terminate(targets: list[Target], grace: float, snapshot: Snapshot | None,
-               on_progress: ProgressFn | None) -> list[SignalResult]:
+def _terminate(
+    targets: list[Target], grace: float, snapshot: Snapshot | None, on_progress: ProgressFn | None
+) -> list[SignalResult]:
     run, live = _capture(targets, snapshot, on_progress)
     send_term(live, run.t0)
     grace_end = run.t0 + grace
@@ -771,8 +855,9 @@ def _terminate(targets: list[Target], grace: float, snapshot: Snapshot | None,
     return _results(run.pinned)
 
 
-def kill(targets: TargetLike, *, snapshot: Snapshot | None = None,
-         on_progress: ProgressFn | None = None) -> list[SignalResult]:
+def kill(
+    targets: TargetLike, *, snapshot: Snapshot | None = None, on_progress: ProgressFn | None = None
+) -> list[SignalResult]:
     """SIGKILL every member (trees frozen first, groups with killpg, cgroups with cgroup.kill) and confirm
     death."""
     procs, cgs = _split_cgroups(targets)
@@ -813,8 +898,9 @@ def _stop_newcomers(run: _Run) -> None:
         run.pinned.extend(fresh)
 
 
-def confirm_states(pinned: Iterable[Pinned], want_stopped: bool, t0: float,
-                   timeout: float = STOP_CONFIRM_TIMEOUT) -> bool:
+def confirm_states(
+    pinned: Iterable[Pinned], want_stopped: bool, t0: float, timeout: float = STOP_CONFIRM_TIMEOUT
+) -> bool:
     """Phase 6 of pause/resume: wait until /proc shows every unfinished member stopped (or running again), and
     finish it paused (resumed); after `timeout` seconds the rest are survived. True when all were confirmed."""
     pending = [p for p in pinned if p.result is None]
@@ -890,8 +976,9 @@ def build_targets(pids: Iterable[int], scope: Scope, snapshot: Snapshot) -> list
     return out
 
 
-def drop_changed(targets: Iterable[Target], snapshot: Snapshot, expect: Mapping[int, int]
-                 ) -> tuple[list[Target], list[SignalResult]]:
+def drop_changed(
+    targets: Iterable[Target], snapshot: Snapshot, expect: Mapping[int, int]
+) -> tuple[list[Target], list[SignalResult]]:
     """(targets kept, already-gone results): a pid or tree target whose process in `snapshot` has another start
     time than `expect` (pid -> start ticks, as the caller's dry run saw them) is a reused or ended pid: it is
     not signalled, it is reported gone."""
@@ -902,7 +989,8 @@ def drop_changed(targets: Iterable[Target], snapshot: Snapshot, expect: Mapping[
         now = snapshot.get(t.id)
         if want is not None and (now is None or now.start_ticks != want):
             reason = f"pid {t.id} ended since the dry run" + (
-                " (the pid now names another process: not signalled)" if now is not None else "")
+                " (the pid now names another process: not signalled)" if now is not None else ""
+            )
             gone.append(SignalResult(t.id, Outcome.ALREADY_GONE, 0.0, reason, "", (), "?"))
             continue
         kept.append(t)
@@ -917,9 +1005,15 @@ def action_name(action: str) -> str:
     return name
 
 
-def run_action(action: str, targets: TargetLike, *, grace: float = 5.0, snapshot: Snapshot | None = None,
-               on_progress: ProgressFn | None = None, expect: Mapping[int, int] | None = None
-               ) -> list[SignalResult]:
+def run_action(
+    action: str,
+    targets: TargetLike,
+    *,
+    grace: float = 5.0,
+    snapshot: Snapshot | None = None,
+    on_progress: ProgressFn | None = None,
+    expect: Mapping[int, int] | None = None,
+) -> list[SignalResult]:
     """Run one action by name ("term" or "terminate", "kill", "pause", "resume") on `targets`: the one dispatch
     the CLI, the cluster agents and the app share. `grace` is terminate's; `on_progress` reaches terminate and
     kill. `expect` (pid -> start ticks as a dry run saw them): pid and tree targets whose process changed since
@@ -949,23 +1043,57 @@ def summarize(results: Sequence[SignalResult]) -> str:
     for r in results:
         by.setdefault(r.outcome, []).append(r)
     parts: list[str] = []
-    ended = len(by.get(Outcome.EXITED, [])) + len(by.get(Outcome.KILLED, [])) + len(by.get(Outcome.ALREADY_GONE, []))
+    ended = (
+        len(by.get(Outcome.EXITED, []))
+        + len(by.get(Outcome.KILLED, []))
+        + len(by.get(Outcome.ALREADY_GONE, []))
+    )
     if Outcome.EXITED in by:
         parts.append(f"{len(by[Outcome.EXITED])} exited on SIGTERM")
     if Outcome.KILLED in by:
-        parts.append(f"{len(by[Outcome.KILLED])} killed after {max(r.elapsed for r in by[Outcome.KILLED]):.1f} s")
+        parts.append(
+            f"{len(by[Outcome.KILLED])} killed after {max(r.elapsed for r in by[Outcome.KILLED]):.1f} s"
+        )
     if Outcome.ALREADY_GONE in by:
         parts.append(f"{len(by[Outcome.ALREADY_GONE])} already gone")
-    for o, label in ((Outcome.PAUSED, "paused"), (Outcome.RESUMED, "resumed"), (Outcome.DENIED, "denied"),
-                     (Outcome.REFUSED, "refused"), (Outcome.SURVIVED, "survived"),
-                     (Outcome.UNREACHABLE, "unreachable")):
+    for o, label in (
+        (Outcome.PAUSED, "paused"),
+        (Outcome.RESUMED, "resumed"),
+        (Outcome.DENIED, "denied"),
+        (Outcome.REFUSED, "refused"),
+        (Outcome.SURVIVED, "survived"),
+        (Outcome.UNREACHABLE, "unreachable"),
+    ):
         if o in by:
             parts.append(f"{len(by[o])} {label}")
     head = f"{ended} ended: " if ended else ""
     return head + ", ".join(parts) if parts else "nothing to do"
 
 
-__all__ = ["ACTIONS", "Outcome", "Target", "Member", "SignalResult", "Progress", "Pinned", "Scope", "action_name",
-           "build_targets", "drop_changed", "resolve", "run_action", "terminate", "kill", "pause", "resume",
-           "summarize", "pin_pid", "send_each", "send_term", "wait_exits", "finish_survivors", "confirm_states",
-           "finish_denied_or_gone"]
+__all__ = [
+    "ACTIONS",
+    "Outcome",
+    "Target",
+    "Member",
+    "SignalResult",
+    "Progress",
+    "Pinned",
+    "Scope",
+    "action_name",
+    "build_targets",
+    "drop_changed",
+    "resolve",
+    "run_action",
+    "terminate",
+    "kill",
+    "pause",
+    "resume",
+    "summarize",
+    "pin_pid",
+    "send_each",
+    "send_term",
+    "wait_exits",
+    "finish_survivors",
+    "confirm_states",
+    "finish_denied_or_gone",
+]

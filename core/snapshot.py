@@ -183,8 +183,14 @@ class Snapshotter:
                 key = (st.pid, st.start_ticks)
                 s = static_old.get(key)
                 # Static data is read again after an exec: a new comm, or a new argv address (python -> python).
-                if (s is None or s.comm != st.comm or s.arg_start != st.arg_start
-                        or (not st.arg_start and s.python is not None and st.pid % RECHECK_HIDDEN_EVERY == recheck)):
+                if (
+                    s is None
+                    or s.comm != st.comm
+                    or s.arg_start != st.arg_start
+                    or (
+                        not st.arg_start and s.python is not None and st.pid % RECHECK_HIDDEN_EVERY == recheck
+                    )
+                ):
                     s = self._read_static(st, s)
                 static_new[key] = s
                 ticks = st.utime + st.stime
@@ -233,10 +239,30 @@ class Snapshotter:
 
         wall = time.time()
         procs: dict[int, Proc] = {}
-        attrs = ["pid", "ppid", "status", "name", "cmdline", "create_time", "memory_info", "uids",
-                 "username", "cpu_percent", "num_threads", "terminal"]
-        state_letters = {"running": "R", "sleeping": "S", "disk-sleep": "D", "stopped": "T",
-                         "tracing-stop": "t", "zombie": "Z", "dead": "X", "idle": "I"}
+        attrs = [
+            "pid",
+            "ppid",
+            "status",
+            "name",
+            "cmdline",
+            "create_time",
+            "memory_info",
+            "uids",
+            "username",
+            "cpu_percent",
+            "num_threads",
+            "terminal",
+        ]
+        state_letters = {
+            "running": "R",
+            "sleeping": "S",
+            "disk-sleep": "D",
+            "stopped": "T",
+            "tracing-stop": "t",
+            "zombie": "Z",
+            "dead": "X",
+            "idle": "I",
+        }
         for p in psutil.process_iter(attrs):
             info = p.info
             try:
@@ -248,10 +274,22 @@ class Snapshotter:
             mem = info.get("memory_info")
             uids = info.get("uids")
             procs[p.pid] = Proc(
-                p.pid, info.get("ppid") or 0, pgid, sid, state_letters.get(info.get("status") or "", "?"),
-                info.get("name") or "", cmdline, info.get("create_time") or 0.0, mem.rss if mem else 0,
-                uids.effective if uids else -1, info.get("username") or "?", info.get("cpu_percent") or 0.0,
-                info.get("num_threads") or 0, 0, False, 0,
+                p.pid,
+                info.get("ppid") or 0,
+                pgid,
+                sid,
+                state_letters.get(info.get("status") or "", "?"),
+                info.get("name") or "",
+                cmdline,
+                info.get("create_time") or 0.0,
+                mem.rss if mem else 0,
+                uids.effective if uids else -1,
+                info.get("username") or "?",
+                info.get("cpu_percent") or 0.0,
+                info.get("num_threads") or 0,
+                0,
+                False,
+                0,
                 parse_python_cmdline(cmdline) if cmdline else None,
             )
         return Snapshot(MappingProxyType(procs), wall)

@@ -114,8 +114,13 @@ def _check_program(argv: Sequence[str], env: Mapping[str, str] | None) -> str:
     return found
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str] | None = None,
-          cwd: str | os.PathLike[str] | None = None, *, pass_fds: Sequence[int] = ()) -> Spawned:
+def spawn(
+    argv: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    *,
+    pass_fds: Sequence[int] = (),
+) -> Spawned:
     """Start argv in a new session. posix_spawn (no fork of a large parent) unless a cwd is wanted.
 
     pass_fds are inherited by the child (e.g. a lock's descriptor, so the child holds the lock too).
@@ -242,7 +247,8 @@ def _end_all(popens: list[subprocess.Popen[Any]], grace: float) -> list[SignalRe
     live = [p for p in popens if p.pid in snap.procs and p.returncode is None]
     # A child started in its own session keeps its group after it exits: its orphans are found there.
     targets = [Target.tree(p.pid) for p in live] + [
-        Target.group(p.pid) for p in popens if p.pid in snap.group_map and p.pid != os.getpgrp()]
+        Target.group(p.pid) for p in popens if p.pid in snap.group_map and p.pid != os.getpgrp()
+    ]
     if not targets:
         return []
     # Ignore a second Ctrl-C while cleaning up: leaving half the trees behind is worse than a short wait.

@@ -94,7 +94,9 @@ def tree_order(snap: Snapshot) -> list[tuple[int, Proc]]:
 
 
 def _same_process(a: Proc, b: Proc) -> bool:
-    return a.start_ticks == b.start_ticks if a.start_ticks and b.start_ticks else a.create_time == b.create_time
+    return (
+        a.start_ticks == b.start_ticks if a.start_ticks and b.start_ticks else a.create_time == b.create_time
+    )
 
 
 def diff(old: Snapshot, new: Snapshot) -> SnapshotDiff:
@@ -108,7 +110,14 @@ def diff(old: Snapshot, new: Snapshot) -> SnapshotDiff:
         elif not _same_process(q, p):
             added.append(pid)
             removed.append(pid)
-        elif (q.state, q.ppid, q.pgid, q.sid, q.cmdline, q.rss) != (p.state, p.ppid, p.pgid, p.sid, p.cmdline, p.rss):
+        elif (q.state, q.ppid, q.pgid, q.sid, q.cmdline, q.rss) != (
+            p.state,
+            p.ppid,
+            p.pgid,
+            p.sid,
+            p.cmdline,
+            p.rss,
+        ):
             changed.append(pid)
     removed.extend(pid for pid in old.procs if pid not in new.procs)
     return SnapshotDiff(tuple(sorted(added)), tuple(sorted(removed)), tuple(sorted(changed)))

@@ -42,14 +42,22 @@ class ProcStarter:
         self.started.append(p)
         return p
 
-    def python(self, code: str, *args: str, new_session: bool = True, ready: bool = True,
-               cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
-               name: str = "child") -> subprocess.Popen[bytes]:
+    def python(
+        self,
+        code: str,
+        *args: str,
+        new_session: bool = True,
+        ready: bool = True,
+        cwd: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+        name: str = "child",
+    ) -> subprocess.Popen[bytes]:
         """Run `code` in a fresh Python. With ready=True the code must print 'ready' (flushed) once set up."""
         script = self.tmp_path / f"{name}_{len(self.started)}.py"
         script.write_text(textwrap.dedent(code))
-        p = self.popen([PY, str(script), *args], start_new_session=new_session, cwd=cwd, env=env,
-                       stdout=subprocess.PIPE)
+        p = self.popen(
+            [PY, str(script), *args], start_new_session=new_session, cwd=cwd, env=env, stdout=subprocess.PIPE
+        )
         if ready:
             self.wait_ready(p)
         return p
@@ -195,5 +203,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for pid in leftovers:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    sys.stderr.write("\nprocesses left running by the test suite (now killed):\n  " + "\n  ".join(described) + "\n")
+    sys.stderr.write(
+        "\nprocesses left running by the test suite (now killed):\n  " + "\n  ".join(described) + "\n"
+    )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -24,7 +24,8 @@ class NVMLError(Exception):
 
     def __str__(self) -> str:
         return {12: "NVML Shared Library Not Found", 9: "Driver Not Loaded", 3: "Not Supported"}.get(
-            self.value, f"NVML error {self.value}")
+            self.value, f"NVML error {self.value}"
+        )
 
 
 @dataclass
@@ -46,8 +47,13 @@ class FakeNvml:
     NVML_ERROR_LIBRARY_NOT_FOUND = NVML_ERROR_LIBRARY_NOT_FOUND
     NVML_ERROR_FUNCTION_NOT_FOUND = NVML_ERROR_FUNCTION_NOT_FOUND
 
-    def __init__(self, devices: list[FakeDevice] | None = None, *, init_error: int | None = None,
-                 read_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        devices: list[FakeDevice] | None = None,
+        *,
+        init_error: int | None = None,
+        read_delay: float = 0.0,
+    ) -> None:
         self.devices = devices if devices is not None else [FakeDevice()]
         self.init_error = init_error
         self.read_delay = read_delay  # makes a read slow, to exercise concurrent callers

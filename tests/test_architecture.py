@@ -45,10 +45,12 @@ def test_import_contract_catches_a_violation(tmp_path: Path) -> None:
 
 
 def test_importing_core_loads_no_textual_and_no_torch() -> None:
-    code = ("import sys, procguard.core, procguard.core.cli, procguard.core.signals, procguard.core.snapshot;"
-            "import importlib; [importlib.import_module('procguard.core.'+m) for m in "
-            "('locks','duplicates','guard','gpu','flush','registry') if importlib.util.find_spec('procguard.core.'+m)];"
-            "bad=[m for m in ('textual','torch','pynvml') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys, procguard.core, procguard.core.cli, procguard.core.signals, procguard.core.snapshot;"
+        "import importlib; [importlib.import_module('procguard.core.'+m) for m in "
+        "('locks','duplicates','guard','gpu','flush','registry') if importlib.util.find_spec('procguard.core.'+m)];"
+        "bad=[m for m in ('textual','torch','pynvml') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -13,7 +13,9 @@ import pytest
 from tests.conftest import RUN_MARKER, is_gone, wait_for
 
 
-def test_escaped_process_is_found_by_its_marker_killed_and_reported(capfd: pytest.CaptureFixture[str]) -> None:
+def test_escaped_process_is_found_by_its_marker_killed_and_reported(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     from bench import procstat
     from bench.load import Load
 

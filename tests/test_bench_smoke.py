@@ -12,9 +12,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("## Summary", "## 1. Snapshot", "## 2. Terminate", "## Cgroup", "## 3. Duplicate detection",
-            "## GPU holders", "## 4. procguard-tui", "## 5. Keypress to screen", "## 6. Launch to the first frame",
-            "## 7. Scaling")
+SECTIONS = (
+    "## Summary",
+    "## 1. Snapshot",
+    "## 2. Terminate",
+    "## Cgroup",
+    "## 3. Duplicate detection",
+    "## GPU holders",
+    "## 4. procguard-tui",
+    "## 5. Keypress to screen",
+    "## 6. Launch to the first frame",
+    "## 7. Scaling",
+)
 # A summary row per figure, each with a value measured against its baseline in the same run (the figures that
 # need tmux, htop or a GPU node may say why they were not measured instead).
 SUMMARY_ROWS = (
@@ -55,8 +64,14 @@ def test_quick_bench_writes_every_section_and_leaves_nothing(tmp_path: Path) -> 
     token = f"pgbench-smoke-{secrets.token_hex(4)}"
     out = tmp_path / "RESULTS.md"
     try:
-        r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out), "--token", token],
-                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=100)
+        r = subprocess.run(
+            [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--token", token],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=100,
+        )
     finally:
         left = _pids_with(token)
     assert not left, f"bench left processes behind: {left}"

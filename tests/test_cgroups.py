@@ -207,8 +207,15 @@ def start_forker(procs: ProcStarter, where: Cg, tmp_path: Path, forking: bool = 
 def test_parse_proc_cgroup_v2_hybrid_and_v1() -> None:
     v2, v1 = C.parse_proc_cgroup(b"0::/user.slice/user-1000.slice/session-3.scope\n")
     assert v2 == "/user.slice/user-1000.slice/session-3.scope" and v1 == {}
-    hybrid = (b"12:pids:/docker/" + b"a" * 64 + b"\n4:cpu,cpuacct:/docker/" + b"a" * 64 +
-              b"\n1:name=systemd:/docker/" + b"a" * 64 + b"\n0::/\n")
+    hybrid = (
+        b"12:pids:/docker/"
+        + b"a" * 64
+        + b"\n4:cpu,cpuacct:/docker/"
+        + b"a" * 64
+        + b"\n1:name=systemd:/docker/"
+        + b"a" * 64
+        + b"\n0::/\n"
+    )
     v2, v1 = C.parse_proc_cgroup(hybrid)
     assert v2 == "/" and v1["cpu"] == v1["cpuacct"] == v1["name=systemd"] == "/docker/" + "a" * 64
     # A v2 path of "/" on a hybrid host gives way to a v1 controller that names something.
@@ -219,46 +226,158 @@ def test_parse_proc_cgroup_v2_hybrid_and_v1() -> None:
     assert C.pick_cgroup_path(None, {}) == (None, 0)
 
 
-@pytest.mark.parametrize("path, kind, runtime, ident, step, unit_path, label", [
-    ("/", "root", "", "", "", "/", "/"),
-    ("/docker/" + "ab" * 32, "container", "docker", "ab" * 32, "", "/docker/" + "ab" * 32, "docker " + "ab" * 6),
-    ("/system.slice/docker-" + "cd" * 32 + ".scope", "container", "docker", "cd" * 32, "",
-     "/system.slice/docker-" + "cd" * 32 + ".scope", "docker " + "cd" * 6),
-    # a container running systemd: the container names it, not the unit inside
-    ("/system.slice/docker-" + "cd" * 32 + ".scope/system.slice/nginx.service", "container", "docker", "cd" * 32,
-     "", "/system.slice/docker-" + "cd" * 32 + ".scope", "docker " + "cd" * 6),
-    ("/machine.slice/libpod-" + "ef" * 32 + ".scope/container", "container", "podman", "ef" * 32, "",
-     "/machine.slice/libpod-" + "ef" * 32 + ".scope", "podman " + "ef" * 6),
-    ("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + "12" * 32 + ".scope", "container",
-     "podman", "12" * 32, "", "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + "12" * 32 +
-     ".scope", "podman " + "12" * 6),
-    ("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234.slice/cri-containerd-" + "34" * 32 +
-     ".scope", "container", "containerd", "34" * 32, "", "/kubepods.slice/kubepods-besteffort.slice/"
-     "kubepods-besteffort-pod1234.slice/cri-containerd-" + "34" * 32 + ".scope", "containerd " + "34" * 6),
-    ("/kubepods/besteffort/pod1234/" + "56" * 32, "container", "kubernetes", "56" * 32, "",
-     "/kubepods/besteffort/pod1234/" + "56" * 32, "kubernetes " + "56" * 6),
-    ("/kubepods.slice/kubepods-pod9.slice/crio-" + "78" * 32 + ".scope", "container", "cri-o", "78" * 32, "",
-     "/kubepods.slice/kubepods-pod9.slice/crio-" + "78" * 32 + ".scope", "cri-o " + "78" * 6),
-    ("/default/" + "9a" * 32, "container", "containerd", "9a" * 32, "", "/default/" + "9a" * 32,
-     "containerd " + "9a" * 6),
-    ("/lxc.payload.web1", "container", "lxc", "web1", "", "/lxc.payload.web1", "lxc web1"),
-    ("/lxc/web2/init.scope", "container", "lxc", "web2", "", "/lxc/web2", "lxc web2"),
-    ("/system.slice/slurmstepd.scope/job_42/step_0/user/task_0", "slurm", "slurm", "42", "0",
-     "/system.slice/slurmstepd.scope/job_42/step_0", "slurm 42.0"),
-    ("/slurm/uid_1000/job_77/step_batch/task_0", "slurm", "slurm", "77", "batch", "/slurm/uid_1000/job_77/step_batch",
-     "slurm 77.batch"),
-    ("/slurm/uid_1000/job_78", "slurm", "slurm", "78", "", "/slurm/uid_1000/job_78", "slurm 78"),
-    ("/system.slice/nginx.service", "service", "systemd", "nginx.service", "", "/system.slice/nginx.service",
-     "nginx.service"),
-    ("/user.slice/user-1000.slice/user@1000.service/app.slice/run-u12.scope", "scope", "systemd", "run-u12.scope",
-     "", "/user.slice/user-1000.slice/user@1000.service/app.slice/run-u12.scope", "run-u12.scope"),
-    ("/user.slice/user-1000.slice", "slice", "systemd", "user-1000.slice", "", "/user.slice/user-1000.slice",
-     "user-1000.slice"),
-    ("/system.slice/ssh.service/extra", "service", "systemd", "ssh.service", "", "/system.slice/ssh.service",
-     "ssh.service"),
-    ("/jobs//train", "plain", "", "train", "", "/jobs/train", "/jobs/train"),
-])
-def test_name_cgroup(path: str, kind: str, runtime: str, ident: str, step: str, unit_path: str, label: str) -> None:
+@pytest.mark.parametrize(
+    "path, kind, runtime, ident, step, unit_path, label",
+    [
+        ("/", "root", "", "", "", "/", "/"),
+        (
+            "/docker/" + "ab" * 32,
+            "container",
+            "docker",
+            "ab" * 32,
+            "",
+            "/docker/" + "ab" * 32,
+            "docker " + "ab" * 6,
+        ),
+        (
+            "/system.slice/docker-" + "cd" * 32 + ".scope",
+            "container",
+            "docker",
+            "cd" * 32,
+            "",
+            "/system.slice/docker-" + "cd" * 32 + ".scope",
+            "docker " + "cd" * 6,
+        ),
+        # a container running systemd: the container names it, not the unit inside
+        (
+            "/system.slice/docker-" + "cd" * 32 + ".scope/system.slice/nginx.service",
+            "container",
+            "docker",
+            "cd" * 32,
+            "",
+            "/system.slice/docker-" + "cd" * 32 + ".scope",
+            "docker " + "cd" * 6,
+        ),
+        (
+            "/machine.slice/libpod-" + "ef" * 32 + ".scope/container",
+            "container",
+            "podman",
+            "ef" * 32,
+            "",
+            "/machine.slice/libpod-" + "ef" * 32 + ".scope",
+            "podman " + "ef" * 6,
+        ),
+        (
+            "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + "12" * 32 + ".scope",
+            "container",
+            "podman",
+            "12" * 32,
+            "",
+            "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + "12" * 32 + ".scope",
+            "podman " + "12" * 6,
+        ),
+        (
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234.slice/cri-containerd-"
+            + "34" * 32
+            + ".scope",
+            "container",
+            "containerd",
+            "34" * 32,
+            "",
+            "/kubepods.slice/kubepods-besteffort.slice/"
+            "kubepods-besteffort-pod1234.slice/cri-containerd-" + "34" * 32 + ".scope",
+            "containerd " + "34" * 6,
+        ),
+        (
+            "/kubepods/besteffort/pod1234/" + "56" * 32,
+            "container",
+            "kubernetes",
+            "56" * 32,
+            "",
+            "/kubepods/besteffort/pod1234/" + "56" * 32,
+            "kubernetes " + "56" * 6,
+        ),
+        (
+            "/kubepods.slice/kubepods-pod9.slice/crio-" + "78" * 32 + ".scope",
+            "container",
+            "cri-o",
+            "78" * 32,
+            "",
+            "/kubepods.slice/kubepods-pod9.slice/crio-" + "78" * 32 + ".scope",
+            "cri-o " + "78" * 6,
+        ),
+        (
+            "/default/" + "9a" * 32,
+            "container",
+            "containerd",
+            "9a" * 32,
+            "",
+            "/default/" + "9a" * 32,
+            "containerd " + "9a" * 6,
+        ),
+        ("/lxc.payload.web1", "container", "lxc", "web1", "", "/lxc.payload.web1", "lxc web1"),
+        ("/lxc/web2/init.scope", "container", "lxc", "web2", "", "/lxc/web2", "lxc web2"),
+        (
+            "/system.slice/slurmstepd.scope/job_42/step_0/user/task_0",
+            "slurm",
+            "slurm",
+            "42",
+            "0",
+            "/system.slice/slurmstepd.scope/job_42/step_0",
+            "slurm 42.0",
+        ),
+        (
+            "/slurm/uid_1000/job_77/step_batch/task_0",
+            "slurm",
+            "slurm",
+            "77",
+            "batch",
+            "/slurm/uid_1000/job_77/step_batch",
+            "slurm 77.batch",
+        ),
+        ("/slurm/uid_1000/job_78", "slurm", "slurm", "78", "", "/slurm/uid_1000/job_78", "slurm 78"),
+        (
+            "/system.slice/nginx.service",
+            "service",
+            "systemd",
+            "nginx.service",
+            "",
+            "/system.slice/nginx.service",
+            "nginx.service",
+        ),
+        (
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/run-u12.scope",
+            "scope",
+            "systemd",
+            "run-u12.scope",
+            "",
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/run-u12.scope",
+            "run-u12.scope",
+        ),
+        (
+            "/user.slice/user-1000.slice",
+            "slice",
+            "systemd",
+            "user-1000.slice",
+            "",
+            "/user.slice/user-1000.slice",
+            "user-1000.slice",
+        ),
+        (
+            "/system.slice/ssh.service/extra",
+            "service",
+            "systemd",
+            "ssh.service",
+            "",
+            "/system.slice/ssh.service",
+            "ssh.service",
+        ),
+        ("/jobs//train", "plain", "", "train", "", "/jobs/train", "/jobs/train"),
+    ],
+)
+def test_name_cgroup(
+    path: str, kind: str, runtime: str, ident: str, step: str, unit_path: str, label: str
+) -> None:
     assert C.name_cgroup(path) == C.CgroupName(kind, runtime, ident, step, unit_path, label)
 
 
@@ -275,10 +394,12 @@ def test_small_parsers() -> None:
 
 
 def test_parse_mountinfo() -> None:
-    data = (b"31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
-            b"37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n"
-            b"40 31 0:37 / /sys/fs/cgroup/sys\\040temd rw - cgroup cgroup rw,xattr,name=systemd\n"
-            b"41 31 0:38 /docker/abc /sys/fs/cgroup/unified rw shared:9 - cgroup2 cgroup2 rw\n")
+    data = (
+        b"31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n"
+        b"37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n"
+        b"40 31 0:37 / /sys/fs/cgroup/sys\\040temd rw - cgroup cgroup rw,xattr,name=systemd\n"
+        b"41 31 0:38 /docker/abc /sys/fs/cgroup/unified rw shared:9 - cgroup2 cgroup2 rw\n"
+    )
     m = C.parse_mountinfo(data)
     assert m.v2 == C.Mount("/sys/fs/cgroup/unified", "/docker/abc")
     assert m.v1["freezer"] == C.Mount("/sys/fs/cgroup/freezer", "/")
@@ -299,8 +420,14 @@ def test_resolve_rejects_bad_paths(tmp_path: Path) -> None:
     mounts = C.CgroupMounts(C.Mount(str(root), "/"), {})
     assert C.resolve_cgroup("/a/b", mounts=mounts).fs_path == str(root / "a" / "b")
     assert C.resolve_cgroup(f"{root}/a", mounts=mounts).path == "/a"
-    for bad, words in (("/a/../a", "'..'"), ("/a/./b", "'.'"), ("/nope", "no such cgroup"),
-                       ("/link", "not a cgroup directory"), ("/a\0", "NUL"), ("", "empty")):
+    for bad, words in (
+        ("/a/../a", "'..'"),
+        ("/a/./b", "'.'"),
+        ("/nope", "no such cgroup"),
+        ("/link", "not a cgroup directory"),
+        ("/a\0", "NUL"),
+        ("", "empty"),
+    ):
         with pytest.raises(C.CgroupError) as e:
             C.resolve_cgroup(bad, mounts=mounts)
         msg = str(e.value)
@@ -353,7 +480,10 @@ def test_members_info_and_reader(cg: Cg, procs: ProcStarter, tmp_path: Path) -> 
     assert reader.info(a.pid, st).path == sub.path  # type: ignore[union-attr]
     plan = C.cgroup_plan(cg.path)
     assert plan.refused is None and sorted(plan.members) == sorted([a.pid, b.pid])
-    assert (plan.kill_method, plan.freeze_method) == ("cgroup.kill", "cgroup.freeze") and plan.fallback is None
+    assert (plan.kill_method, plan.freeze_method) == (
+        "cgroup.kill",
+        "cgroup.freeze",
+    ) and plan.fallback is None
     assert plan.state == C.CgroupState(True, False)
     assert C.cgroup_plan(cg.path, method="signals").kill_method == "SIGSTOP + SIGKILL"
 
@@ -379,10 +509,10 @@ def test_kill_cgroup_ends_a_job_that_escaped_its_group(cg: Cg, procs: ProcStarte
     assert "confirmed empty" in r.summary() and json.dumps(r.to_json())
 
 
-@pytest.mark.parametrize("method, expect", [("freezer", "cgroup.freeze + SIGKILL"),
-                                            ("signals", "SIGSTOP + SIGKILL")])
-def test_kill_cgroup_fallbacks(cg: Cg, procs: ProcStarter, tmp_path: Path, method: str,
-                               expect: str) -> None:
+@pytest.mark.parametrize(
+    "method, expect", [("freezer", "cgroup.freeze + SIGKILL"), ("signals", "SIGSTOP + SIGKILL")]
+)
+def test_kill_cgroup_fallbacks(cg: Cg, procs: ProcStarter, tmp_path: Path, method: str, expect: str) -> None:
     pids = start_forker(procs, cg, tmp_path, forking=True)
     r = C.kill_cgroup(cg.path, method=method)
     assert r.method == expect and r.fallback and method in r.fallback, r
@@ -460,11 +590,17 @@ def test_refuses_a_cgroup_holding_procguard_or_its_shell(cg: Cg, procs: ProcStar
     inner = cg.sub("self")
     p = start_in(procs, inner, [PY, "-c", REFUSE_CODE, inner.path], stdout=subprocess.PIPE)
     out = p.communicate(timeout=60)[0].decode()
-    assert out.count(f"refused: cgroup {inner.path}: refusing, it contains procguard itself (pid {p.pid})") == 2, out
+    assert (
+        out.count(f"refused: cgroup {inner.path}: refusing, it contains procguard itself (pid {p.pid})") == 2
+    ), out
     other = cg.sub("other")
     shell = cg.sub("shell")
-    sh = start_in(procs, shell, ["/bin/sh", "-c", f'"{PY}" -c "$0" "$1" "$2"; echo done', REFUSE_CODE, shell.path,
-                                 other.fs], stdout=subprocess.PIPE)
+    sh = start_in(
+        procs,
+        shell,
+        ["/bin/sh", "-c", f'"{PY}" -c "$0" "$1" "$2"; echo done', REFUSE_CODE, shell.path, other.fs],
+        stdout=subprocess.PIPE,
+    )
     out = sh.communicate(timeout=60)[0].decode()
     assert out.count(f"cgroup {shell.path}: refusing, it contains an ancestor of procguard") == 2, out
     assert out.rstrip().endswith("done")  # the shell lived
@@ -483,16 +619,26 @@ def test_without_permission_falls_back_to_signals(cg: Cg, procs: ProcStarter) ->
     and can't touch root's."""
     mine = start_in(procs, cg.sub("nobodys"), [*NOBODY, "sleep", "300"])
     wait_for(lambda: proc_state(mine.pid) == "S" and os.stat(f"/proc/{mine.pid}").st_uid == 65534)
-    r = subprocess.run([*NOBODY, PY, "-c", NOBODY_KILL, f"{cg.path}/nobodys"], capture_output=True, text=True,
-                       timeout=60, cwd="/")
+    r = subprocess.run(
+        [*NOBODY, PY, "-c", NOBODY_KILL, f"{cg.path}/nobodys"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     res = json.loads(r.stdout)
     assert res["method"] == "SIGSTOP + SIGKILL" and "not writable" in res["fallback"], res
     assert res["confirmed"] and [x["outcome"] for x in res["results"]] == ["killed"]
     assert is_gone(mine.pid)
     roots = start_in(procs, cg.sub("roots"), ["sleep", "300"])
     wait_for(lambda: proc_state(roots.pid) == "S" and C.cgroup_members(f"{cg.path}/roots") == [roots.pid])
-    r = subprocess.run([*NOBODY, PY, "-c", NOBODY_KILL, f"{cg.path}/roots"], capture_output=True, text=True,
-                       timeout=60, cwd="/")
+    r = subprocess.run(
+        [*NOBODY, PY, "-c", NOBODY_KILL, f"{cg.path}/roots"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     res = json.loads(r.stdout)
     assert not res["confirmed"] and [x["outcome"] for x in res["results"]] == ["denied"], res
     assert not is_gone(roots.pid)
@@ -560,8 +706,14 @@ def test_target_cgroup_through_signals(cg: Cg, procs: ProcStarter, tmp_path: Pat
 
 
 def pg(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*prefix, PY, "-m", "procguard.core.cli", *args], capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL, cwd="/")
+    return subprocess.run(
+        [*prefix, PY, "-m", "procguard.core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        cwd="/",
+    )
 
 
 def _ps_rows(pids: list[int]) -> dict[int, dict[str, object]]:
@@ -575,7 +727,9 @@ def test_cli_cgroup_actions_and_ps_fields(cg: Cg, procs: ProcStarter, tmp_path: 
     out = pg("kill", "--cgroup", cg.path, "--dry-run")
     assert out.returncode == 0, out.stderr
     head = out.stdout.splitlines()[0]
-    assert head.startswith(f"would kill cgroup {cg.path} ({cg.path}, v2): ") and head.endswith("via cgroup.kill")
+    assert head.startswith(f"would kill cgroup {cg.path} ({cg.path}, v2): ") and head.endswith(
+        "via cgroup.kill"
+    )
     assert all(not is_gone(p) for p in pids)
 
     out = pg("pause", "--cgroup", cg.fs, "--json")
@@ -589,8 +743,16 @@ def test_cli_cgroup_actions_and_ps_fields(cg: Cg, procs: ProcStarter, tmp_path: 
     for pid in pids:
         r = rows[pid]
         assert r["frozen"] is True and r["state"] != "T"
-        assert r["cgroup"] == {"path": cg.path, "version": 2, "kind": "plain", "runtime": "", "id": cg.path[1:],
-                               "step": "", "unit": cg.path, "label": cg.path}
+        assert r["cgroup"] == {
+            "path": cg.path,
+            "version": 2,
+            "kind": "plain",
+            "runtime": "",
+            "id": cg.path[1:],
+            "step": "",
+            "unit": cg.path,
+            "label": cg.path,
+        }
         assert r["pidns"] == me and r["nspid"] == [pid]
     text = [ln for ln in pg("ps").stdout.splitlines() if ln.split()[:1] == [str(pids[0])]]
     assert len(text) == 1 and "[frozen] " in text[0]
@@ -606,13 +768,16 @@ def test_cli_cgroup_actions_and_ps_fields(cg: Cg, procs: ProcStarter, tmp_path: 
     assert all(is_gone(p) for p in pids)
 
 
-@pytest.mark.parametrize("args, code, needle", [
-    (["term", "--cgroup", "/procguard-no-such-cgroup"], 2, "no such cgroup"),
-    (["kill", "--cgroup", "/", "123"], 2, "--cgroup takes no TARGET"),
-    (["kill", "--cgroup", "/a/../b"], 2, "'..' are not allowed"),
-    (["term", "--cgroup", "/", "--dry-run"], 1, "would be refused: cgroup /: refusing the root cgroup"),
-    (["pause", "--cgroup", "/"], 1, "cgroup /: refusing the root cgroup"),
-])
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["term", "--cgroup", "/procguard-no-such-cgroup"], 2, "no such cgroup"),
+        (["kill", "--cgroup", "/", "123"], 2, "--cgroup takes no TARGET"),
+        (["kill", "--cgroup", "/a/../b"], 2, "'..' are not allowed"),
+        (["term", "--cgroup", "/", "--dry-run"], 1, "would be refused: cgroup /: refusing the root cgroup"),
+        (["pause", "--cgroup", "/"], 1, "cgroup /: refusing the root cgroup"),
+    ],
+)
 def test_cli_cgroup_bad_or_refused(args: list[str], code: int, needle: str) -> None:
     if C.cgroup_mounts().v2 is None:
         pytest.skip("no cgroup v2 hierarchy is mounted")
@@ -638,8 +803,11 @@ def test_cli_cgroup_without_permission_says_it_fell_back(cg: Cg, procs: ProcStar
 @needs_root
 def test_ps_shows_nspid_of_another_pid_namespace(procs: ProcStarter) -> None:
     outer = procs.popen(["unshare", "--pid", "--fork", "sleep", "300"], start_new_session=True)
-    inner = wait_for(lambda: next((int(x) for x in Path(f"/proc/{outer.pid}/task/{outer.pid}/children")
-                                   .read_text().split()), None))
+    inner = wait_for(
+        lambda: next(
+            (int(x) for x in Path(f"/proc/{outer.pid}/task/{outer.pid}/children").read_text().split()), None
+        )
+    )
     assert isinstance(inner, int)
     wait_for(lambda: Path(f"/proc/{inner}/comm").read_text().strip() == "sleep")
     row = _ps_rows([inner])[inner]

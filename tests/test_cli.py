@@ -16,8 +16,13 @@ SLEEPER = "print('ready', flush=True)\nimport time\ntime.sleep(60)"
 
 
 def pg(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "procguard.core.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "procguard.core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_ps_json_has_the_documented_keys(procs: ProcStarter) -> None:
@@ -44,25 +49,31 @@ def test_ps_tree_and_user_filter(procs: ProcStarter) -> None:
 
 
 def test_ps_prints_a_multi_line_command_on_one_row(procs: ProcStarter) -> None:
-    child = procs.popen([sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)"],
-                        stdout=subprocess.PIPE, start_new_session=True)
+    child = procs.popen(
+        [sys.executable, "-c", "import time\nprint('ready', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     procs.wait_ready(child)
     rows = [ln for ln in pg("ps").stdout.splitlines() if ln.split()[:1] == [str(child.pid)]]
     assert len(rows) == 1
     assert rows[0].endswith("-c import time\\nprint('ready', flush=True)\\ntime.sleep(60)"), rows[0]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["term", "abc"], "invalid pid 'abc'"),
-    (["term", "--", "-5"], "invalid pid '-5'"),
-    (["kill", "0"], "invalid pid '0'"),
-    (["term", "999999999"], "no process with pid 999999999"),
-    (["pause", "--group", "999999999"], "no process or process group with id 999999999"),
-    (["term", "1", "--grace", "-1"], "invalid --grace '-1'"),
-    (["ps", "--user", "no_such_user_xyz"], "unknown user 'no_such_user_xyz'"),
-    (["term"], "required: TARGET"),
-    (["run"], "run needs a command"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["term", "abc"], "invalid pid 'abc'"),
+        (["term", "--", "-5"], "invalid pid '-5'"),
+        (["kill", "0"], "invalid pid '0'"),
+        (["term", "999999999"], "no process with pid 999999999"),
+        (["pause", "--group", "999999999"], "no process or process group with id 999999999"),
+        (["term", "1", "--grace", "-1"], "invalid --grace '-1'"),
+        (["ps", "--user", "no_such_user_xyz"], "unknown user 'no_such_user_xyz'"),
+        (["term"], "required: TARGET"),
+        (["run"], "run needs a command"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
     out = pg(*args)
     assert out.returncode == 2
@@ -110,8 +121,9 @@ def test_refused_gives_exit_1() -> None:
 
 
 @pytest.mark.parametrize("action", ["kill", "term"])
-def test_group_action_spares_procguard_and_its_shell_in_that_group(procs: ProcStarter, tmp_path: Path,
-                                                                  action: str) -> None:
+def test_group_action_spares_procguard_and_its_shell_in_that_group(
+    procs: ProcStarter, tmp_path: Path, action: str
+) -> None:
     # A non-interactive shell keeps its background jobs in its own process group, so procguard (run from it)
     # and the shell are members of the very group they name: a killpg would take both down.
     script = tmp_path / "job.sh"
@@ -163,8 +175,21 @@ time.sleep(60)
 """
     script = tmp_path / "job.py"
     script.write_text(code)
-    runner = procs.popen([sys.executable, "-m", "procguard.core.cli", "run", "--grace", "0.3", "--",
-                          sys.executable, str(script)], stderr=subprocess.PIPE, start_new_session=True)
+    runner = procs.popen(
+        [
+            sys.executable,
+            "-m",
+            "procguard.core.cli",
+            "run",
+            "--grace",
+            "0.3",
+            "--",
+            sys.executable,
+            str(script),
+        ],
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     text = wait_for(lambda: pidfile.exists() and pidfile.read_text().count(" ") == 1 and pidfile.read_text())
     pids = [int(x) for x in str(text).split()]
     for p in pids:
@@ -200,14 +225,24 @@ def test_console_script_installed() -> None:
     assert subprocess.run([str(exe), "--help"], capture_output=True).returncode == 0
 
 
-
-
 def test_run_lock_held_for_child_life_and_exit_3_when_taken(procs: ProcStarter, tmp_path: Path) -> None:
     lock = tmp_path / "job.lock"
     started = tmp_path / "started"
-    first = procs.popen([sys.executable, "-m", "procguard.core.cli", "run", "--lock", str(lock), "--",
-                         sys.executable, "-c", f"import time; open({str(started)!r}, 'w'); time.sleep(60)"],
-                        start_new_session=True)
+    first = procs.popen(
+        [
+            sys.executable,
+            "-m",
+            "procguard.core.cli",
+            "run",
+            "--lock",
+            str(lock),
+            "--",
+            sys.executable,
+            "-c",
+            f"import time; open({str(started)!r}, 'w'); time.sleep(60)",
+        ],
+        start_new_session=True,
+    )
     wait_for(started.exists)
     out = pg("run", "--lock", str(lock), "--", sys.executable, "-c", "print('should not run')")
     assert out.returncode == 3
@@ -233,12 +268,18 @@ def test_text_output_escapes_terminal_controls_and_json_keeps_them(procs: ProcSt
     """argv with a title OSC, a clear-screen CSI, a C1 CSI and a bidi override: text output shows them escaped
     (no raw control byte at all), --json keeps the exact value."""
     hostile = ["\x1b]0;pwned\x07", "\x1b[2J", "\x9b31m", "\u202eevil"]
-    child = procs.popen([sys.executable, "-c", SLEEPER, *hostile], stdout=subprocess.PIPE, start_new_session=True)
+    child = procs.popen(
+        [sys.executable, "-c", SLEEPER, *hostile], stdout=subprocess.PIPE, start_new_session=True
+    )
     procs.wait_ready(child)
     escaped = "\\x1b]0;pwned\\x07 \\x1b[2J \\x9b31m \\u202eevil"
     for args in (["ps"], ["ps", "--tree"], ["term", "--dry-run", str(child.pid)]):
-        out = subprocess.run([sys.executable, "-m", "procguard.core.cli", *args], capture_output=True,
-                             timeout=60, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [sys.executable, "-m", "procguard.core.cli", *args],
+            capture_output=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert out.returncode == 0
         text = out.stdout.decode("utf-8")
         assert "\x1b" not in text and "\x07" not in text and "\x9b" not in text and "\u202e" not in text
@@ -267,8 +308,13 @@ def pg_tty(*args: str, columns: int, env_columns: bool = False, timeout: float =
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     if env_columns:
         env["COLUMNS"] = str(columns)
-    p = subprocess.Popen([sys.executable, "-m", "procguard.core.cli", *args], stdout=slave, stderr=subprocess.DEVNULL,
-                         stdin=subprocess.DEVNULL, env=env)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "procguard.core.cli", *args],
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     os.close(slave)
     chunks = []
     try:
@@ -381,8 +427,11 @@ def test_locks_show_each_holders_full_command_one_line_each(procs: ProcStarter, 
     lock = tmp_path / "job.lock"
     script = tmp_path / "holder.py"
     script.write_text(LOCK_HOLDER)
-    holder = procs.popen([sys.executable, str(script), str(lock), "--tag", LONG], stdout=subprocess.PIPE,
-                         start_new_session=True)
+    holder = procs.popen(
+        [sys.executable, str(script), str(lock), "--tag", LONG],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     procs.wait_ready(holder)
     out = pg("locks", "--dir", str(tmp_path))
     assert out.returncode == 0, out.stderr

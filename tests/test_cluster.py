@@ -111,8 +111,11 @@ def tree_task(pidfile: str, shellfile: str) -> str:
     import sys
     import threading
 
-    threading.Thread(target=os.system, args=(f"echo $$ > {shellfile}.tmp && mv {shellfile}.tmp {shellfile} "
-                                             f"&& exec sleep 301",), daemon=True).start()
+    threading.Thread(
+        target=os.system,
+        args=(f"echo $$ > {shellfile}.tmp && mv {shellfile}.tmp {shellfile} && exec sleep 301",),
+        daemon=True,
+    ).start()
     child = subprocess.Popen([sys.executable, "-c", CHILD, pidfile, "302"])
     child.wait()
     return "finished"
@@ -250,9 +253,23 @@ def _start_ns_node(address: str, tmp: Path) -> subprocess.Popen[bytes] | None:
         return None
     script = tmp / "pg_ns_node.py"
     script.write_text(NS_NODE)
-    return subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script), address,
-                             str(OBJECT_STORE), str(tmp)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=open(tmp / "ns_node.err", "wb"), start_new_session=True)
+    return subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            sys.executable,
+            str(script),
+            address,
+            str(OBJECT_STORE),
+            str(tmp),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp / "ns_node.err", "wb"),
+        start_new_session=True,
+    )
 
 
 def _read_line(fd: int, timeout: float) -> bytes:
@@ -278,7 +295,7 @@ def _ns_init_pid(unshare_pid: int) -> int | None:
                     data = f.read()
             except OSError:
                 continue
-            if int(data[data.rindex(b")") + 2:].split()[1]) == unshare_pid:
+            if int(data[data.rindex(b")") + 2 :].split()[1]) == unshare_pid:
                 return int(entry)
     return None
 
@@ -289,8 +306,13 @@ def ray_cluster() -> Iterator[RayCluster]:
     had_home_token = home_token.exists()
     tmp = Path(tempfile.mkdtemp(prefix="pgray-"))  # short: Ray's socket paths live under it
     (tmp / "token").write_text("procguard-test-token-" + os.urandom(8).hex())
-    env = {"RAY_TMPDIR": str(tmp), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": str(tmp / "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        "RAY_TMPDIR": str(tmp),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(tmp / "token"),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     mp = pytest.MonkeyPatch()
     for k, v in env.items():
         mp.setenv(k, v)
@@ -301,13 +323,22 @@ def ray_cluster() -> Iterator[RayCluster]:
     cluster = None
     ns_proc = None
     try:
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "object_store_memory": OBJECT_STORE, "include_dashboard": False,
-            "resources": {"pg_head": 1},
-            # A killed node is reported dead within ~2 s (default: ~15 s), for the node-failure test. A check
-            # that is slow to answer still has the default 10 s: a busy node is not taken for dead.
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4,
-                               "health_check_initial_delay_ms": 1000}})
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1,
+                "object_store_memory": OBJECT_STORE,
+                "include_dashboard": False,
+                "resources": {"pg_head": 1},
+                # A killed node is reported dead within ~2 s (default: ~15 s), for the node-failure test. A check
+                # that is slow to answer still has the default 10 s: a busy node is not taken for dead.
+                "_system_config": {
+                    "health_check_period_ms": 500,
+                    "health_check_failure_threshold": 4,
+                    "health_check_initial_delay_ms": 1000,
+                },
+            },
+        )
         ns_proc = _start_ns_node(cluster.address, tmp)  # starts while the worker node starts
         cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE, resources={"pg_w1": 1})
         ns_id = ns_init = None
@@ -320,8 +351,11 @@ def ray_cluster() -> Iterator[RayCluster]:
         ray.init(address=cluster.address, logging_level="ERROR", log_to_driver=False)
         want = 3 if ns_id else 2
         wait_for(lambda: len(nodes()) == want, timeout=60, interval=0.1)
-        by_res = {next(k for k in ("pg_head", "pg_w1", "pg_ns") if k in n["Resources"]): n["NodeID"]
-                  for n in ray.nodes() if n["Alive"]}
+        by_res = {
+            next(k for k in ("pg_head", "pg_w1", "pg_ns") if k in n["Resources"]): n["NodeID"]
+            for n in ray.nodes()
+            if n["Alive"]
+        }
         # Start every node's agent now, with time to spare on a busy machine: the tests' calls then get the
         # default per-node timeout.
         assert all(s.error is None for s in cluster_snapshot(node_timeout=120)), "an agent did not start"
@@ -410,8 +444,11 @@ def host_pid(rc: RayCluster, node_id: str, pid: int) -> int:
 
 def _record(task_ref: Any, timeout: float = 60) -> TaskRecord:
     tid = task_ref.task_id().hex()
-    return wait_for(lambda: next((r for r in tracked_tasks() if r.task_id == tid and r.entries), None),
-                    timeout=timeout, interval=0.05)  # type: ignore[return-value]
+    return wait_for(
+        lambda: next((r for r in tracked_tasks() if r.task_id == tid and r.entries), None),
+        timeout=timeout,
+        interval=0.05,
+    )  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------- unit
@@ -423,12 +460,16 @@ def test_ray_processes_are_told_apart_by_command_line() -> None:
     assert ray_process_kind([f"{site}/core/src/ray/gcs/gcs_server", "--log_dir=x"]) == "gcs_server"
     assert ray_process_kind(["ray::IDLE"]) == "worker (ray::IDLE)"
     assert ray_process_kind(["ray::train_step"]) == "worker (ray::train_step)"
-    assert ray_process_kind(["/v/bin/python", f"{site}/_private/workers/default_worker.py", "--x"]) == "worker"
+    assert (
+        ray_process_kind(["/v/bin/python", f"{site}/_private/workers/default_worker.py", "--x"]) == "worker"
+    )
     assert ray_process_kind(["/v/bin/python", "-u", f"{site}/_private/log_monitor.py"]) == "log_monitor"
     assert ray_process_kind(["/v/bin/python", f"{site}/dashboard/dashboard.py"]) == "dashboard"
     assert ray_process_kind(["/v/bin/python", "-u", f"{site}/dashboard/agent.py"]) == "dashboard agent"
-    assert ray_process_kind(["/v/bin/python", "-u", f"{site}/autoscaler/_private/monitor.py"]) == \
-        "autoscaler monitor"
+    assert (
+        ray_process_kind(["/v/bin/python", "-u", f"{site}/autoscaler/_private/monitor.py"])
+        == "autoscaler monitor"
+    )
     assert ray_process_kind(["/v/bin/python3", "/v/bin/ray", "start", "--head"]) == "ray start"
     # A user's own script that happens to share a name is not Ray's.
     assert ray_process_kind(["python", "monitor.py"]) is None
@@ -438,19 +479,23 @@ def test_ray_processes_are_told_apart_by_command_line() -> None:
 
 
 def _proc(pid: int, ppid: int, pgid: int, cmd: tuple[str, ...]) -> Proc:
-    return Proc(pid, ppid, pgid, pgid, "S", cmd[0][-15:], cmd, 0.0, 0, 0, "root", 0.0, 1, 0, False, 100 + pid,
-                None)
+    return Proc(
+        pid, ppid, pgid, pgid, "S", cmd[0][-15:], cmd, 0.0, 0, 0, "root", 0.0, 1, 0, False, 100 + pid, None
+    )
 
 
 def test_plan_cuts_ray_processes_out_of_groups_and_trees() -> None:
     raylet = "/v/site-packages/ray/core/src/ray/raylet/raylet"
-    snap = rebuild_snapshot([
-        _proc(100, 1, 100, (raylet,)),
-        _proc(200, 100, 200, ("ray::task",)),
-        _proc(300, 200, 200, ("python", "child.py")),
-        _proc(301, 300, 301, ("sleep", "9")),
-        _proc(400, 100, 400, ("ray::IDLE",)),
-    ], time.time())
+    snap = rebuild_snapshot(
+        [
+            _proc(100, 1, 100, (raylet,)),
+            _proc(200, 100, 200, ("ray::task",)),
+            _proc(300, 200, 200, ("python", "child.py")),
+            _proc(301, 300, 301, ("sleep", "9")),
+            _proc(400, 100, 400, ("ray::IDLE",)),
+        ],
+        time.time(),
+    )
     allowed, refused = plan_targets([Target.tree(100)], snap)
     assert {m.pid for m in refused} == {100, 200, 400}
     assert all("Ray's" in (m.protected or "") for m in refused)
@@ -461,29 +506,44 @@ def test_plan_cuts_ray_processes_out_of_groups_and_trees() -> None:
     allowed, refused = plan_targets([Target.pid(100)], snap)
     assert allowed == [Target.pid(100)] and refused == []
     # No Ray process covered: targets pass unchanged (the core keeps its rescans and killpg).
-    assert plan_targets([Target.group(301), Target.tree(300)], snap) == ([Target.group(301), Target.tree(300)], [])
+    assert plan_targets([Target.group(301), Target.tree(300)], snap) == (
+        [Target.group(301), Target.tree(300)],
+        [],
+    )
 
 
 def test_plan_cuts_a_ray_process_out_of_a_deep_tree() -> None:
     # Depth first, whole Ray-free subtrees, single pids on the way down to the Ray process; a chain deeper than
     # Python's recursion limit works too.
-    procs = [_proc(10, 1, 10, ("python", "main.py")), _proc(11, 10, 10, ("sleep", "9")),
-             _proc(12, 10, 10, ("bash",)), _proc(13, 12, 10, ("ray::w",)), _proc(14, 12, 10, ("sleep", "9"))]
+    procs = [
+        _proc(10, 1, 10, ("python", "main.py")),
+        _proc(11, 10, 10, ("sleep", "9")),
+        _proc(12, 10, 10, ("bash",)),
+        _proc(13, 12, 10, ("ray::w",)),
+        _proc(14, 12, 10, ("sleep", "9")),
+    ]
     depth = 3000
     procs += [_proc(1000 + i, 1000 + i - 1 if i else 10, 10, ("sh",)) for i in range(depth)]
     procs.append(_proc(1000 + depth, 1000 + depth - 1, 10, ("ray::deep",)))
     snap = rebuild_snapshot(procs, time.time())
     allowed, refused = plan_targets([Target.tree(10)], snap)
     assert sorted(m.pid for m in refused) == [13, 1000 + depth]
-    assert allowed == [Target.pid(10), Target.tree(11), Target.pid(12), Target.tree(14),
-                       *(Target.pid(1000 + i) for i in range(depth))]
+    assert allowed == [
+        Target.pid(10),
+        Target.tree(11),
+        Target.pid(12),
+        Target.tree(14),
+        *(Target.pid(1000 + i) for i in range(depth)),
+    ]
 
 
 def test_find_node_by_prefix_head_or_ip() -> None:
     from procguard.core.cluster import NodeInfo
 
-    ns = [NodeInfo("abcd1234" + "0" * 48, "10.0.0.1", "h1", True), NodeInfo("abce5678" + "0" * 48, "10.0.0.2",
-                                                                           "h2", False)]
+    ns = [
+        NodeInfo("abcd1234" + "0" * 48, "10.0.0.1", "h1", True),
+        NodeInfo("abce5678" + "0" * 48, "10.0.0.2", "h2", False),
+    ]
     assert find_node("head", ns) is ns[0]
     assert find_node("abce", ns) is ns[1]
     assert find_node("10.0.0.2", ns) is ns[1]
@@ -495,30 +555,48 @@ def test_find_node_by_prefix_head_or_ip() -> None:
 
 def test_task_owners_from_the_registry_ray_tables_and_titles() -> None:
     raylet = "/v/site-packages/ray/core/src/ray/raylet/raylet"
-    snap = rebuild_snapshot([
-        _proc(10, 1, 10, (raylet,)),
-        _proc(15, 20, 20, ("sleep", "left-by-an-earlier-task")),  # born before this task began
-        _proc(20, 10, 20, ("ray::train",)),
-        _proc(21, 20, 20, ("python", "child.py")),
-        _proc(22, 21, 22, ("sleep", "own-session")),
-        _proc(23, 20, 23, ("sh", "-c", "from os.system")),
-        _proc(30, 10, 30, ("ray::Holder.step",)),
-        _proc(31, 30, 30, ("python", "actor-child.py")),
-        _proc(40, 10, 40, ("ray::IDLE",)),
-        _proc(50, 1, 50, ("sleep", "leftover")),
-    ], time.time())
+    snap = rebuild_snapshot(
+        [
+            _proc(10, 1, 10, (raylet,)),
+            _proc(15, 20, 20, ("sleep", "left-by-an-earlier-task")),  # born before this task began
+            _proc(20, 10, 20, ("ray::train",)),
+            _proc(21, 20, 20, ("python", "child.py")),
+            _proc(22, 21, 22, ("sleep", "own-session")),
+            _proc(23, 20, 23, ("sh", "-c", "from os.system")),
+            _proc(30, 10, 30, ("ray::Holder.step",)),
+            _proc(31, 30, 30, ("python", "actor-child.py")),
+            _proc(40, 10, 40, ("ray::IDLE",)),
+            _proc(50, 1, 50, ("sleep", "leftover")),
+        ],
+        time.time(),
+    )
     entry = TaskEntry("n1", 21, 20, 0.0, 121)
-    running = TaskRecord("t1" * 24, "01000000", "train", "n1", 20, 120, 0.0, "running", (entry,), started_ticks=121)
-    finished = TaskRecord("t0" * 24, "01000000", "prep", "n1", 99, 199, 0.0, "finished",
-                          (TaskEntry("n1", 50, 50, 0.0, 150, "leftover"),))
-    elsewhere = TaskRecord("t2" * 24, "02000000", "x", "n2", 21, 121, 0.0, "running", (TaskEntry("n2", 22, 22, 0.0, 122),))
+    running = TaskRecord(
+        "t1" * 24, "01000000", "train", "n1", 20, 120, 0.0, "running", (entry,), started_ticks=121
+    )
+    finished = TaskRecord(
+        "t0" * 24,
+        "01000000",
+        "prep",
+        "n1",
+        99,
+        199,
+        0.0,
+        "finished",
+        (TaskEntry("n1", 50, 50, 0.0, 150, "leftover"),),
+    )
+    elsewhere = TaskRecord(
+        "t2" * 24, "02000000", "x", "n2", 21, 121, 0.0, "running", (TaskEntry("n2", 22, 22, 0.0, 122),)
+    )
     known = {30: TaskOwner("01000000", None, "a1" * 16, "Holder")}
 
     own = owners_on_node(snap, "n1", [running, finished, elsewhere], known=known)
 
     t1 = TaskOwner("01000000", "t1" * 24, None, None, "train", "worker", True)
     assert own[20] == t1
-    assert own[21] == own[22] == own[23] == TaskOwner("01000000", "t1" * 24, None, None, "train", "child", True)
+    assert (
+        own[21] == own[22] == own[23] == TaskOwner("01000000", "t1" * 24, None, None, "train", "child", True)
+    )
     assert own[50] == TaskOwner("01000000", "t0" * 24, None, None, "prep", "leftover", True)
     assert own[30] == TaskOwner("01000000", None, "a1" * 16, "Holder", "Holder.step", "worker")
     assert own[31] == TaskOwner("01000000", None, "a1" * 16, "Holder", None, "descendant")
@@ -532,8 +610,13 @@ def test_task_ids_resolve_by_prefix_among_tracked_tasks() -> None:
     recs = [TaskRecord(tid, "01000000", "f", "n", 1, 1, 0.0) for tid in (one, two)]
     full = "cd" * 24  # a full id stands for itself, tracked or not
     assert resolve_task_ids(["AB120", full, one], recs) == [one, full]
-    for bad, why in (("ab1", "too short"), ("abcd", "matches no tracked task"), ("ab12", "matches 2 tracked"),
-                     ("xyz1", "invalid task id"), ("a" * 49, "invalid task id")):
+    for bad, why in (
+        ("ab1", "too short"),
+        ("abcd", "matches no tracked task"),
+        ("ab12", "matches 2 tracked"),
+        ("xyz1", "invalid task id"),
+        ("a" * 49, "invalid task id"),
+    ):
         with pytest.raises(ValueError, match=why):
             resolve_task_ids([bad], recs)
 
@@ -587,10 +670,12 @@ def test_a_reused_worker_only_gives_a_task_the_children_born_since_it_began(proc
 
 
 def test_core_and_plain_cli_never_load_ray() -> None:
-    code = ("import sys, io, contextlib, procguard.core; from procguard.core.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    rc = [main(a) for a in (['ps', '--json'], ['locks', '--json'], ['gpu', '--json'])]\n"
-            "print(rc, 'ray' in sys.modules); sys.exit(any(rc) or 'ray' in sys.modules)")
+    code = (
+        "import sys, io, contextlib, procguard.core; from procguard.core.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    rc = [main(a) for a in (['ps', '--json'], ['locks', '--json'], ['gpu', '--json'])]\n"
+        "print(rc, 'ray' in sys.modules); sys.exit(any(rc) or 'ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -601,22 +686,25 @@ def test_import_without_ray_names_the_extra() -> None:
     assert out.returncode != 0 and "procguard[ray]" in out.stderr
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["term", "abcd:12"], "names a node: that needs --ray"),
-    (["kill", "--node", "head", "12"], "--node needs --ray"),
-    (["ps", "--node", "head"], "--node needs --ray"),
-    (["pause", "--ray", "127.0.0.1:1", "12"], "pid 12 needs a node with --ray"),
-    (["term", ":12"], "needs a node before the colon"),
-    (["term", "head:x"], "invalid pid 'x'"),
-    (["dupes", "--ray", "127.0.0.1:1", "--explain", "12"], "dupes --explain does not take --ray"),
-    (["dupes", "--ray", "127.0.0.1:1", "--all-users"], "dupes --all-users does not take --ray"),
-    (["ps", "--task", "abcd"], "--task needs --ray"),
-    (["ps", "--ray", "127.0.0.1:1", "--task", "xyz"], "invalid task id 'xyz'"),
-    (["locks", "--node-timeout", "3"], "--node-timeout needs --ray"),
-    (["term", "--node-timeout", "3", "12"], "--node-timeout needs --ray"),
-    (["gpu", "--ray", "127.0.0.1:1", "--node-timeout", "0"], "must be more than 0"),
-    (["cancel", "abcd"], "cancel needs --ray"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["term", "abcd:12"], "names a node: that needs --ray"),
+        (["kill", "--node", "head", "12"], "--node needs --ray"),
+        (["ps", "--node", "head"], "--node needs --ray"),
+        (["pause", "--ray", "127.0.0.1:1", "12"], "pid 12 needs a node with --ray"),
+        (["term", ":12"], "needs a node before the colon"),
+        (["term", "head:x"], "invalid pid 'x'"),
+        (["dupes", "--ray", "127.0.0.1:1", "--explain", "12"], "dupes --explain does not take --ray"),
+        (["dupes", "--ray", "127.0.0.1:1", "--all-users"], "dupes --all-users does not take --ray"),
+        (["ps", "--task", "abcd"], "--task needs --ray"),
+        (["ps", "--ray", "127.0.0.1:1", "--task", "xyz"], "invalid task id 'xyz'"),
+        (["locks", "--node-timeout", "3"], "--node-timeout needs --ray"),
+        (["term", "--node-timeout", "3", "12"], "--node-timeout needs --ray"),
+        (["gpu", "--ray", "127.0.0.1:1", "--node-timeout", "0"], "must be more than 0"),
+        (["cancel", "abcd"], "cancel needs --ray"),
+    ],
+)
 def test_cli_node_target_errors(args: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(args) == 2
     err = capsys.readouterr().err
@@ -627,8 +715,9 @@ def test_cli_node_target_errors(args: list[str], needle: str, capsys: pytest.Cap
 
 
 @pytest.mark.parametrize("where", ["worker", "ns"])
-def test_cancel_ends_grandchildren_on_the_owning_node(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path,
-                                                      where: str) -> None:
+def test_cancel_ends_grandchildren_on_the_owning_node(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path, where: str
+) -> None:
     rc = ray_cluster
     if where == "ns" and rc.ns is None:
         pytest.skip("no PID-namespace node (unshare not allowed here)")
@@ -674,7 +763,9 @@ def test_cancel_after_the_task_returned_ends_what_it_left(ray_cluster: RayCluste
     report = cancel(ref, grace=1.0)
 
     assert report.state == "finished" and report.node_id == rc.worker
-    assert [(r.node_id, r.pid, r.result.outcome) for r in report.results] == [(rc.worker, left, Outcome.EXITED)]
+    assert [(r.node_id, r.pid, r.result.outcome) for r in report.results] == [
+        (rc.worker, left, Outcome.EXITED)
+    ]
     assert is_gone(left)
     assert not any(r.task_id == rec.task_id for r in tracked_tasks())
 
@@ -690,8 +781,9 @@ def _raises_by(ref: Any, deadline: float) -> BaseException:
     raise AssertionError("the task returned a value")
 
 
-def test_cancel_escalates_on_a_task_blocked_in_c_code(ray_cluster: RayCluster, pinned: Pinned,
-                                                      tmp_path: Path) -> None:
+def test_cancel_escalates_on_a_task_blocked_in_c_code(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path
+) -> None:
     """The task's child ends; the task itself, in time.sleep(600), ignores the plain cancel: after `grace` it is
     force-cancelled (its worker killed), and ray.get raises within grace + 5 s of the cancel."""
     rc = ray_cluster
@@ -713,13 +805,16 @@ def test_cancel_escalates_on_a_task_blocked_in_c_code(ray_cluster: RayCluster, p
     assert not any(r.task_id == ref.task_id().hex() for r in tracked_tasks())
 
 
-def test_cancel_by_task_id_kills_a_blocked_worker_and_its_retry_stops(ray_cluster: RayCluster, pinned: Pinned,
-                                                                      tmp_path: Path) -> None:
+def test_cancel_by_task_id_kills_a_blocked_worker_and_its_retry_stops(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path
+) -> None:
     """What `procguard cancel` does from another process (no ref): the worker is SIGKILLed by its node's agent,
     and the retry Ray then starts (max_retries=1) stops at once, as cancelled."""
     rc = ray_cluster
     pidfile = tmp_path / "pids"
-    ref = blocked_task.options(num_cpus=0, resources={"pg_w1": 0.01}, max_retries=1).remote(str(pidfile), "315.5")
+    ref = blocked_task.options(num_cpus=0, resources={"pg_w1": 0.01}, max_retries=1).remote(
+        str(pidfile), "315.5"
+    )
     worker, child = (pinned.add(p) for p in _read_pids(pidfile))
     tid = _record(ref).task_id
     grace = 1.0
@@ -738,8 +833,9 @@ def test_cancel_by_task_id_kills_a_blocked_worker_and_its_retry_stops(ray_cluste
     assert not any(r.task_id == tid for r in tracked_tasks())
 
 
-def test_cli_cancel_ends_a_task_blocked_in_c_code(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_cancel_ends_a_task_blocked_in_c_code(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`procguard cancel --ray ADDRESS TASK_ID`: the task's child ends, the task, in time.sleep(600), has its
     worker killed after the grace, and ray.get raises within grace + 5 s; per-process outcomes, exit 0."""
     rc = ray_cluster
@@ -763,17 +859,23 @@ def test_cli_cancel_ends_a_task_blocked_in_c_code(ray_cluster: RayCluster, pinne
     lines = [ln for ln in out.out.splitlines() if ln.startswith(("task ", "  "))]
     assert code == 0, out
     assert lines[0] == f"task {tid} (node {rc.worker[:8]}): force-cancelled", out
-    rows = {int(ln.split()[1]): (ln.split()[0], ln.split()[2]) for ln in lines[1:] if ln.startswith("  " + rc.worker[:8])}
+    rows = {
+        int(ln.split()[1]): (ln.split()[0], ln.split()[2])
+        for ln in lines[1:]
+        if ln.startswith("  " + rc.worker[:8])
+    }
     assert rows == {child: (rc.worker[:8], "exited"), worker: (rc.worker[:8], "killed")}, lines
     err_lines = [ln for ln in out.err.splitlines() if not ln.startswith(("\x1b", " "))]  # not Ray's notices
     assert err_lines == [err_lines[0]] and err_lines[0].startswith(
-        "1 task(s): 1 force-cancelled; 2 ended: 1 exited on SIGTERM, 1 killed"), out.err
+        "1 task(s): 1 force-cancelled; 2 ended: 1 exited on SIGTERM, 1 killed"
+    ), out.err
     assert is_gone(child) and is_gone(worker)
     assert not any(r.task_id == tid for r in tracked_tasks())
 
 
-def test_owners_name_a_tasks_processes_and_an_actors_worker(ray_cluster: RayCluster, pinned: Pinned,
-                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_owners_name_a_tasks_processes_and_an_actors_worker(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc = ray_cluster
     pidfile, shellfile = tmp_path / "pids", tmp_path / "shell"
     ref = tree_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(pidfile), str(shellfile))
@@ -794,10 +896,17 @@ def test_owners_name_a_tasks_processes_and_an_actors_worker(ray_cluster: RayClus
             assert own[p] == TaskOwner(rec.job_id, tid, None, None, rec.name, "child", True), p
         rows = task_processes(snaps, tid[:8])
         assert sorted((n.node_id, p.pid) for n, p, _o in rows) == sorted(
-            (rc.worker, p) for p in (rec.worker_pid, child, grandchild, shell))
+            (rc.worker, p) for p in (rec.worker_pid, child, grandchild, shell)
+        )
         actor = own[holder_pid]
         assert (actor.actor_id, actor.role, actor.tracked, actor.job_id, actor.task_id, actor.function) == (
-            holder._actor_id.hex(), "worker", False, rec.job_id, None, None)  # idle: no function
+            holder._actor_id.hex(),
+            "worker",
+            False,
+            rec.job_id,
+            None,
+            None,
+        )  # idle: no function
         assert actor.actor_class is not None and actor.actor_class.endswith("Holder")
         assert [p.pid for _n, p, _o in task_processes(snaps, holder._actor_id.hex()[:10])] == [holder_pid]
         # The head node shares this machine's /proc here, but the task is the worker node's: not named there.
@@ -806,23 +915,39 @@ def test_owners_name_a_tasks_processes_and_an_actors_worker(ray_cluster: RayClus
         # The CLI: `ps --ray --json` carries each process's owner, `ps --ray --task` shows one task's processes.
         assert cli_main(["ps", "--ray", rc.address, "--json"]) == 0
         rows = {(r["node"], r["pid"]): r for r in json.loads(capsys.readouterr().out)}
-        task_owner = {"job": rec.job_id, "task": tid, "actor": None, "actor_class": None, "function": rec.name,
-                      "tracked": True}
+        task_owner = {
+            "job": rec.job_id,
+            "task": tid,
+            "actor": None,
+            "actor_class": None,
+            "function": rec.name,
+            "tracked": True,
+        }
         assert rows[(rc.worker, rec.worker_pid)]["owner"] == {**task_owner, "role": "worker"}
         for p in (child, grandchild, shell):
             assert rows[(rc.worker, p)]["owner"] == {**task_owner, "role": "child"}, p
             assert rows[(rc.head, p)]["owner"] is None  # the same process, as the head node lists it
         owner = rows[(rc.worker, holder_pid)]["owner"]
-        assert (owner["actor"], owner["actor_class"], owner["task"]) == (holder._actor_id.hex(), actor.actor_class,
-                                                                         None)
+        assert (owner["actor"], owner["actor_class"], owner["task"]) == (
+            holder._actor_id.hex(),
+            actor.actor_class,
+            None,
+        )
         assert cli_main(["ps", "--ray", rc.address, "--task", tid[:8].upper()]) == 0
         table = capsys.readouterr().out.splitlines()
         assert table[0].split()[:2] == ["NODE", "PID"] and "TASK" in table[0].split()
-        shown = sorted((ln.split()[0], int(ln.split()[1]), ln.split()[9]) for ln in table[1:]
-                       if ln[:8] in {n.node_id[:8] for n in nodes()})  # not Ray's own notices
-        assert shown == sorted((rc.worker[:8], p, tid[:8]) for p in (rec.worker_pid, child, grandchild, shell))
+        shown = sorted(
+            (ln.split()[0], int(ln.split()[1]), ln.split()[9])
+            for ln in table[1:]
+            if ln[:8] in {n.node_id[:8] for n in nodes()}
+        )  # not Ray's own notices
+        assert shown == sorted(
+            (rc.worker[:8], p, tid[:8]) for p in (rec.worker_pid, child, grandchild, shell)
+        )
         assert cli_main(["ps", "--ray", rc.address, "--task", holder._actor_id.hex()[:12], "--json"]) == 0
-        assert [(r["node"], r["pid"]) for r in json.loads(capsys.readouterr().out)] == [(rc.worker, holder_pid)]
+        assert [(r["node"], r["pid"]) for r in json.loads(capsys.readouterr().out)] == [
+            (rc.worker, holder_pid)
+        ]
         assert cli_main(["ps", "--ray", rc.address, "--task", "0123abcd"]) == 1  # no such task: said, exit 1
         assert "no process of task 0123abcd" in capsys.readouterr().err
     finally:
@@ -864,7 +989,8 @@ def test_pause_and_resume_across_nodes(ray_cluster: RayCluster, pinned: Pinned, 
     refs = {}
     for res, node in where:
         refs[node] = sleeper_task.options(num_cpus=0, resources={res: 0.01}).remote(
-            str(tmp_path / res), "304.5")
+            str(tmp_path / res), "304.5"
+        )
     kids: dict[str, tuple[int, int]] = {}  # node -> (pid there, host pid)
     for res, node in where:
         _w, child = _read_pids(tmp_path / res)
@@ -874,12 +1000,14 @@ def test_pause_and_resume_across_nodes(ray_cluster: RayCluster, pinned: Pinned, 
     try:
         paused = cluster_signal_many(None, "pause", {n: [Target.pid(p)] for n, (p, _h) in kids.items()})
         assert sorted((r.node_id, r.pid, r.result.outcome) for r in paused) == sorted(
-            (recs[n].node_id, p, Outcome.PAUSED) for n, (p, _h) in kids.items())
+            (recs[n].node_id, p, Outcome.PAUSED) for n, (p, _h) in kids.items()
+        )
         assert all(proc_state(h) == "T" for _p, h in kids.values())
 
         resumed = cluster_signal_many(None, "resume", {n: [Target.pid(p)] for n, (p, _h) in kids.items()})
         assert sorted((r.node_id, r.pid, r.result.outcome) for r in resumed) == sorted(
-            (recs[n].node_id, p, Outcome.RESUMED) for n, (p, _h) in kids.items())
+            (recs[n].node_id, p, Outcome.RESUMED) for n, (p, _h) in kids.items()
+        )
         assert all(proc_state(h) not in ("T", None) for _p, h in kids.values())
     finally:
         for ref in refs.values():
@@ -918,8 +1046,9 @@ def test_same_protections_on_every_node(ray_cluster: RayCluster, pinned: Pinned,
     worker, child = _read_pids(pidfile)
     pinned.add(child)
     results = {r.pid: r for r in cluster_signal(None, rc.worker, "term", Target.tree(worker), grace=1.0)}
-    assert results[worker].result.outcome == Outcome.REFUSED and "Ray's worker" in (results[worker].result.reason
-                                                                                   or "")
+    assert results[worker].result.outcome == Outcome.REFUSED and "Ray's worker" in (
+        results[worker].result.reason or ""
+    )
     assert results[child].result.outcome == Outcome.EXITED and is_gone(child)
     assert proc_state(worker) not in (None, "Z", "T")
     assert ray.get(ref, timeout=60) == -signal.SIGTERM
@@ -950,15 +1079,21 @@ ray.get(ref)
 """
 
 
-def test_driver_sigterm_ends_every_tracked_tree(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path) -> None:
+def test_driver_sigterm_ends_every_tracked_tree(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path
+) -> None:
     """What `ray job stop` does to a driver: SIGTERM. The task's child and its own-session child end."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     pidfile = tmp_path / "pids"
     log = tmp_path / "driver.log"
     with open(log, "wb") as out:
-        drv = subprocess.Popen([sys.executable, str(script), ray_cluster.address, str(pidfile), CHILD],
-                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        drv = subprocess.Popen(
+            [sys.executable, str(script), ray_cluster.address, str(pidfile), CHILD],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def tail() -> str:
         return log.read_text(errors="replace")[-3000:]
@@ -969,8 +1104,9 @@ def test_driver_sigterm_ends_every_tracked_tree(ray_cluster: RayCluster, pinned:
         child, grandchild = _read_pids(pidfile)
         pinned.add(child)
         pinned.add(grandchild)
-        _record_of_job = wait_for(lambda: any(e.pid == child for r in tracked_tasks() for e in r.entries),
-                                  timeout=60, interval=0.05)
+        _record_of_job = wait_for(
+            lambda: any(e.pid == child for r in tracked_tasks() for e in r.entries), timeout=60, interval=0.05
+        )
         drv.send_signal(signal.SIGTERM)
         rc = drv.wait(timeout=90)
         # It exited by itself, through Ray's own SIGTERM handler (which ray.get turns into exit status 1).
@@ -983,8 +1119,9 @@ def test_driver_sigterm_ends_every_tracked_tree(ray_cluster: RayCluster, pinned:
             drv.wait(timeout=10)
 
 
-def test_cli_ps_and_term_with_ray(ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_ps_and_term_with_ray(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc = ray_cluster
     pidfile = tmp_path / "pids"
     ref = sleeper_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(pidfile), "307.25")
@@ -1006,7 +1143,9 @@ def test_cli_ps_and_term_with_ray(ray_cluster: RayCluster, pinned: Pinned, tmp_p
     assert [(t["node"], t["pid"]) for t in dry["targets"]] == [(rc.worker, child)]
     assert proc_state(child) in ("S", "R")
 
-    assert cli_main(["term", "--ray", rc.address, "--node", prefix, str(child), "--grace", "1", "--json"]) == 0
+    assert (
+        cli_main(["term", "--ray", rc.address, "--node", prefix, str(child), "--grace", "1", "--json"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert [(r["node"], r["pid"], r["outcome"]) for r in out["results"]] == [(rc.worker, child, "exited")]
     assert is_gone(child)
@@ -1017,34 +1156,46 @@ def test_cli_ps_and_term_with_ray(ray_cluster: RayCluster, pinned: Pinned, tmp_p
 
 
 def test_cli_ps_ray_connects_from_a_fresh_process(ray_cluster: RayCluster) -> None:
-    out = subprocess.run([sys.executable, "-m", "procguard.core.cli", "ps", "--ray", ray_cluster.address,
-                          "--node", "head"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "procguard.core.cli", "ps", "--ray", ray_cluster.address, "--node", "head"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split()[:2] == ["NODE", "PID"]
     assert all(ln.startswith(ray_cluster.head[:8]) for ln in lines[1:]), [
-        ln for ln in lines[1:] if not ln.startswith(ray_cluster.head[:8])]
+        ln for ln in lines[1:] if not ln.startswith(ray_cluster.head[:8])
+    ]
     assert "[ray: raylet]" in out.stdout
 
 
-def test_cli_dupes_locks_gpu_with_ray(ray_cluster: RayCluster, procs: ProcStarter, tmp_path: Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_dupes_locks_gpu_with_ray(
+    ray_cluster: RayCluster, procs: ProcStarter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Each node's own report, with its node id. The head and worker nodes share this machine's /proc, so
     both report what runs here; the namespace node sees none of it."""
     rc = ray_cluster
     script = tmp_path / "dup_job.py"
     script.write_text("import sys, time\nprint('ready', flush=True)\ntime.sleep(300)\n")
-    runs = [procs.popen([sys.executable, str(script), str(i)], stdout=subprocess.PIPE, start_new_session=True)
-            for i in range(2)]
+    runs = [
+        procs.popen([sys.executable, str(script), str(i)], stdout=subprocess.PIPE, start_new_session=True)
+        for i in range(2)
+    ]
     for p in runs:
         procs.wait_ready(p)
-    locker = procs.python("""
+    locker = procs.python(
+        """
         import fcntl, sys, time
         f = open(sys.argv[1], "w")
         fcntl.flock(f, fcntl.LOCK_EX)
         print("ready", flush=True)
         time.sleep(300)
-    """, str(tmp_path / "held.lock"), name="locker")
+    """,
+        str(tmp_path / "held.lock"),
+        name="locker",
+    )
     shared = {rc.head, rc.worker}
 
     assert cli_main(["dupes", "--ray", rc.address, "--script", str(script), "--json"]) == 0
@@ -1068,8 +1219,9 @@ def test_cli_dupes_locks_gpu_with_ray(ray_cluster: RayCluster, procs: ProcStarte
     assert all(n["error"] is None and "available" in n for n in report["nodes"])
 
 
-def test_tui_ray_backend_shows_every_node_and_acts_on_each(ray_cluster: RayCluster, pinned: Pinned,
-                                                            tmp_path: Path) -> None:
+def test_tui_ray_backend_shows_every_node_and_acts_on_each(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path
+) -> None:
     """The app's backend for a cluster: one model with a part per node; the namespace node's process (its own
     pid) in that node's part; an action routed to that node only."""
     pytest.importorskip("procguard.tui.model")
@@ -1094,7 +1246,9 @@ def test_tui_ray_backend_shows_every_node_and_acts_on_each(ray_cluster: RayClust
     assert part is not None and part.snapshot[child].cmdline == ("sleep", "308.5")
     assert backend.node_of(part.snapshot) == node
     assert backend.proc_extra(child, part.snapshot).cwd is not None
-    assert "guarded" in backend.flush(child, part.snapshot)  # not a guarded process: the node's answer says so
+    assert "guarded" in backend.flush(
+        child, part.snapshot
+    )  # not a guarded process: the node's answer says so
 
     plan = make_plan(backend, "pause", node_targets([("p", child, node)], model), model, grace=1.0)
     assert [m.pid for m in plan.blast.acting] == [child] and [g.node for g in plan.nodes] == [node]
@@ -1123,13 +1277,17 @@ def _scoped_app(rc: RayCluster, scope: str, **opts: Any) -> Any:
     def in_scope(m: Member) -> bool:
         return scope in m.command
 
-    return ProcguardApp(Options(interval=0.5, filter=scope, grace=1.0, **opts), backend=RayClusterBackend(rc.address),
-                        act_scope=in_scope)
+    return ProcguardApp(
+        Options(interval=0.5, filter=scope, grace=1.0, **opts),
+        backend=RayClusterBackend(rc.address),
+        act_scope=in_scope,
+    )
 
 
 @pytest.mark.asyncio
-async def test_tui_app_one_table_narrows_to_a_node_and_pauses_there(ray_cluster: RayCluster, pinned: Pinned,
-                                                                    tmp_path: Path) -> None:
+async def test_tui_app_one_table_narrows_to_a_node_and_pauses_there(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path
+) -> None:
     """procguard-tui on the cluster: every node's rows in one table (NODE column), the test's process on the node
     that runs it (the namespace node if there is one: there the pid means another process than on the host);
     `n` narrows to one node after another (the summary names it), then all again; `p`/`r` pause and resume the
@@ -1170,7 +1328,9 @@ async def test_tui_app_one_table_narrows_to_a_node_and_pauses_there(ray_cluster:
                 summary = str(app.query_one(Summary).render())
                 if want is not None:
                     head = " (head)" if infos[want].is_head else ""
-                    assert f"node {want[:8]} {infos[want].ip}{head} · {i + 1} of {len(ids)}" in summary, summary
+                    assert f"node {want[:8]} {infos[want].ip}{head} · {i + 1} of {len(ids)}" in summary, (
+                        summary
+                    )
                     await _tui_until(pilot, lambda want=want: all(r.node == want for r in table.rows))
             await _tui_until(pilot, lambda: table.index_of(key) is not None)
             assert table.move_to_key(key)
@@ -1205,8 +1365,9 @@ async def test_tui_app_one_table_narrows_to_a_node_and_pauses_there(ray_cluster:
 
 
 @pytest.mark.asyncio
-async def test_tui_app_acts_on_rows_of_two_nodes_in_one_action(ray_cluster: RayCluster, pinned: Pinned,
-                                                               tmp_path: Path) -> None:
+async def test_tui_app_acts_on_rows_of_two_nodes_in_one_action(
+    ray_cluster: RayCluster, pinned: Pinned, tmp_path: Path
+) -> None:
     """One `k` on two marked rows of two nodes (the worker and the namespace node, or the head): the confirm
     dialog groups the processes by node, and each node kills its own."""
     pytest.importorskip("textual")
@@ -1219,7 +1380,9 @@ async def test_tui_app_acts_on_rows_of_two_nodes_in_one_action(ray_cluster: RayC
     for nid, res in where:
         assert nid is not None
         pidfile = tmp_path / f"pids-{res}"
-        refs.append(scoped_sleeper_task.options(num_cpus=0, resources={res: 0.01}).remote(str(pidfile), scope))
+        refs.append(
+            scoped_sleeper_task.options(num_cpus=0, resources={res: 0.01}).remote(str(pidfile), scope)
+        )
         _worker, child = _read_pids(pidfile)
         hosts.append(pinned.add(host_pid(rc, nid, child)))
         keys.append(("p", child, nid))
@@ -1236,8 +1399,9 @@ async def test_tui_app_acts_on_rows_of_two_nodes_in_one_action(ray_cluster: RayC
             await _tui_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
             dialog = app.screen
             assert isinstance(dialog, ConfirmScreen)
-            assert sorted((n, m.pid) for n, m in zip(dialog.plan.blast.nodes, dialog.plan.blast.members,
-                                                      strict=True)) == sorted((k[2], k[1]) for k in keys)
+            assert sorted(
+                (n, m.pid) for n, m in zip(dialog.plan.blast.nodes, dialog.plan.blast.members, strict=True)
+            ) == sorted((k[2], k[1]) for k in keys)
             assert {g.node for g in dialog.plan.nodes} == {k[2] for k in keys}
             await pilot.press("y")
             await _tui_until(pilot, lambda: all(is_gone(h) for h in hosts))
@@ -1257,13 +1421,24 @@ def test_tui_ray_errors_are_one_line(ray_cluster: RayCluster, tmp_path: Path) ->
         dead = f"127.0.0.1:{s.getsockname()[1]}"
         runs = []
         # The plain command fails as fast on a dead address (ray.init alone would retry for minutes).
-        out = subprocess.run([sys.executable, "-m", "procguard.core.cli", "ps", "--ray", dead], capture_output=True,
-                             text=True, timeout=120, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [sys.executable, "-m", "procguard.core.cli", "ps", "--ray", dead],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         assert out.returncode == 2 and out.stderr.count("\n") == 1 and dead in out.stderr, out.stderr
         for argv in (["--ray", dead], ["--ray", ray_cluster.address, "--node", "ffff0000"]):
             master, slave = os.openpty()
-            p = subprocess.Popen([sys.executable, "-m", "procguard.tui", *argv], stdin=subprocess.DEVNULL,
-                                 stdout=slave, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "procguard.tui", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=slave,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
             os.close(slave)
             runs.append((argv, p, master))
         try:
@@ -1280,9 +1455,13 @@ def test_tui_ray_errors_are_one_line(ray_cluster: RayCluster, tmp_path: Path) ->
                 os.close(master)
 
 
-def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayCluster, pinned: Pinned,
-                                                               procs: ProcStarter, tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_node_that_fails_is_named_and_the_other_nodes_answer(
+    ray_cluster: RayCluster,
+    pinned: Pinned,
+    procs: ProcStarter,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """A fourth node: its agent stopped (no answer in time), then the node killed in the middle of a cancel.
     Runs last: the cluster keeps a dead node."""
     rc = ray_cluster
@@ -1297,7 +1476,9 @@ def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayC
         mine = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(300)", name="other_node")
 
         spare = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(300)", name="spare")
-        running = sleeper_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(str(tmp_path / "w"), "317.5")
+        running = sleeper_task.options(num_cpus=0, resources={"pg_w1": 0.01}).remote(
+            str(tmp_path / "w"), "317.5"
+        )
         _w, sleeping = (pinned.add(p) for p in _read_pids(tmp_path / "w"))
         tid = _record(running).task_id
 
@@ -1305,12 +1486,26 @@ def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayC
         os.kill(agent_pid, signal.SIGSTOP)
         try:
             snaps = cluster_snapshot(node_timeout=2.0)
-            results, failures = signal_nodes(None, "pause", {rc.worker: [Target.pid(mine.pid)],
-                                                             doomed: [Target.pid(1)]}, grace=0.0, node_timeout=2.0)
+            results, failures = signal_nodes(
+                None,
+                "pause",
+                {rc.worker: [Target.pid(mine.pid)], doomed: [Target.pid(1)]},
+                grace=0.0,
+                node_timeout=2.0,
+            )
             ps_code = cli_main(["ps", "--ray", rc.address, "--node-timeout", "2", "--json"])
             ps_out = capsys.readouterr()
-            kill_code = cli_main(["kill", "--ray", rc.address, f"{rc.worker}:{spare.pid}", f"{doomed}:{mine.pid}",
-                                  "--node-timeout", "2"])
+            kill_code = cli_main(
+                [
+                    "kill",
+                    "--ray",
+                    rc.address,
+                    f"{rc.worker}:{spare.pid}",
+                    f"{doomed}:{mine.pid}",
+                    "--node-timeout",
+                    "2",
+                ]
+            )
             kill_out = capsys.readouterr()
         finally:
             os.kill(agent_pid, signal.SIGCONT)
@@ -1326,10 +1521,12 @@ def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayC
         cancel(running, grace=0.5)
         # kill: the node that acted prints its result, the failed node's target is unreachable (never signalled).
         assert kill_code == 1
-        rows = sorted(tuple(ln.split()[:3]) for ln in kill_out.out.splitlines() if ln[:8] in (rc.worker[:8],
-                                                                                           doomed[:8]))
-        assert rows == sorted([(rc.worker[:8], str(spare.pid), "killed"),
-                               (doomed[:8], str(mine.pid), "unreachable")]), kill_out.out
+        rows = sorted(
+            tuple(ln.split()[:3]) for ln in kill_out.out.splitlines() if ln[:8] in (rc.worker[:8], doomed[:8])
+        )
+        assert rows == sorted(
+            [(rc.worker[:8], str(spare.pid), "killed"), (doomed[:8], str(mine.pid), "unreachable")]
+        ), kill_out.out
         err = [ln for ln in kill_out.err.splitlines() if not ln.startswith(("\x1b", " "))]
         assert len(err) == 2 and err[0].startswith(f"procguard: node {doomed[:8]} "), err
         assert err[1].startswith("1 ended: 1 killed") and err[1].endswith(", 1 unreachable"), err
@@ -1342,7 +1539,8 @@ def test_a_node_that_fails_is_named_and_the_other_nodes_answer(ray_cluster: RayC
         assert all(s.snapshot is not None and s.error is None for s in by_node.values())
         assert [(f.node_id, f.timed_out) for f in failures] == [(doomed, True)]
         assert sorted((r.node_id, r.pid, r.outcome) for r in results) == sorted(
-            [(rc.worker, mine.pid, "paused"), (doomed, 1, "unreachable")])
+            [(rc.worker, mine.pid, "paused"), (doomed, 1, "unreachable")]
+        )
         assert proc_state(mine.pid) == "T"
         os.kill(mine.pid, signal.SIGCONT)
 
@@ -1383,8 +1581,11 @@ def test_agent_action_reports_a_changed_pid_beside_the_ones_it_acted_on(procs: P
     b = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(60)", name="reuse_b")
     sa, sb = procfs.read_stat(a.pid), procfs.read_stat(b.pid)
     assert sa is not None and sb is not None
-    res = nodeops.act("pause", [Target.pid(a.pid), Target.pid(b.pid)],
-                      expect={a.pid: sa.start_ticks + 1, b.pid: sb.start_ticks})
+    res = nodeops.act(
+        "pause",
+        [Target.pid(a.pid), Target.pid(b.pid)],
+        expect={a.pid: sa.start_ticks + 1, b.pid: sb.start_ticks},
+    )
     assert {r.pid: r.outcome for r in res} == {a.pid: Outcome.ALREADY_GONE, b.pid: Outcome.PAUSED}
     assert proc_state(a.pid) in ("S", "R")
     (r,) = nodeops.act("resume", [Target.pid(b.pid)])

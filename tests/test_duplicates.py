@@ -38,8 +38,19 @@ from procguard.core.signals import Outcome
 from procguard.core.snapshot import Proc, Snapshot, process_snapshot
 from tests.conftest import PY, ProcStarter, is_gone, wait_for
 
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT",
-               "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+LAUNCH_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_JOB_ID",
+    "PBS_JOBID",
+    "LSB_JOBID",
+    "OMPI_COMM_WORLD_RANK",
+    "PMI_RANK",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -53,9 +64,25 @@ def _not_in_a_launch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def mk(pid: int, cmdline: list[str], ppid: int = 1, t: float | None = None, uid: int = 1000) -> Proc:
-    return Proc(pid, ppid, pid, pid, "S", os.path.basename(cmdline[0])[:15], tuple(cmdline),
-                float(pid) if t is None else t, 0, uid, f"u{uid}", 0.0, 1, 0, False, pid * 10,
-                parse_python_cmdline(cmdline))
+    return Proc(
+        pid,
+        ppid,
+        pid,
+        pid,
+        "S",
+        os.path.basename(cmdline[0])[:15],
+        tuple(cmdline),
+        float(pid) if t is None else t,
+        0,
+        uid,
+        f"u{uid}",
+        0.0,
+        1,
+        0,
+        False,
+        pid * 10,
+        parse_python_cmdline(cmdline),
+    )
 
 
 def table(*ps: Proc) -> Mapping[int, Proc]:
@@ -73,8 +100,12 @@ def ident_by_target(p: Proc) -> ScriptIdentity | None:
     return ScriptIdentity("code", "\0".join(p.cmdline), py.target)
 
 
-def report(procs: Mapping[int, Proc], envs: Mapping[int, Mapping[str, str] | None] | None = None,
-           asked: list[int] | None = None, **kw: object):  # type: ignore[no-untyped-def]
+def report(
+    procs: Mapping[int, Proc],
+    envs: Mapping[int, Mapping[str, str] | None] | None = None,
+    asked: list[int] | None = None,
+    **kw: object,
+):  # type: ignore[no-untyped-def]
     envs = envs or {}
 
     def env_of(p: Proc) -> Mapping[str, str] | None:
@@ -90,9 +121,13 @@ def pids(g: DuplicateGroup) -> list[int]:
 
 
 def test_two_independent_runs_are_a_group_oldest_first() -> None:
-    r = report(table(mk(20, ["python", "/a/t.py", "--lr", "1"], t=5.0),
-                     mk(10, ["python3", "-u", "/a/t.py", "--lr", "2"], t=9.0),
-                     mk(30, ["python", "/b/t.py"])))
+    r = report(
+        table(
+            mk(20, ["python", "/a/t.py", "--lr", "1"], t=5.0),
+            mk(10, ["python3", "-u", "/a/t.py", "--lr", "2"], t=9.0),
+            mk(30, ["python", "/b/t.py"]),
+        )
+    )
     assert len(r.groups) == 1
     g = r.groups[0]
     assert g.identity.key == "/a/t.py"
@@ -102,8 +137,11 @@ def test_two_independent_runs_are_a_group_oldest_first() -> None:
 
 
 def test_workers_of_a_run_are_not_duplicates() -> None:
-    base = [mk(10, ["python", "/a/t.py"]), mk(11, ["python", "/a/t.py"], ppid=10),
-            mk(12, ["python", "/a/t.py"], ppid=11)]
+    base = [
+        mk(10, ["python", "/a/t.py"]),
+        mk(11, ["python", "/a/t.py"], ppid=10),
+        mk(12, ["python", "/a/t.py"], ppid=11),
+    ]
     assert report(table(*base)).groups == ()
     r = report(table(*base, mk(20, ["python", "/a/t.py"])))
     assert [pids(g) for g in r.groups] == [[10, 20]]
@@ -111,8 +149,12 @@ def test_workers_of_a_run_are_not_duplicates() -> None:
 
 def test_multiprocessing_helpers_are_not_scripts() -> None:
     helper = ["python", "-c", "from multiprocessing.resource_tracker import main;main(5)"]
-    spawn = ["python", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5)",
-             "--multiprocessing-fork"]
+    spawn = [
+        "python",
+        "-c",
+        "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5)",
+        "--multiprocessing-fork",
+    ]
     from procguard.core.identity import identity_of
 
     assert identity_of(mk(10, helper)) is None
@@ -132,26 +174,35 @@ def test_ranks_under_one_launcher_are_one_run() -> None:
 
 
 def test_two_launches_are_two_runs_and_launchers_are_not_scripts() -> None:
-    procs = [mk(10, ["python", "-m", "torch.distributed.run", "/a/t.py"]),
-             mk(11, ["python", "/a/t.py"], ppid=10), mk(12, ["python", "/a/t.py"], ppid=10),
-             mk(20, ["python", "-m", "torch.distributed.run", "/a/t.py"]),
-             mk(21, ["python", "/a/t.py"], ppid=20)]
+    procs = [
+        mk(10, ["python", "-m", "torch.distributed.run", "/a/t.py"]),
+        mk(11, ["python", "/a/t.py"], ppid=10),
+        mk(12, ["python", "/a/t.py"], ppid=10),
+        mk(20, ["python", "-m", "torch.distributed.run", "/a/t.py"]),
+        mk(21, ["python", "/a/t.py"], ppid=20),
+    ]
     (g,) = report(table(*procs)).groups
     assert pids(g) == [10, 20]
     assert g.identity.key == "/a/t.py"
 
 
 def test_mpirun_is_a_launcher() -> None:
-    procs = [mk(5, ["/usr/bin/mpirun", "-np", "2", "python", "/a/t.py"]),
-             mk(6, ["/usr/bin/hydra_pmi_proxy"], ppid=5),
-             mk(7, ["python", "/a/t.py"], ppid=6), mk(8, ["python", "/a/t.py"], ppid=6)]
+    procs = [
+        mk(5, ["/usr/bin/mpirun", "-np", "2", "python", "/a/t.py"]),
+        mk(6, ["/usr/bin/hydra_pmi_proxy"], ppid=5),
+        mk(7, ["python", "/a/t.py"], ppid=6),
+        mk(8, ["python", "/a/t.py"], ppid=6),
+    ]
     assert report(table(*procs)).groups == ()
 
 
-@pytest.mark.parametrize("env", [
-    {"TORCHELASTIC_RUN_ID": "job-42"},
-    {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TORCHELASTIC_RUN_ID": "job-42"},
+        {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"},
+    ],
+)
 def test_ranks_sharing_a_rendezvous_are_one_run(env: dict[str, str]) -> None:
     procs = table(mk(10, ["python", "/a/t.py"]), mk(20, ["python", "/a/t.py"]))
     r = report(procs, {10: env, 20: env})
@@ -162,8 +213,13 @@ def test_ranks_sharing_a_rendezvous_are_one_run(env: dict[str, str]) -> None:
 
 def test_default_elastic_id_and_different_ports_are_not_one_run() -> None:
     procs = table(mk(10, ["python", "/a/t.py"]), mk(20, ["python", "/a/t.py"]))
-    r = report(procs, {10: {"TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
-                       20: {"TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "h", "MASTER_PORT": "2"}})
+    r = report(
+        procs,
+        {
+            10: {"TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "h", "MASTER_PORT": "1"},
+            20: {"TORCHELASTIC_RUN_ID": "none", "MASTER_ADDR": "h", "MASTER_PORT": "2"},
+        },
+    )
     assert [pids(g) for g in r.groups] == [[10, 20]]
 
 
@@ -172,7 +228,9 @@ def test_scheduler_jobs_are_set_apart() -> None:
     r = report(procs, {10: {"SLURM_JOB_ID": "7"}, 20: {"PBS_JOBID": "8.pbs"}})
     assert r.groups == ()  # one run left outside the scheduler: not a duplicate of anything
     assert sorted((s.instance.pid, s.scheduler, s.job_id) for s in r.scheduler_managed) == [
-        (10, "slurm", "7"), (20, "pbs", "8.pbs")]
+        (10, "slurm", "7"),
+        (20, "pbs", "8.pbs"),
+    ]
 
 
 def test_unreadable_environment_is_unknown_not_an_error() -> None:
@@ -183,54 +241,87 @@ def test_unreadable_environment_is_unknown_not_an_error() -> None:
 
 def test_environment_is_only_read_for_candidates() -> None:
     asked: list[int] = []
-    procs = table(mk(10, ["python", "/a/t.py"]), mk(11, ["python", "/a/t.py"], ppid=10),
-                  mk(20, ["python", "/b/u.py"]), mk(30, ["python", "/c/v.py"]), mk(31, ["python", "/c/v.py"]),
-                  mk(40, ["bash"]))
+    procs = table(
+        mk(10, ["python", "/a/t.py"]),
+        mk(11, ["python", "/a/t.py"], ppid=10),
+        mk(20, ["python", "/b/u.py"]),
+        mk(30, ["python", "/c/v.py"]),
+        mk(31, ["python", "/c/v.py"]),
+        mk(40, ["bash"]),
+    )
     report(procs, asked=asked)
     assert sorted(asked) == [30, 31]
 
 
 def test_module_and_code_identities() -> None:
-    procs = table(mk(10, ["python", "-m", "pkg.train"]), mk(20, ["python", "-u", "-m", "pkg.train", "--x"]),
-                  mk(30, ["python", "-c", "work()"]), mk(40, ["python", "-c", "work()"]),
-                  mk(50, ["python", "-c", "work()", "arg"]), mk(60, ["python"]), mk(70, ["python"]))
+    procs = table(
+        mk(10, ["python", "-m", "pkg.train"]),
+        mk(20, ["python", "-u", "-m", "pkg.train", "--x"]),
+        mk(30, ["python", "-c", "work()"]),
+        mk(40, ["python", "-c", "work()"]),
+        mk(50, ["python", "-c", "work()", "arg"]),
+        mk(60, ["python"]),
+        mk(70, ["python"]),
+    )
     r = report(procs)
     assert sorted((g.identity.kind, tuple(pids(g))) for g in r.groups) == [
-        ("code", (30, 40)), ("module", (10, 20))]
+        ("code", (30, 40)),
+        ("module", (10, 20)),
+    ]
     by_kind = {g.identity.kind: group_json(g) for g in r.groups}
     assert by_kind["module"]["script"] == "pkg.train"
     assert by_kind["code"]["script"] == "work()"
 
 
 def test_script_filter_and_min_instances() -> None:
-    procs = table(mk(10, ["python", "/a/t.py"]), mk(20, ["python", "/a/t.py"]), mk(30, ["python", "/b/u.py"]),
-                  mk(40, ["python", "/b/u.py"]))
+    procs = table(
+        mk(10, ["python", "/a/t.py"]),
+        mk(20, ["python", "/a/t.py"]),
+        mk(30, ["python", "/b/u.py"]),
+        mk(40, ["python", "/b/u.py"]),
+    )
     r = report(procs, script=ScriptIdentity("file", "/b/u.py", "/b/u.py"))
     assert [pids(g) for g in r.groups] == [[30, 40]]
-    r = report(table(mk(10, ["python", "/a/t.py"])), min_instances=1,
-               script=ScriptIdentity("file", "/a/t.py", "/a/t.py"))
+    r = report(
+        table(mk(10, ["python", "/a/t.py"])),
+        min_instances=1,
+        script=ScriptIdentity("file", "/a/t.py", "/a/t.py"),
+    )
     assert [pids(g) for g in r.groups] == [[10]]
 
 
 def test_json_schema() -> None:
     (g,) = report(table(mk(10, ["python", "/a/t.py", "x"]), mk(20, ["python", "/a/t.py"]))).groups
     # The identity key and its parts travel with the group (issue 13: --json carries the key).
-    assert group_json(g) == {"script": "/a/t.py", "kind": "file", "key": "/a/t.py", "parts": {}, "instances": [
-        {"pid": 10, "create_time": 10.0, "cwd": "/cwd/10", "args": ["x"], "username": "u1000"},
-        {"pid": 20, "create_time": 20.0, "cwd": "/cwd/20", "args": [], "username": "u1000"}]}
+    assert group_json(g) == {
+        "script": "/a/t.py",
+        "kind": "file",
+        "key": "/a/t.py",
+        "parts": {},
+        "instances": [
+            {"pid": 10, "create_time": 10.0, "cwd": "/cwd/10", "args": ["x"], "username": "u1000"},
+            {"pid": 20, "create_time": 20.0, "cwd": "/cwd/20", "args": [], "username": "u1000"},
+        ],
+    }
 
 
 def test_identity_for_command_resolves_against_the_given_cwd(tmp_path: Path) -> None:
     (tmp_path / "t.py").write_text("")
     (tmp_path / "link.py").symlink_to(tmp_path / "t.py")
     real = os.path.realpath(tmp_path / "t.py")
-    assert identity_for_command(["python3", "-u", "t.py"], str(tmp_path)) == ScriptIdentity("file", real, real)
+    assert identity_for_command(["python3", "-u", "t.py"], str(tmp_path)) == ScriptIdentity(
+        "file", real, real
+    )
     assert identity_for_command(["env", "python3", "link.py"], str(tmp_path)).key == real  # type: ignore[union-attr]
     # A program that is not Python is identified by its command (issue 13): executable + args + cwd.
     cmd = identity_for_command(["bash", "t.py"], str(tmp_path))
     assert cmd is not None and cmd.kind == "command"
-    assert dict(cmd.parts) == {"executable": os.path.realpath(shutil.which("bash") or ""), "name": "bash",
-                               "args": ("t.py",), "cwd": os.path.realpath(tmp_path)}
+    assert dict(cmd.parts) == {
+        "executable": os.path.realpath(shutil.which("bash") or ""),
+        "name": "bash",
+        "args": ("t.py",),
+        "cwd": os.path.realpath(tmp_path),
+    }
     assert identity_for_command(["bash", "u.py"], str(tmp_path)) != cmd
     assert identity_for_command(["no-such-program-here"], str(tmp_path)) is None
     assert identity_for_path("t.py", str(tmp_path)).key == real
@@ -257,8 +348,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(procs: ProcStarter, argv: list[str], cwd: Path, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
+def start(
+    procs: ProcStarter, argv: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     p = procs.popen(argv, cwd=cwd, env=env or clean_env(), stdout=subprocess.PIPE, start_new_session=True)
     procs.wait_ready(p)
     time.sleep(0.03)  # let the next process start in a later clock tick, so "oldest" is unambiguous
@@ -345,8 +437,9 @@ if __name__ == "__main__":
 
 
 def start_workers(procs: ProcStarter, script: Path, cwd: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
-    p = procs.popen([PY, str(script)], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
-                    start_new_session=True)
+    p = procs.popen(
+        [PY, str(script)], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, start_new_session=True
+    )
     assert p.stdout is not None
     kids = [int(x) for x in p.stdout.readline().split()]
     for k in kids:
@@ -384,8 +477,13 @@ time.sleep(600)
 def test_ranks_with_a_shared_launcher_are_not_duplicates(procs: ProcStarter, tmp_path: Path) -> None:
     script = write(tmp_path / "d" / "train.py")
     launcher = write(tmp_path / "bin" / "torchrun", FAKE_TORCHRUN)  # named like the real console script
-    p = procs.popen([PY, str(launcher), str(script)], cwd=tmp_path / "d", env=clean_env(),
-                    stdout=subprocess.PIPE, start_new_session=True)
+    p = procs.popen(
+        [PY, str(launcher), str(script)],
+        cwd=tmp_path / "d",
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     assert p.stdout is not None
     ranks = [int(x) for x in p.stdout.readline().split()]
     for r in ranks:
@@ -401,12 +499,16 @@ def test_ranks_with_a_shared_launcher_are_not_duplicates(procs: ProcStarter, tmp
     assert [i.pid for i in g.instances] == [p.pid, lone.pid]
 
 
-@pytest.mark.parametrize("shared", [
-    {"TORCHELASTIC_RUN_ID": "run-{uid}"},
-    {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "{port}"},
-])
-def test_ranks_sharing_run_id_or_master_are_not_duplicates(procs: ProcStarter, tmp_path: Path,
-                                                            shared: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "shared",
+    [
+        {"TORCHELASTIC_RUN_ID": "run-{uid}"},
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "{port}"},
+    ],
+)
+def test_ranks_sharing_run_id_or_master_are_not_duplicates(
+    procs: ProcStarter, tmp_path: Path, shared: dict[str, str]
+) -> None:
     script = write(tmp_path / "e" / "train.py")
     env = {k: v.format(uid=tmp_path.name, port=str(20000 + os.getpid() % 10000)) for k, v in shared.items()}
     a = start(procs, [PY, "train.py"], tmp_path / "e", clean_env(RANK="0", **env))
@@ -424,7 +526,9 @@ def test_scheduler_jobs_are_not_duplicates(procs: ProcStarter, tmp_path: Path) -
     report = duplicate_report(script=script)
     assert report.groups == ()
     assert sorted((s.instance.pid, s.job_id) for s in report.scheduler_managed) == [
-        (a.pid, "1001"), (b.pid, "1002")]
+        (a.pid, "1001"),
+        (b.pid, "1002"),
+    ]
     res = terminate_duplicates(script=script, grace=1)
     assert res.results == () and res.ended == ()
     assert not is_gone(a.pid) and not is_gone(b.pid)
@@ -458,12 +562,22 @@ class Torchruns:
 
     def start(self) -> None:
         torchrun = str(Path(PY).with_name("torchrun"))
-        for argv in ([torchrun, "--standalone", "--nproc-per-node", "2", "a.py"],
-                     [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "a.py"],
-                     [torchrun, "--standalone", "--nproc-per-node", "1", "b.py"]):
-            self.launchers.append(subprocess.Popen(argv, cwd=self.root, env=clean_env(), stdin=subprocess.DEVNULL,
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                                   start_new_session=True))
+        for argv in (
+            [torchrun, "--standalone", "--nproc-per-node", "2", "a.py"],
+            [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "a.py"],
+            [torchrun, "--standalone", "--nproc-per-node", "1", "b.py"],
+        ):
+            self.launchers.append(
+                subprocess.Popen(
+                    argv,
+                    cwd=self.root,
+                    env=clean_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
         wait_for(lambda: len(self.ranks()) == 4, timeout=90)
 
     def ranks(self, script: str | None = None) -> list[int]:
@@ -532,7 +646,10 @@ def test_real_torchrun_same_script_is_one_group_other_script_none(torchruns: Tor
     assert [i.pid for i in g.instances] == [t1.pid, t2.pid]
     from procguard.core.duplicates import recheck_victims
 
-    assert recheck_victims(g.identity, g.instances) == (list(g.instances), [])  # launchers and ranks unchanged
+    assert recheck_victims(g.identity, g.instances) == (
+        list(g.instances),
+        [],
+    )  # launchers and ranks unchanged
     assert find_duplicates(script=torchruns.b) == []
     (only_b,) = find_instances(torchruns.b)
     assert (only_b.pid, only_b.launcher) == (t3.pid, "torchrun")
@@ -550,7 +667,9 @@ def test_cli_explain_a_rank_and_a_launcher(torchruns: Torchruns) -> None:
     t1 = torchruns.launchers[0]
     rank = torchruns.ranks_of(t1)[0]
     cli = [PY, "-m", "procguard.core.cli", "dupes", "--explain"]
-    out = subprocess.run([*cli, str(rank), "--json"], capture_output=True, text=True, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [*cli, str(rank), "--json"], capture_output=True, text=True, env=clean_env(), timeout=60
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert (data["pid"], data["counted"], data["code"], data["related"]) == (rank, False, "rank", t1.pid)
@@ -593,8 +712,9 @@ def test_terminate_keeps_newest_with_its_tree(procs: ProcStarter, tmp_path: Path
     assert not is_gone(b.pid) and not any(is_gone(k) for k in kids_b)
 
 
-def test_terminate_inside_a_launch_does_nothing(procs: ProcStarter, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_terminate_inside_a_launch_does_nothing(
+    procs: ProcStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     script = write(tmp_path / "x" / "t.py")
     a = start(procs, [PY, "t.py"], tmp_path / "x")
     b = start(procs, [PY, "t.py"], tmp_path / "x")
@@ -629,8 +749,7 @@ def test_other_users_runs_are_seen_but_never_ended(procs: ProcStarter, tmp_path:
         print(json.dumps({{"groups": [[i.pid for i in x.instances] for x in g],
                           "ended": [i.pid for i in r.ended], "skipped": [i.pid for i, _ in r.skipped]}}))
     """)
-    out = subprocess.run([*NOBODY, PY, "-c", code], env=clean_env(), capture_output=True, timeout=60,
-                         cwd="/")
+    out = subprocess.run([*NOBODY, PY, "-c", code], env=clean_env(), capture_output=True, timeout=60, cwd="/")
     assert out.returncode == 0, out.stderr.decode()
     data = json.loads(out.stdout)
     # Absolute paths need no cwd; the relative one can't be resolved, so it is left out rather than guessed.
@@ -658,22 +777,45 @@ def test_cli_dupes_json_and_terminate(procs: ProcStarter, tmp_path: Path) -> Non
     a = start(procs, [PY, "train.py", "--seed", "1"], tmp_path / "cli")
     b = start(procs, [PY, "train.py", "--seed", "2"], tmp_path / "cli")
     cli = [PY, "-m", "procguard.core.cli", "dupes"]
-    out = subprocess.run([*cli, "--json", "--script", str(script)], capture_output=True, env=clean_env(),
-                         timeout=60)
+    out = subprocess.run(
+        [*cli, "--json", "--script", str(script)], capture_output=True, env=clean_env(), timeout=60
+    )
     assert out.returncode == 0, out.stderr.decode()
     data = json.loads(out.stdout)
     real = os.path.realpath(script)
-    assert data == [{"script": real, "kind": "file", "key": real, "parts": {"script": real}, "instances": [
-        {"pid": a.pid, "create_time": data[0]["instances"][0]["create_time"],
-         "cwd": os.path.realpath(tmp_path / "cli"), "args": ["--seed", "1"], "username": data[0]["instances"][0]["username"]},
-        {"pid": b.pid, "create_time": data[0]["instances"][1]["create_time"],
-         "cwd": os.path.realpath(tmp_path / "cli"), "args": ["--seed", "2"], "username": data[0]["instances"][1]["username"]},
-    ]}]
+    assert data == [
+        {
+            "script": real,
+            "kind": "file",
+            "key": real,
+            "parts": {"script": real},
+            "instances": [
+                {
+                    "pid": a.pid,
+                    "create_time": data[0]["instances"][0]["create_time"],
+                    "cwd": os.path.realpath(tmp_path / "cli"),
+                    "args": ["--seed", "1"],
+                    "username": data[0]["instances"][0]["username"],
+                },
+                {
+                    "pid": b.pid,
+                    "create_time": data[0]["instances"][1]["create_time"],
+                    "cwd": os.path.realpath(tmp_path / "cli"),
+                    "args": ["--seed", "2"],
+                    "username": data[0]["instances"][1]["username"],
+                },
+            ],
+        }
+    ]
     assert data[0]["instances"][0]["create_time"] < data[0]["instances"][1]["create_time"]
     bad = subprocess.run([*cli, "--keep", "newest"], capture_output=True, env=clean_env(), timeout=60)
     assert bad.returncode == 2 and b"--terminate" in bad.stderr
-    out = subprocess.run([*cli, "--script", str(script), "--terminate", "--keep", "newest", "--grace", "5",
-                          "--json"], capture_output=True, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [*cli, "--script", str(script), "--terminate", "--keep", "newest", "--grace", "5", "--json"],
+        capture_output=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr.decode()
     data = json.loads(out.stdout)
     assert data["kept"] == [b.pid] and data["ended"] == [a.pid]
@@ -685,12 +827,22 @@ def test_cli_dupes_text(procs: ProcStarter, tmp_path: Path) -> None:
     script = write(tmp_path / "txt" / "train.py")
     a = start(procs, [PY, "train.py"], tmp_path / "txt")
     b = start(procs, [PY, "train.py"], tmp_path / "txt")
-    out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--script", str(script)],
-                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "dupes", "--script", str(script)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 0
     assert os.path.realpath(script) in out.stdout and str(a.pid) in out.stdout and str(b.pid) in out.stdout
-    out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--script", str(tmp_path / "nope.py")],
-                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "dupes", "--script", str(tmp_path / "nope.py")],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 2 and out.stderr.count("\n") == 1
 
 
@@ -717,18 +869,28 @@ def test_enrich_fills_locks_and_gpu_memory(procs: ProcStarter, tmp_path: Path) -
     script = write(tmp_path / "en" / "train.py", LOCKER)
     lock = str(tmp_path / "en" / "a.lock")
     a = start(procs, [PY, "train.py", lock], tmp_path / "en")
-    b, kids_b = start_workers(procs, write(tmp_path / "en" / "w" / "train.py", WORKERS), tmp_path / "en" / "w")
+    b, kids_b = start_workers(
+        procs, write(tmp_path / "en" / "w" / "train.py", WORKERS), tmp_path / "en" / "w"
+    )
     c = start(procs, [PY, "train.py", str(tmp_path / "en" / "c.lock")], tmp_path / "en")
     groups = find_duplicates(script=script)
-    gpu = GpuSnapshot(True, None, (), (GpuProcess(a.pid, 0, 1000), GpuProcess(kids_b[0], 0, 7),
-                                      GpuProcess(c.pid, 1, None)), time.time())
+    gpu = GpuSnapshot(
+        True,
+        None,
+        (),
+        (GpuProcess(a.pid, 0, 1000), GpuProcess(kids_b[0], 0, 7), GpuProcess(c.pid, 1, None)),
+        time.time(),
+    )
     (g,) = enrich(groups, process_snapshot(), gpu)
     assert [i.pid for i in g.instances] == [a.pid, c.pid]
     assert g.instances[0].locks == (os.path.realpath(lock),)
     assert g.instances[0].gpu_memory == 1000 and g.instances[1].gpu_memory == 0
     # A run's tree counts: b's forked worker holds b's GPU memory.
-    (gw,) = enrich([DuplicateGroup(g.identity, tuple(find_instances(script.parent / "w" / "train.py")))],
-                   process_snapshot(), gpu)
+    (gw,) = enrich(
+        [DuplicateGroup(g.identity, tuple(find_instances(script.parent / "w" / "train.py")))],
+        process_snapshot(),
+        gpu,
+    )
     assert gw.instances[0].pid == b.pid and gw.instances[0].gpu_memory == 7
     # No GPU snapshot: unknown, not zero.
     (g2,) = enrich(groups, process_snapshot(), None, held=())
@@ -736,22 +898,37 @@ def test_enrich_fills_locks_and_gpu_memory(procs: ProcStarter, tmp_path: Path) -
 
 
 def test_procguard_run_on_duplicate(procs: ProcStarter, tmp_path: Path) -> None:
-    write(tmp_path / "run" / "train.py", """
+    write(
+        tmp_path / "run" / "train.py",
+        """
         import sys, time
         print("ready", flush=True)
         if "--stay" in sys.argv:
             time.sleep(600)
-    """)
+    """,
+    )
     a = start(procs, [PY, "train.py", "--stay"], tmp_path / "run")
     run = [PY, "-m", "procguard.core.cli", "run"]
-    out = subprocess.run([*run, "--on-duplicate", "abort", "--", PY, "train.py"], cwd=tmp_path / "run",
-                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [*run, "--on-duplicate", "abort", "--", PY, "train.py"],
+        cwd=tmp_path / "run",
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 3
     assert "already running" in out.stderr and f"pid {a.pid}" in out.stderr
     assert "ready" not in out.stdout and not is_gone(a.pid)
     # terminate: the old run ends first, then the command runs.
-    out = subprocess.run([*run, "--on-duplicate", "terminate", "--grace", "5", "--", PY, "train.py"],
-                         cwd=tmp_path / "run", capture_output=True, text=True, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [*run, "--on-duplicate", "terminate", "--grace", "5", "--", PY, "train.py"],
+        cwd=tmp_path / "run",
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "ready" in out.stdout and "ended 1 other run" in out.stderr
     assert is_gone(a.pid)
@@ -777,11 +954,13 @@ class PgRuns:
 
     def start(self, cmd: list[str], cwd: Path, ready: bool = False) -> tuple[subprocess.Popen[bytes], int]:
         """Returns (the launcher, its child: the job)."""
-        p = self.procs.popen([PG, "run", "--", *cmd], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE,
-                             start_new_session=True)
+        p = self.procs.popen(
+            [PG, "run", "--", *cmd], cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, start_new_session=True
+        )
         # Until it has exec'd, the child is a fork of the launcher, with the launcher's command line.
-        kids = wait_for(lambda: [k for k in children_of(p.pid) if k.cmdline and "run" not in k.cmdline[1:3]],
-                        timeout=60)
+        kids = wait_for(
+            lambda: [k for k in children_of(p.pid) if k.cmdline and "run" not in k.cmdline[1:3]], timeout=60
+        )
         child = kids[0].pid  # type: ignore[index]
         self.jobs.append((p.pid, child))
         self.procs.track(child)
@@ -840,16 +1019,19 @@ def test_procguard_run_of_the_same_python_twice_is_one_group(pg_runs: PgRuns, tm
     assert [i.pid for i in find_instances(script)] == [ja, jb]
 
 
-def test_procguards_own_cli_and_app_are_never_counted(procs: ProcStarter, pg_runs: PgRuns,
-                                                        tmp_path: Path) -> None:
+def test_procguards_own_cli_and_app_are_never_counted(
+    procs: ProcStarter, pg_runs: PgRuns, tmp_path: Path
+) -> None:
     from procguard.core.identity import classify, own_process
 
     bin_dir = Path(PY).parent
-    for argv, own in ((["python3", str(bin_dir / "procguard"), "ps"], "cli"),
-                      (["python3", str(bin_dir / "procguard"), "run", "--", "x"], "run"),
-                      (["python3", str(bin_dir / "procguard-tui")], "app"),
-                      (["python3", "-m", "procguard.tui"], "app"),
-                      (["python3", "-m", "procguard.core.cli", "dupes"], "cli")):
+    for argv, own in (
+        (["python3", str(bin_dir / "procguard"), "ps"], "cli"),
+        (["python3", str(bin_dir / "procguard"), "run", "--", "x"], "run"),
+        (["python3", str(bin_dir / "procguard-tui")], "app"),
+        (["python3", "-m", "procguard.tui"], "app"),
+        (["python3", "-m", "procguard.core.cli", "dupes"], "cli"),
+    ):
         c = classify(mk(os.getpid(), argv))  # real bin/ wrappers, read from disk
         assert (c.identity, c.code, c.own) == (None, "own", own), argv
         assert own_process(mk(os.getpid(), argv)) is not None
@@ -862,8 +1044,13 @@ def test_procguards_own_cli_and_app_are_never_counted(procs: ProcStarter, pg_run
     a, _ = pg_runs.start(["sleep", "601"], tmp_path)
     b, _ = pg_runs.start(["sleep", "602"], tmp_path)
     assert duplicate_report(own_snapshot(a, b)).groups == ()
-    out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", str(a.pid), "--json"],
-                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "dupes", "--explain", str(a.pid), "--json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["code"] == "own"
 
@@ -902,8 +1089,12 @@ def test_console_script_is_entry_point_args_and_cwd(procs: ProcStarter, tmp_path
     elsewhere = start(procs, [str(wrapper), "app:a"], tmp_path, env)
     (g,) = find_duplicates(own_snapshot(a1, a2, b, elsewhere))
     assert g.identity.kind == "console" and [i.pid for i in g.instances] == [a1.pid, a2.pid]
-    assert dict(g.identity.parts) == {"entry point": "svcmod.cli:main", "program": os.path.realpath(wrapper),
-                                      "args": ("app:a",), "cwd": os.path.realpath(tmp_path / "w")}
+    assert dict(g.identity.parts) == {
+        "entry point": "svcmod.cli:main",
+        "program": os.path.realpath(wrapper),
+        "args": ("app:a",),
+        "cwd": os.path.realpath(tmp_path / "w"),
+    }
     assert explain(b.pid).reason == "the only run of this job"
 
 
@@ -945,8 +1136,14 @@ def test_terminate_skips_a_victim_whose_identity_changed(procs: ProcStarter, tmp
     script = write(tmp_path / "x" / "job.py", EXECS)
     other = write(tmp_path / "x" / "other.py")
     keeper = start(procs, [PY, "job.py", str(other)], tmp_path / "x")
-    changes = procs.popen([PY, "job.py", str(other)], cwd=tmp_path / "x", env=clean_env(),
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+    changes = procs.popen(
+        [PY, "job.py", str(other)],
+        cwd=tmp_path / "x",
+        env=clean_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     procs.wait_ready(changes)
     time.sleep(0.03)
     same = start(procs, [PY, "job.py", str(other)], tmp_path / "x")
@@ -990,8 +1187,13 @@ def test_root_never_ends_another_users_run_without_all_users(procs: ProcStarter)
         assert dry.ended == () and [(i.pid, i.username) for i, _ in dry.skipped] == [(theirs.pid, "nobody")]
         res = terminate_duplicates("oldest", script, grace=5)
         assert res.results == () and not is_gone(theirs.pid)
-        cli = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--script", str(script), "--terminate",
-                              "--json"], capture_output=True, text=True, env=clean_env(), timeout=60)
+        cli = subprocess.run(
+            [PY, "-m", "procguard.core.cli", "dupes", "--script", str(script), "--terminate", "--json"],
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=60,
+        )
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout)["skipped"][0]["username"] == "nobody" and not is_gone(theirs.pid)
         res = terminate_duplicates("oldest", script, grace=5, all_users=True)
@@ -1005,8 +1207,14 @@ def test_root_never_ends_another_users_run_without_all_users(procs: ProcStarter)
 def test_explain_as_another_user_says_why(procs: ProcStarter, tmp_path: Path) -> None:
     write(tmp_path / "o" / "t.py")
     p = start(procs, [PY, "t.py"], tmp_path / "o")  # relative: nobody can't read root's cwd
-    out = subprocess.run([*NOBODY, PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid), "--json"],
-                         capture_output=True, text=True, env=clean_env(), timeout=60, cwd="/")
+    out = subprocess.run(
+        [*NOBODY, PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid), "--json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        cwd="/",
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert (data["counted"], data["code"], data["identity"]) == (False, "other_user", None)
@@ -1032,16 +1240,31 @@ def test_explain_workers_scheduler_jobs_and_helpers(procs: ProcStarter, tmp_path
 def test_cli_explain_text_is_sanitized(procs: ProcStarter, tmp_path: Path) -> None:
     write(tmp_path / "san" / "t.py")
     p = start(procs, [PY, "t.py", "\x1b]0;owned\x07", "line\nbreak"], tmp_path / "san")
-    out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid)],
-                         capture_output=True, text=True, env=clean_env(), timeout=60)
+    out = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\\x1b]0;owned\\x07" in out.stdout
     assert "line\\nbreak" in out.stdout and "counted: yes, the only run of this job" in out.stdout
-    js = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid), "--json"],
-                        capture_output=True, text=True, env=clean_env(), timeout=60)
+    js = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "dupes", "--explain", str(p.pid), "--json"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert json.loads(js.stdout)["cmdline"][-2:] == ["\x1b]0;owned\x07", "line\nbreak"]  # exact in JSON
-    bad = subprocess.run([PY, "-m", "procguard.core.cli", "dupes", "--explain", "x1"], capture_output=True,
-                         text=True, env=clean_env(), timeout=60)
+    bad = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "dupes", "--explain", "x1"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
@@ -1058,7 +1281,9 @@ time.sleep(600)
 """
 
 
-def start_launcher(procs: ProcStarter, argv: list[str], cwd: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+def start_launcher(
+    procs: ProcStarter, argv: list[str], cwd: Path
+) -> tuple[subprocess.Popen[bytes], list[int]]:
     p = procs.popen(argv, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, start_new_session=True)
     assert p.stdout is not None
     kids = [int(x) for x in p.stdout.readline().split()]
@@ -1069,8 +1294,9 @@ def start_launcher(procs: ProcStarter, argv: list[str], cwd: Path) -> tuple[subp
     return p, kids
 
 
-def test_user_launchers_are_identified_by_their_target(procs: ProcStarter, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_launchers_are_identified_by_their_target(
+    procs: ProcStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from procguard.core.launchers import Settings
 
     launcher = write(tmp_path / "tools" / "mylaunch", LAUNCHER)
@@ -1082,17 +1308,24 @@ def test_user_launchers_are_identified_by_their_target(procs: ProcStarter, tmp_p
     snap = own_snapshot(a, b, c)
     # Unknown to procguard, the launcher is a script of its own: its 3 runs are "duplicates".
     plain = duplicate_report(snap, settings=Settings())
-    assert [(g.identity.key, len(g.instances)) for g in plain.groups if g.identity.key == os.path.realpath(
-        launcher)] == [(os.path.realpath(launcher), 3)]
+    assert [
+        (g.identity.key, len(g.instances))
+        for g in plain.groups
+        if g.identity.key == os.path.realpath(launcher)
+    ] == [(os.path.realpath(launcher), 3)]
     # Named in PROCGUARD_LAUNCHERS, each launch is a run of its target: train.py twice, eval.py once.
     monkeypatch.setenv("PROCGUARD_LAUNCHERS", "torchrun-like, mylaunch")
     (g,) = duplicate_report(snap).groups
     assert g.identity.key == os.path.realpath(tmp_path / "job" / "train.py")
-    assert [(i.pid, i.launcher, len(i.members)) for i in g.instances] == [(a.pid, "mylaunch", 2),
-                                                                          (b.pid, "mylaunch", 2)]
+    assert [(i.pid, i.launcher, len(i.members)) for i in g.instances] == [
+        (a.pid, "mylaunch", 2),
+        (b.pid, "mylaunch", 2),
+    ]
 
 
-def test_never_duplicate_patterns(procs: ProcStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_never_duplicate_patterns(
+    procs: ProcStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     script = write(tmp_path / "nd" / "notebook_server.py")
     a = start(procs, [PY, "notebook_server.py"], tmp_path / "nd")
     b = start(procs, [PY, str(script)], tmp_path)
@@ -1105,13 +1338,16 @@ def test_never_duplicate_patterns(procs: ProcStarter, tmp_path: Path, monkeypatc
         assert e.identity is not None and e.identity.key == os.path.realpath(script)
 
 
-@pytest.mark.parametrize("var, value, entry", [
-    ("PROCGUARD_LAUNCHERS", "torchrun,my launcher", "my launcher"),
-    ("PROCGUARD_LAUNCHERS", "a,,b", ""),
-    ("PROCGUARD_LAUNCHERS", "bin/run", "bin/run"),
-    ("PROCGUARD_NEVER_DUPLICATE", "jupyter*,train[0-9.py", "train[0-9.py"),
-    ("PROCGUARD_NEVER_DUPLICATE", "x;rm", "x;rm"),
-])
+@pytest.mark.parametrize(
+    "var, value, entry",
+    [
+        ("PROCGUARD_LAUNCHERS", "torchrun,my launcher", "my launcher"),
+        ("PROCGUARD_LAUNCHERS", "a,,b", ""),
+        ("PROCGUARD_LAUNCHERS", "bin/run", "bin/run"),
+        ("PROCGUARD_NEVER_DUPLICATE", "jupyter*,train[0-9.py", "train[0-9.py"),
+        ("PROCGUARD_NEVER_DUPLICATE", "x;rm", "x;rm"),
+    ],
+)
 def test_invalid_setting_is_a_one_line_error(var: str, value: str, entry: str) -> None:
     from procguard.core.launchers import SettingError, settings_from_env
 
@@ -1119,16 +1355,30 @@ def test_invalid_setting_is_a_one_line_error(var: str, value: str, entry: str) -
         settings_from_env({var: value})
     assert isinstance(err.value, ValueError) and err.value.entry == entry
     assert str(err.value).startswith(f"{var}: {entry!r} ") and "\n" not in str(err.value)
-    out = subprocess.run([PY, "-m", "procguard.core.cli", "dupes"], capture_output=True, text=True,
-                         env=clean_env(**{var: value}), timeout=60)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and var in out.stderr and repr(entry) in out.stderr
+    out = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "dupes"],
+        capture_output=True,
+        text=True,
+        env=clean_env(**{var: value}),
+        timeout=60,
+    )
+    assert (
+        out.returncode == 2
+        and out.stderr.count("\n") == 1
+        and var in out.stderr
+        and repr(entry) in out.stderr
+    )
 
 
 def test_valid_settings_parse() -> None:
     from procguard.core.launchers import Settings, settings_from_env
 
-    s = settings_from_env({"PROCGUARD_LAUNCHERS": " mylaunch , my.pkg.launch,run-*",
-                           "PROCGUARD_NEVER_DUPLICATE": "/opt/*/serve.py,jupyter-[a-z]*"})
+    s = settings_from_env(
+        {
+            "PROCGUARD_LAUNCHERS": " mylaunch , my.pkg.launch,run-*",
+            "PROCGUARD_NEVER_DUPLICATE": "/opt/*/serve.py,jupyter-[a-z]*",
+        }
+    )
     assert s == Settings(("mylaunch", "my.pkg.launch", "run-*"), ("/opt/*/serve.py", "jupyter-[a-z]*"))
     assert s.launcher_match("run-job") == "run-*" and s.launcher_match("other") is None
     assert s.never_match(["x"], ["/opt/a/serve.py"]) == "/opt/*/serve.py"

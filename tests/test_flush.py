@@ -53,9 +53,11 @@ def run_py(code: str) -> str:
 
 
 def test_flush_without_torch_never_imports_it() -> None:
-    out = run_py("import json, sys; from procguard.core.flush import flush_gpu_caches, allocator_figures; "
-                 "r = flush_gpu_caches(); a = allocator_figures(); "
-                 "print(json.dumps([r.to_dict(), a, 'torch' in sys.modules]))")
+    out = run_py(
+        "import json, sys; from procguard.core.flush import flush_gpu_caches, allocator_figures; "
+        "r = flush_gpu_caches(); a = allocator_figures(); "
+        "print(json.dumps([r.to_dict(), a, 'torch' in sys.modules]))"
+    )
     result, figures, torch_loaded = json.loads(out)
     assert result["message"] == NO_TORCH
     assert (result["flushed"], result["backend"], result["freed"]) == (False, None, None)
@@ -63,9 +65,11 @@ def test_flush_without_torch_never_imports_it() -> None:
 
 
 def test_flush_with_cpu_torch_says_no_cuda() -> None:
-    out = run_py("import json, torch; from procguard.core.flush import flush_gpu_caches, allocator_figures; "
-                 "x = torch.ones(1000); r = flush_gpu_caches(); "
-                 "print(json.dumps([r.to_dict(), allocator_figures(), torch.cuda.is_initialized()]))")
+    out = run_py(
+        "import json, torch; from procguard.core.flush import flush_gpu_caches, allocator_figures; "
+        "x = torch.ones(1000); r = flush_gpu_caches(); "
+        "print(json.dumps([r.to_dict(), allocator_figures(), torch.cuda.is_initialized()]))"
+    )
     result, figures, cuda_initialised = json.loads(out)
     assert result["message"] == NO_CUDA
     assert (result["flushed"], result["backend"], result["reserved_before"]) == (False, None, None)
@@ -109,8 +113,16 @@ def test_remote_flush_round_trip(procs: ProcStarter, reg: Path, capsys: pytest.C
 
     assert cli_main(["flush", str(pid), "--json", "--timeout", "30"]) == 0
     obj = json.loads(capsys.readouterr().out)
-    assert obj == {"pid": pid, "flushed": False, "backend": None, "reserved_before": None,
-                   "reserved_after": None, "freed": None, "message": NO_CUDA, "time": obj["time"]}
+    assert obj == {
+        "pid": pid,
+        "flushed": False,
+        "backend": None,
+        "reserved_before": None,
+        "reserved_after": None,
+        "freed": None,
+        "message": NO_CUDA,
+        "time": obj["time"],
+    }
     assert obj["time"] > answer["time"]  # a new answer, not the old one
     assert cli_main(["flush", str(pid), "--timeout", "30"]) == 0
     assert capsys.readouterr().out.strip() == f"pid {pid}: {NO_CUDA}"
@@ -151,8 +163,12 @@ def test_guarded_but_blocking_times_out(procs: ProcStarter, reg: Path) -> None:
     pid = guarded(procs, "block")
     with pytest.raises(FlushTimeout, match="did not answer"):
         request_flush(pid, timeout=0.3)
-    r = subprocess.run([PY, "-m", "procguard.core.cli", "flush", str(pid), "--timeout", "0.5"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "flush", str(pid), "--timeout", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and f"pid {pid} did not answer" in r.stderr
     assert registry.get_entry(pid) is not None  # still alive and guarded: the signal waits, blocked
@@ -202,8 +218,15 @@ print(json.dumps(out), flush=True)
 
 def test_handler_chains_and_uninstall_restores(reg: Path) -> None:
     out = json.loads(run_py(HANDLERS))
-    assert out == {"installed": True, "answered": True, "previous_called": 1, "still_installed": True, "restored": True,
-                   "worker_stopped": True, "ign_restored": True}
+    assert out == {
+        "installed": True,
+        "answered": True,
+        "previous_called": 1,
+        "still_installed": True,
+        "restored": True,
+        "worker_stopped": True,
+        "ign_restored": True,
+    }
 
 
 PUBLISHER = """
@@ -295,6 +318,7 @@ def test_remote_flush_releases_cuda_memory(procs: ProcStarter, reg: Path) -> Non
         pytest.skip(why)
     size = 2 * GiB
     pid = procs.python(GPU_GUARDED, str(size), name="gpu_guarded").pid
+
     # the publisher reports the cached block
     def published() -> dict[str, float] | None:
         e = registry.get_entry(pid)
@@ -304,8 +328,13 @@ def test_remote_flush_releases_cuda_memory(procs: ProcStarter, reg: Path) -> Non
     alloc = wait_for(published, 30)
     assert alloc["allocated"] < size  # type: ignore[index]
     mon = GpuMonitor()
-    held = wait_for(lambda: gpu_memory_by_pid(mon.snapshot(max_age=0)).get(pid, 0) >= size and
-                    gpu_memory_by_pid(mon.snapshot(max_age=0))[pid], 30)
+    held = wait_for(
+        lambda: (
+            gpu_memory_by_pid(mon.snapshot(max_age=0)).get(pid, 0) >= size
+            and gpu_memory_by_pid(mon.snapshot(max_age=0))[pid]
+        ),
+        30,
+    )
 
     result = request_flush(pid, timeout=60)
     assert result.flushed and result.backend == "cuda", result
@@ -337,8 +366,9 @@ def bit(sig: int) -> int:
     return 1 << (sig - 1)
 
 
-def test_untrusted_entry_is_refused_and_nothing_is_sent(procs: ProcStarter, reg: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_untrusted_entry_is_refused_and_nothing_is_sent(
+    procs: ProcStarter, reg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pid = guarded(procs, "block")  # SIGUSR1 blocked: a signal sent stays pending, visible in /proc
     os.chmod(reg, 0o755)  # the folder is no longer private: its entries are not to be believed
     with pytest.raises(NotGuarded, match="not a guarded process .*ignored: .*mode 0755"):
@@ -363,10 +393,16 @@ def test_answer_without_request_id_matches_by_time_only() -> None:
     assert _answers({"request_id": None, "started": 200.0}, None, 200.0)
     assert _answers({"request_id": "a", "started": 1.0}, "a", 200.0)
     assert not _answers({"request_id": None, "started": True}, None, 0.5)
-    bad = FlushResult.from_answer({"before": "x", "freed": float("inf"), "time": "soon", "backend": 3,
-                                   "message": "\x1b[2J"})
-    assert (bad.reserved_before, bad.freed, bad.time, bad.backend, bad.message) == (None, None, 0.0, None,
-                                                                                    "\x1b[2J")
+    bad = FlushResult.from_answer(
+        {"before": "x", "freed": float("inf"), "time": "soon", "backend": 3, "message": "\x1b[2J"}
+    )
+    assert (bad.reserved_before, bad.freed, bad.time, bad.backend, bad.message) == (
+        None,
+        None,
+        0.0,
+        None,
+        "\x1b[2J",
+    )
 
 
 LOUD_ANSWER = """
@@ -383,8 +419,9 @@ while True:
 """
 
 
-def test_answer_text_is_escaped_on_the_terminal(procs: ProcStarter, reg: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_answer_text_is_escaped_on_the_terminal(
+    procs: ProcStarter, reg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pid = procs.python(LOUD_ANSWER, name="loud").pid
     assert cli_main(["flush", str(pid), "--timeout", "30"]) == 0
     out = capsys.readouterr().out
@@ -419,10 +456,16 @@ def nobody_reg(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @needs_root
-def test_cross_user_flush_round_trip(procs: ProcStarter, nobody_reg: Path,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
-    p = procs.popen([*NOBODY, PY, "-c", NOBODY_GUARDED], cwd="/", env=dict(os.environ), start_new_session=True,
-                    stdout=subprocess.PIPE)
+def test_cross_user_flush_round_trip(
+    procs: ProcStarter, nobody_reg: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = procs.popen(
+        [*NOBODY, PY, "-c", NOBODY_GUARDED],
+        cwd="/",
+        env=dict(os.environ),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+    )
     procs.wait_ready(p)
     entry = registry.get_entry(p.pid)
     assert entry is not None and entry.trusted and os.stat(str(entry.path)).st_uid == NOBODY_UID

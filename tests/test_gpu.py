@@ -51,8 +51,10 @@ class Clock:
 
 
 def test_importing_procguard_loads_neither_nvml_nor_torch() -> None:
-    code = ("import sys, json, procguard.core, procguard.core.gpu, procguard.core.flush, procguard.core.nvml, "
-            "procguard.core.cli.gpu; print(json.dumps(['pynvml' in sys.modules, 'torch' in sys.modules]))")
+    code = (
+        "import sys, json, procguard.core, procguard.core.gpu, procguard.core.flush, procguard.core.nvml, "
+        "procguard.core.cli.gpu; print(json.dumps(['pynvml' in sys.modules, 'torch' in sys.modules]))"
+    )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
     assert json.loads(out) == [False, False]
 
@@ -78,8 +80,16 @@ def test_default_snapshot_and_cli_unavailable(capsys: pytest.CaptureFixture[str]
     assert cli_main(["gpu", "--json"]) == 0
     obj = json.loads(capsys.readouterr().out)
     # Issue 18: the kernel's holders (open device files) come with it, NVML or not; none on a machine without GPUs.
-    assert obj == {"available": False, "reason": snap.reason, "devices": [], "processes": [], "holders": [],
-                   "foreign": [], "orphans": 0, "unreadable": obj["unreadable"]}
+    assert obj == {
+        "available": False,
+        "reason": snap.reason,
+        "devices": [],
+        "processes": [],
+        "holders": [],
+        "foreign": [],
+        "orphans": 0,
+        "unreadable": obj["unreadable"],
+    }
     assert cli_main(["gpu"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"GPU: not available: {snap.reason}"
 
@@ -89,13 +99,27 @@ def test_default_snapshot_and_cli_unavailable(capsys: pytest.CaptureFixture[str]
 
 
 def two_devices() -> FakeNvml:
-    return FakeNvml([
-        FakeDevice(name="Fake A", uuid="GPU-aaaa", total=80 * GiB, used=3 * GiB, utilization=42,
-                   compute=[(101, 1 * GiB), (102, None), (103, 512 * MiB)],
-                   graphics=[(101, 1 * GiB), (104, 64 * MiB), (103, 600 * MiB)]),
-        FakeDevice(name="Fake B", uuid="GPU-bbbb", total=40 * GiB, used=1 * GiB, utilization=None,
-                   compute=[(101, 256 * MiB)]),
-    ])
+    return FakeNvml(
+        [
+            FakeDevice(
+                name="Fake A",
+                uuid="GPU-aaaa",
+                total=80 * GiB,
+                used=3 * GiB,
+                utilization=42,
+                compute=[(101, 1 * GiB), (102, None), (103, 512 * MiB)],
+                graphics=[(101, 1 * GiB), (104, 64 * MiB), (103, 600 * MiB)],
+            ),
+            FakeDevice(
+                name="Fake B",
+                uuid="GPU-bbbb",
+                total=40 * GiB,
+                used=1 * GiB,
+                utilization=None,
+                compute=[(101, 256 * MiB)],
+            ),
+        ]
+    )
 
 
 def test_reads_devices_and_union_of_compute_and_graphics() -> None:
@@ -104,7 +128,14 @@ def test_reads_devices_and_union_of_compute_and_graphics() -> None:
     assert snap.available and snap.reason is None
     a, b = snap.devices
     assert (a.index, a.name, a.uuid, a.memory_total, a.memory_used, a.memory_free, a.utilization) == (
-        0, "Fake A", "GPU-aaaa", 80 * GiB, 3 * GiB, 77 * GiB, 42)
+        0,
+        "Fake A",
+        "GPU-aaaa",
+        80 * GiB,
+        3 * GiB,
+        77 * GiB,
+        42,
+    )
     assert (b.index, b.name, b.utilization) == (1, "Fake B", None)  # NotSupported -> None
     assert sorted(snap.processes, key=lambda p: (p.device, p.pid)) == [
         GpuProcess(101, 0, 1 * GiB),  # in both lists: once
@@ -116,12 +147,17 @@ def test_reads_devices_and_union_of_compute_and_graphics() -> None:
     assert G.gpu_memory_by_pid(snap) == {101: 1 * GiB + 256 * MiB, 102: 0, 103: 600 * MiB, 104: 64 * MiB}
 
 
-@pytest.mark.parametrize(("fake", "reason"), [
-    (FakeNvml(init_error=NVML_ERROR_LIBRARY_NOT_FOUND),
-     "NVML library not found (libnvidia-ml.so.1): no NVIDIA driver"),
-    (FakeNvml(init_error=NVML_ERROR_DRIVER_NOT_LOADED), "NVIDIA driver not loaded"),
-    (FakeNvml([]), "no NVIDIA GPU found"),
-])
+@pytest.mark.parametrize(
+    ("fake", "reason"),
+    [
+        (
+            FakeNvml(init_error=NVML_ERROR_LIBRARY_NOT_FOUND),
+            "NVML library not found (libnvidia-ml.so.1): no NVIDIA driver",
+        ),
+        (FakeNvml(init_error=NVML_ERROR_DRIVER_NOT_LOADED), "NVIDIA driver not loaded"),
+        (FakeNvml([]), "no NVIDIA GPU found"),
+    ],
+)
 def test_unavailable_reasons(fake: FakeNvml, reason: str) -> None:
     snap = GpuMonitor(nvml=fake).snapshot()
     assert not snap.available
@@ -222,11 +258,19 @@ def unused_pid() -> int:
 def test_tree_group_and_unknown_pids(procs: ProcStarter) -> None:
     leader, child, grandchild = start_tree(procs)
     ghost = unused_pid()
-    fake = FakeNvml([
-        FakeDevice(compute=[(child, 100 * MiB), (grandchild, 200 * MiB), (ghost, 50 * MiB),
-                            (os.getpid(), 1 * GiB)]),
-        FakeDevice(uuid="GPU-1", compute=[(grandchild, 300 * MiB)]),
-    ])
+    fake = FakeNvml(
+        [
+            FakeDevice(
+                compute=[
+                    (child, 100 * MiB),
+                    (grandchild, 200 * MiB),
+                    (ghost, 50 * MiB),
+                    (os.getpid(), 1 * GiB),
+                ]
+            ),
+            FakeDevice(uuid="GPU-1", compute=[(grandchild, 300 * MiB)]),
+        ]
+    )
     gpu = GpuMonitor(nvml=fake).snapshot()
     snap = process_snapshot()
     assert G.gpu_memory_by_pid(gpu)[grandchild] == 500 * MiB
@@ -242,11 +286,14 @@ def test_tree_group_and_unknown_pids(procs: ProcStarter) -> None:
     report = gpu_report(gpu, lookup=lambda pid: None)
     assert set(report) == {"available", "reason", "devices", "processes"}
     assert [set(d) for d in report["devices"]] == [
-        {"index", "name", "uuid", "memory_total", "memory_used", "utilization", "minor"}] * 2
+        {"index", "name", "uuid", "memory_total", "memory_used", "utilization", "minor"}
+    ] * 2
     assert [d["minor"] for d in report["devices"]] == [0, 1]
     assert {p["pid"] for p in report["processes"]} == {child, grandchild, ghost, os.getpid()}
-    assert all(set(p) == {"pid", "device", "memory_used", "guarded", "reserved", "allocated"}
-               for p in report["processes"])
+    assert all(
+        set(p) == {"pid", "device", "memory_used", "guarded", "reserved", "allocated"}
+        for p in report["processes"]
+    )
     text = "\n".join(format_gpu(report, snap, gpu))
     # A pid NVML lists that is not ours: named as what it is, never a bare error (issue 18).
     assert f"{ghost:>7}" in text and f"host pid {ghost} (another PID namespace)" in text
@@ -275,10 +322,24 @@ def test_orphaned_workers(procs: ProcStarter) -> None:
     d.wait(timeout=10)  # the detached job's parent is gone too
     os.kill(leader, signal.SIGKILL)  # a process this test started, by pid
     procs.started[0].wait(timeout=10)
-    wait_for(lambda: all((p := process_snapshot().get(pid)) is not None and p.ppid not in (leader, d.pid)
-                         for pid in (child, detached)))
-    fake = FakeNvml([FakeDevice(compute=[(child, 100 * MiB), (grandchild, 200 * MiB),
-                                         (other_child, 300 * MiB), (detached, 400 * MiB)])])
+    wait_for(
+        lambda: all(
+            (p := process_snapshot().get(pid)) is not None and p.ppid not in (leader, d.pid)
+            for pid in (child, detached)
+        )
+    )
+    fake = FakeNvml(
+        [
+            FakeDevice(
+                compute=[
+                    (child, 100 * MiB),
+                    (grandchild, 200 * MiB),
+                    (other_child, 300 * MiB),
+                    (detached, 400 * MiB),
+                ]
+            )
+        ]
+    )
     gpu = GpuMonitor(nvml=fake).snapshot()
     snap = process_snapshot()
     orphans = G.orphaned_gpu_processes(snap, gpu)
@@ -299,8 +360,12 @@ def cuda_skip_reason() -> str | None:
     snap = real_nvml()
     if not snap.available:
         return f"no GPU: {snap.reason}"
-    r = subprocess.run([PY, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [PY, "-c", "import torch; print(torch.cuda.is_available())"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if r.stdout.strip() != "True":
         return f"torch in {PY} can't use CUDA ({(r.stdout + r.stderr).strip()[-200:]})"
     return None
@@ -353,7 +418,9 @@ def test_cuda_allocation_shows_on_its_device(procs: ProcStarter, cuda: None) -> 
     wait_for(lambda: held_on(mon, p.pid, uuid) >= size, 30)
     snap = mon.snapshot(max_age=0)
     assert snap.available and snap.devices and all(d.memory_total > 0 for d in snap.devices)
-    dev = next(d for d in snap.devices if not uuid or d.uuid.removeprefix("GPU-") == uuid.removeprefix("GPU-"))
+    dev = next(
+        d for d in snap.devices if not uuid or d.uuid.removeprefix("GPU-") == uuid.removeprefix("GPU-")
+    )
     assert dev.memory_used >= size
     assert p.pid not in {u.pid for u in G.unknown_gpu_pids(process_snapshot(), snap)}  # same PID namespace
 

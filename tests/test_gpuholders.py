@@ -64,8 +64,12 @@ for line in sys.stdin:  # commands: "open NAME" / "swap NAME" (the same fd numbe
 def hold(procs: ProcStarter, dev: Path, *names: str) -> subprocess.Popen[bytes]:
     script = procs.tmp_path / "holder.py"
     script.write_text(HOLDER)
-    p = procs.popen([PY, str(script), str(dev), *names], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    start_new_session=True)
+    p = procs.popen(
+        [PY, str(script), str(dev), *names],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     procs.wait_ready(p)
     return p
 
@@ -94,11 +98,20 @@ def test_classify() -> None:
     assert G.classify("/dev/nvidia3", pat) == ("nvidia", 3)
     assert G.classify("/dev/nvidia12 (deleted)", pat) == ("nvidia", 12)
     assert G.classify("/dev/nvidiactl", pat) == ("nvidiactl", None)
-    assert G.classify("/dev/nvidia-uvm", pat) == G.classify("/dev/nvidia-uvm-tools", pat) == ("nvidia-uvm", None)
+    assert (
+        G.classify("/dev/nvidia-uvm", pat) == G.classify("/dev/nvidia-uvm-tools", pat) == ("nvidia-uvm", None)
+    )
     assert G.classify("/dev/dri/renderD128", pat) == ("render", None)
     assert G.classify("/dev/kfd", pat) == ("kfd", None)
-    for no in ("/dev/nvidia-modeset", "/dev/nvidia0x", "/dev/dri/card0", "/dev/null", "socket:[123]",
-               "/tmp/dev/nvidia0", "/dev/nvidia"):
+    for no in (
+        "/dev/nvidia-modeset",
+        "/dev/nvidia0x",
+        "/dev/dri/card0",
+        "/dev/null",
+        "socket:[123]",
+        "/tmp/dev/nvidia0",
+        "/dev/nvidia",
+    ):
         assert G.classify(no, pat) is None, no
     other = G.DevicePatterns.under("/tmp/x y/")
     assert G.classify("/tmp/x y/nvidia1", other) == ("nvidia", 1)
@@ -113,7 +126,9 @@ def test_default_patterns_follow_the_environment(monkeypatch: pytest.MonkeyPatch
 
 
 def _proc(pid: int, ppid: int, pgid: int, sid: int, state: str = "S", name: str = "python") -> Proc:
-    return Proc(pid, ppid, pgid, sid, state, name, (name,), 0.0, 0, 0, "root", 0.0, 1, 0, False, pid * 10, None)
+    return Proc(
+        pid, ppid, pgid, sid, state, name, (name,), 0.0, 0, 0, "root", 0.0, 1, 0, False, pid * 10, None
+    )
 
 
 def _snap(*procs: Proc) -> Snapshot:
@@ -133,7 +148,12 @@ def test_orphan_rule() -> None:
     # adopted by a subreaper (another session), session leader gone too
     lost = _proc(201, 60, 200, 200)
     why = G.orphan_reason(_snap(init, reaper, lost), lost, check_units=False)
-    assert why is not None and "subreaper" in why and "process-group leader 200" in why and "session leader 200" in why
+    assert (
+        why is not None
+        and "subreaper" in why
+        and "process-group leader 200" in why
+        and "session leader 200" in why
+    )
     # a zombie leader counts as gone
     zombie_main = _proc(100, 50, 100, 50, state="Z")
     assert G.orphan_reason(_snap(init, shell, zombie_main, orphan), orphan, check_units=False) is not None
@@ -166,12 +186,19 @@ def test_merge_with_nvml_and_foreign_pids() -> None:
         400: _holder(400, "/dev/dri/renderD128", "/dev/kfd"),  # AMD: device open, no figures
         500: _holder(500, "/dev/nvidia2"),  # two foreign pids and one local holder on GPU 2: ambiguous
     }
-    nvml = [GpuProcess(100, 0, 5 << 30), GpuProcess(99999, 1, 1 << 30), GpuProcess(88888, 2, 1 << 20),
-            GpuProcess(77777, 2, None), GpuProcess(600, 0, None)]
+    nvml = [
+        GpuProcess(100, 0, 5 << 30),
+        GpuProcess(99999, 1, 1 << 30),
+        GpuProcess(88888, 2, 1 << 20),
+        GpuProcess(77777, 2, None),
+        GpuProcess(600, 0, None),
+    ]
     local = [100, 200, 300, 400, 500, 600]
     merged, foreign = G.merge_holders(holders, nvml, None, minor_to_index, local_pids=local)
     by = {m.pid: m for m in merged}
-    assert by[100] == G.MergedHolder(100, (0,), (0,), ("nvidia", "nvidiactl"), 5 << 30, True, True, None, None)
+    assert by[100] == G.MergedHolder(
+        100, (0,), (0,), ("nvidia", "nvidiactl"), 5 << 30, True, True, None, None
+    )
     assert by[200].in_nvml is False and by[200].memory_used is None and by[200].devices == (0,)
     assert by[200].device_open_only
     assert by[400].kinds == ("kfd", "render") and by[400].devices == () and by[400].device_open_only
@@ -344,9 +371,9 @@ def gpu_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return rc, capsys.readouterr().out
 
 
-def test_cli_gpu_merges_kernel_holders_and_lists_orphans(dev: Path, procs: ProcStarter,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_gpu_merges_kernel_holders_and_lists_orphans(
+    dev: Path, procs: ProcStarter, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`procguard gpu` with a (fake) NVML that lists only one of the holders: the others show as "device open",
     mapped to their GPU through the minor number; --orphans counts and lists the orphan with the memory it pins;
     --end-orphans ends it (dry run first), and leaves the daemon alone."""
@@ -397,17 +424,31 @@ def test_cli_gpu_orphans_without_nvml(dev: Path, procs: ProcStarter) -> None:
     parent.wait(timeout=30)
     wait_for(lambda: all(_ppid(pid) not in (parent.pid, None) for pid in (w, d)))
     env = {**os.environ, G.DEV_DIR_ENV: str(dev)}
-    out = subprocess.run([PY, "-m", "procguard.core.cli", "gpu", "--orphans"], capture_output=True, text=True,
-                         env=env, timeout=60, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "gpu", "--orphans"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "1 GPU orphan (1 with a device open, memory unknown)"
     assert lines[2].split()[0] == str(w) and "device open" in lines[2]
-    out = subprocess.run([PY, "-m", "procguard.core.cli", "gpu"], capture_output=True, text=True, env=env,
-                         timeout=60, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [PY, "-m", "procguard.core.cli", "gpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     rows = [ln for ln in out.stdout.splitlines() if ln.split()[:1] in ([str(w)], [str(d)])]
     # GPU column: the minor's node without NVML, its NVML index where a real NVML maps minor 0.
-    assert len(rows) == 2 and all("device open" in r and r.split()[1] in ("nvidia0", "0") for r in rows), out.stdout
+    assert len(rows) == 2 and all("device open" in r and r.split()[1] in ("nvidia0", "0") for r in rows), (
+        out.stdout
+    )
 
 
 # ---------------------------------------------------------------------------------------------- real GPU
@@ -445,14 +486,17 @@ def test_real_cuda_holders_and_orphan(procs: ProcStarter) -> None:
 
     pynvml.nvmlInit()
     try:
-        minors = {pynvml.nvmlDeviceGetMinorNumber(pynvml.nvmlDeviceGetHandleByIndex(i)): i
-                  for i in range(pynvml.nvmlDeviceGetCount())}
+        minors = {
+            pynvml.nvmlDeviceGetMinorNumber(pynvml.nvmlDeviceGetHandleByIndex(i)): i
+            for i in range(pynvml.nvmlDeviceGetCount())
+        }
         out = procs.tmp_path / "worker"
         script = procs.tmp_path / "cuda_orphaner.py"
         script.write_text(CUDA_ORPHANER)
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
-        main = procs.popen([PY, str(script), str(out), "die"], stdout=subprocess.PIPE, start_new_session=True,
-                           env=env)
+        main = procs.popen(
+            [PY, str(script), str(out), "die"], stdout=subprocess.PIPE, start_new_session=True, env=env
+        )
         procs.wait_ready(main)
         worker = int(out.read_text())
         procs.track(worker)

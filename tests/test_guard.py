@@ -17,8 +17,19 @@ from procguard.core.guard import DuplicateRunning, Guard, guard
 from procguard.core.locks import SingleInstanceLock
 from tests.conftest import PY, ProcStarter, is_gone, wait_for
 
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT",
-               "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+LAUNCH_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_JOB_ID",
+    "PBS_JOBID",
+    "LSB_JOBID",
+    "OMPI_COMM_WORLD_RANK",
+    "PMI_RANK",
+)
 
 # argv: MODE INFO_PATH [LOCK]; writes what the guard did to INFO_PATH, then sleeps.
 GUARDED = """
@@ -72,14 +83,29 @@ class Run:
 _n = 0
 
 
-def start(procs: ProcStarter, script: Path, mode: str, env: dict[str, str], *, ready: bool = True,
-          lock: str | None = None, cwd: Path | None = None, **extra_env: str) -> Run:
+def start(
+    procs: ProcStarter,
+    script: Path,
+    mode: str,
+    env: dict[str, str],
+    *,
+    ready: bool = True,
+    lock: str | None = None,
+    cwd: Path | None = None,
+    **extra_env: str,
+) -> Run:
     global _n
     _n += 1
     info = script.parent / f"info{_n}.json"
     argv = [PY, script.name if cwd is None else str(script), mode, str(info), *([lock] if lock else [])]
-    p = procs.popen(argv, cwd=cwd or script.parent, env={**env, **extra_env}, start_new_session=True,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = procs.popen(
+        argv,
+        cwd=cwd or script.parent,
+        env={**env, **extra_env},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     if ready:
         procs.wait_ready(p)
         time.sleep(0.03)  # the next run starts in a later clock tick: "older" is unambiguous
@@ -93,8 +119,9 @@ def lock_is_free(path: str) -> bool:
     return True
 
 
-def test_abort_names_the_running_one(procs: ProcStarter, script: Path, env: dict[str, str],
-                                     tmp_path: Path) -> None:
+def test_abort_names_the_running_one(
+    procs: ProcStarter, script: Path, env: dict[str, str], tmp_path: Path
+) -> None:
     a = start(procs, script, "abort", env)
     b = start(procs, script, "abort", env, ready=False, cwd=tmp_path)  # same script, by absolute path
     _out, err = b.p.communicate(timeout=60)
@@ -117,7 +144,9 @@ def test_terminate_ends_the_older_run(procs: ProcStarter, script: Path, env: dic
     assert registry.get_entry(b.pid) is not None and registry.get_entry(a.pid) is None
 
 
-def test_ignore_runs_alongside_without_the_lock(procs: ProcStarter, script: Path, env: dict[str, str]) -> None:
+def test_ignore_runs_alongside_without_the_lock(
+    procs: ProcStarter, script: Path, env: dict[str, str]
+) -> None:
     a = start(procs, script, "abort", env)
     b = start(procs, script, "ignore", env)
     assert not is_gone(a.pid) and not is_gone(b.pid)
@@ -126,26 +155,32 @@ def test_ignore_runs_alongside_without_the_lock(procs: ProcStarter, script: Path
     assert any("no lock" in str(n) for n in b.info()["notes"])  # type: ignore[union-attr]
 
 
-def test_lock_held_by_another_program_aborts(procs: ProcStarter, script: Path, env: dict[str, str],
-                                             tmp_path: Path) -> None:
+def test_lock_held_by_another_program_aborts(
+    procs: ProcStarter, script: Path, env: dict[str, str], tmp_path: Path
+) -> None:
     lock = str(tmp_path / "shared.lock")
-    holder = procs.python(f"""
+    holder = procs.python(
+        f"""
         import time
         from procguard.core.locks import SingleInstanceLock
         SingleInstanceLock({lock!r}).acquire()
         print("ready", flush=True)
         time.sleep(600)
-    """, env=env)
+    """,
+        env=env,
+    )
     b = start(procs, script, "abort", env, ready=False, lock=lock)
     _out, err = b.p.communicate(timeout=60)
     assert b.p.returncode == 1
     assert "already running" in err.decode() and str(holder.pid) in err.decode()
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 128 + 15), (signal.SIGHUP, 128 + 1),
-                                       (signal.SIGINT, -signal.SIGINT)])
-def test_lock_and_registry_released_on_signal(procs: ProcStarter, script: Path, env: dict[str, str],
-                                              sig: int, code: int) -> None:
+@pytest.mark.parametrize(
+    "sig, code", [(signal.SIGTERM, 128 + 15), (signal.SIGHUP, 128 + 1), (signal.SIGINT, -signal.SIGINT)]
+)
+def test_lock_and_registry_released_on_signal(
+    procs: ProcStarter, script: Path, env: dict[str, str], sig: int, code: int
+) -> None:
     a = start(procs, script, "abort", env)
     info = a.info()
     lock = str(info["lock"])
@@ -164,7 +199,8 @@ def test_lock_and_registry_released_on_signal(procs: ProcStarter, script: Path, 
 
 def test_exception_and_return_clean_up(procs: ProcStarter, tmp_path: Path, env: dict[str, str]) -> None:
     lock = str(tmp_path / "exc.lock")
-    p = procs.python(f"""
+    p = procs.python(
+        f"""
         import os, sys
         from procguard.core import registry
         from procguard.core.guard import guard
@@ -184,12 +220,15 @@ def test_exception_and_return_clean_up(procs: ProcStarter, tmp_path: Path, env: 
         assert main2() == {lock!r}
         assert registry.get_entry(os.getpid()) is None
         print("ready", flush=True)
-    """, env=env)
+    """,
+        env=env,
+    )
     assert p.wait(timeout=60) == 0
 
 
-def test_distributed_ranks_are_not_duplicates_and_only_rank0_locks(procs: ProcStarter, script: Path,
-                                                                  env: dict[str, str]) -> None:
+def test_distributed_ranks_are_not_duplicates_and_only_rank0_locks(
+    procs: ProcStarter, script: Path, env: dict[str, str]
+) -> None:
     run_id = f"guard-{os.getpid()}-{time.monotonic_ns()}"
     r0 = start(procs, script, "abort", env, TORCHELASTIC_RUN_ID=run_id, RANK="0", LOCAL_RANK="0")
     r1 = start(procs, script, "abort", env, TORCHELASTIC_RUN_ID=run_id, RANK="1", LOCAL_RANK="1")
@@ -209,10 +248,12 @@ def test_scheduler_jobs_run_side_by_side(procs: ProcStarter, script: Path, env: 
     assert a.info()["lock"] is None and b.info()["lock"] is None
 
 
-def test_worker_of_a_guarded_run_is_not_its_duplicate(procs: ProcStarter, tmp_path: Path,
-                                                      env: dict[str, str]) -> None:
+def test_worker_of_a_guarded_run_is_not_its_duplicate(
+    procs: ProcStarter, tmp_path: Path, env: dict[str, str]
+) -> None:
     out = tmp_path / "child.json"
-    p = procs.python(f"""
+    p = procs.python(
+        f"""
         import json, os
         from procguard.core.guard import guard
         with guard(lock={str(tmp_path / "w.lock")!r}):
@@ -225,7 +266,9 @@ def test_worker_of_a_guarded_run_is_not_its_duplicate(procs: ProcStarter, tmp_pa
             assert os.waitstatus_to_exitcode(status) == 0
             assert os.path.exists({str(tmp_path / "w.lock")!r})  # the child's exit left our lock alone
         print("ready", flush=True)
-    """, env=env)
+    """,
+        env=env,
+    )
     assert p.wait(timeout=60) == 0
     assert any("worker" in n for n in json.loads(out.read_text()))
 
@@ -289,27 +332,35 @@ def test_duplicate_running_is_a_clean_exit() -> None:
         guard(on_duplicate="nope")
 
 
-def test_guard_waits_for_nothing_it_does_not_own(procs: ProcStarter, script: Path, env: dict[str, str]) -> None:
+def test_guard_waits_for_nothing_it_does_not_own(
+    procs: ProcStarter, script: Path, env: dict[str, str]
+) -> None:
     # Terminating duplicates never reaches beyond the older run's own tree.
-    bystander = procs.python("""
+    bystander = procs.python(
+        """
         import time
         print("ready", flush=True)
         time.sleep(600)
-    """, env=env)
+    """,
+        env=env,
+    )
     a = start(procs, script, "abort", env)
     b = start(procs, script, "terminate", env)
     wait_for(lambda: is_gone(a.pid))
     assert not is_gone(bystander.pid) and not is_gone(b.pid)
 
 
-def test_guard_goes_on_unregistered_when_no_private_registry_folder(env: dict[str, str], tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_guard_goes_on_unregistered_when_no_private_registry_folder(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = tmp_path / "shared-registry"
     shared.mkdir()
     os.chmod(shared, 0o777)  # anyone could plant files in it: never written to
     monkeypatch.setenv(registry.ENV_OVERRIDE, str(shared))
-    with pytest.warns(RuntimeWarning, match="could not register"), \
-            guard("unregistered", on_duplicate="ignore", lock=False, flush_on_exit=False) as g:
+    with (
+        pytest.warns(RuntimeWarning, match="could not register"),
+        guard("unregistered", on_duplicate="ignore", lock=False, flush_on_exit=False) as g,
+    ):
         assert g.entry is None and any("not registered" in n and str(shared) in n for n in g.notes)
     assert list(shared.iterdir()) == []
 
@@ -323,16 +374,19 @@ with guard(on_duplicate="abort", lock=False):
 """
 
 
-def test_duplicate_message_escapes_the_other_runs_argv(procs: ProcStarter, tmp_path: Path,
-                                                       env: dict[str, str]) -> None:
+def test_duplicate_message_escapes_the_other_runs_argv(
+    procs: ProcStarter, tmp_path: Path, env: dict[str, str]
+) -> None:
     script = tmp_path / f"loud_{os.getpid()}_{tmp_path.name}.py"
     script.write_text(ABORTING)
-    a = procs.popen([PY, str(script), "\x1b]0;pwned\x07\x1b[2J"], env=env, start_new_session=True,
-                    stdout=subprocess.PIPE)
+    a = procs.popen(
+        [PY, str(script), "\x1b]0;pwned\x07\x1b[2J"], env=env, start_new_session=True, stdout=subprocess.PIPE
+    )
     procs.wait_ready(a)
     time.sleep(0.03)  # the next run starts in a later clock tick: "older" is unambiguous
-    b = procs.popen([PY, str(script)], env=env, start_new_session=True, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE)
+    b = procs.popen(
+        [PY, str(script)], env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     _out, err = b.communicate(timeout=60)
     assert b.returncode == 1
     msg = err.decode()

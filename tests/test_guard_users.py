@@ -14,8 +14,9 @@ from tests.test_guard import GUARDED, LAUNCH_VARS
 pytestmark = needs_root
 
 
-def _two_runs(procs: ProcStarter, shared_tmp: Path, tmp_path: Path, policy: str
-              ) -> tuple[subprocess.Popen[bytes], subprocess.CompletedProcess[str]]:
+def _two_runs(
+    procs: ProcStarter, shared_tmp: Path, tmp_path: Path, policy: str
+) -> tuple[subprocess.Popen[bytes], subprocess.CompletedProcess[str]]:
     """nobody runs a guarded script (its own private registry and lock folders); then root runs the same
     script with `policy`. Returns (nobody's run, root's finished run)."""
     proj = shared_tmp / "proj"
@@ -27,15 +28,32 @@ def _two_runs(procs: ProcStarter, shared_tmp: Path, tmp_path: Path, policy: str
     home.mkdir(mode=0o700)
     os.chown(home, NOBODY_UID, NOBODY_UID)
     base = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    theirs = procs.popen([*NOBODY, PY, str(script), "abort", str(home / "info.json")], cwd=proj,
-                         env={**base, "PROCGUARD_REGISTRY_DIR": str(home / "registry"),
-                              "PROCGUARD_LOCK_DIR": str(home / "locks")},
-                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    theirs = procs.popen(
+        [*NOBODY, PY, str(script), "abort", str(home / "info.json")],
+        cwd=proj,
+        env={
+            **base,
+            "PROCGUARD_REGISTRY_DIR": str(home / "registry"),
+            "PROCGUARD_LOCK_DIR": str(home / "locks"),
+        },
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     procs.wait_ready(theirs)
-    mine = subprocess.run([PY, str(script), policy, str(tmp_path / "info.json")], cwd=proj, timeout=60,
-                          env={**base, "PROCGUARD_REGISTRY_DIR": str(tmp_path / "registry"),
-                               "PROCGUARD_LOCK_DIR": str(tmp_path / "locks")},
-                          capture_output=True, text=True, start_new_session=True)
+    mine = subprocess.run(
+        [PY, str(script), policy, str(tmp_path / "info.json")],
+        cwd=proj,
+        timeout=60,
+        env={
+            **base,
+            "PROCGUARD_REGISTRY_DIR": str(tmp_path / "registry"),
+            "PROCGUARD_LOCK_DIR": str(tmp_path / "locks"),
+        },
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+    )
     return theirs, mine
 
 
@@ -48,7 +66,9 @@ def test_root_never_ends_another_users_run(procs: ProcStarter, shared_tmp: Path,
     assert not (tmp_path / "info.json").exists()  # the guarded block never ran
 
 
-def test_another_users_run_still_counts_for_abort(procs: ProcStarter, shared_tmp: Path, tmp_path: Path) -> None:
+def test_another_users_run_still_counts_for_abort(
+    procs: ProcStarter, shared_tmp: Path, tmp_path: Path
+) -> None:
     theirs, mine = _two_runs(procs, shared_tmp, tmp_path, "abort")
     assert mine.returncode == 1 and "already running" in mine.stderr and "user nobody" in mine.stderr
     assert not is_gone(theirs.pid)

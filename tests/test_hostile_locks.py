@@ -31,8 +31,13 @@ CONTROL = "\x1b\x07\x9b"  # ESC, BEL, CSI: any of them raw in the output is a fa
 
 
 def pg(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "procguard.core.cli", *args], capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [PY, "-m", "procguard.core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def as_nobody(code: str, *args: str) -> None:
@@ -72,6 +77,7 @@ def _plant_link(link: Path, target: Path) -> None:
 
 # ---------------------------------------------------------------- attack 3: symlinked lock paths
 
+
 def test_symlinked_lock_path_is_refused_by_run(shared: Path, tmp_path: Path) -> None:
     target = tmp_path / "root-file"
     target.write_text("root's data\n")
@@ -81,7 +87,9 @@ def test_symlinked_lock_path_is_refused_by_run(shared: Path, tmp_path: Path) -> 
     marker = tmp_path / "spawned"
     r = pg("run", "--lock", str(link), "--", "touch", str(marker))
     assert r.returncode == 2, r.stderr
-    assert r.stderr == f"procguard: error: --lock {link}: lock path {link} is a symlink: refusing to follow it\n"
+    assert (
+        r.stderr == f"procguard: error: --lock {link}: lock path {link} is a symlink: refusing to follow it\n"
+    )
     assert not marker.exists()  # nothing spawned
     assert target.read_text() == "root's data\n" and target.stat().st_mtime_ns == before.st_mtime_ns
     assert link.is_symlink()
@@ -129,8 +137,10 @@ def test_nobodys_lock_file_in_a_shared_folder_is_refused(shared: Path, tmp_path:
     marker = tmp_path / "spawned"
     r = pg("run", "--lock", str(path), "--", "touch", str(marker))
     assert r.returncode == 2, r.stderr
-    assert r.stderr == (f"procguard: error: --lock {path}: lock file {path} is owned by uid {NOBODY_UID}, "
-                        "in a folder others can write: refusing to use it\n")
+    assert r.stderr == (
+        f"procguard: error: --lock {path}: lock file {path} is owned by uid {NOBODY_UID}, "
+        "in a folder others can write: refusing to use it\n"
+    )
     assert not marker.exists()
     with pytest.raises(LockError):
         SingleInstanceLock(path).acquire()
@@ -155,8 +165,17 @@ EVIL_ARGV = ["python", "\x1b]0;pwned\x07train.py", "\x1b[2J", "\x9b31m"]
 
 
 def _claim(pid: int | str, ticks: int | None = None) -> str:
-    return json.dumps({"procguard": 1, "pid": pid, "start_ticks": ticks, "argv": EVIL_ARGV,
-                       "cwd": "/root\x1b[31m", "host": socket.gethostname(), "version": "1"})
+    return json.dumps(
+        {
+            "procguard": 1,
+            "pid": pid,
+            "start_ticks": ticks,
+            "argv": EVIL_ARGV,
+            "cwd": "/root\x1b[31m",
+            "host": socket.gethostname(),
+            "version": "1",
+        }
+    )
 
 
 def _forger(procs: ProcStarter, path: Path, content: str) -> subprocess.Popen[bytes]:
@@ -187,7 +206,12 @@ def test_forged_metadata_in_locks_output(procs: ProcStarter, shared: Path) -> No
     assert f"it names pid {os.getpid()}, which does not hold the lock (pid {forger.pid} does)" in r.stdout
     r = pg("locks", "--json", "--dir", str(shared))
     [o] = json.loads(r.stdout)
-    assert (o["pid"], o["holders"], o["holder"], o["metadata_trusted"]) == (forger.pid, [forger.pid], None, False)
+    assert (o["pid"], o["holders"], o["holder"], o["metadata_trusted"]) == (
+        forger.pid,
+        [forger.pid],
+        None,
+        False,
+    )
     assert o["metadata"]["argv"] == EVIL_ARGV  # exact values in JSON
     # Root won't even open nobody's file in a shared folder to take the lock.
     with pytest.raises(LockError):
@@ -206,7 +230,9 @@ def test_forged_metadata_in_already_running(procs: ProcStarter, root_dir: Path, 
     assert e.holders == (forger.pid,) and e.holder is None and e.metadata is not None
     msg = str(e)
     _no_control(msg)
-    assert msg.startswith(f"{path} is held by pid {forger.pid} (") and "pwned" not in msg and "/root" not in msg
+    assert (
+        msg.startswith(f"{path} is held by pid {forger.pid} (") and "pwned" not in msg and "/root" not in msg
+    )
     marker = tmp_path / "spawned"
     r = pg("run", "--lock", str(path), "--", "touch", str(marker))
     assert r.returncode == 3 and not marker.exists()
@@ -223,8 +249,11 @@ def test_agreeing_metadata_from_nobody_is_shown_escaped(procs: ProcStarter, root
     forger = _forger(procs, path, "{}")
     ident = ProcId.of(forger.pid)
     assert ident is not None
-    as_nobody("import sys; f = open(sys.argv[1], 'r+'); f.write(sys.argv[2]); f.truncate()", str(path),
-              _claim(forger.pid, ident.start_ticks))
+    as_nobody(
+        "import sys; f = open(sys.argv[1], 'r+'); f.write(sys.argv[2]); f.truncate()",
+        str(path),
+        _claim(forger.pid, ident.start_ticks),
+    )
     with pytest.raises(AlreadyRunning) as ei:
         SingleInstanceLock(path).acquire()
     assert ei.value.holder is not None and ei.value.holder.pid == forger.pid
@@ -251,10 +280,13 @@ def test_forged_stale_metadata_is_not_trusted(shared: Path) -> None:
 
 # ---------------------------------------------------------------- clean-stale
 
+
 def _root_stale(folder: Path) -> Path:
     """A stale managed lock file of root's: metadata naming a process that has exited."""
     folder.mkdir(exist_ok=True)
-    gone = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [PY, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     path = folder / "s.lock"
     path.write_text(json.dumps({"procguard": 1, "pid": int(gone.stdout), "argv": ["python", "x.py"]}))
     assert stale_lock_files([folder]) == [path]
@@ -282,14 +314,20 @@ def test_clean_stale_never_unlinks_through_a_symlink(shared: Path, tmp_path: Pat
 
 def test_clean_stale_never_unlinks_in_nobodys_folder(shared: Path) -> None:
     nd = shared / "nd"
-    as_nobody("import os, sys; os.mkdir(sys.argv[1], 0o755); open(os.path.join(sys.argv[1], 's.lock'), 'w')"
-              ".write(sys.argv[2])", str(nd), json.dumps({"procguard": 1, "pid": 1, "argv": ["x"]}))
+    as_nobody(
+        "import os, sys; os.mkdir(sys.argv[1], 0o755); open(os.path.join(sys.argv[1], 's.lock'), 'w')"
+        ".write(sys.argv[2])",
+        str(nd),
+        json.dumps({"procguard": 1, "pid": 1, "argv": ["x"]}),
+    )
     stale = nd / "s.lock"
     assert stale_lock_files([nd]) == [stale]
     assert clean_stale_locks([nd]) == []
     assert clean_stale_locks(paths=[stale]) == []
     r = pg("locks", "--clean-stale", "--dir", str(nd))
     assert r.returncode == 2, r.stderr
-    assert r.stderr == (f"procguard: error: --dir {nd}: the folder is owned by uid {NOBODY_UID}; "
-                        "not cleaning another user's folder\n")
+    assert r.stderr == (
+        f"procguard: error: --dir {nd}: the folder is owned by uid {NOBODY_UID}; "
+        "not cleaning another user's folder\n"
+    )
     assert stale.exists() and stale.stat().st_uid == NOBODY_UID

@@ -75,21 +75,24 @@ def env(tmpdir: Path) -> dict[str, str]:
 
 
 def as_nobody(code: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*NOBODY, PY, "-c", code, *args], env=env, cwd="/", capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [*NOBODY, PY, "-c", code, *args], env=env, cwd="/", capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     return r
 
 
 def procguard(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "procguard.core.cli", *args], env=env, cwd="/", capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [PY, "-m", "procguard.core.cli", *args], env=env, cwd="/", capture_output=True, text=True, timeout=120
+    )
 
 
 def nobody_guarded(procs: ProcStarter, env: dict[str, str]) -> tuple[int, Path]:
     """nobody's own guarded process: (pid, its registry entry)."""
-    p = procs.popen([*NOBODY, PY, "-c", NOBODY_GUARDED], env=env, cwd="/", start_new_session=True,
-                    stdout=subprocess.PIPE)
+    p = procs.popen(
+        [*NOBODY, PY, "-c", NOBODY_GUARDED], env=env, cwd="/", start_new_session=True, stdout=subprocess.PIPE
+    )
     assert p.stdout is not None
     path = Path(p.stdout.readline().decode().strip())
     procs.wait_ready(p)
@@ -104,7 +107,9 @@ def victim(procs: ProcStarter) -> int:
 
 def sigkill_pending(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as f:
-        return any(line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) & (1 << 8) for line in f)
+        return any(
+            line.startswith(("ShdPnd:", "SigPnd:")) and int(line.split()[1], 16) & (1 << 8) for line in f
+        )
 
 
 def assert_alive_and_unsignalled(pid: int) -> None:
@@ -125,8 +130,9 @@ def files_under(*folders: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("forgery", ["copy", "victim-identity", "root-fallback-folder"])
-def test_forged_entry_never_makes_root_signal(procs: ProcStarter, env: dict[str, str], tmpdir: Path,
-                                              forgery: str) -> None:
+def test_forged_entry_never_makes_root_signal(
+    procs: ProcStarter, env: dict[str, str], tmpdir: Path, forgery: str
+) -> None:
     gpid, entry = nobody_guarded(procs, env)
     target = victim(procs)
     ticks = procfs.start_ticks_of(target)
@@ -134,8 +140,13 @@ def test_forged_entry_never_makes_root_signal(procs: ProcStarter, env: dict[str,
     changes: dict[str, object] = {"flush_signal": int(signal.SIGKILL)}
     dest = entry.parent / f"{target}.json"
     if forgery != "copy":  # the victim's own identity: right pid, right start ticks
-        changes.update(pid=target, start_ticks=ticks, create_time=procfs.create_time(ticks), uid=0,
-                       extra={"start_ticks": ticks})  # where entries before the field kept it too
+        changes.update(
+            pid=target,
+            start_ticks=ticks,
+            create_time=procfs.create_time(ticks),
+            uid=0,
+            extra={"start_ticks": ticks},
+        )  # where entries before the field kept it too
     if forgery == "root-fallback-folder":  # in a folder named as root's, that nobody made first
         dest = tmpdir / "procguard-0" / "registry" / f"{target}.json"
         as_nobody("import os, sys; os.makedirs(sys.argv[1], mode=0o700)", str(dest.parent), env=env)
@@ -149,12 +160,24 @@ def test_forged_entry_never_makes_root_signal(procs: ProcStarter, env: dict[str,
     assert_alive_and_unsignalled(target)
 
     # Viewers as root: not shown as guarded; flagged as untrusted when asked for.
-    view = subprocess.run([PY, "-c", (
-        "import json, sys; from procguard.core import registry; pid = int(sys.argv[1]); "
-        "u = registry.get_entry(pid, include_untrusted=True); "
-        "print(json.dumps([registry.get_entry(pid) is None, [e.pid for e in registry.read_entries(True)], "
-        "u is not None and not u.trusted]))"), str(target)],
-        env=env, cwd="/", capture_output=True, text=True, timeout=120)
+    view = subprocess.run(
+        [
+            PY,
+            "-c",
+            (
+                "import json, sys; from procguard.core import registry; pid = int(sys.argv[1]); "
+                "u = registry.get_entry(pid, include_untrusted=True); "
+                "print(json.dumps([registry.get_entry(pid) is None, [e.pid for e in registry.read_entries(True)], "
+                "u is not None and not u.trusted]))"
+            ),
+            str(target),
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert view.returncode == 0, view.stderr
     not_found, guarded, flagged = json.loads(view.stdout)
     assert not_found and target not in guarded and gpid in guarded
@@ -188,26 +211,55 @@ for d in sys.argv[3:]:
     return folders
 
 
-def test_root_never_writes_in_folders_nobody_made(procs: ProcStarter, env: dict[str, str], tmpdir: Path,
-                                                  shared_tmp: Path) -> None:
+def test_root_never_writes_in_folders_nobody_made(
+    procs: ProcStarter, env: dict[str, str], tmpdir: Path, shared_tmp: Path
+) -> None:
     gpid, entry = nobody_guarded(procs, env)
     secret = shared_tmp / "root-secret"
     secret.write_text("precious\n")
     before = secret.stat()
     folders = plant_root_folders(tmpdir, entry, secret, env)
-    planted = {p: os.lstat(p).st_mtime_ns for p in files_under(*[tmpdir / "procguard-0", tmpdir / "runtime-0"])}
+    planted = {
+        p: os.lstat(p).st_mtime_ns for p in files_under(*[tmpdir / "procguard-0", tmpdir / "runtime-0"])
+    }
 
     # Root flushes nobody's process, registers itself, and runs a guarded job, with nobody's folders in place.
     flushed = procguard("flush", str(gpid), "--json", "--timeout", "30", env=env)
-    reg = subprocess.run([PY, "-c", (
-        "import sys; from procguard.core import registry, privdir\n"
-        "try:\n    e = registry.register(script='root-job')\n"
-        "except privdir.PrivateDirError as err:\n    print(err); sys.exit(3)\n"
-        "registry.unregister()")], env=env, cwd="/", capture_output=True, text=True, timeout=120)
-    g = subprocess.run([PY, "-W", "always", "-c", (
-        "from procguard.core.guard import guard\n"
-        "with guard('root-job', lock=False, on_duplicate='ignore', flush_on_exit=False) as g:\n"
-        "    assert g.entry is None, g.entry")], env=env, cwd="/", capture_output=True, text=True, timeout=120)
+    reg = subprocess.run(
+        [
+            PY,
+            "-c",
+            (
+                "import sys; from procguard.core import registry, privdir\n"
+                "try:\n    e = registry.register(script='root-job')\n"
+                "except privdir.PrivateDirError as err:\n    print(err); sys.exit(3)\n"
+                "registry.unregister()"
+            ),
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    g = subprocess.run(
+        [
+            PY,
+            "-W",
+            "always",
+            "-c",
+            (
+                "from procguard.core.guard import guard\n"
+                "with guard('root-job', lock=False, on_duplicate='ignore', flush_on_exit=False) as g:\n"
+                "    assert g.entry is None, g.entry"
+            ),
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     # The outcome: the target is untouched, and nothing of root's appeared in nobody's folders.
     assert secret.read_text() == "precious\n"
@@ -231,10 +283,21 @@ def test_readers_never_prune_another_users_entries(procs: ProcStarter, env: dict
     gpid, entry = nobody_guarded(procs, env)
     stale = entry.parent / "1.json"  # a stale entry of nobody's: pid 1 with another start time
     as_nobody(FORGE, str(entry), str(stale), json.dumps({"pid": 1, "start_ticks": 1}), env=env)
-    r = subprocess.run([PY, "-c", (
-        "from procguard.core import registry; import sys; pids = [e.pid for e in registry.read_entries(True)]; "
-        "assert registry.get_entry(1) is None; print(pids)")], env=env, cwd="/", capture_output=True,
-        text=True, timeout=120)
+    r = subprocess.run(
+        [
+            PY,
+            "-c",
+            (
+                "from procguard.core import registry; import sys; pids = [e.pid for e in registry.read_entries(True)]; "
+                "assert registry.get_entry(1) is None; print(pids)"
+            ),
+        ],
+        env=env,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert str(gpid) in r.stdout and "1," not in r.stdout
     assert stale.exists() and stat.S_ISREG(os.lstat(stale).st_mode)  # root left nobody's file alone

@@ -99,8 +99,12 @@ def assert_clean(data: bytes, what: str) -> str:
 
 
 def pg(*args: str) -> tuple[str, str, int]:
-    out = subprocess.run([sys.executable, "-m", "procguard.core.cli", *args], capture_output=True, timeout=120,
-                         stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [sys.executable, "-m", "procguard.core.cli", *args],
+        capture_output=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     what = f"procguard {' '.join(args)}"
     return assert_clean(out.stdout, what), assert_clean(out.stderr, what + " (stderr)"), out.returncode
 
@@ -168,8 +172,9 @@ def screen_text(app: ProcguardApp) -> str:
     assert bad is None, f"raw {bad.group()!r} in the screenshot"
     # What export_screenshot renders, without the SVG: a full update of the current screen stack.
     update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
-    lines = ["".join(seg.text for strip in line for seg in strip if not seg.control)
-             for line in update.strips]  # type: ignore[union-attr]
+    lines = [
+        "".join(seg.text for strip in line for seg in strip if not seg.control) for line in update.strips
+    ]  # type: ignore[union-attr]
     for y, line in enumerate(lines):
         bad = RAW.search(line)
         assert bad is None, f"raw {bad.group()!r} on screen line {y}: {line!r}"
@@ -194,7 +199,9 @@ async def test_app_views_details_and_confirm_show_escapes(hostile: Hostile) -> N
         assert "filter “" + hostile.token in shown  # the filter echo
 
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None)
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None
+        )
         await pilot.pause()
         shown = screen_text(app)
         assert f"cwd  {safe(hostile.folder)}" in shown  # read from /proc/PID/cwd: ESC in it, escaped
@@ -208,14 +215,19 @@ async def test_app_views_details_and_confirm_show_escapes(hostile: Hostile) -> N
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.pause()
         shown = screen_text(app)  # the blast radius: pid, user, full command; the lock it frees
-        assert f"{pid:>7}  nobody     {hostile.argv[0]} {safe(hostile.script)} \\x1b]0;pwned\\x07 \\x1b[2J" in shown, shown
+        assert (
+            f"{pid:>7}  nobody     {hostile.argv[0]} {safe(hostile.script)} \\x1b]0;pwned\\x07 \\x1b[2J"
+            in shown
+        ), shown
         assert f"locks {safe(hostile.script)}" in shown, shown
         await pilot.press("n")
         await wait_until(pilot, lambda: any("cancelled" in t for t, _ in app.notices))
         assert not is_gone(pid)
 
         await pilot.press("2")  # Duplicates: the two runs, their cwd and args
-        await wait_until(pilot, lambda: app.query_one("#duplicates-table").index_of(("inst", pid)) is not None)
+        await wait_until(
+            pilot, lambda: app.query_one("#duplicates-table").index_of(("inst", pid)) is not None
+        )
         await pilot.pause()
         shown = screen_text(app)
         assert "\\x1b]0;pwned\\x07" in shown and "d\\x1b[31m" in shown
@@ -249,7 +261,11 @@ async def test_app_notification_quoting_a_command_is_escaped(hostile: Hostile) -
 
 def test_hostile_python_is_runnable_by_nobody() -> None:
     """The fixture's interpreter choice works (else the tests above fail for the wrong reason)."""
-    out = subprocess.run([*NOBODY, hostile_python(), "-c", "import os; print(os.getuid())"], capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        [*NOBODY, hostile_python(), "-c", "import os; print(os.getuid())"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.stdout.strip() == str(NOBODY_UID), out.stderr
     assert shutil.which("setpriv")

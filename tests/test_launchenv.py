@@ -30,15 +30,20 @@ def test_main_rank_rule() -> None:
     assert is_main_rank({"RANK": "abc"})  # not a number: no rank at all
     assert not is_main_rank({"RANK": "0", "LOCAL_RANK": "2"})
     assert rank_noop_reason({"RANK": "3"}) == "rank 3 of a distributed launch: only rank 0 holds the lock"
-    assert rank_noop_reason({"LOCAL_RANK": "1"}) == "local rank 1 of a distributed launch: only rank 0 holds the lock"
+    assert (
+        rank_noop_reason({"LOCAL_RANK": "1"})
+        == "local rank 1 of a distributed launch: only rank 0 holds the lock"
+    )
 
 
 def test_launch_context_scheduler_first_then_distributed() -> None:
     assert launch_context({}) is None
     assert launch_context({"RANK": "0", "SLURM_JOB_ID": "5"}) == (
-        "running inside a batch-scheduler job (SLURM_JOB_ID=5): the scheduler owns its jobs")
+        "running inside a batch-scheduler job (SLURM_JOB_ID=5): the scheduler owns its jobs"
+    )
     assert launch_context({"PMI_RANK": "0"}) == (
-        "running inside a distributed launch (PMI_RANK=0): its ranks are not duplicates")
+        "running inside a distributed launch (PMI_RANK=0): its ranks are not duplicates"
+    )
 
 
 def test_every_user_reads_the_same_lists() -> None:
@@ -49,8 +54,16 @@ def test_every_user_reads_the_same_lists() -> None:
 
 def test_this_process_environment_is_the_default() -> None:
     env = {k: v for k, v in os.environ.items() if k not in (*SCHEDULER_VARS, *DISTRIBUTED_VARS)}
-    code = ("from procguard.core.launchenv import is_main_rank, scheduler_job;"
-            "print(is_main_rank(), scheduler_job())")
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "LOCAL_RANK": "1", "LSB_JOBID": "42"},
-                         capture_output=True, text=True, timeout=60, check=True)
+    code = (
+        "from procguard.core.launchenv import is_main_rank, scheduler_job;"
+        "print(is_main_rank(), scheduler_job())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "LOCAL_RANK": "1", "LSB_JOBID": "42"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert out.stdout.split("\n")[0] == "False ('LSB_JOBID', 'lsf', '42')"

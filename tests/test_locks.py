@@ -105,6 +105,7 @@ def _no_rank(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---------------------------------------------------------------- names, folders, metadata
 
+
 def test_bare_name_maps_into_private_runtime_lock_dir(xdg: Path) -> None:
     d = lock_dir()
     assert d == xdg / "procguard" / "locks"
@@ -182,6 +183,7 @@ def test_forked_child_release_leaves_parent_lock_alone(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- refusals, death, waiting
+
 
 def test_already_running_names_the_holder(procs: ProcStarter, xdg: Path) -> None:
     p = _hold(procs, "train", env={**os.environ, "XDG_RUNTIME_DIR": str(xdg)})
@@ -402,7 +404,8 @@ def test_flock_posix_ofd_and_shared_locks_all_listed(procs: ProcStarter, tmp_pat
         assert la.device == (os.major(st.st_dev), os.minor(st.st_dev)) and la.inode == st.st_ino
         shared = _locks_on(d)
         assert sorted((h.kind, h.mode, h.holders) for h in shared) == sorted(
-            [("flock", "read", (p.pid,)), ("flock", "read", (os.getpid(),))])
+            [("flock", "read", (p.pid,)), ("flock", "read", (os.getpid(),))]
+        )
     assert all(h.managed for h in held_locks(managed_only=True))
 
 
@@ -453,11 +456,16 @@ def test_scanner_follows_holders_between_full_scans(procs: ProcStarter, tmp_path
     k = procs.python(KINDS, str(a), str(b), str(c), str(d), name="kinds")
     got = mine()
     assert {n: (got[_real(n)].kind, got[_real(n)].holders) for n in (a, b, c, d)} == {
-        a: ("flock", (k.pid,)), b: ("posix", (k.pid,)), c: ("ofd", (k.pid,)), d: ("flock", (k.pid,))}
+        a: ("flock", (k.pid,)),
+        b: ("posix", (k.pid,)),
+        c: ("ofd", (k.pid,)),
+        d: ("flock", (k.pid,)),
+    }
     assert mine() == {h.path: h for h in held_locks() if h.path.startswith(_real(tmp_path))}
 
 
 # ---------------------------------------------------------------- stale files
+
 
 @linux_only
 def test_stale_files_are_cleaned_and_held_ones_are_not(procs: ProcStarter, tmp_path: Path) -> None:
@@ -472,8 +480,10 @@ def test_stale_files_are_cleaned_and_held_ones_are_not(procs: ProcStarter, tmp_p
 
     assert stale_lock_files([d]) == [stale]
     entries = list_locks([d])
-    assert [(e.path, e.stale, e.pid) for e in entries] == [(_real(held), False, holder.pid),
-                                                           (_real(stale), True, None)]
+    assert [(e.path, e.stale, e.pid) for e in entries] == [
+        (_real(held), False, holder.pid),
+        (_real(stale), True, None),
+    ]
     assert entries[1].holder is not None and entries[1].holder.pid == dead
     assert clean_stale_locks(paths=[held]) == []  # held: refused even when named
     assert clean_stale_locks([d]) == [stale]
@@ -492,6 +502,7 @@ def test_stale_files_are_cleaned_and_held_ones_are_not(procs: ProcStarter, tmp_p
 
 # ---------------------------------------------------------------- distributed launches
 
+
 def test_non_zero_rank_is_a_reported_no_op(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "rank.lock"
     monkeypatch.setenv("RANK", "3")
@@ -509,6 +520,7 @@ def test_non_zero_rank_is_a_reported_no_op(tmp_path: Path, monkeypatch: pytest.M
 
 
 # ---------------------------------------------------------------- errors name the path
+
 
 def test_directory_and_bad_parent_paths_raise_lock_error(tmp_path: Path) -> None:
     d = tmp_path / "adir"
@@ -543,10 +555,17 @@ def test_unwritable_folder_raises_lock_error(tmp_path: Path) -> None:
     try:
         d.chmod(0o755)
         path = d / "x.lock"
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", TRY_LOCK,
-                            str(path)], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", TRY_LOCK, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 7, r.stderr
-        assert r.stdout.strip() == f"cannot open lock file {path}: permission denied (folder {d} is not writable)"
+        assert (
+            r.stdout.strip()
+            == f"cannot open lock file {path}: permission denied (folder {d} is not writable)"
+        )
     finally:
         shutil.rmtree(d)
 
@@ -559,8 +578,12 @@ def test_read_only_filesystem_raises_lock_error(tmp_path: Path) -> None:
     path = ro / "x.lock"
     # A read-only tmpfs in a private mount namespace: nothing outside this one process sees it.
     script = 'mount -t tmpfs -o ro tmpfs "$1" || exit 99; exec "$2" -c "$3" "$4"'
-    r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(ro), PY, TRY_LOCK, str(path)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, "sh", str(ro), PY, TRY_LOCK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if r.returncode == 99 or "Operation not permitted" in r.stderr:
         pytest.skip("can't mount a read-only filesystem here")
     assert r.returncode == 7, r.stderr
@@ -588,14 +611,31 @@ def test_cli_json_and_clean_stale_scoped_to_dir(procs: ProcStarter, tmp_path: Pa
     r = _cli("--json", "--dir", str(d))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    keys = {"path", "pid", "holders", "kind", "mode", "managed", "stale", "holder", "metadata",
-            "metadata_trusted", "metadata_problem"}
+    keys = {
+        "path",
+        "pid",
+        "holders",
+        "kind",
+        "mode",
+        "managed",
+        "stale",
+        "holder",
+        "metadata",
+        "metadata_trusted",
+        "metadata_problem",
+    }
     assert all(set(o) == keys for o in out)
     by_path = {o["path"]: o for o in out}
     assert set(by_path) == {_real(held), _real(stale)}
     h = by_path[_real(held)]
     assert (h["pid"], h["holders"], h["kind"], h["mode"], h["managed"], h["stale"]) == (
-        holder.pid, [holder.pid], "flock", "write", True, False)
+        holder.pid,
+        [holder.pid],
+        "flock",
+        "write",
+        True,
+        False,
+    )
     assert h["holder"]["pid"] == holder.pid and h["holder"]["argv"][-1] == str(held)
     assert (h["metadata_trusted"], h["metadata_problem"], h["metadata"]) == (True, None, h["holder"])
     s = by_path[_real(stale)]
@@ -604,7 +644,9 @@ def test_cli_json_and_clean_stale_scoped_to_dir(procs: ProcStarter, tmp_path: Pa
     assert s["metadata_trusted"] is True  # our own file: what it says about its dead holder is believed
 
     r = _cli("--dir", str(d))
-    assert r.returncode == 0 and "held.lock" in r.stdout and "stale" in r.stdout and str(holder.pid) in r.stdout
+    assert (
+        r.returncode == 0 and "held.lock" in r.stdout and "stale" in r.stdout and str(holder.pid) in r.stdout
+    )
 
     r = _cli("--clean-stale", "--json", "--dir", str(d))
     assert r.returncode == 0, r.stderr
@@ -624,6 +666,7 @@ def test_cli_usage_error_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- planted paths, forged metadata (same user)
+
 
 def test_symlink_at_the_lock_path_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
     target = tmp_path / "precious"
@@ -708,15 +751,28 @@ def forged_metadata(pid: int) -> str:
 
     ident = ProcId.of(pid)
     assert ident is not None
-    return json.dumps({"procguard": 1, "pid": pid, "start_ticks": ident.start_ticks,
-                       "start_time": ident.create_time, "argv": ["python", "\x1b]0;pwned\x07train.py", "\x1b[2J"],
-                       "cwd": "/root\x1b[31m", "host": socket.gethostname(), "version": "1"})
+    return json.dumps(
+        {
+            "procguard": 1,
+            "pid": pid,
+            "start_ticks": ident.start_ticks,
+            "start_time": ident.create_time,
+            "argv": ["python", "\x1b]0;pwned\x07train.py", "\x1b[2J"],
+            "cwd": "/root\x1b[31m",
+            "host": socket.gethostname(),
+            "version": "1",
+        }
+    )
 
 
-def _forge(procs: ProcStarter, path: Path, content: str, prefix: list[str] | None = None
-           ) -> subprocess.Popen[bytes]:
-    p = procs.popen([*(prefix or []), PY, "-c", FORGE, str(path), "\x1b[2J"], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE)
+def _forge(
+    procs: ProcStarter, path: Path, content: str, prefix: list[str] | None = None
+) -> subprocess.Popen[bytes]:
+    p = procs.popen(
+        [*(prefix or []), PY, "-c", FORGE, str(path), "\x1b[2J"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert p.stdin is not None
     p.stdin.write(content.encode() + b"\n")
     p.stdin.flush()

@@ -15,18 +15,21 @@ from procguard.core.sanitize import safe, safe_join
 from tests.conftest import NOBODY, NOBODY_UID, ProcStarter, needs_root
 
 
-@pytest.mark.parametrize(("raw", "shown"), [
-    ("plain text", "plain text"),
-    ("title\x1b]0;pwned\x07", "title\\x1b]0;pwned\\x07"),
-    ("clear\x1b[2J", "clear\\x1b[2J"),
-    ("a\nb\rc\td", "a\\nb\\rc\\td"),
-    ("del\x7f c1\x9b", "del\\x7f c1\\x9b"),
-    ("bidi\u202eevil\u2066x\u2069", "bidi\\u202eevil\\u2066x\\u2069"),
-    ("marks\u200e\u200f\u061c lines\u2028\u2029", "marks\\u200e\\u200f\\u061c lines\\u2028\\u2029"),
-    ("bytes\udcff\udc80", "bytes\\xff\\x80"),
-    ("ünïcödé 日本 ok", "ünïcödé 日本 ok"),
-    ("[b]markup[/b]", "[b]markup[/b]"),  # not markup's business: the TUI renders it as plain text
-])
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("plain text", "plain text"),
+        ("title\x1b]0;pwned\x07", "title\\x1b]0;pwned\\x07"),
+        ("clear\x1b[2J", "clear\\x1b[2J"),
+        ("a\nb\rc\td", "a\\nb\\rc\\td"),
+        ("del\x7f c1\x9b", "del\\x7f c1\\x9b"),
+        ("bidi\u202eevil\u2066x\u2069", "bidi\\u202eevil\\u2066x\\u2069"),
+        ("marks\u200e\u200f\u061c lines\u2028\u2029", "marks\\u200e\\u200f\\u061c lines\\u2028\\u2029"),
+        ("bytes\udcff\udc80", "bytes\\xff\\x80"),
+        ("ünïcödé 日本 ok", "ünïcödé 日本 ok"),
+        ("[b]markup[/b]", "[b]markup[/b]"),  # not markup's business: the TUI renders it as plain text
+    ],
+)
 def test_safe_escapes_every_control_and_override(raw: str, shown: str) -> None:
     out = safe(raw)
     assert out == shown

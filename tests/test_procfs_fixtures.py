@@ -28,21 +28,36 @@ def stat_line(comm: bytes, *, pid: int = 4242, state: bytes = b"S", fields: int 
     return b"%d (%s) %s %s\n" % (pid, comm, state, b" ".join(rest))
 
 
-EXPECTED = {"ppid": 40, "pgid": 50, "sid": 60, "tty_nr": 70, "flags": 90, "utime": 140, "stime": 150,
-            "num_threads": 200, "start_ticks": 220, "rss_pages": 240, "arg_start": 480, "exit_code": 520}
+EXPECTED = {
+    "ppid": 40,
+    "pgid": 50,
+    "sid": 60,
+    "tty_nr": 70,
+    "flags": 90,
+    "utime": 140,
+    "stime": 150,
+    "num_threads": 200,
+    "start_ticks": 220,
+    "rss_pages": 240,
+    "arg_start": 480,
+    "exit_code": 520,
+}
 
 
-@pytest.mark.parametrize("comm", [
-    b"python3",
-    b"a) (b",  # looks like the end of comm and the start of another
-    b") S 1 2 3 (",  # looks like the fields themselves
-    b"with space",
-    b"new\nline",
-    b"((",
-    b"))",
-    b"",
-    b"\x1b]0;t\x07",
-])
+@pytest.mark.parametrize(
+    "comm",
+    [
+        b"python3",
+        b"a) (b",  # looks like the end of comm and the start of another
+        b") S 1 2 3 (",  # looks like the fields themselves
+        b"with space",
+        b"new\nline",
+        b"((",
+        b"))",
+        b"",
+        b"\x1b]0;t\x07",
+    ],
+)
 def test_parse_stat_comm_ends_at_the_last_paren(comm: bytes) -> None:
     st = procfs.parse_stat(stat_line(comm))
     assert st.pid == 4242 and st.comm == comm.decode() and st.state == "S"
@@ -68,15 +83,21 @@ def test_parse_stat_rejects_garbage() -> None:
             procfs.parse_stat(data)
 
 
-@pytest.mark.parametrize("data,argv", [
-    (b"python3\0script.py\0--flag\0", ("python3", "script.py", "--flag")),
-    (b"", ()),  # kernel thread or zombie
-    (b"prog\0\0", ("prog", "")),  # an empty last argument
-    (b"prog\0\0x\0", ("prog", "", "x")),
-    (b"nginx: worker process", ("nginx: worker process",)),  # rewritten argv (setproctitle), no NUL at all
-    (b"a b\0c\nd\0\x1b[2J\0", ("a b", "c\nd", "\x1b[2J")),  # spaces, newlines, ESC: kept exactly
-    (b"prog\0\xff\xfe\0caf\xc3\xa9\0", ("prog", "\udcff\udcfe", "café")),  # not UTF-8: surrogateescape
-])
+@pytest.mark.parametrize(
+    "data,argv",
+    [
+        (b"python3\0script.py\0--flag\0", ("python3", "script.py", "--flag")),
+        (b"", ()),  # kernel thread or zombie
+        (b"prog\0\0", ("prog", "")),  # an empty last argument
+        (b"prog\0\0x\0", ("prog", "", "x")),
+        (
+            b"nginx: worker process",
+            ("nginx: worker process",),
+        ),  # rewritten argv (setproctitle), no NUL at all
+        (b"a b\0c\nd\0\x1b[2J\0", ("a b", "c\nd", "\x1b[2J")),  # spaces, newlines, ESC: kept exactly
+        (b"prog\0\xff\xfe\0caf\xc3\xa9\0", ("prog", "\udcff\udcfe", "café")),  # not UTF-8: surrogateescape
+    ],
+)
 def test_parse_cmdline(data: bytes, argv: tuple[str, ...]) -> None:
     assert procfs.parse_cmdline(data) == argv
 
@@ -88,8 +109,13 @@ def test_non_utf8_argument_round_trips_and_shows_escaped() -> None:
 
 
 def pg(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "procguard.core.cli", *args], capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "procguard.core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def ps_row(pid: int) -> str:
@@ -107,13 +133,16 @@ def ps_json(pid: int) -> dict[str, object]:
 def test_real_comm_with_parens_newline_and_escape(procs: ProcStarter) -> None:
     comm = b"x) (y\nz\x1b[2J"  # 13 bytes: a comm holds at most 15
     # A process may rename itself (only itself) through /proc/self/comm, as prctl(PR_SET_NAME) does.
-    child = procs.python("""
+    child = procs.python(
+        """
         import sys, time
         with open("/proc/self/comm", "wb") as f:
             f.write(bytes.fromhex(sys.argv[1]))
         print("ready", flush=True)
         time.sleep(120)
-    """, comm.hex())
+    """,
+        comm.hex(),
+    )
     st = procfs.read_stat(child.pid)
     assert st is not None and st.comm == comm.decode() and st.ppid == os.getpid()
     assert process_snapshot()[child.pid].name == comm.decode()
@@ -121,8 +150,11 @@ def test_real_comm_with_parens_newline_and_escape(procs: ProcStarter) -> None:
 
 
 def test_real_non_utf8_argv(procs: ProcStarter) -> None:
-    child = procs.popen([os.fsencode(sys.executable), b"-c", SLEEPER.encode(), b"caf\xe9\xff", b"ok\x1b[2J"],
-                        stdout=subprocess.PIPE, start_new_session=True)
+    child = procs.popen(
+        [os.fsencode(sys.executable), b"-c", SLEEPER.encode(), b"caf\xe9\xff", b"ok\x1b[2J"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
     procs.wait_ready(child)
     argv = procfs.read_cmdline(child.pid)
     assert argv is not None and [os.fsencode(a) for a in argv[-2:]] == [b"caf\xe9\xff", b"ok\x1b[2J"]

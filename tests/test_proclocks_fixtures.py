@@ -51,26 +51,42 @@ def test_holders_waiters_and_kinds() -> None:
     assert [(e.pid, e.waiting) for e in posix] == [(4242, False), (4343, True), (4444, True)]
     holder, waiter, nested = posix
     assert (holder.kind, holder.mode, holder.device, holder.inode, holder.start, holder.end) == (
-        "posix", "write", (0xFE, 0), 2149168, 5, 14)
+        "posix",
+        "write",
+        (0xFE, 0),
+        2149168,
+        5,
+        14,
+    )
     assert (waiter.start, waiter.end) == (0, None)  # EOF
     assert (nested.mode, nested.start, nested.end) == ("read", 10, None)
     # A waiter's key is what fdinfo would show for a lock like it: the "->" is not part of it.
     assert waiter.key == ("POSIX", "ADVISORY", "WRITE", "4343", "fe:00:2149168", "0", "EOF")
     assert [(e.kind, e.pid, e.waiting, e.device, e.inode) for e in by["2"]] == [
-        ("flock", 999, False, (0, 0x1F), 42), ("flock", 1000, True, (0, 0x1F), 42)]
+        ("flock", 999, False, (0, 0x1F), 42),
+        ("flock", 1000, True, (0, 0x1F), 42),
+    ]
 
 
 def test_ofd_lock_has_pid_minus_one() -> None:
     [ofd] = _by_id(parse_proc_locks(PROC_LOCKS))["3"]
-    assert (ofd.kind, ofd.mode, ofd.pid, ofd.device, ofd.inode, ofd.waiting) == ("ofd", "read", -1, (8, 1), 9876,
-                                                                                 False)
+    assert (ofd.kind, ofd.mode, ofd.pid, ofd.device, ofd.inode, ofd.waiting) == (
+        "ofd",
+        "read",
+        -1,
+        (8, 1),
+        9876,
+        False,
+    )
 
 
 def test_leases_and_delegations() -> None:
     by = _by_id(parse_proc_locks(PROC_LOCKS))
     assert [(e.kind, e.mode, e.pid, e.device, e.inode) for e in by["4"] + by["5"] + by["6"]] == [
-        ("lease", "read", 5555, (0x103, 2), 777), ("lease", "unlck", 5556, (0x103, 2), 778),
-        ("deleg", "read", 7, (0, 0x2A), 31)]
+        ("lease", "read", 5555, (0x103, 2), 777),
+        ("lease", "unlck", 5556, (0x103, 2), 778),
+        ("deleg", "read", 7, (0, 0x2A), 31),
+    ]
 
 
 def test_none_path_has_no_device_or_inode() -> None:
@@ -83,14 +99,17 @@ def test_pid_zero_and_a_numeric_end() -> None:
     assert (e.pid, e.end) == (0, 9223372036854775807)  # 0: a holder outside our pid namespace
 
 
-@pytest.mark.parametrize("line", [
-    b"",
-    b"   \n",
-    b"1:",
-    b"1: POSIX ADVISORY WRITE",  # cut short
-    b"1: POSIX ADVISORY WRITE notapid fe:00:1 0 EOF",
-    b"1: -> -> ->",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"   \n",
+        b"1:",
+        b"1: POSIX ADVISORY WRITE",  # cut short
+        b"1: POSIX ADVISORY WRITE notapid fe:00:1 0 EOF",
+        b"1: -> -> ->",
+    ],
+)
 def test_malformed_lines_are_skipped_never_guessed(line: bytes) -> None:
     assert parse_proc_locks(line + b"\n" + PROC_LOCKS)[0].lock_id == "1"
     assert len(parse_proc_locks(line + b"\n" + PROC_LOCKS)) == 11
@@ -151,23 +170,35 @@ sys.stdin.read()
 
 def _mine(path: Path) -> list[LockEntry]:
     st = path.stat()
-    return [e for e in read_proc_locks() or () if e.inode == st.st_ino and e.device == (os.major(st.st_dev),
-                                                                                        os.minor(st.st_dev))]
+    return [
+        e
+        for e in read_proc_locks() or ()
+        if e.inode == st.st_ino and e.device == (os.major(st.st_dev), os.minor(st.st_dev))
+    ]
 
 
 @linux_only
 def test_real_ofd_range_and_waiter_entries(procs: ProcStarter, tmp_path: Path) -> None:
     ofd, rng, fl = tmp_path / "ofd", tmp_path / "range", tmp_path / "flock"
-    p = procs.popen([sys.executable, "-c", HOLD_KINDS, str(ofd), str(rng), str(fl)], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE)
+    p = procs.popen(
+        [sys.executable, "-c", HOLD_KINDS, str(ofd), str(rng), str(fl)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     procs.wait_ready(p)
     [o] = _mine(ofd)
     assert (o.kind, o.mode, o.pid, o.waiting, o.end) == ("ofd", "read", -1, False, None)
     [r] = _mine(rng)
     assert (r.kind, r.mode, r.pid, r.start, r.end) == ("posix", "write", p.pid, 5, 14)
     # A blocked flock waiter: listed with "->", as a waiter of the same lock.
-    waiter = procs.popen([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1]); "
-                          "fcntl.flock(f, fcntl.LOCK_EX)", str(fl)])
+    waiter = procs.popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1]); fcntl.flock(f, fcntl.LOCK_EX)",
+            str(fl),
+        ]
+    )
     wait_for(lambda: any(e.waiting and e.pid == waiter.pid for e in _mine(fl)))
     entries = _mine(fl)
     held = [e for e in entries if not e.waiting]
@@ -181,6 +212,8 @@ def test_real_ofd_range_and_waiter_entries(procs: ProcStarter, tmp_path: Path) -
     fd = os.open(ofd, os.O_RDWR)
     try:
         with pytest.raises(BlockingIOError):
-            fcntl.fcntl(fd, getattr(fcntl, "F_OFD_SETLK", 37), struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))
+            fcntl.fcntl(
+                fd, getattr(fcntl, "F_OFD_SETLK", 37), struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0)
+            )
     finally:
         os.close(fd)

@@ -38,17 +38,21 @@ def test_unknown_names_raise_attribute_error() -> None:
 
 
 def test_importing_the_package_loads_only_what_it_must() -> None:
-    code = ("import sys, procguard.core; "
-            "print('procguard.core.gpu' in sys.modules, 'procguard.core.flush' in sys.modules, "
-            "procguard.core.guard.__module__, procguard.core.held_locks.__module__)")
+    code = (
+        "import sys, procguard.core; "
+        "print('procguard.core.gpu' in sys.modules, 'procguard.core.flush' in sys.modules, "
+        "procguard.core.guard.__module__, procguard.core.held_locks.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "procguard.core.guard", "procguard.core.held_locks"]
 
 
 def test_function_names_win_over_their_modules_in_any_import_order() -> None:
-    code = ("import procguard.core.guard, procguard.core.held_locks, procguard.core.spawn; "
-            "from procguard.core import guard, held_locks, spawn; from procguard.core.guard import Guard; "
-            "print(callable(guard) and guard.__name__, held_locks.__name__, spawn.__name__, Guard.__name__)")
+    code = (
+        "import procguard.core.guard, procguard.core.held_locks, procguard.core.spawn; "
+        "from procguard.core import guard, held_locks, spawn; from procguard.core.guard import Guard; "
+        "print(callable(guard) and guard.__name__, held_locks.__name__, spawn.__name__, Guard.__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["guard", "held_locks", "spawn", "Guard"]
 

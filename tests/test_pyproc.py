@@ -7,19 +7,41 @@ import pytest
 from procguard.core.pyproc import PythonCmd, is_python_interpreter, parse_python_cmdline
 
 
-@pytest.mark.parametrize("argv0", [
-    "python", "python3", "python3.11", "python3.11d", "python3.13t", "pythonw", "pypy", "pypy3", "pypy3.10",
-    "/usr/bin/python3", "/home/u/.venv/bin/python", "/opt/conda/envs/x/bin/python3.10",
-])
+@pytest.mark.parametrize(
+    "argv0",
+    [
+        "python",
+        "python3",
+        "python3.11",
+        "python3.11d",
+        "python3.13t",
+        "pythonw",
+        "pypy",
+        "pypy3",
+        "pypy3.10",
+        "/usr/bin/python3",
+        "/home/u/.venv/bin/python",
+        "/opt/conda/envs/x/bin/python3.10",
+    ],
+)
 def test_interpreters_are_recognised(argv0: str) -> None:
     assert is_python_interpreter(argv0)
     assert parse_python_cmdline([argv0, "s.py"]) == PythonCmd(argv0, "file", "s.py", (), ())
 
 
-@pytest.mark.parametrize("argv", [
-    ["bash", "-c", "python x.py"], ["/usr/bin/python3-config"], ["pythonista", "x.py"], ["ipython"],
-    ["/usr/lib/systemd/systemd", "--user"], ["perl", "x.pl"], ["envoy", "python", "x.py"], [],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bash", "-c", "python x.py"],
+        ["/usr/bin/python3-config"],
+        ["pythonista", "x.py"],
+        ["ipython"],
+        ["/usr/lib/systemd/systemd", "--user"],
+        ["perl", "x.pl"],
+        ["envoy", "python", "x.py"],
+        [],
+    ],
+)
 def test_non_python_is_none(argv: list[str]) -> None:
     assert parse_python_cmdline(argv) is None
 
@@ -49,22 +71,28 @@ def test_option_with_argument_inside_a_combination() -> None:
     assert cmd is not None and cmd.target == "t.py" and cmd.options == ("-u", "-W error")
 
 
-@pytest.mark.parametrize("argv, target, args", [
-    (["python", "-m", "pkg.mod", "x"], "pkg.mod", ("x",)),
-    (["python", "-mpkg.mod", "x"], "pkg.mod", ("x",)),
-    (["python", "-um", "pkg.mod"], "pkg.mod", ()),
-    (["python", "-I", "-m", "http.server", "8000"], "http.server", ("8000",)),
-])
+@pytest.mark.parametrize(
+    "argv, target, args",
+    [
+        (["python", "-m", "pkg.mod", "x"], "pkg.mod", ("x",)),
+        (["python", "-mpkg.mod", "x"], "pkg.mod", ("x",)),
+        (["python", "-um", "pkg.mod"], "pkg.mod", ()),
+        (["python", "-I", "-m", "http.server", "8000"], "http.server", ("8000",)),
+    ],
+)
 def test_module(argv: list[str], target: str, args: tuple[str, ...]) -> None:
     cmd = parse_python_cmdline(argv)
     assert cmd is not None and (cmd.kind, cmd.target, cmd.args) == ("module", target, args)
 
 
-@pytest.mark.parametrize("argv, code, args", [
-    (["python", "-c", "print(1)", "a", "b"], "print(1)", ("a", "b")),
-    (["python", "-cprint(1)"], "print(1)", ()),
-    (["python", "-Sc", "import x", "-m", "y"], "import x", ("-m", "y")),
-])
+@pytest.mark.parametrize(
+    "argv, code, args",
+    [
+        (["python", "-c", "print(1)", "a", "b"], "print(1)", ("a", "b")),
+        (["python", "-cprint(1)"], "print(1)", ()),
+        (["python", "-Sc", "import x", "-m", "y"], "import x", ("-m", "y")),
+    ],
+)
 def test_code(argv: list[str], code: str, args: tuple[str, ...]) -> None:
     cmd = parse_python_cmdline(argv)
     assert cmd is not None and (cmd.kind, cmd.target, cmd.args) == ("code", code, args)
@@ -72,8 +100,9 @@ def test_code(argv: list[str], code: str, args: tuple[str, ...]) -> None:
 
 def test_interactive_and_stdin() -> None:
     assert parse_python_cmdline(["python3"]) == PythonCmd("python3", "interactive", "", (), ())
-    assert parse_python_cmdline(["python3", "-i", "-q"]) == PythonCmd("python3", "interactive", "", (),
-                                                                       ("-i", "-q"))
+    assert parse_python_cmdline(["python3", "-i", "-q"]) == PythonCmd(
+        "python3", "interactive", "", (), ("-i", "-q")
+    )
     assert parse_python_cmdline(["python3", "-", "a"]) == PythonCmd("python3", "interactive", "-", ("a",), ())
 
 
@@ -87,15 +116,18 @@ def test_long_option_with_argument() -> None:
     assert cmd is not None and cmd.target == "t.py" and cmd.options == ("--check-hash-based-pycs always",)
 
 
-@pytest.mark.parametrize("argv", [
-    ["/usr/bin/env", "python3", "t.py", "a"],
-    ["env", "A=1", "B=2", "python3", "t.py", "a"],
-    ["env", "-i", "-u", "HOME", "PATH=/x", "python3", "t.py", "a"],
-    ["env", "--unset=HOME", "--", "python3", "t.py", "a"],
-    ["/usr/bin/env", "-S", "python3 -u", "t.py", "a"],  # shebang: #!/usr/bin/env -S python3 -u
-    ["/usr/bin/env", "-Spython3 -u", "t.py", "a"],
-    ["env", "--split-string=python3 -u", "t.py", "a"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/usr/bin/env", "python3", "t.py", "a"],
+        ["env", "A=1", "B=2", "python3", "t.py", "a"],
+        ["env", "-i", "-u", "HOME", "PATH=/x", "python3", "t.py", "a"],
+        ["env", "--unset=HOME", "--", "python3", "t.py", "a"],
+        ["/usr/bin/env", "-S", "python3 -u", "t.py", "a"],  # shebang: #!/usr/bin/env -S python3 -u
+        ["/usr/bin/env", "-Spython3 -u", "t.py", "a"],
+        ["env", "--split-string=python3 -u", "t.py", "a"],
+    ],
+)
 def test_through_env(argv: list[str]) -> None:
     cmd = parse_python_cmdline(argv)
     assert cmd is not None
@@ -155,24 +187,30 @@ if __name__ == '__main__':
 """
 
 
-@pytest.mark.parametrize("head, entry", [
-    (PIP_WRAPPER, "uvicorn.main:main"),
-    (UV_WRAPPER, "celery.__main__:app.start"),
-    (SETUPTOOLS_WRAPPER, "tool==1.0:tool"),
-])
+@pytest.mark.parametrize(
+    "head, entry",
+    [
+        (PIP_WRAPPER, "uvicorn.main:main"),
+        (UV_WRAPPER, "celery.__main__:app.start"),
+        (SETUPTOOLS_WRAPPER, "tool==1.0:tool"),
+    ],
+)
 def test_console_wrappers_name_their_entry_point(head: bytes, entry: str) -> None:
     from procguard.core.pyproc import console_entry_point
 
     assert console_entry_point(head) == entry
 
 
-@pytest.mark.parametrize("head", [
-    b"import sys\nfrom app import main\nif __name__ == '__main__':\n    sys.exit(main())\n",  # no #! line
-    b"#!/usr/bin/python3\nfrom app import main\nsys.exit(main())\n",  # no __main__ guard
-    b"#!/usr/bin/python3\nfrom app import run\nif __name__ == '__main__':\n    sys.exit(main())\n",  # other name
-    b"#!/usr/bin/python3\nif __name__ == '__main__':\n    print('hi')\n",  # a script of its own
-    PIP_WRAPPER + b"#" * 4096,  # too long to be a wrapper
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"import sys\nfrom app import main\nif __name__ == '__main__':\n    sys.exit(main())\n",  # no #! line
+        b"#!/usr/bin/python3\nfrom app import main\nsys.exit(main())\n",  # no __main__ guard
+        b"#!/usr/bin/python3\nfrom app import run\nif __name__ == '__main__':\n    sys.exit(main())\n",  # other name
+        b"#!/usr/bin/python3\nif __name__ == '__main__':\n    print('hi')\n",  # a script of its own
+        PIP_WRAPPER + b"#" * 4096,  # too long to be a wrapper
+    ],
+)
 def test_other_files_are_not_console_wrappers(head: bytes) -> None:
     from procguard.core.pyproc import console_entry_point
 
@@ -191,20 +229,33 @@ def test_zipapp_and_shebang() -> None:
 # ---------------------------------------------------------------------------------------------- launchers
 
 
-@pytest.mark.parametrize("spec_name, args, target", [
-    ("TORCHRUN", ["--nproc-per-node", "2", "--standalone", "a.py", "--lr", "1"], ("file", "a.py", ("--lr", "1"))),
-    ("TORCHRUN", ["--nproc_per_node=4", "-m", "pkg.train", "x"], ("module", "pkg.train", ("x",))),
-    ("TORCHRUN", ["--no-python", "--nnodes", "1", "./job.sh", "a"], ("exe", "./job.sh", ("a",))),
-    ("TORCHRUN", ["-r", "3", "-t3", "train.py"], ("file", "train.py", ())),
-    ("TORCHRUN", ["--some-new-option", "v", "t.py"], ("file", "t.py", ())),  # unknown option with a value
-    ("TORCHRUN", ["--some-new-flag", "t.py"], ("file", "t.py", ())),  # unknown flag before the script
-    ("TORCHRUN", ["--standalone", "--", "t.py", "--x"], ("file", "t.py", ("--x",))),
-    ("ACCELERATE", ["launch", "--multi_gpu", "--mixed_precision", "fp16", "x.py", "--e", "3"],
-     ("file", "x.py", ("--e", "3"))),
-    ("DEEPSPEED", ["--num_gpus", "2", "--module", "pkg.train"], ("module", "pkg.train", ())),
-    ("DEEPSPEED", ["--force_multi", "--hostfile=h", "train.py", "--deepspeed"], ("file", "train.py",
-                                                                                 ("--deepspeed",))),
-])
+@pytest.mark.parametrize(
+    "spec_name, args, target",
+    [
+        (
+            "TORCHRUN",
+            ["--nproc-per-node", "2", "--standalone", "a.py", "--lr", "1"],
+            ("file", "a.py", ("--lr", "1")),
+        ),
+        ("TORCHRUN", ["--nproc_per_node=4", "-m", "pkg.train", "x"], ("module", "pkg.train", ("x",))),
+        ("TORCHRUN", ["--no-python", "--nnodes", "1", "./job.sh", "a"], ("exe", "./job.sh", ("a",))),
+        ("TORCHRUN", ["-r", "3", "-t3", "train.py"], ("file", "train.py", ())),
+        ("TORCHRUN", ["--some-new-option", "v", "t.py"], ("file", "t.py", ())),  # unknown option with a value
+        ("TORCHRUN", ["--some-new-flag", "t.py"], ("file", "t.py", ())),  # unknown flag before the script
+        ("TORCHRUN", ["--standalone", "--", "t.py", "--x"], ("file", "t.py", ("--x",))),
+        (
+            "ACCELERATE",
+            ["launch", "--multi_gpu", "--mixed_precision", "fp16", "x.py", "--e", "3"],
+            ("file", "x.py", ("--e", "3")),
+        ),
+        ("DEEPSPEED", ["--num_gpus", "2", "--module", "pkg.train"], ("module", "pkg.train", ())),
+        (
+            "DEEPSPEED",
+            ["--force_multi", "--hostfile=h", "train.py", "--deepspeed"],
+            ("file", "train.py", ("--deepspeed",)),
+        ),
+    ],
+)
 def test_launch_target(spec_name: str, args: list[str], target: tuple[str, str, tuple[str, ...]]) -> None:
     from procguard.core import launchers
     from procguard.core.pyproc import LaunchTarget, launch_target
@@ -224,10 +275,15 @@ def test_generic_launcher_target() -> None:
     from procguard.core.launchers import GENERIC
     from procguard.core.pyproc import LaunchTarget, launch_target
 
-    assert launch_target(["--nodes", "2", "train.py", "a"], GENERIC) == LaunchTarget("file", "train.py", ("a",))
+    assert launch_target(["--nodes", "2", "train.py", "a"], GENERIC) == LaunchTarget(
+        "file", "train.py", ("a",)
+    )
     assert launch_target(["-n", "2", "-m", "pkg.x"], GENERIC) == LaunchTarget("module", "pkg.x", ())
-    assert launch_target(["--x", "--", "python3", "t.py"], GENERIC) == LaunchTarget("argv", "python3", ("t.py",))
-    assert launch_target(["-n", "2", "python3", "-u", "t.py"], GENERIC) == LaunchTarget("argv", "python3",
-                                                                                        ("-u", "t.py"))
+    assert launch_target(["--x", "--", "python3", "t.py"], GENERIC) == LaunchTarget(
+        "argv", "python3", ("t.py",)
+    )
+    assert launch_target(["-n", "2", "python3", "-u", "t.py"], GENERIC) == LaunchTarget(
+        "argv", "python3", ("-u", "t.py")
+    )
     assert launch_target(["-n", "2", "job"], GENERIC, lambda w: w == "job") == LaunchTarget("exe", "job", ())
     assert launch_target(["-n", "2"], GENERIC, lambda w: False) is None

@@ -26,8 +26,9 @@ def regdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_register_get_unregister_self(regdir: Path) -> None:
-    e = registry.register(script="/x/train.py", lock="/l/train.lock", flush_signal=signal.SIGUSR1,
-                          extra={"name": "train"})
+    e = registry.register(
+        script="/x/train.py", lock="/l/train.lock", flush_signal=signal.SIGUSR1, extra={"name": "train"}
+    )
     try:
         assert registry.registry_dir() == regdir
         assert stat.S_IMODE(regdir.stat().st_mode) == 0o700
@@ -35,8 +36,12 @@ def test_register_get_unregister_self(regdir: Path) -> None:
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
         got = registry.get_entry(os.getpid())
         assert got == e
-        assert (got.script, got.lock, got.flush_signal, got.uid) == ("/x/train.py", "/l/train.lock",
-                                                                      signal.SIGUSR1, os.geteuid())
+        assert (got.script, got.lock, got.flush_signal, got.uid) == (
+            "/x/train.py",
+            "/l/train.lock",
+            signal.SIGUSR1,
+            os.geteuid(),
+        )
         assert got.extra["name"] == "train"
         # start ticks are a field of their own now (issue 12: pid + start ticks name the process)
         assert got.start_ticks == procfs.start_ticks_of(os.getpid()) and got.trusted
@@ -72,6 +77,7 @@ def test_update_entry_merges(regdir: Path) -> None:
 def test_concurrent_updates_lose_nothing(regdir: Path) -> None:
     registry.register(script="s")
     try:
+
         def writer(k: int) -> None:
             for i in range(30):
                 registry.update_entry(os.getpid(), **{f"k{k}": i})
@@ -122,8 +128,17 @@ def test_reused_pid_is_stale(regdir: Path) -> None:
     me = os.getpid()
     ticks = procfs.start_ticks_of(me)
     assert ticks is not None
-    fake = registry.RegistryEntry(me, procfs.create_time(ticks - 100), "old", None, None, 0.0, [], os.geteuid(),
-                                  {"start_ticks": ticks - 100})
+    fake = registry.RegistryEntry(
+        me,
+        procfs.create_time(ticks - 100),
+        "old",
+        None,
+        None,
+        0.0,
+        [],
+        os.geteuid(),
+        {"start_ticks": ticks - 100},
+    )
     (regdir / f"{me}.json").write_text(json.dumps(fake.__dict__))
     assert registry.get_entry(me) is None
     assert not (regdir / f"{me}.json").exists()
@@ -156,12 +171,19 @@ def test_default_folder_is_private(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_other_users_cannot_read_or_write_our_entries(procs: ProcStarter, regdir: Path) -> None:
     registry.register(script="root-only")
     try:
-        code = ("from procguard.core import registry; import os, sys; pid = int(sys.argv[1]); "
-                "registry.update_entry(pid, x=1); "
-                "print(registry.get_entry(pid) is None, [e.pid for e in registry.read_entries(all_users=True)])")
-        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", code,
-                              str(os.getpid())], capture_output=True, text=True, timeout=60, cwd="/",
-                             env=dict(os.environ))
+        code = (
+            "from procguard.core import registry; import os, sys; pid = int(sys.argv[1]); "
+            "registry.update_entry(pid, x=1); "
+            "print(registry.get_entry(pid) is None, [e.pid for e in registry.read_entries(all_users=True)])"
+        )
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PY, "-c", code, str(os.getpid())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+            env=dict(os.environ),
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split(None, 1)[0] == "True"
         e = registry.get_entry(os.getpid())
@@ -179,8 +201,9 @@ def write_own_entry(folder: Path, name: str | None = None, **change: object) -> 
     me = os.getpid()
     ticks = procfs.start_ticks_of(me)
     assert ticks is not None
-    data = registry.RegistryEntry(me, procfs.create_time(ticks), "by-hand", None, signal.SIGUSR1, 0.0, [],
-                                  os.geteuid(), {}, ticks).to_json()
+    data = registry.RegistryEntry(
+        me, procfs.create_time(ticks), "by-hand", None, signal.SIGUSR1, 0.0, [], os.geteuid(), {}, ticks
+    ).to_json()
     data.update(change)
     path = folder / (name or f"{me}.json")
     path.write_text(json.dumps(data))
@@ -207,14 +230,19 @@ def test_entry_in_a_folder_others_can_reach_is_not_believed(regdir: Path) -> Non
     assert "flush" not in json.loads((regdir / f"{os.getpid()}.json").read_text())["extra"]
 
 
-def test_entry_naming_another_process_or_another_start_is_not_believed(procs: ProcStarter,
-                                                                      regdir: Path) -> None:
+def test_entry_naming_another_process_or_another_start_is_not_believed(
+    procs: ProcStarter, regdir: Path
+) -> None:
     regdir.mkdir(mode=0o700)
     other = procs.python("import time\nprint('ready', flush=True)\ntime.sleep(600)\n", name="plain").pid
     write_own_entry(regdir, f"{other}.json")  # our entry, under another live process's name
     assert registry.get_entry(other) is None
     flagged = registry.get_entry(other, include_untrusted=True)
-    assert flagged is not None and not flagged.trusted and f"names pid {os.getpid()}" in str(flagged.untrusted_reason)
+    assert (
+        flagged is not None
+        and not flagged.trusted
+        and f"names pid {os.getpid()}" in str(flagged.untrusted_reason)
+    )
     # the right pid with another start time is a previous process's entry: stale, never shown
     ticks = procfs.start_ticks_of(other)
     assert ticks is not None

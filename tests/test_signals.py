@@ -40,10 +40,12 @@ while True:
 """
 
 
-def start_group(procs: ProcStarter, n: int, ignore_children: bool = False, ignore_leader: bool = False
-                ) -> tuple[subprocess.Popen[bytes], list[int]]:
-    p = procs.python(GROUP, str(n), "1" if ignore_children else "0", "1" if ignore_leader else "0",
-                     ready=False)
+def start_group(
+    procs: ProcStarter, n: int, ignore_children: bool = False, ignore_leader: bool = False
+) -> tuple[subprocess.Popen[bytes], list[int]]:
+    p = procs.python(
+        GROUP, str(n), "1" if ignore_children else "0", "1" if ignore_leader else "0", ready=False
+    )
     assert p.stdout is not None
     kids = [int(x) for x in p.stdout.readline().split()]
     for k in kids:
@@ -291,8 +293,20 @@ def test_progress_is_reported(procs: ProcStarter) -> None:
 
 def test_permission_denied_as_unprivileged_user(procs: ProcStarter) -> None:
     victim = procs.python("print('ready', flush=True)\nimport time\ntime.sleep(60)")
-    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-           sys.executable, "-m", "procguard.core.cli", "term", str(victim.pid), "--json", "--grace", "0.2"]
+    cmd = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-m",
+        "procguard.core.cli",
+        "term",
+        str(victim.pid),
+        "--json",
+        "--grace",
+        "0.2",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1, out.stderr
     import json
@@ -304,8 +318,14 @@ def test_permission_denied_as_unprivileged_user(procs: ProcStarter) -> None:
 
 def test_summary_line() -> None:
     mk = lambda pid, o, e: signals.SignalResult(pid, o, e, None, "x", (), "u")  # noqa: E731
-    line = signals.summarize([mk(1, Outcome.EXITED, 0.1), mk(2, Outcome.EXITED, 0.1), mk(3, Outcome.EXITED, 0.2),
-                              mk(4, Outcome.KILLED, 5.0)])
+    line = signals.summarize(
+        [
+            mk(1, Outcome.EXITED, 0.1),
+            mk(2, Outcome.EXITED, 0.1),
+            mk(3, Outcome.EXITED, 0.2),
+            mk(4, Outcome.KILLED, 5.0),
+        ]
+    )
     assert line == "4 ended: 3 exited on SIGTERM, 1 killed after 5.0 s"
 
 
@@ -360,15 +380,24 @@ def test_confirm_states_and_survivors(procs: ProcStarter) -> None:
     assert p is not None
     t0 = time.monotonic()
     signals.send_each([p], signal.SIGSTOP, t0)
-    assert signals.confirm_states([p], True, t0) and p.result is not None and p.result.outcome is Outcome.PAUSED
+    assert (
+        signals.confirm_states([p], True, t0) and p.result is not None and p.result.outcome is Outcome.PAUSED
+    )
     q = signals.pin_pid(child.pid, Target.pid(child.pid))
     assert q is not None
     assert not signals.confirm_states([q], False, t0, timeout=0.05)  # still stopped: survived, and says why
-    assert q.result is not None and q.result.outcome is Outcome.SURVIVED and "still stopped" in (q.result.reason or "")
+    assert (
+        q.result is not None
+        and q.result.outcome is Outcome.SURVIVED
+        and "still stopped" in (q.result.reason or "")
+    )
     r = signals.pin_pid(child.pid, Target.pid(child.pid))
     assert r is not None
     signals.finish_survivors([r], t0, "cgroup.kill", 2.0)
-    assert r.result is not None and r.result.reason == "still alive 2 s after cgroup.kill (state T: uninterruptible sleep?)"
+    assert (
+        r.result is not None
+        and r.result.reason == "still alive 2 s after cgroup.kill (state T: uninterruptible sleep?)"
+    )
 
 
 def test_build_targets_checks_each_pid_and_names_a_missing_one(procs: ProcStarter) -> None:

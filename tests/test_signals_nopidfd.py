@@ -39,16 +39,20 @@ def open_pidfds() -> int:
 
 
 @pytest.mark.parametrize("use_pidfd", [True, False], ids=["pidfd", "no-pidfd"])
-def test_escalation_kills_sigterm_ignoring_children(procs: ProcStarter, monkeypatch: pytest.MonkeyPatch,
-                                                    use_pidfd: bool) -> None:
+def test_escalation_kills_sigterm_ignoring_children(
+    procs: ProcStarter, monkeypatch: pytest.MonkeyPatch, use_pidfd: bool
+) -> None:
     if use_pidfd and not signals.HAS_PIDFD:
         pytest.skip("this kernel or Python has no pidfds")
     monkeypatch.setattr(signals, "USE_PIDFD", use_pidfd)
     leader, kids = start_group(procs, 2, ignore_children=True)
     held: list[int] = []
     # Counted while the members are pinned: the switch is what decides whether pidfds are used.
-    res = signals.terminate(Target.group(leader.pid), grace=0.3,
-                            on_progress=lambda pr: held.append(open_pidfds()) if pr.phase == "sigterm" else None)
+    res = signals.terminate(
+        Target.group(leader.pid),
+        grace=0.3,
+        on_progress=lambda pr: held.append(open_pidfds()) if pr.phase == "sigterm" else None,
+    )
     assert (held[0] >= 3) if use_pidfd else (held == [0])
     got = outcomes(res)
     assert got[leader.pid] == Outcome.EXITED
@@ -129,16 +133,20 @@ newcomer.wait()
 def _unshare_works() -> bool:
     if shutil.which("unshare") is None:
         return False
-    out = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "true"],
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "true"],
+        capture_output=True,
+        timeout=30,
+    )
     return out.returncode == 0
 
 
 @needs_root
 @pytest.mark.parametrize("use_pidfd", [True, False], ids=["pidfd", "no-pidfd"])
 @pytest.mark.parametrize("scenario", ["before", "during"])
-def test_a_reused_pid_is_never_signalled(procs: ProcStarter, tmp_path: Path, scenario: str, use_pidfd: bool
-                                         ) -> None:
+def test_a_reused_pid_is_never_signalled(
+    procs: ProcStarter, tmp_path: Path, scenario: str, use_pidfd: bool
+) -> None:
     """before: the pid was reused between the snapshot and the call. during: the member was reaped and its pid
     reused right after the SIGTERM, while the grace runs; the escalation must not SIGKILL the newcomer."""
     if use_pidfd and not signals.HAS_PIDFD:
@@ -147,8 +155,21 @@ def test_a_reused_pid_is_never_signalled(procs: ProcStarter, tmp_path: Path, sce
         pytest.skip("no private pid namespace here (unshare --pid --mount-proc failed)")
     script = tmp_path / "reuse.py"
     script.write_text(REUSE)
-    p = procs.popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", sys.executable, str(script),
-                     scenario, "1" if use_pidfd else "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = procs.popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            sys.executable,
+            str(script),
+            scenario,
+            "1" if use_pidfd else "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err.decode()
     got = json.loads(out)

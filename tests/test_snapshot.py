@@ -27,8 +27,12 @@ def test_snapshot_agrees_with_ps(procs: ProcStarter) -> None:
     # Asleep first: just after 'ready' it can still be running (R) for the snapshot and asleep (S) for ps.
     wait_for(lambda: proc_state(child.pid) == "S")
     snap = process_snapshot()
-    out = subprocess.run(["ps", "-o", "pid=,ppid=,pgid=,sid=,stat=,user=", "-p", str(child.pid)],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["ps", "-o", "pid=,ppid=,pgid=,sid=,stat=,user=", "-p", str(child.pid)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     p = snap[child.pid]
     assert [p.pid, p.ppid, p.pgid, p.sid] == [int(x) for x in out[:4]]
     assert p.state == out[4][0]
@@ -202,8 +206,12 @@ def test_exec_is_seen_in_another_users_process_too(procs: ProcStarter) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (to look at another user's process as nobody)")
     p = procs.python(EXECS_ON_USR1, "first-program", name="exec_hidden")
-    viewer = procs.popen([*NOBODY, sys.executable, "-c", HIDDEN_SNAPSHOTS, str(p.pid)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+    viewer = procs.popen(
+        [*NOBODY, sys.executable, "-c", HIDDEN_SNAPSHOTS, str(p.pid)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert viewer.stdin is not None and viewer.stdout is not None
     assert viewer.stdout.readline().split() == ["0", "first-program"]  # hidden, and the first program seen
     os.kill(p.pid, signal.SIGUSR1)

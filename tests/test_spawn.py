@@ -67,10 +67,13 @@ def test_spawn_pause_resume() -> None:
         h.kill()
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["/nonexistent/prog"], "'/nonexistent/prog': no such program"),
-    (["surely-not-a-program-xyz"], "'surely-not-a-program-xyz': no such program on PATH"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["/nonexistent/prog"], "'/nonexistent/prog': no such program"),
+        (["surely-not-a-program-xyz"], "'surely-not-a-program-xyz': no such program on PATH"),
+    ],
+)
 def test_spawn_missing_program_names_it(argv: list[str], needle: str) -> None:
     with pytest.raises(SpawnError, match=needle):
         spawn(argv)

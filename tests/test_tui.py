@@ -125,8 +125,14 @@ async def test_terminate_sigterm_ignoring_group(procs: ProcStarter, tmp_path: Pa
         seen = {label.split(",")[0] for pid, label in app.record.progress_log if pid in members}
         assert {"SIGTERM sent", "SIGKILL sent"} <= seen, seen
         # The next model shows them gone (the leader stays a zombie until this test reaps it).
-        await wait_until(pilot, lambda: all(r.proc is not None and r.proc.state == "Z" for r in
-                                            app.process_table.rows if r.kind == "proc" and r.id in members))
+        await wait_until(
+            pilot,
+            lambda: all(
+                r.proc is not None and r.proc.state == "Z"
+                for r in app.process_table.rows
+                if r.kind == "proc" and r.id in members
+            ),
+        )
 
 
 async def test_pause_then_resume(procs: ProcStarter, tmp_path: Path) -> None:
@@ -137,8 +143,10 @@ async def test_pause_then_resume(procs: ProcStarter, tmp_path: Path) -> None:
         await pilot.press("p")
         await wait_until(pilot, lambda: proc_state(p.pid) == "T")
         # ... and the table shows it stopped after a refresh.
-        await wait_until(pilot, lambda: (r := app.selected_row()) is not None and r.proc is not None
-                         and r.proc.state == "T")
+        await wait_until(
+            pilot,
+            lambda: (r := app.selected_row()) is not None and r.proc is not None and r.proc.state == "T",
+        )
         await wait_until(pilot, lambda: "1 paused" in notices(app))
         await pilot.press("r")
         await wait_until(pilot, lambda: proc_state(p.pid) in ("S", "R"))
@@ -213,7 +221,9 @@ async def test_cursor_stays_on_its_process_and_shows_it_gone(procs: ProcStarter,
         await select(pilot, app, ("p", mid))
         applied = app.record.models_applied
         extra = procs.python(SLEEPER, name="p3")  # a new row appears
-        await wait_until(pilot, lambda: extra.pid in shown_pids(app) and app.record.models_applied >= applied + 2)
+        await wait_until(
+            pilot, lambda: extra.pid in shown_pids(app) and app.record.models_applied >= applied + 2
+        )
         assert app.process_table.cursor_key == ("p", mid)
         for key in ("s", "S", "s", "g", "g", "g"):  # sorts and groupings reorder; the cursor follows
             await pilot.press(key)
@@ -330,8 +340,9 @@ def cmdline_of(pid: int) -> list[str]:
         return [a.decode() for a in f.read().split(b"\0") if a]
 
 
-async def open_end_duplicates(pilot: Pilot[None], app: ProcguardApp, runs: list[subprocess.Popen[bytes]]
-                              ) -> Plan:
+async def open_end_duplicates(
+    pilot: Pilot[None], app: ProcguardApp, runs: list[subprocess.Popen[bytes]]
+) -> Plan:
     """`2`, the cursor on the second run, `d`: the confirm dialog's plan."""
     await pilot.press("2")
     pane = app.query_one(DuplicatesPane)
@@ -342,7 +353,9 @@ async def open_end_duplicates(pilot: Pilot[None], app: ProcguardApp, runs: list[
     return app.screen.plan  # type: ignore[attr-defined, no-any-return]
 
 
-async def test_d_skips_a_victim_whose_identity_changed_since_the_dialog(procs: ProcStarter, tmp_path: Path) -> None:
+async def test_d_skips_a_victim_whose_identity_changed_since_the_dialog(
+    procs: ProcStarter, tmp_path: Path
+) -> None:
     """Three runs of one script; while `d`'s dialog is open, one of the two victims execs into `sleep` (same pid
     and start time, another job). Confirming ends the unchanged victim only: the changed process is never
     signalled (a SIGTERM would end the sleep) and the result says it was skipped, and why."""
@@ -351,7 +364,9 @@ async def test_d_skips_a_victim_whose_identity_changed_since_the_dialog(procs: P
     flags = [tmp_path / f"exec-{i}" for i in range(3)]
     runs = []
     for flag in flags:
-        p = procs.popen([sys.executable, str(script), str(flag)], start_new_session=True, stdout=subprocess.PIPE)
+        p = procs.popen(
+            [sys.executable, str(script), str(flag)], start_new_session=True, stdout=subprocess.PIPE
+        )
         procs.wait_ready(p)
         runs.append(p)
     oldest, ends, changes = runs
@@ -376,8 +391,9 @@ async def test_d_skips_a_victim_whose_identity_changed_since_the_dialog(procs: P
 
 
 @needs_root
-async def test_root_never_ends_another_users_run_from_d_without_all_users(procs: ProcStarter,
-                                                                          shared_tmp: Path) -> None:
+async def test_root_never_ends_another_users_run_from_d_without_all_users(
+    procs: ProcStarter, shared_tmp: Path
+) -> None:
     """As root, the younger run of a script is nobody's: `d` refuses it (nothing to end, the reason named), and
     with --all-users the dialog offers it, naming its user (cancelled here: nothing is signalled)."""
     script = shared_tmp / "shared.py"
@@ -385,7 +401,9 @@ async def test_root_never_ends_another_users_run_from_d_without_all_users(procs:
     script.chmod(0o644)
     mine = procs.popen([sys.executable, str(script)], start_new_session=True, stdout=subprocess.PIPE)
     procs.wait_ready(mine)
-    theirs = procs.popen([*NOBODY, sys.executable, str(script)], start_new_session=True, stdout=subprocess.PIPE)
+    theirs = procs.popen(
+        [*NOBODY, sys.executable, str(script)], start_new_session=True, stdout=subprocess.PIPE
+    )
     procs.wait_ready(theirs)
     runs = [mine, theirs]
     app = make_app(shared_tmp)
@@ -408,8 +426,9 @@ async def test_root_never_ends_another_users_run_from_d_without_all_users(procs:
     assert not is_gone(theirs.pid) and not is_gone(mine.pid)
 
 
-async def test_procguard_run_job_has_its_flag_and_lock_in_details(procs: ProcStarter, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_procguard_run_job_has_its_flag_and_lock_in_details(
+    procs: ProcStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`procguard run --lock NAME -- python job.py`: the job (the launcher's child) gets the R flag, not G; its
     details name the launcher and the run's lock, and its identity key counted; the launcher's details say why
     it is not a run (procguard's own)."""
@@ -419,9 +438,22 @@ async def test_procguard_run_job_has_its_flag_and_lock_in_details(procs: ProcSta
     monkeypatch.setenv("PROCGUARD_REGISTRY_DIR", str(tmp_path / "registry"))
     script = tmp_path / "job.py"
     script.write_text(SLEEPER)
-    launcher = procs.popen([sys.executable, "-m", "procguard.core.cli", "run", "--lock", "the-job", "--",
-                            sys.executable, str(script)], start_new_session=True, stdout=subprocess.PIPE,
-                           env={**os.environ})
+    launcher = procs.popen(
+        [
+            sys.executable,
+            "-m",
+            "procguard.core.cli",
+            "run",
+            "--lock",
+            "the-job",
+            "--",
+            sys.executable,
+            str(script),
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        env={**os.environ},
+    )
     procs.wait_ready(launcher)  # the job's "ready" (it shares the launcher's stdout)
     kids = {int(c) for c in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()}
     for k in kids:
@@ -433,19 +465,29 @@ async def test_procguard_run_job_has_its_flag_and_lock_in_details(procs: ProcSta
         await select(pilot, app, ("p", job))
         row = app.selected_row()
         assert row is not None and "R" in row.flags and "G" not in row.flags, row
-        await wait_until(pilot, lambda: any(lk.path == str(lock_dir / "the-job.lock") and job in lk.holders
-                                            for lk in app.model.locks))  # type: ignore[union-attr]
+        await wait_until(
+            pilot,
+            lambda: any(
+                lk.path == str(lock_dir / "the-job.lock") and job in lk.holders for lk in app.model.locks
+            ),
+        )  # type: ignore[union-attr]
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None)
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None
+        )
         body = details_markup(app.model, job, app.screen.extra).plain  # type: ignore[arg-type, attr-defined]
         assert f"a `procguard run` job: launcher pid {launcher.pid}" in body, body
         assert f"run lock  {lock_dir / 'the-job.lock'}" in body, body
-        assert f"identity  script: {script}" in body and "counted  yes: the only run of this job" in body, body
+        assert f"identity  script: {script}" in body and "counted  yes: the only run of this job" in body, (
+            body
+        )
         await pilot.press("escape")
         await select(pilot, app, ("p", launcher.pid))
         assert "R" not in (app.selected_row() or row).flags
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None)
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None
+        )
         body = details_markup(app.model, launcher.pid, app.screen.extra).plain  # type: ignore[arg-type, attr-defined]
         assert f"the `procguard run` launcher of pid {job}" in body, body
         assert "counted  no: procguard's own process: the `procguard run` launcher" in body, body
@@ -463,8 +505,9 @@ while True:
 """
 
 
-async def test_x_in_locks_removes_stale_lock_files(procs: ProcStarter, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_x_in_locks_removes_stale_lock_files(
+    procs: ProcStarter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lock_dir = tmp_path / "locks"
     lock_dir.mkdir(mode=0o700)
     monkeypatch.setenv("PROCGUARD_LOCK_DIR", str(lock_dir))  # the app only ever looks at this folder
@@ -480,8 +523,14 @@ async def test_x_in_locks_removes_stale_lock_files(procs: ProcStarter, tmp_path:
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.press("3")
-        await wait_until(pilot, lambda: app.model is not None and str(stale) in app.model.stale_locks
-                         and any(lk.path == str(held) and live.pid in lk.holders for lk in app.model.locks))
+        await wait_until(
+            pilot,
+            lambda: (
+                app.model is not None
+                and str(stale) in app.model.stale_locks
+                and any(lk.path == str(held) and live.pid in lk.holders for lk in app.model.locks)
+            ),
+        )
         assert str(held) not in app.model.stale_locks  # type: ignore[union-attr]
         await pilot.press("x")
         await wait_until(pilot, lambda: "removed 1 stale lock file(s)" in notices(app))
@@ -555,7 +604,9 @@ async def test_late_worker_messages_after_shutdown_touch_nothing() -> None:
     assert not app._ui_live()
     app.on_model_ready(ModelReady(model))
     app.on_action_progress(ActionProgress(Progress("waiting", (2101,), 1.0), (2101,)))
-    app.on_action_done(ActionDone(describe("kill", backend.kill([Target.pid(2466)], model.snapshot)), (2466,)))
+    app.on_action_done(
+        ActionDone(describe("kill", backend.kill([Target.pid(2466)], model.snapshot)), (2466,))
+    )
     app.on_action_failed(ActionFailed("kill", "late", (2466,)))
     app.on_notice(Notice("late"))
     assert not app.status
@@ -602,10 +653,13 @@ async def test_escapes_in_a_command_line_never_reach_the_screen(procs: ProcStart
     def screen() -> str:
         """The screen's lines as the terminal gets them (every layer), after checking nothing raw is in them
         nor in the SVG screenshot of the same frame."""
-        assert UNSAFE.search(app.export_screenshot().replace("\n", "")) is None, "raw control character on screen"
+        assert UNSAFE.search(app.export_screenshot().replace("\n", "")) is None, (
+            "raw control character on screen"
+        )
         update = app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
-        text = "\n".join("".join(seg.text for strip in line for seg in strip if not seg.control)
-                         for line in update.strips)  # type: ignore[union-attr]
+        text = "\n".join(
+            "".join(seg.text for strip in line for seg in strip if not seg.control) for line in update.strips
+        )  # type: ignore[union-attr]
         assert UNSAFE.search(text.replace("\n", "")) is None, text
         return text
 
@@ -614,7 +668,9 @@ async def test_escapes_in_a_command_line_never_reach_the_screen(procs: ProcStart
         shown = screen()
         assert "\\x1b]0;pwned\\x07 -c" in shown and "\\x1b[2J \\u202eevil two\\nlines" in shown
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None)
+        await wait_until(
+            pilot, lambda: isinstance(app.screen, DetailsScreen) and app.screen.extra is not None
+        )
         await pilot.pause()
         assert "user  root (uid 0)" in screen()  # the details screen: nothing raw on it
         body = details_markup(app.model, p.pid, app.screen.extra).plain  # type: ignore[arg-type, attr-defined]
@@ -659,6 +715,7 @@ async def test_a_pool_of_1000_sleepers_is_one_row_until_unfolded(procs: ProcStar
     members = {pool.pid, *kids}
     app = make_app(tmp_path)
     async with app.run_test(size=(120, 30)) as pilot:
+
         def head() -> object:
             idx = app.process_table.index_of(("p", pool.pid))
             return None if idx is None else app.process_table.rows[idx]
@@ -717,8 +774,12 @@ async def test_a_fold_the_user_made_keeps_the_cursor_on_the_folded_row() -> None
         assert app.process_table.move_to_key(("p", 2101))
         await pilot.press("minus")  # fold 2101's subtree (its 4 workers)
         row = app.selected_row()
-        assert row is not None and row.folded and row.size == 5 and row.cpu == pytest.approx(99.2 + 38.0 + 35.5
-                                                                                             + 36.1 + 33.9)
+        assert (
+            row is not None
+            and row.folded
+            and row.size == 5
+            and row.cpu == pytest.approx(99.2 + 38.0 + 35.5 + 36.1 + 33.9)
+        )
         await pilot.press("s", "s", "s", "S")  # sorts: still folded, still under the cursor
         assert app.process_table.cursor_key == ("p", 2101) and app.selected_row().folded  # type: ignore[union-attr]
         await pilot.press("g")
@@ -730,8 +791,9 @@ async def test_a_fold_the_user_made_keeps_the_cursor_on_the_folded_row() -> None
         assert app.process_table.rows[app.process_table.index_of(("g", 2101))].folded  # type: ignore[index]
 
 
-async def test_every_action_is_in_the_palette_and_acts_on_the_selection(procs: ProcStarter,
-                                                                        tmp_path: Path) -> None:
+async def test_every_action_is_in_the_palette_and_acts_on_the_selection(
+    procs: ProcStarter, tmp_path: Path
+) -> None:
     """Ctrl+P then "pause", "resume", "term", "sort", "help": a command for each, built from the bindings, acting
     on the selected row like the key (real signals on the test's own process)."""
     from textual.command import CommandList, CommandPalette
@@ -756,10 +818,15 @@ async def test_every_action_is_in_the_palette_and_acts_on_the_selection(procs: P
     async with app.run_test(size=(100, 30)) as pilot:
         titles = [t for t, _h, _c in app.palette_commands()]
         # Every binding is a command (but the cluster's node switch without --ray), then each sort and grouping.
-        assert titles[:len(app.KEYS) - 1] == [PALETTE_TITLES[b.id] for b in app.KEYS  # type: ignore[index]
-                                             if b.id != "procguard.node"]
-        assert titles[len(app.KEYS) - 1:] == [*(f"Sort by {SORT_LABELS[k]}" for k in SORT_KEYS),
-                                             *(f"Group {GROUPING_LABELS[g]}" for g in GROUPINGS)]
+        assert titles[: len(app.KEYS) - 1] == [
+            PALETTE_TITLES[b.id]
+            for b in app.KEYS  # type: ignore[index]
+            if b.id != "procguard.node"
+        ]
+        assert titles[len(app.KEYS) - 1 :] == [
+            *(f"Sort by {SORT_LABELS[k]}" for k in SORT_KEYS),
+            *(f"Group {GROUPING_LABELS[g]}" for g in GROUPINGS),
+        ]
         await select(pilot, app, ("p", p.pid))
         await run("pause", "Pause selection")
         await wait_until(pilot, lambda: proc_state(p.pid) == "T")
@@ -794,13 +861,15 @@ async def test_keys_that_do_nothing_here_say_why() -> None:
         await pilot.press("enter")
         await pilot.press("x")
         said = [t for t, _ in app.record.notices]
-        assert said == ["d ends duplicate runs in the Duplicates view: press 2",
-                        "x removes stale lock files in the Locks view: press 3",
-                        "sort by GPU memory skipped: no GPU (NVML library not found (libnvidia-ml.so.1): no NVIDIA "
-                        "driver)",
-                        "space (mark) works in the Processes view: press 1",
-                        "Enter: a section header has no details: move to a process row",
-                        "x removes stale lock files in the Locks view: press 3"], said
+        assert said == [
+            "d ends duplicate runs in the Duplicates view: press 2",
+            "x removes stale lock files in the Locks view: press 3",
+            "sort by GPU memory skipped: no GPU (NVML library not found (libnvidia-ml.so.1): no NVIDIA "
+            "driver)",
+            "space (mark) works in the Processes view: press 1",
+            "Enter: a section header has no details: move to a process row",
+            "x removes stale lock files in the Locks view: press 3",
+        ], said
         await pilot.pause()
         from textual.widgets._toast import Toast
 
@@ -816,10 +885,15 @@ async def test_remapped_keys_explain_with_their_new_key(monkeypatch: pytest.Monk
         await pilot.press("d")  # nothing bound there any more: no word
         await pilot.press("D")
         await pilot.press("3", "f9")
-        assert [t for t, _ in app.record.notices] == ["D ends duplicate runs in the Duplicates view: press 2",
-                                                      "f9 (fold) works in the Processes view: press 1"]
-        assert ("D", "Duplicates: end all but the oldest run of the script", "procguard.end_duplicates") in \
-            app.key_table()
+        assert [t for t, _ in app.record.notices] == [
+            "D ends duplicate runs in the Duplicates view: press 2",
+            "f9 (fold) works in the Processes view: press 1",
+        ]
+        assert (
+            "D",
+            "Duplicates: end all but the oldest run of the script",
+            "procguard.end_duplicates",
+        ) in app.key_table()
 
 
 async def test_user_filters_every_view_and_the_summary() -> None:
@@ -849,8 +923,9 @@ async def test_user_filters_every_view_and_the_summary() -> None:
 
 
 @needs_root
-async def test_user_filters_duplicates_and_locks_of_real_processes(procs: ProcStarter, shared_tmp: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_user_filters_duplicates_and_locks_of_real_processes(
+    procs: ProcStarter, shared_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Real processes: a script run twice by root and another run twice by nobody, each run of root's holding a
     lock: `--user nobody` shows nobody's duplicate group only, no lock, and nobody's processes in the summary."""
     lock_dir = shared_tmp / "locks"
@@ -862,8 +937,12 @@ async def test_user_filters_duplicates_and_locks_of_real_processes(procs: ProcSt
     theirs.write_text(SLEEPER)
     theirs.chmod(0o644)
     started = []
-    for argv in ([sys.executable, str(mine)], [sys.executable, str(mine)],
-                 [*NOBODY, sys.executable, str(theirs)], [*NOBODY, sys.executable, str(theirs)]):
+    for argv in (
+        [sys.executable, str(mine)],
+        [sys.executable, str(mine)],
+        [*NOBODY, sys.executable, str(theirs)],
+        [*NOBODY, sys.executable, str(theirs)],
+    ):
         p = procs.popen(argv, start_new_session=True, stdout=subprocess.PIPE)
         procs.wait_ready(p)
         started.append(p)
@@ -872,12 +951,14 @@ async def test_user_filters_duplicates_and_locks_of_real_processes(procs: ProcSt
     async with app.run_test(size=(140, 30)) as pilot:
         await pilot.press("2")
         pane = app.query_one(DuplicatesPane)
-        await wait_until(pilot, lambda: all(pane.table.index_of(("inst", p.pid)) is not None
-                                            for p in started[2:]))
+        await wait_until(
+            pilot, lambda: all(pane.table.index_of(("inst", p.pid)) is not None for p in started[2:])
+        )
         assert all(pane.table.index_of(("inst", p.pid)) is None for p in started[:2])
         await pilot.press("3")
-        await wait_until(pilot, lambda: app.model is not None and any(holder.pid in lk.holders
-                                                                      for lk in app.model.locks))
+        await wait_until(
+            pilot, lambda: app.model is not None and any(holder.pid in lk.holders for lk in app.model.locks)
+        )
         await refreshed(pilot, app)
         rows = app.query_one("#locks-table").rows  # type: ignore[attr-defined]
         assert not [r for r in rows if r.key[0] == "lock" and holder.pid in (r.pid,)]
@@ -919,7 +1000,9 @@ async def test_details_history_starts_when_a_process_is_selected(procs: ProcStar
         await wait_until(pilot, lambda: isinstance(app.screen, DetailsScreen))
         seen = hist.count
         await wait_until(pilot, lambda: hist.count >= seen + 2)
-        await wait_until(pilot, lambda: f"({hist.count} samples" in str(app.screen.query_one("#details-body").render()))
+        await wait_until(
+            pilot, lambda: f"({hist.count} samples" in str(app.screen.query_one("#details-body").render())
+        )
 
 
 async def test_history_stays_bounded_at_5000_processes() -> None:

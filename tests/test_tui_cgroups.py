@@ -53,7 +53,9 @@ def cgroup_state(where: Cg) -> dict[str, int]:
 
 def start_two(procs: ProcStarter, where: Cg, tmp_path: Path) -> list[int]:
     """Two sleepers of this test (tmp_path in their command line) inside the cgroup."""
-    pids = [start_in(procs, where, [sys.executable, "-c", SLEEP, str(tmp_path / f"job{i}")]).pid for i in range(2)]
+    pids = [
+        start_in(procs, where, [sys.executable, "-c", SLEEP, str(tmp_path / f"job{i}")]).pid for i in range(2)
+    ]
     wait_for(lambda: sorted(C.cgroup_members(where.path)) == sorted(pids))
     return pids
 
@@ -92,8 +94,11 @@ def notices(app: ProcguardApp) -> str:
 
 
 @pytest.mark.asyncio
-async def test_cgroup_grouping_freeze_and_thaw_from_the_table(cg: Cg, procs: ProcStarter,  # noqa: F811
-                                                              tmp_path: Path) -> None:
+async def test_cgroup_grouping_freeze_and_thaw_from_the_table(
+    cg: Cg,  # noqa: F811
+    procs: ProcStarter,
+    tmp_path: Path,
+) -> None:
     """The fourth grouping shows the test's cgroup as one row with its totals; `p` on it freezes the cgroup
     (cgroup.freeze: its processes show F, not S, and the row says frozen); `r` on one of its (frozen) processes
     thaws the cgroup; `p` and `r` on the cgroup row do the same from the row."""
@@ -109,7 +114,9 @@ async def test_cgroup_grouping_freeze_and_thaw_from_the_table(cg: Cg, procs: Pro
         assert model is not None
         procs_ = [model.snapshot[p] for p in pids]
         assert (head.rss, head.cpu) == (sum(p.rss for p in procs_), sum(p.cpu_percent for p in procs_))
-        assert [r.id for r in app.process_table.rows if r.kind == "proc"] == sorted(pids)  # under their header
+        assert [r.id for r in app.process_table.rows if r.kind == "proc"] == sorted(
+            pids
+        )  # under their header
 
         assert app.process_table.move_to_key(key)
         await pilot.press("p")
@@ -140,8 +147,11 @@ async def test_cgroup_grouping_freeze_and_thaw_from_the_table(cg: Cg, procs: Pro
 
 
 @pytest.mark.asyncio
-async def test_terminate_a_cgroup_row_shows_the_way_and_ends_it(cg: Cg, procs: ProcStarter,  # noqa: F811
-                                                                tmp_path: Path) -> None:
+async def test_terminate_a_cgroup_row_shows_the_way_and_ends_it(
+    cg: Cg,  # noqa: F811
+    procs: ProcStarter,
+    tmp_path: Path,
+) -> None:
     """`t` on a cgroup row: the confirm dialog lists its processes and says how the cgroup would end (SIGTERM,
     then cgroup.kill); confirmed, every member ends and the cgroup is empty."""
     pids = start_two(procs, cg, tmp_path)
@@ -156,15 +166,20 @@ async def test_terminate_a_cgroup_row_shows_the_way_and_ends_it(cg: Cg, procs: P
         assert plan.targets == (Target.cgroup(cg.path),)
         assert sorted(m.pid for m in plan.blast.acting) == sorted(pids)
         (how,) = plan.notes
-        assert how.startswith(f"cgroup {cg.path}, 2 processes: SIGTERM to every member, then cgroup.kill"), how
+        assert how.startswith(f"cgroup {cg.path}, 2 processes: SIGTERM to every member, then cgroup.kill"), (
+            how
+        )
         await pilot.press("y")
         await until(pilot, lambda: all(is_gone(p) for p in pids))
         await until(pilot, lambda: "2 ended" in notices(app))
     assert cgroup_state(cg).get("populated") == 0
 
 
-def test_the_live_backend_reads_cgroups_and_the_freezer(cg: Cg, procs: ProcStarter,  # noqa: F811
-                                                        tmp_path: Path) -> None:
+def test_the_live_backend_reads_cgroups_and_the_freezer(
+    cg: Cg,  # noqa: F811
+    procs: ProcStarter,
+    tmp_path: Path,
+) -> None:
     """LiveBackend: each process's cgroup (named), the frozen ones with the cgroup to thaw; the cgroup cache
     rereads a process that exec'd (moved, then exec'd: the shell's cgroup read before the move is not kept)."""
     pids = start_two(procs, cg, tmp_path)
@@ -196,9 +211,12 @@ def test_the_live_backend_reads_cgroups_and_the_freezer(cg: Cg, procs: ProcStart
 
 
 @pytest.mark.asyncio
-async def test_gpu_view_and_summary_show_the_kernels_holders_and_orphans(dev: Path, procs: ProcStarter,  # noqa: F811
-                                                                         tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_gpu_view_and_summary_show_the_kernels_holders_and_orphans(
+    dev: Path,  # noqa: F811
+    procs: ProcStarter,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Without NVML: a worker left holding a GPU device open after its parent died is a GPU holder ("open", no
     memory figure) and an orphan (flag O) in the GPU view, the table's flags and the summary; a daemon holding
     one (its own session leader) is a holder, not an orphan."""

@@ -47,9 +47,18 @@ WORKER = "bb" * 28
 def part(node: str, index: int, count: int = 2, gone: frozenset[int] = frozenset()) -> Model:
     m = demo_model(gone=gone)
     view = NodeView(node, f"10.0.0.{index}", index == 1, index, count)
-    return make_model(m.seq, m.snapshot, m.gpu, duplicates=m.duplicates, scheduled=m.scheduled, locks=m.locks,
-                      stale_locks=m.stale_locks, guarded=m.guarded.values(), node=view,
-                      owners={2101: "c0ffee00"} if node == WORKER else {})
+    return make_model(
+        m.seq,
+        m.snapshot,
+        m.gpu,
+        duplicates=m.duplicates,
+        scheduled=m.scheduled,
+        locks=m.locks,
+        stale_locks=m.stale_locks,
+        guarded=m.guarded.values(),
+        node=view,
+        owners={2101: "c0ffee00"} if node == WORKER else {},
+    )
 
 
 class TwoNodes(DemoBackend):
@@ -77,11 +86,19 @@ class TwoNodes(DemoBackend):
                 parts.append(part(WORKER, 2, gone=frozenset(self.gone_on[WORKER])))
             return cluster_model(self._seq, parts, failures)
 
-    def resolve_nodes(self, parts: Sequence[NodeTargets]) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
+    def resolve_nodes(
+        self, parts: Sequence[NodeTargets]
+    ) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
         return [(p.node, m) for p in parts for m in demo_resolve(p.snapshot, p.targets)], []
 
-    def act_nodes(self, action: str, parts: Sequence[NodeTargets], *, grace: float = 5.0,
-                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act_nodes(
+        self,
+        action: str,
+        parts: Sequence[NodeTargets],
+        *,
+        grace: float = 5.0,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         name = action_name(action)
         with self.calls:
             self.sent.append({p.node: p.targets for p in parts})
@@ -91,7 +108,9 @@ class TwoNodes(DemoBackend):
             if name == "kill":
                 with self._lock:
                     self.gone_on[p.node].update(m.pid for m in members)
-            out += [SignalResult(m.pid, Outcome.KILLED, 0.0, None, m.name, m.cmdline, m.username) for m in members]
+            out += [
+                SignalResult(m.pid, Outcome.KILLED, 0.0, None, m.name, m.cmdline, m.username) for m in members
+            ]
         return out
 
 
@@ -125,8 +144,10 @@ def test_rows_are_keyed_by_node_and_pid() -> None:
 def test_targets_marks_and_liveness_go_by_node() -> None:
     m = both()
     groups = node_targets([("p", 2466, WORKER), ("g", 2101, HEAD), ("p", 5200, WORKER)], m)
-    assert [(g.node, g.targets) for g in groups] == [(HEAD, (Target.group(2101),)),
-                                                     (WORKER, (Target.pid(2466), Target.pid(5200)))]
+    assert [(g.node, g.targets) for g in groups] == [
+        (HEAD, (Target.group(2101),)),
+        (WORKER, (Target.pid(2466), Target.pid(5200))),
+    ]
     assert groups[0].snapshot is m.part(HEAD).snapshot  # type: ignore[union-attr]
     assert groups[1].label.startswith(WORKER[:8])
     gone = cluster_model(2, [part(HEAD, 1, gone=frozenset({2466})), part(WORKER, 2)])
@@ -150,8 +171,11 @@ def test_summary_counts_the_cluster_or_the_node_and_names_a_failed_node() -> Non
 
 def test_views_2_to_4_have_a_section_per_node() -> None:
     rows = duplicate_rows(both())
-    sections = [r.cells[0].text for r in rows if r.kind == "section" and r.key[0] == "section"
-                and str(r.key[1]).startswith("node-")]
+    sections = [
+        r.cells[0].text
+        for r in rows
+        if r.kind == "section" and r.key[0] == "section" and str(r.key[1]).startswith("node-")
+    ]
     assert sections == [f"node {HEAD[:8]} 10.0.0.1 (head) · 1 of 2", f"node {WORKER[:8]} 10.0.0.2 · 2 of 2"]
     inst = [r for r in rows if r.key[0] == "inst"]
     assert {(r.key[1], r.node) for r in inst} == {(2101, HEAD), (2466, HEAD), (2101, WORKER), (2466, WORKER)}
@@ -163,7 +187,10 @@ def test_a_plan_on_two_nodes_groups_its_processes_by_node() -> None:
     m = both()
     backend = TwoNodes()
     plan = make_plan(backend, "kill", node_targets([("p", 2466, WORKER), ("p", 6001, HEAD)], m), m, 1.0)
-    assert [(g.node, g.targets) for g in plan.nodes] == [(HEAD, (Target.pid(6001),)), (WORKER, (Target.pid(2466),))]
+    assert [(g.node, g.targets) for g in plan.nodes] == [
+        (HEAD, (Target.pid(6001),)),
+        (WORKER, (Target.pid(2466),)),
+    ]
     assert plan.blast.nodes == (HEAD, WORKER) and plan.blast.gpu_bytes == 22 * 1024**3
     text = [c.plain for c in member_lines(plan)]
     assert text[0].startswith(f"node {HEAD[:8]} 10.0.0.1 (head)") and "6001" in text[1]

@@ -51,7 +51,9 @@ def test_filter_keeps_matches_only_in_their_own_tree_shape() -> None:
     # Ancestors that don't match are not pulled in; the workers still hang under their run.
     assert by[2101].depth == 0 and by[2135].depth == 1 and by[2470].depth == 1
     assert build_rows(demo_model(), ViewState(filter="BOB")) and all(
-        r.proc.username == "bob" or "bob" in r.proc.command for r in build_rows(demo_model(), ViewState(filter="BOB")))
+        r.proc.username == "bob" or "bob" in r.proc.command
+        for r in build_rows(demo_model(), ViewState(filter="BOB"))
+    )
     assert {r.id for r in build_rows(demo_model(), ViewState(filter="4110"))} == {4110}
 
 
@@ -99,7 +101,12 @@ def test_flags() -> None:
 def test_targets_and_blast_radius() -> None:
     m = demo_model()
     t = targets_for_keys([("p", 2466), ("g", 2101), ("s", 4010)], m.snapshot)
-    assert Target.pid(2466) in t and Target.group(2101) in t and Target.group(4100) in t and Target.group(4010) in t
+    assert (
+        Target.pid(2466) in t
+        and Target.group(2101) in t
+        and Target.group(4100) in t
+        and Target.group(4010) in t
+    )
     members = demo_resolve(m.snapshot, targets_for_keys([("g", 2101)], m.snapshot))
     b = blast_radius(m, members)
     assert {x.pid for x in b.acting} == {2101, 2135, 2136, 2137, 2138}
@@ -110,7 +117,10 @@ def test_targets_and_blast_radius() -> None:
 
 def test_prune_marks() -> None:
     gone = demo_model(gone=frozenset({2466}))
-    assert prune_marks({("p", 2466), ("p", 2101), ("g", 2101), ("s", 99999)}, gone) == {("p", 2101), ("g", 2101)}
+    assert prune_marks({("p", 2466), ("p", 2101), ("g", 2101), ("s", 99999)}, gone) == {
+        ("p", 2101),
+        ("g", 2101),
+    }
 
 
 def test_summary_and_other_views() -> None:
@@ -129,7 +139,11 @@ def test_summary_and_other_views() -> None:
 
 
 def test_formatting_and_fit() -> None:
-    assert fmt.bytes_short(0, blank_zero=True) == "" and fmt.bytes_short(1536) == "1.5K" and fmt.bytes_short(300 * 1024**3) == "300G"
+    assert (
+        fmt.bytes_short(0, blank_zero=True) == ""
+        and fmt.bytes_short(1536) == "1.5K"
+        and fmt.bytes_short(300 * 1024**3) == "300G"
+    )
     assert fmt.age(59) == "59s" and fmt.age(3600 + 120) == "1h02m" and fmt.age(2 * 86400 + 3600) == "2d01h"
     assert fit("abcdef", 4) == "abc…" and fit("ab", 4, "right") == "  ab"
     assert fit("/a/b/c/train.lock", 8, clip="start") == "…in.lock"
@@ -160,11 +174,24 @@ def test_progress_labels() -> None:
 def test_cli_options(capsys: pytest.CaptureFixture[str]) -> None:
     """tui/cli.py parses with core's argument helpers: the same rules and one-line errors as `procguard`."""
     a = parse_args(["--interval", "0.5", "--filter", "x", "--grace", "0", "--no-confirm", "--user", "0"])
-    assert (a.interval, a.filter, a.grace, a.no_confirm, a.user, a.all_users) == (0.5, "x", 0.0, True, "root", False)
+    assert (a.interval, a.filter, a.grace, a.no_confirm, a.user, a.all_users) == (
+        0.5,
+        "x",
+        0.0,
+        True,
+        "root",
+        False,
+    )
     assert parse_args(["--all-users"]).all_users
     capsys.readouterr()
-    for bad in (["--interval", "0"], ["--grace", "-1"], ["--interval", "nan"], ["--user", "no-such-user-xyz"],
-                ["--grace", "soon"], ["--interval"]):
+    for bad in (
+        ["--interval", "0"],
+        ["--grace", "-1"],
+        ["--interval", "nan"],
+        ["--user", "no-such-user-xyz"],
+        ["--grace", "soon"],
+        ["--interval"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(bad)
         assert e.value.code == 2
@@ -176,8 +203,10 @@ def test_cli_options(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--version"])
     assert e.value.code == 0
     assert "procguard-tui" in capsys.readouterr().out
-    assert parse_keymap("procguard.terminate=T, procguard.kill=K") == {"procguard.terminate": "T",
-                                                                       "procguard.kill": "K"}
+    assert parse_keymap("procguard.terminate=T, procguard.kill=K") == {
+        "procguard.terminate": "T",
+        "procguard.kill": "K",
+    }
     with pytest.raises(ValueError, match="'bad' is not binding-id=key"):  # issue 17: no longer ignored
         parse_keymap("procguard.terminate=T, procguard.kill=K,bad")
 
@@ -200,12 +229,23 @@ def test_readme_lists_every_key_and_screenshot() -> None:
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## procguard-tui\n", 1)[1].split("\n## ", 1)[0]
-    ids = [b.id for cls in (ProcguardApp, FilterInput, ConfirmScreen, DetailsScreen, HelpScreen, KeyedTable)
-           for b in cls.BINDINGS]  # type: ignore[union-attr]
+    ids = [
+        b.id
+        for cls in (ProcguardApp, FilterInput, ConfirmScreen, DetailsScreen, HelpScreen, KeyedTable)
+        for b in cls.BINDINGS
+    ]  # type: ignore[union-attr]
     assert all(ids)
     missing = [i for i in ids if f"`{i}`" not in section]
     assert not missing, f"README's procguard-tui section lacks binding ids {missing}"
-    for flag in ("--interval", "--filter", "--grace", "--user", "--no-confirm", "--version", "PROCGUARD_TUI_KEYMAP"):
+    for flag in (
+        "--interval",
+        "--filter",
+        "--grace",
+        "--user",
+        "--no-confirm",
+        "--version",
+        "PROCGUARD_TUI_KEYMAP",
+    ):
         assert flag in section, flag
     for shot in SHOTS:
         assert f"(screenshots/{shot.name}.svg)" in section, shot.name
@@ -217,27 +257,32 @@ def test_ray_options_need_ray_and_plain_use_never_loads_it() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, io, contextlib\n"
-            "from procguard.tui.app import ProcguardApp, Options\n"
-            "from procguard.tui.cli import parse_args, main\n"
-            "parse_args(['--ray', 'auto', '--node', 'head'])\n"
-            "app = ProcguardApp(Options())\n"
-            "assert not app.cluster_mode and app.check_action('next_node', ()) is False\n"
-            "assert 'procguard.node' not in [b for _k, _d, b in app.key_table()]\n"
-            "for argv in (['--node', 'head'], ['--demo', '--ray', 'auto']):\n"
-            "    err = io.StringIO()\n"
-            "    with contextlib.redirect_stderr(err):\n"
-            "        try:\n"
-            "            main(argv)\n"
-            "        except SystemExit as e:\n"
-            "            assert e.code == 2, e.code\n"
-            "    print(err.getvalue(), end='')\n"
-            "print('ray loaded' if 'ray' in sys.modules else 'no ray')\n")
+    code = (
+        "import sys, io, contextlib\n"
+        "from procguard.tui.app import ProcguardApp, Options\n"
+        "from procguard.tui.cli import parse_args, main\n"
+        "parse_args(['--ray', 'auto', '--node', 'head'])\n"
+        "app = ProcguardApp(Options())\n"
+        "assert not app.cluster_mode and app.check_action('next_node', ()) is False\n"
+        "assert 'procguard.node' not in [b for _k, _d, b in app.key_table()]\n"
+        "for argv in (['--node', 'head'], ['--demo', '--ray', 'auto']):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            assert e.code == 2, e.code\n"
+        "    print(err.getvalue(), end='')\n"
+        "print('ray loaded' if 'ray' in sys.modules else 'no ray')\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    assert lines == ["procguard-tui: error: --node needs --ray",
-                     "procguard-tui: error: --demo and --ray exclude each other", "no ray"], out.stdout
+    assert lines == [
+        "procguard-tui: error: --node needs --ray",
+        "procguard-tui: error: --demo and --ray exclude each other",
+        "no ray",
+    ], out.stdout
 
 
 def test_summary_names_the_cluster_node() -> None:
@@ -257,8 +302,9 @@ def test_summary_names_the_cluster_node() -> None:
     model = demo_model()
     assert "node" not in summary_markup(model, 120).plain
     wide = summary_markup(model, 120, view.label, view.compact)  # Content: the label is plain text in it
-    assert wide.markup.startswith("[$text-muted]node[/$text-muted] [b $text-accent]c4744161 10.0.0.7 · 2 of 3"
-                                  "[/b $text-accent]"), wide.markup
+    assert wide.markup.startswith(
+        "[$text-muted]node[/$text-muted] [b $text-accent]c4744161 10.0.0.7 · 2 of 3[/b $text-accent]"
+    ), wide.markup
     assert "c4744161 2/3" in summary_markup(model, 80, view.label, view.compact).plain
     assert had_ray or "ray" not in sys.modules
 

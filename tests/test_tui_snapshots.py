@@ -94,8 +94,9 @@ def test_folded_tree(snap_compare: Callable[..., bool], size: str) -> None:
 
 
 def test_folded_process_groups(snap_compare: Callable[..., bool]) -> None:
-    assert snap_compare(demo_app(), terminal_size=(100, 30), run_before=fold(("g", 2101), ("g", 4100),
-                                                                             grouping_presses=1))
+    assert snap_compare(
+        demo_app(), terminal_size=(100, 30), run_before=fold(("g", 2101), ("g", 4100), grouping_presses=1)
+    )
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -131,7 +132,10 @@ def test_screenshots_are_up_to_date(tmp_path: Path) -> None:
     assert "SIGTERM&#160;sent,&#160;3.0&#160;s&#160;left" in texts["terminating"]
     assert "(gone)" in texts["terminated"] and "killed&#160;after" in texts["terminated"]
     committed = Path(__file__).resolve().parent.parent / "screenshots"
-    stale = [name for name, text in texts.items()
-             if not (committed / f"{name}.svg").is_file()
-             or (committed / f"{name}.svg").read_text(encoding="utf-8") != text]
+    stale = [
+        name
+        for name, text in texts.items()
+        if not (committed / f"{name}.svg").is_file()
+        or (committed / f"{name}.svg").read_text(encoding="utf-8") != text
+    ]
     assert not stale, f"screenshots/ out of date: {stale}; run .venv/bin/python -m procguard.tui.screenshots"

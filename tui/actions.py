@@ -16,8 +16,13 @@ from procguard.tui.backends import Backend, ProgressFn
 from procguard.tui.model import Blast, Model, NodeTargets, blast_radius
 
 Kind = Literal["terminate", "kill", "pause", "resume", "end_duplicates"]
-VERBS = {"terminate": "Terminate", "kill": "Kill", "pause": "Pause", "resume": "Resume",
-         "end_duplicates": "End duplicate runs"}
+VERBS = {
+    "terminate": "Terminate",
+    "kill": "Kill",
+    "pause": "Pause",
+    "resume": "Resume",
+    "end_duplicates": "End duplicate runs",
+}
 CONFIRMED: frozenset[str] = frozenset({"terminate", "kill", "end_duplicates"})
 
 
@@ -36,7 +41,9 @@ class Plan:
     notes: tuple[str, ...] = field(default=())  # extra lines for the dialog (kept run, skipped runs)
     victims: tuple[Instance, ...] = ()  # end_duplicates: the runs the dialog shows; only these may end
     all_users: bool = False  # end_duplicates: root may end other users' runs (--all-users)
-    nodes: tuple[NodeTargets, ...] = ()  # cluster mode: each node's targets and snapshot (each acts on its own)
+    nodes: tuple[
+        NodeTargets, ...
+    ] = ()  # cluster mode: each node's targets and snapshot (each acts on its own)
 
     @property
     def title(self) -> str:
@@ -51,8 +58,14 @@ class Plan:
         return f"{VERBS[self.kind]} {what}?"
 
 
-def make_plan(backend: Backend, kind: Kind, targets: Sequence[Target] | Sequence[NodeTargets], model: Model,
-              grace: float, scope: Callable[[Member], bool] | None = None) -> Plan:
+def make_plan(
+    backend: Backend,
+    kind: Kind,
+    targets: Sequence[Target] | Sequence[NodeTargets],
+    model: Model,
+    grace: float,
+    scope: Callable[[Member], bool] | None = None,
+) -> Plan:
     """The dry run of `targets` (plain targets on the model's snapshot, or targets grouped by node: model.node_targets;
     in cluster mode every node's part is resolved on that node, all at once)."""
     groups = [g if isinstance(g, NodeTargets) else NodeTargets("", "", (g,), model.snapshot) for g in targets]
@@ -68,13 +81,26 @@ def make_plan(backend: Backend, kind: Kind, targets: Sequence[Target] | Sequence
     # A node that did not answer the dry run is left out of the action: the dialog says so.
     gone = {node for node, _why in failed}
     notes = tuple(f"left out: {why}" for _node, why in failed)
-    return Plan(kind, tuple(t for g in groups if g.node not in gone for t in g.targets), model.snapshot,
-                blast_radius(model, members, [node for node, _m in pairs]), grace, notes=notes,
-                nodes=tuple(g for g in groups if g.node not in gone))
+    return Plan(
+        kind,
+        tuple(t for g in groups if g.node not in gone for t in g.targets),
+        model.snapshot,
+        blast_radius(model, members, [node for node, _m in pairs]),
+        grace,
+        notes=notes,
+        nodes=tuple(g for g in groups if g.node not in gone),
+    )
 
 
-def make_duplicates_plan(backend: Backend, group: DuplicateGroup, model: Model, grace: float,
-                         scope: Callable[[Member], bool] | None = None, *, all_users: bool = False) -> Plan:
+def make_duplicates_plan(
+    backend: Backend,
+    group: DuplicateGroup,
+    model: Model,
+    grace: float,
+    scope: Callable[[Member], bool] | None = None,
+    *,
+    all_users: bool = False,
+) -> Plan:
     report = backend.plan_duplicates(group.identity, grace, model.snapshot, all_users=all_users)
     if report.skipped_reason:
         raise RuntimeError(report.skipped_reason)
@@ -82,10 +108,21 @@ def make_duplicates_plan(backend: Backend, group: DuplicateGroup, model: Model, 
     notes = [f"keeps pid {k.pid} (the oldest run): {k.command}" for k in report.kept]
     notes += [f"leaves pid {inst.pid} alone: {why}" for inst, why in report.skipped]
     if not report.would_end:
-        raise RuntimeError(f"nothing to end for {group.identity.display}"
-                           + (f" ({'; '.join(notes[1:])})" if len(notes) > 1 else ""))
-    return Plan("end_duplicates", (), model.snapshot, blast_radius(model, report.would_end), grace,
-                group.identity, tuple(notes), tuple(report.ended), all_users)
+        raise RuntimeError(
+            f"nothing to end for {group.identity.display}"
+            + (f" ({'; '.join(notes[1:])})" if len(notes) > 1 else "")
+        )
+    return Plan(
+        "end_duplicates",
+        (),
+        model.snapshot,
+        blast_radius(model, report.would_end),
+        grace,
+        group.identity,
+        tuple(notes),
+        tuple(report.ended),
+        all_users,
+    )
 
 
 def _check_scope(members: Sequence[Member], scope: Callable[[Member], bool] | None) -> None:
@@ -131,18 +168,23 @@ def run_plan(backend: Backend, plan: Plan, on_progress: ProgressFn | None = None
     if plan.nodes:  # cluster mode: each node acts on its own part, all at once
         results = backend.act_nodes(plan.kind, plan.nodes, grace=plan.grace, on_progress=on_progress)
     else:
-        results = backend.act(plan.kind, plan.targets, plan.snapshot, grace=plan.grace, on_progress=on_progress)
+        results = backend.act(
+            plan.kind, plan.targets, plan.snapshot, grace=plan.grace, on_progress=on_progress
+        )
     return describe(plan.kind, results)
 
 
 def _end_duplicates(backend: Backend, plan: Plan, on_progress: ProgressFn | None) -> Done:
     assert plan.identity is not None
-    report = backend.end_duplicates(plan.identity, plan.grace, plan.snapshot, on_progress,
-                                    victims=plan.victims, all_users=plan.all_users)
+    report = backend.end_duplicates(
+        plan.identity, plan.grace, plan.snapshot, on_progress, victims=plan.victims, all_users=plan.all_users
+    )
     if report.skipped_reason:
         return Done(plan.kind, (), f"nothing ended: {report.skipped_reason}", "error")
     # A confirmed run that changed since the dialog (ended, another process, another job) was left alone.
-    changed = [(inst, why) for inst, why in report.skipped if inst.proc_id in {v.proc_id for v in plan.victims}]
+    changed = [
+        (inst, why) for inst, why in report.skipped if inst.proc_id in {v.proc_id for v in plan.victims}
+    ]
     skipped = "; ".join(f"skipped pid {inst.pid}: {why}" for inst, why in changed)
     if not report.results and changed:
         return Done(plan.kind, (), f"nothing ended: {skipped}", "warning")

@@ -92,20 +92,41 @@ from procguard.tui.widgets.table import KeyedTable
 VIEWS = ("processes", "duplicates", "locks", "gpu")
 VIEW_TITLES = {"processes": "Processes", "duplicates": "Duplicates", "locks": "Locks", "gpu": "GPU"}
 VIEW_HINTS = {  # (narrow, wide)
-    "duplicates": ("d: end all but the oldest run · t/k/p/r: the selected run",
-                   "d ends all but the oldest run of the selected script · t/k/p/r act on the selected run "
-                   "(with its process tree) · Enter details"),
-    "locks": ("x: remove stale lock files · t/k/p/r: the lock's holders",
-              "x removes the stale lock files · t/k/p/r act on the selected lock's holders · Enter details"),
-    "gpu": ("f: flush a guarded process's GPU cache · t/k/p/r: selected",
-            "f asks the selected guarded process to flush its GPU cache · t/k/p/r act on the selected process "
-            "· Enter details"),
+    "duplicates": (
+        "d: end all but the oldest run · t/k/p/r: the selected run",
+        "d ends all but the oldest run of the selected script · t/k/p/r act on the selected run "
+        "(with its process tree) · Enter details",
+    ),
+    "locks": (
+        "x: remove stale lock files · t/k/p/r: the lock's holders",
+        "x removes the stale lock files · t/k/p/r act on the selected lock's holders · Enter details",
+    ),
+    "gpu": (
+        "f: flush a guarded process's GPU cache · t/k/p/r: selected",
+        "f asks the selected guarded process to flush its GPU cache · t/k/p/r act on the selected process "
+        "· Enter details",
+    ),
 }
 KEYMAP_ENV = "PROCGUARD_TUI_KEYMAP"
 CLUSTER_ONLY = frozenset({"procguard.node"})  # binding ids shown (footer, help, palette) only with --ray
 WHY = ".why"  # suffix of the hidden twin of a binding: says why its key does nothing here (see _twins)
-PROCESSES_ONLY = frozenset({"cycle_grouping", "cycle_sort", "reverse_sort", "filter", "toggle_mark", "mark_all",
-                            "fold", "unfold", "fold_all", "tree_left", "tree_right", "set_sort", "set_grouping"})
+PROCESSES_ONLY = frozenset(
+    {
+        "cycle_grouping",
+        "cycle_sort",
+        "reverse_sort",
+        "filter",
+        "toggle_mark",
+        "mark_all",
+        "fold",
+        "unfold",
+        "fold_all",
+        "tree_left",
+        "tree_right",
+        "set_sort",
+        "set_grouping",
+    }
+)
 # Notifications: short, and one line on a narrow terminal (app.tcss), so the table stays readable.
 NOTIFY_TIMEOUT = {"information": 4.0, "warning": 6.0, "error": 10.0}
 
@@ -139,7 +160,9 @@ class AppRecord:
     models_applied: int = 0  # models shown (each refresh, each node switch)
     actions_started: int = 0  # plans started (confirmed, or without a dialog)
     notices: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=1000))  # (text, severity)
-    progress_log: deque[tuple[StatusKey, str]] = field(default_factory=lambda: deque(maxlen=2000))  # (pid, label)
+    progress_log: deque[tuple[StatusKey, str]] = field(
+        default_factory=lambda: deque(maxlen=2000)
+    )  # (pid, label)
 
 
 class ViewTabs(Tabs, can_focus=False):
@@ -162,8 +185,11 @@ def _twins(bindings: Sequence[Binding]) -> list[Binding]:
     """A hidden twin of each binding, on the same key: when the binding does nothing here (check_action says
     no: d outside Duplicates, space outside Processes...), the key falls through to its twin, which says why in
     a notification instead of doing nothing silently. Twins follow keymaps (`_keymap_with_twins`)."""
-    return [Binding(b.key, f"why('{b.id}')", f"why {b.description}", show=False, id=f"{b.id}{WHY}")
-            for b in bindings if b.id is not None and b.action not in ("quit", "help")]
+    return [
+        Binding(b.key, f"why('{b.id}')", f"why {b.description}", show=False, id=f"{b.id}{WHY}")
+        for b in bindings
+        if b.id is not None and b.action not in ("quit", "help")
+    ]
 
 
 class ProcguardApp(App[None]):
@@ -183,12 +209,20 @@ class ProcguardApp(App[None]):
         Binding("2", "show_view('duplicates')", "Duplicates", show=False, id="procguard.view.duplicates"),
         Binding("3", "show_view('locks')", "Locks", show=False, id="procguard.view.locks"),
         Binding("4", "show_view('gpu')", "GPU", show=False, id="procguard.view.gpu"),
-        Binding("t", "terminate", "Term", id="procguard.terminate", tooltip="SIGTERM, SIGKILL after the grace"),
+        Binding(
+            "t", "terminate", "Term", id="procguard.terminate", tooltip="SIGTERM, SIGKILL after the grace"
+        ),
         Binding("k", "kill", "Kill", id="procguard.kill", tooltip="SIGKILL"),
         Binding("p", "pause", "Pause", id="procguard.pause", tooltip="SIGSTOP"),
         Binding("r", "resume", "Resume", id="procguard.resume", tooltip="SIGCONT"),
-        Binding("f", "flush", "Flush", show=False, id="procguard.flush",
-                tooltip="ask a guarded process to empty its GPU cache"),
+        Binding(
+            "f",
+            "flush",
+            "Flush",
+            show=False,
+            id="procguard.flush",
+            tooltip="ask a guarded process to empty its GPU cache",
+        ),
         Binding("d", "end_duplicates", "End dups", id="procguard.end_duplicates"),
         Binding("x", "clean_locks", "Clean stale", id="procguard.clean_locks"),
         Binding("g", "cycle_grouping", "Group", id="procguard.group"),
@@ -204,7 +238,13 @@ class ProcguardApp(App[None]):
         Binding("left", "tree_left", "Fold / to parent", show=False, id="procguard.tree_left"),
         Binding("right", "tree_right", "Unfold / to child", show=False, id="procguard.tree_right"),
         Binding("enter", "details", "Details", show=False, id="procguard.details"),
-        Binding("n", "next_node", "Node", id="procguard.node", tooltip="narrow to the next node of the cluster (then all)"),
+        Binding(
+            "n",
+            "next_node",
+            "Node",
+            id="procguard.node",
+            tooltip="narrow to the next node of the cluster (then all)",
+        ),
         Binding("question_mark", "help", "Help", id="procguard.help"),
         Binding("q", "quit", "Quit", id="procguard.quit"),
     ]
@@ -220,8 +260,14 @@ class ProcguardApp(App[None]):
     marks: var[frozenset[RowKey]] = var(frozenset(), init=False, bindings=True)
     status: var[Mapping[StatusKey, str]] = var(dict, init=False, always_update=True)  # pid (node) -> label
 
-    def __init__(self, options: Options | None = None, *, backend: Backend | None = None,
-                 act_scope: Callable[[Member], bool] | None = None, history: History | None = None) -> None:
+    def __init__(
+        self,
+        options: Options | None = None,
+        *,
+        backend: Backend | None = None,
+        act_scope: Callable[[Member], bool] | None = None,
+        history: History | None = None,
+    ) -> None:
         super().__init__()
         self.options = options or Options()
         if backend is None:
@@ -233,10 +279,16 @@ class ProcguardApp(App[None]):
         self.act_scope = act_scope
         self.record = AppRecord()
         o = self.options
-        self.set_reactive(ProcguardApp.view_state, ViewState(grouping=o.grouping, sort=o.sort, reverse=o.reverse,
-                                                             filter=o.filter, user=o.user, node=o.node))
+        self.set_reactive(
+            ProcguardApp.view_state,
+            ViewState(
+                grouping=o.grouping, sort=o.sort, reverse=o.reverse, filter=o.filter, user=o.user, node=o.node
+            ),
+        )
         # Checked by the command line first (a bad entry: one line, exit 2); here it raises KeymapError.
-        self.user_keymap = dict(o.keymap) if o.keymap is not None else parse_keymap(os.environ.get(KEYMAP_ENV, ""))
+        self.user_keymap = (
+            dict(o.keymap) if o.keymap is not None else parse_keymap(os.environ.get(KEYMAP_ENV, ""))
+        )
         # `history`: given by the demo (deterministic graphs for the screenshots); bounded (history.py).
         self.history = history if history is not None else History()
         self._user_views: tuple[Model, Model] | None = None  # (model, user_view(model)): one per refresh
@@ -250,7 +302,9 @@ class ProcguardApp(App[None]):
     # ------------------------------------------------------------------------------------------ layout
 
     def compose(self) -> ComposeResult:
-        yield ViewTabs(*(Tab(f"{i} {VIEW_TITLES[v]}", id=f"tab-{v}") for i, v in enumerate(VIEWS, 1)), id="tabs")
+        yield ViewTabs(
+            *(Tab(f"{i} {VIEW_TITLES[v]}", id=f"tab-{v}") for i, v in enumerate(VIEWS, 1)), id="tabs"
+        )
         yield Summary(id="summary")
         yield StatusLine(id="status")
         with ContentSwitcher(initial="processes", id="views"):
@@ -258,8 +312,12 @@ class ProcguardApp(App[None]):
             yield DuplicatesPane(id="duplicates")
             yield LocksPane(id="locks")
             yield GpuPane(id="gpu")
-        yield FilterInput(placeholder="filter: pid, user or command (Enter keeps, Esc clears)", compact=True,
-                          select_on_focus=False, id="filter")
+        yield FilterInput(
+            placeholder="filter: pid, user or command (Enter keeps, Esc clears)",
+            compact=True,
+            select_on_focus=False,
+            id="filter",
+        )
         yield Footer(compact=True)
 
     @property
@@ -434,8 +492,11 @@ class ProcguardApp(App[None]):
     def _show_summary(self, model: Model) -> None:
         """The figures of what is shown: the whole cluster, or the node `n` narrowed to."""
         view = self.node_view(self.view_state.node)
-        self.query_one(Summary).show(self.user_model(model).only(self.view_state.node), node=self.node_label(model),
-                                     node_compact=None if view is None else view.compact)
+        self.query_one(Summary).show(
+            self.user_model(model).only(self.view_state.node),
+            node=self.node_label(model),
+            node_compact=None if view is None else view.compact,
+        )
 
     def action_next_node(self) -> None:
         """`n` (cluster mode): narrow every view and the summary to the next node (head first), after the last
@@ -531,8 +592,11 @@ class ProcguardApp(App[None]):
         """`+`: unfold the selected row."""
         row = self.selected_row()
         if row is None or not row.folded or row.fold is None:
-            self.tell("nothing folded here" if row is None or row.fold is None
-                      else f"{self._what(row)} is not folded")
+            self.tell(
+                "nothing folded here"
+                if row is None or row.fold is None
+                else f"{self._what(row)} is not folded"
+            )
             return
         self._set_folds(self.view_state.folds.unfold(row.fold))
 
@@ -682,9 +746,14 @@ class ProcguardApp(App[None]):
             if row is None:
                 return []
             if table.is_gone(row):
-                self.tell(f"pid {row.id} has already ended" if row.kind == "proc"
-                          else f"{row.label or row.kind} has already ended" if row.kind == "cgroup"
-                          else f"{row.kind} {row.id} has already ended", "warning")
+                self.tell(
+                    f"pid {row.id} has already ended"
+                    if row.kind == "proc"
+                    else f"{row.label or row.kind} has already ended"
+                    if row.kind == "cgroup"
+                    else f"{row.kind} {row.id} has already ended",
+                    "warning",
+                )
                 return []
             return node_targets([row.key], self.model)
         sel = self._pane(self.view).selected()
@@ -797,8 +866,14 @@ class ProcguardApp(App[None]):
     @work(thread=True, exit_on_error=False, group="plans")
     def _duplicates_plan_worker(self, group: DuplicateGroup, model: Model) -> None:
         try:
-            plan = make_duplicates_plan(self.backend, group, model, self.options.grace, self.act_scope,
-                                        all_users=self.options.all_users)
+            plan = make_duplicates_plan(
+                self.backend,
+                group,
+                model,
+                self.options.grace,
+                self.act_scope,
+                all_users=self.options.all_users,
+            )
         except Exception as e:
             self.post_message(ActionFailed("end_duplicates", str(e)))
             return
@@ -807,8 +882,11 @@ class ProcguardApp(App[None]):
     def on_plan_ready(self, message: PlanReady) -> None:
         if not self._ui_live():
             return
-        plan = message.plan  # in cluster mode: each node's targets and snapshot, so it acts where the dry run looked
+        plan = (
+            message.plan
+        )  # in cluster mode: each node's targets and snapshot, so it acts where the dry run looked
         if plan.kind in CONFIRMED and plan.blast.acting and not self.options.no_confirm:
+
             def decided(ok: bool | None) -> None:
                 if ok:
                     self.start_plan(plan)
@@ -926,7 +1004,9 @@ class ProcguardApp(App[None]):
     def action_clean_locks(self) -> None:
         if self.model is None:
             return
-        paths = tuple(sorted({p for m in self.model.only(self.view_state.node).each() for p in m.stale_locks}))
+        paths = tuple(
+            sorted({p for m in self.model.only(self.view_state.node).each() for p in m.stale_locks})
+        )
         if not paths:
             self.tell("no stale lock files to clean")
             return
@@ -986,8 +1066,13 @@ class ProcguardApp(App[None]):
                 continue
             key = self.user_keymap.get(b.id or "", b.key)
             desc = LONG_DESCRIPTIONS.get(b.id or "", b.description)
-            out.append((", ".join(self.get_key_display(b.with_key(k.strip())) for k in key.split(",")), desc,
-                        b.id or ""))
+            out.append(
+                (
+                    ", ".join(self.get_key_display(b.with_key(k.strip())) for k in key.split(",")),
+                    desc,
+                    b.id or "",
+                )
+            )
         return out
 
     def palette_commands(self) -> list[tuple[str, str, Callable[[], Awaitable[None]]]]:
@@ -1003,11 +1088,21 @@ class ProcguardApp(App[None]):
             help_text = f"{keys[b.id]} · {LONG_DESCRIPTIONS.get(b.id, b.description)}"
             out.append((title, help_text, partial(self.run_binding, b)))
         for sort in SORT_KEYS:
-            out.append((f"Sort by {SORT_LABELS[sort]}", f"Processes view: sort by {SORT_LABELS[sort]}",
-                        partial(self.run_binding, _BY_ID["procguard.sort"], f"set_sort('{sort}')")))
+            out.append(
+                (
+                    f"Sort by {SORT_LABELS[sort]}",
+                    f"Processes view: sort by {SORT_LABELS[sort]}",
+                    partial(self.run_binding, _BY_ID["procguard.sort"], f"set_sort('{sort}')"),
+                )
+            )
         for grouping in GROUPINGS:
-            out.append((f"Group {GROUPING_LABELS[grouping]}", f"Processes view: {GROUPING_LABELS[grouping]}",
-                        partial(self.run_binding, _BY_ID["procguard.group"], f"set_grouping('{grouping}')")))
+            out.append(
+                (
+                    f"Group {GROUPING_LABELS[grouping]}",
+                    f"Processes view: {GROUPING_LABELS[grouping]}",
+                    partial(self.run_binding, _BY_ID["procguard.group"], f"set_grouping('{grouping}')"),
+                )
+            )
         return out
 
     async def run_binding(self, b: Binding, action: str | None = None) -> None:
@@ -1039,8 +1134,9 @@ class ProcguardCommands(Provider):
 
 
 # Everything bound on the app but quit: blocked while a dialog (confirm, details, help) is open.
-_APP_ACTIONS = frozenset(b.action.partition("(")[0] for b in ProcguardApp.BINDINGS
-                         if isinstance(b, Binding) and b.action != "quit") | {"set_sort", "set_grouping"}
+_APP_ACTIONS = frozenset(
+    b.action.partition("(")[0] for b in ProcguardApp.BINDINGS if isinstance(b, Binding) and b.action != "quit"
+) | {"set_sort", "set_grouping"}
 _BY_ID = {b.id: b for b in ProcguardApp.KEYS if b.id is not None}
 
 
@@ -1127,7 +1223,7 @@ def binding_ids() -> dict[str, str]:
     """binding id -> its default key(s), for every binding a keymap may name."""
     out: dict[str, str] = {}
     for cls in KEYMAP_CLASSES:
-        for b in (cls.KEYS if cls is ProcguardApp else cls.BINDINGS):  # type: ignore[attr-defined]
+        for b in cls.KEYS if cls is ProcguardApp else cls.BINDINGS:  # type: ignore[attr-defined]
             if isinstance(b, Binding) and b.id is not None:
                 out[b.id] = b.key
     return out

@@ -47,33 +47,73 @@ def _user_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Terminal app for Python/GPU processes: duplicates, locks, process "
-                "groups and GPU memory, with safe actions.")
-    p.add_argument("--interval", type=seconds_arg("--interval", positive=True), default=None, metavar="SECONDS",
-                   help="refresh every SECONDS (default 1.0, or the config file's)")
+    p = _Parser(
+        prog=PROG,
+        description="Terminal app for Python/GPU processes: duplicates, locks, process "
+        "groups and GPU memory, with safe actions.",
+    )
+    p.add_argument(
+        "--interval",
+        type=seconds_arg("--interval", positive=True),
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 1.0, or the config file's)",
+    )
     p.add_argument("--filter", default="", metavar="TEXT", help="start with this filter (pid, user, command)")
-    p.add_argument("--grace", type=seconds_arg("--grace"), default=None, metavar="SECONDS",
-                   help="seconds between SIGTERM and SIGKILL for t (default 5, or the config file's)")
-    p.add_argument("--user", type=_user_name, default=None, metavar="NAME",
-                   help="only show this user's processes")
+    p.add_argument(
+        "--grace",
+        type=seconds_arg("--grace"),
+        default=None,
+        metavar="SECONDS",
+        help="seconds between SIGTERM and SIGKILL for t (default 5, or the config file's)",
+    )
+    p.add_argument(
+        "--user", type=_user_name, default=None, metavar="NAME", help="only show this user's processes"
+    )
     p.add_argument("--no-confirm", action="store_true", help="act on t / k / d without the confirm dialog")
-    p.add_argument("--all-users", action="store_true",
-                   help="as root, let d end other users' duplicate runs too (without it, never)")
-    p.add_argument("--demo", action="store_true", help="show the built-in demo scenario (actions are simulated)")
-    p.add_argument("--ray", metavar="ADDRESS", default=None,
-                   help="a Ray cluster (HOST:PORT, auto): every node's processes in one table with a NODE column "
-                        "(n narrows to one node), each action sent to the node of each row (needs procguard[ray])")
-    p.add_argument("--node", metavar="NODE", default=None,
-                   help="with --ray: start narrowed to this node (head, a node id or unique prefix, or an IP; "
-                        "default: every node)")
-    p.add_argument("--node-timeout", type=seconds_arg("--node-timeout", positive=True), default=None,
-                   metavar="SECONDS", help="with --ray: seconds each node gets to answer a refresh (default 10); "
-                   "a node that does not is named in the summary and the others still show")
-    p.add_argument("--config", type=Path, default=None, metavar="PATH",
-                   help="read settings from PATH (default: config.toml in the user config folder, if there)")
-    p.add_argument("--write-config", action="store_true",
-                   help="write the default settings, commented, to the config file (or --config PATH) and exit; "
-                        "never over an existing file")
+    p.add_argument(
+        "--all-users",
+        action="store_true",
+        help="as root, let d end other users' duplicate runs too (without it, never)",
+    )
+    p.add_argument(
+        "--demo", action="store_true", help="show the built-in demo scenario (actions are simulated)"
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        default=None,
+        help="a Ray cluster (HOST:PORT, auto): every node's processes in one table with a NODE column "
+        "(n narrows to one node), each action sent to the node of each row (needs procguard[ray])",
+    )
+    p.add_argument(
+        "--node",
+        metavar="NODE",
+        default=None,
+        help="with --ray: start narrowed to this node (head, a node id or unique prefix, or an IP; "
+        "default: every node)",
+    )
+    p.add_argument(
+        "--node-timeout",
+        type=seconds_arg("--node-timeout", positive=True),
+        default=None,
+        metavar="SECONDS",
+        help="with --ray: seconds each node gets to answer a refresh (default 10); "
+        "a node that does not is named in the summary and the others still show",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="read settings from PATH (default: config.toml in the user config folder, if there)",
+    )
+    p.add_argument(
+        "--write-config",
+        action="store_true",
+        help="write the default settings, commented, to the config file (or --config PATH) and exit; "
+        "never over an existing file",
+    )
     p.add_argument("--version", action="version", version=f"{PROG} {fmt.version()}")
     return p
 
@@ -144,11 +184,20 @@ def options_for(args: argparse.Namespace, config: Config, keymap: dict[str, str]
     """The app's options: the command line's, else the config file's, else the defaults."""
     from procguard.tui.app import Options
 
-    return Options(interval=config.interval if args.interval is None else args.interval, filter=args.filter,
-                   grace=config.grace if args.grace is None else args.grace, user=args.user,
-                   no_confirm=args.no_confirm or not config.confirm, all_users=args.all_users,
-                   view=config.view, sort=config.sort, reverse=config.reverse,  # type: ignore[arg-type]
-                   grouping=config.grouping, columns=config.column_titles, keymap=keymap)  # type: ignore[arg-type]
+    return Options(
+        interval=config.interval if args.interval is None else args.interval,
+        filter=args.filter,
+        grace=config.grace if args.grace is None else args.grace,
+        user=args.user,
+        no_confirm=args.no_confirm or not config.confirm,
+        all_users=args.all_users,
+        view=config.view,
+        sort=config.sort,
+        reverse=config.reverse,
+        grouping=config.grouping,
+        columns=config.column_titles,
+        keymap=keymap,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -34,6 +34,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from procguard.core.launchers import LAUNCHERS_VAR, NEVER_DUPLICATE_VAR, SettingError, parse_list
+from procguard.tui.model import Grouping, SortKey
 
 __all__ = ["COLUMNS", "Config", "ConfigError", "default_path", "load", "write_default"]
 
@@ -43,9 +44,21 @@ MAX_BYTES = 64 * 1024
 VIEWS = ("processes", "duplicates", "locks", "gpu")
 # Processes view columns: the config's name -> the column title (widgets/process_table.py). THR and AGE show on
 # wide terminals only, CGROUP on very wide ones, NODE and TASK in cluster mode only; the mark column always shows.
-COLUMNS = {"pid": "PID", "node": "NODE", "user": "USER", "state": "S", "cpu": "CPU%", "rss": "RSS", "gpu": "GPU",
-           "threads": "THR", "age": "AGE", "task": "TASK", "cgroup": "CGROUP", "flags": "FLG",
-           "command": "COMMAND"}
+COLUMNS = {
+    "pid": "PID",
+    "node": "NODE",
+    "user": "USER",
+    "state": "S",
+    "cpu": "CPU%",
+    "rss": "RSS",
+    "gpu": "GPU",
+    "threads": "THR",
+    "age": "AGE",
+    "task": "TASK",
+    "cgroup": "CGROUP",
+    "flags": "FLG",
+    "command": "COMMAND",
+}
 
 
 class ConfigError(Exception):
@@ -66,9 +79,9 @@ class Config:
     interval: float = 1.0
     grace: float = 5.0
     view: str = "processes"
-    sort: str = "pid"
+    sort: SortKey = "pid"
     reverse: bool = False
-    grouping: str = "parent"
+    grouping: Grouping = "parent"
     columns: tuple[str, ...] | None = None  # config names (COLUMNS keys); None: every column
     confirm: bool = True
     launchers: tuple[str, ...] = ()
@@ -134,7 +147,9 @@ def _read(path: Path) -> str:
         if st.st_uid not in (0, os.geteuid()):
             raise ConfigError(f"{path}: owned by uid {st.st_uid}, not by you: refusing it")
         if st.st_mode & 0o022:
-            raise ConfigError(f"{path}: writable by other users (mode {stat.S_IMODE(st.st_mode):o}): refusing it")
+            raise ConfigError(
+                f"{path}: writable by other users (mode {stat.S_IMODE(st.st_mode):o}): refusing it"
+            )
         data = os.read(fd, MAX_BYTES + 1)
     finally:
         os.close(fd)
@@ -148,8 +163,13 @@ def _read(path: Path) -> str:
 
 def _seconds(positive: bool) -> Callable[[Any], float]:
     def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
-                or (positive and v == 0):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not math.isfinite(v)
+            or v < 0
+            or (positive and v == 0)
+        ):
             raise ValueError(f"must be a finite number of seconds {'> 0' if positive else '>= 0'}, not {v!r}")
         return float(v)
 
@@ -204,16 +224,27 @@ def _schema() -> dict[str, dict[str, Callable[[Any], Any]]]:
     from procguard.tui.model import GROUPINGS, SORT_KEYS
 
     return {
-        "tui": {"interval": _seconds(True), "grace": _seconds(False), "view": _choice(VIEWS),
-                "sort": _choice(tuple(SORT_KEYS)), "reverse": _bool, "grouping": _choice(tuple(GROUPINGS)),
-                "columns": _columns, "confirm": _bool},
-        "duplicates": {"launchers": _patterns(LAUNCHERS_VAR),
-                       "never_duplicate": _patterns(NEVER_DUPLICATE_VAR)},
+        "tui": {
+            "interval": _seconds(True),
+            "grace": _seconds(False),
+            "view": _choice(VIEWS),
+            "sort": _choice(tuple(SORT_KEYS)),
+            "reverse": _bool,
+            "grouping": _choice(tuple(GROUPINGS)),
+            "columns": _columns,
+            "confirm": _bool,
+        },
+        "duplicates": {
+            "launchers": _patterns(LAUNCHERS_VAR),
+            "never_duplicate": _patterns(NEVER_DUPLICATE_VAR),
+        },
     }
 
 
-_FIELDS: dict[tuple[str, str], str] = {("duplicates", "launchers"): "launchers",
-                                       ("duplicates", "never_duplicate"): "never_duplicate"}
+_FIELDS: dict[tuple[str, str], str] = {
+    ("duplicates", "launchers"): "launchers",
+    ("duplicates", "never_duplicate"): "never_duplicate",
+}
 
 
 def load(path: Path | None = None) -> Config:
@@ -242,13 +273,17 @@ def load(path: Path | None = None) -> Config:
             known = ", ".join(f"[{t}]" for t in (*schema, "keymap"))
             if isinstance(body, dict):
                 raise ConfigError(f"{path}:{where.line(table)}: [{table}]: unknown table (known: {known})")
-            raise ConfigError(f"{path}:{where.line('', table)}: {table}: unknown key outside the tables "
-                              f"(settings go in {known})")
+            raise ConfigError(
+                f"{path}:{where.line('', table)}: {table}: unknown key outside the tables "
+                f"(settings go in {known})"
+            )
         for key, value in body.items():
             check = schema[table].get(key)
             if check is None:
-                raise ConfigError(f"{path}:{where.line(table, key)}: {table}.{key}: unknown key (known in [{table}]: "
-                                  f"{', '.join(schema[table])})")
+                raise ConfigError(
+                    f"{path}:{where.line(table, key)}: {table}.{key}: unknown key (known in [{table}]: "
+                    f"{', '.join(schema[table])})"
+                )
             try:
                 values[_FIELDS.get((table, key), str(key))] = check(value)
             except ValueError as e:
@@ -262,8 +297,10 @@ def _keymap(path: Path, where: _Where, body: Any) -> dict[str, str]:
         raise ConfigError(f"{path}:{where.line('', 'keymap')}: keymap: must be a table of binding id = key")
     for bid, key in body.items():
         if not isinstance(key, str) or not key.strip():
-            raise ConfigError(f"{path}:{where.line('keymap', bid)}: keymap.{bid}: must be a key name (a string), "
-                              f"not {key!r}")
+            raise ConfigError(
+                f"{path}:{where.line('keymap', bid)}: keymap.{bid}: must be a key name (a string), "
+                f"not {key!r}"
+            )
     from procguard.tui.app import KeymapError, check_keymap
 
     keymap = {bid: key.strip() for bid, key in body.items()}
@@ -295,7 +332,8 @@ def default_text() -> str:
         f"# The view shown first: {', '.join(repr(v) for v in VIEWS)}.".replace("'", '"'),
         f'view = "{d.view}"',
         f"# Processes view: sort by {', '.join(repr(k) for k in SORT_KEYS)}; reverse turns it around.".replace(
-            "'", '"'),
+            "'", '"'
+        ),
         f'sort = "{d.sort}"',
         f"reverse = {str(d.reverse).lower()}",
         f"# Processes view: group by {', '.join(repr(g) for g in GROUPINGS)} (the tree).".replace("'", '"'),

@@ -37,7 +37,7 @@ def sparkline(values: Iterable[float], width: int, top: float | None = None) -> 
     n = len(vals)
     if n > width:
         # More samples than cells: each cell shows the peak of its share of them (a spike never vanishes).
-        vals = [max(vals[i * n // width:(i + 1) * n // width]) for i in range(width)]
+        vals = [max(vals[i * n // width : (i + 1) * n // width]) for i in range(width)]
     hi = top if top is not None else max(vals, default=0.0)
     n = len(BLOCKS) - 1
     out = []
@@ -154,15 +154,30 @@ class History:
     def device(self, index: int, node: str = "") -> DeviceHistory | None:
         return self.devices.get((node, index))
 
-    def seed_device(self, index: int, total: int, times: Sequence[float], memory: Sequence[float],
-                    utilization: Sequence[float], node: str = "") -> None:
+    def seed_device(
+        self,
+        index: int,
+        total: int,
+        times: Sequence[float],
+        memory: Sequence[float],
+        utilization: Sequence[float],
+        node: str = "",
+    ) -> None:
         """Fill a device's history at once (the demo scenario's, for the screenshots)."""
         hist = self.devices[(node, index)] = DeviceHistory(self.samples)
         for when, used, util in zip(times, memory, utilization, strict=True):
             hist.add(when, int(used), total, int(util))
 
-    def seed_proc(self, pid: int, start_ticks: int, times: Sequence[float], cpu: Sequence[float],
-                  rss: Sequence[float], gpu: Sequence[float], node: str = "") -> None:
+    def seed_proc(
+        self,
+        pid: int,
+        start_ticks: int,
+        times: Sequence[float],
+        cpu: Sequence[float],
+        rss: Sequence[float],
+        gpu: Sequence[float],
+        node: str = "",
+    ) -> None:
         """Fill a process's history at once (the demo scenario's)."""
         ph = self.procs[(node, pid, start_ticks)] = ProcHistory(self.samples)
         for when, c, r, g in zip(times, cpu, rss, gpu, strict=True):

@@ -25,8 +25,12 @@ from procguard.core.snapshot import Proc, Snapshot
 
 Grouping = Literal["parent", "group", "session", "cgroup"]
 GROUPINGS: tuple[Grouping, ...] = ("parent", "group", "session", "cgroup")
-GROUPING_LABELS = {"parent": "by parent", "group": "by process group", "session": "by session",
-                   "cgroup": "by cgroup"}
+GROUPING_LABELS = {
+    "parent": "by parent",
+    "group": "by process group",
+    "session": "by session",
+    "cgroup": "by cgroup",
+}
 
 SortKey = Literal["pid", "age", "cpu", "rss", "gpu"]
 # `s` cycles in this order; the issue lists CPU, RSS, GPU memory, pid, age; pid is the default because a
@@ -40,7 +44,9 @@ _DESCENDING = {"pid": False, "age": False, "cpu": True, "rss": True, "gpu": True
 # same pid on two nodes is two rows, two marks, two cursor positions.
 RowKey = tuple[str, int | str] | tuple[str, int | str, str]
 
-StatusKey = int | tuple[int, str]  # what a row's progress label is keyed by: its pid; (pid, node) in a cluster
+StatusKey = (
+    int | tuple[int, str]
+)  # what a row's progress label is keyed by: its pid; (pid, node) in a cluster
 
 
 def status_key(pid: int, node: str = "") -> StatusKey:
@@ -152,10 +158,18 @@ class Model:
     orphans: frozenset[int] = frozenset()  # GPU holders whose parent died
     dup_pids: frozenset[int] = frozenset()  # processes that are (part of) a duplicate instance
     lock_pids: frozenset[int] = frozenset()  # processes holding a file lock
-    run_jobs: Mapping[int, int] = field(default_factory=dict)  # job pid -> pid of its `procguard run` launcher
-    cgroups: Mapping[int, CgroupInfo] = field(default_factory=dict)  # pid -> its cgroup (where it could be read)
-    frozen: Mapping[int, str] = field(default_factory=dict)  # pid -> the cgroup whose freezer froze it (thaw that)
-    holders: tuple[MergedHolder, ...] = ()  # GPU holders: NVML's processes and the kernel's (device open), merged
+    run_jobs: Mapping[int, int] = field(
+        default_factory=dict
+    )  # job pid -> pid of its `procguard run` launcher
+    cgroups: Mapping[int, CgroupInfo] = field(
+        default_factory=dict
+    )  # pid -> its cgroup (where it could be read)
+    frozen: Mapping[int, str] = field(
+        default_factory=dict
+    )  # pid -> the cgroup whose freezer froze it (thaw that)
+    holders: tuple[
+        MergedHolder, ...
+    ] = ()  # GPU holders: NVML's processes and the kernel's (device open), merged
     foreign: tuple[ForeignPid, ...] = ()  # NVML pids that are not in this PID namespace
     # Cluster mode: this model stands for the whole cluster, one part per node that answered (a Model of that
     # node, `node` set), and `failures` names each node that did not (one line each).
@@ -198,13 +212,24 @@ class Model:
         return {unit: tuple(sorted(pids)) for unit, pids in out.items()}
 
 
-def make_model(seq: int, snapshot: Snapshot, gpu: GpuSnapshot, *, duplicates: Sequence[DuplicateGroup] = (),
-               scheduled: Sequence[ScheduledInstance] = (), locks: Sequence[HeldLock] = (),
-               stale_locks: Sequence[str] = (), guarded: Iterable[GuardInfo] = (),
-               errors: Sequence[str] = (), run_jobs: Mapping[int, int] | None = None,
-               cgroups: Mapping[int, CgroupInfo] | None = None, frozen: Mapping[int, str] | None = None,
-               holders: Mapping[int, DeviceHolder] | None = None, node: NodeView | None = None,
-               owners: Mapping[int, str] | None = None) -> Model:
+def make_model(
+    seq: int,
+    snapshot: Snapshot,
+    gpu: GpuSnapshot,
+    *,
+    duplicates: Sequence[DuplicateGroup] = (),
+    scheduled: Sequence[ScheduledInstance] = (),
+    locks: Sequence[HeldLock] = (),
+    stale_locks: Sequence[str] = (),
+    guarded: Iterable[GuardInfo] = (),
+    errors: Sequence[str] = (),
+    run_jobs: Mapping[int, int] | None = None,
+    cgroups: Mapping[int, CgroupInfo] | None = None,
+    frozen: Mapping[int, str] | None = None,
+    holders: Mapping[int, DeviceHolder] | None = None,
+    node: NodeView | None = None,
+    owners: Mapping[int, str] | None = None,
+) -> Model:
     """`holders`: the kernel's GPU holders (gpuholders.HolderScanner): merged with NVML's list, they count as GPU
     holders and orphans (core's one rule) with or without NVML."""
     gpu_by_pid = gpu_memory_by_pid(gpu) if gpu.available else {}
@@ -218,13 +243,31 @@ def make_model(seq: int, snapshot: Snapshot, gpu: GpuSnapshot, *, duplicates: Se
         for inst in g.instances:
             dup.add(inst.pid)
             dup.update(inst.members)
-    lock_pids = frozenset(p for lk in locks if not lk.stale for p in (lk.holders or ((lk.pid,) if lk.pid else ())))
-    return Model(seq, snapshot, gpu, tuple(duplicates), tuple(scheduled), tuple(locks), tuple(stale_locks),
-                 MappingProxyType({g.pid: g for g in guarded}), tuple(errors), MappingProxyType(gpu_by_pid),
-                 orphans, frozenset(dup), lock_pids, MappingProxyType(dict(run_jobs or {})),
-                 cgroups=MappingProxyType(dict(cgroups or {})), frozen=MappingProxyType(dict(frozen or {})),
-                 holders=tuple(merged), foreign=tuple(foreign), node=node,
-                 owners=MappingProxyType(dict(owners or {})))
+    lock_pids = frozenset(
+        p for lk in locks if not lk.stale for p in (lk.holders or ((lk.pid,) if lk.pid else ()))
+    )
+    return Model(
+        seq,
+        snapshot,
+        gpu,
+        tuple(duplicates),
+        tuple(scheduled),
+        tuple(locks),
+        tuple(stale_locks),
+        MappingProxyType({g.pid: g for g in guarded}),
+        tuple(errors),
+        MappingProxyType(gpu_by_pid),
+        orphans,
+        frozenset(dup),
+        lock_pids,
+        MappingProxyType(dict(run_jobs or {})),
+        cgroups=MappingProxyType(dict(cgroups or {})),
+        frozen=MappingProxyType(dict(frozen or {})),
+        holders=tuple(merged),
+        foreign=tuple(foreign),
+        node=node,
+        owners=MappingProxyType(dict(owners or {})),
+    )
 
 
 def _cluster_errors(parts: Sequence[Model], failures: Sequence[str]) -> tuple[str, ...]:
@@ -236,8 +279,15 @@ def cluster_model(seq: int, parts: Sequence[Model], failures: Sequence[str] = ()
     """The whole cluster as one model: `parts`, one Model per node that answered (its `node` set, head first), and
     `failures`, one line per node that did not (shown in the summary; the other nodes' rows still come)."""
     when = max((p.time for p in parts), default=0.0)
-    return Model(seq, Snapshot(MappingProxyType({}), when), GpuSnapshot(False, "a cluster", (), (), when),
-                 errors=_cluster_errors(parts, failures), cluster=True, parts=tuple(parts), failures=tuple(failures))
+    return Model(
+        seq,
+        Snapshot(MappingProxyType({}), when),
+        GpuSnapshot(False, "a cluster", (), (), when),
+        errors=_cluster_errors(parts, failures),
+        cluster=True,
+        parts=tuple(parts),
+        failures=tuple(failures),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- rows
@@ -266,7 +316,9 @@ class Row(NamedTuple):
     folded: bool = False
     parent: RowKey | None = None
     node: str = ""  # cluster mode: the id of the node the row lives on ("" on a single host)
-    label: str = ""  # what the cgroup is (docker 1a2b3c4d5e6f, nginx.service, slurm 42.0): a cgroup row's, a process's
+    label: str = (
+        ""  # what the cgroup is (docker 1a2b3c4d5e6f, nginx.service, slurm 42.0): a cgroup row's, a process's
+    )
     frozen: int = 0  # members frozen by the cgroup freezer (they show as F, not S)
     task: str = ""  # cluster mode: the Ray task (or actor) owning the process, short
 
@@ -300,8 +352,11 @@ class Folds:
         """Without the keys of processes, groups and sessions that ended (called now and then, not per row)."""
         folded = frozenset(k for k in self.folded if alive(k))
         opened = frozenset(k for k in self.opened if alive(k))
-        return self if (folded, opened) == (self.folded, self.opened) else replace(self, folded=folded,
-                                                                                   opened=opened)
+        return (
+            self
+            if (folded, opened) == (self.folded, self.opened)
+            else replace(self, folded=folded, opened=opened)
+        )
 
 
 @dataclass(frozen=True)
@@ -371,13 +426,31 @@ def _proc_sort_value(model: Model, p: Proc, key: SortKey) -> float:
     return p.pid
 
 
-def _proc_row(model: Model, p: Proc, depth: int, prefix: str, parent: RowKey | None = None,
-              fold: FoldKey | None = None) -> Row:
+def _proc_row(
+    model: Model, p: Proc, depth: int, prefix: str, parent: RowKey | None = None, fold: FoldKey | None = None
+) -> Row:
     stopped = 1 if p.stopped else 0
-    return Row(("p", p.pid), "proc", p.pid, depth, prefix, p, 1, stopped, p.cpu_percent, p.rss,
-               model.gpu_by_pid.get(p.pid, 0), flags_of(model, p), (p.pid,), fold, False, parent,
-               label=cgroup_label(model, p.pid), frozen=1 if p.pid in model.frozen else 0,
-               task=model.owners.get(p.pid, ""))
+    return Row(
+        ("p", p.pid),
+        "proc",
+        p.pid,
+        depth,
+        prefix,
+        p,
+        1,
+        stopped,
+        p.cpu_percent,
+        p.rss,
+        model.gpu_by_pid.get(p.pid, 0),
+        flags_of(model, p),
+        (p.pid,),
+        fold,
+        False,
+        parent,
+        label=cgroup_label(model, p.pid),
+        frozen=1 if p.pid in model.frozen else 0,
+        task=model.owners.get(p.pid, ""),
+    )
 
 
 def cgroup_label(model: Model, pid: int) -> str:
@@ -398,16 +471,31 @@ def shown_state(row: Row) -> str:
     return STATE_FROZEN if row.frozen and not p.dead else p.state
 
 
-def _folded_row(model: Model, p: Proc, depth: int, prefix: str, parent: RowKey | None,
-                hidden: Sequence[Proc]) -> Row:
+def _folded_row(
+    model: Model, p: Proc, depth: int, prefix: str, parent: RowKey | None, hidden: Sequence[Proc]
+) -> Row:
     """A folded process: its own line with the totals of its whole subtree, `▸ +N` before the command."""
     everything = (p, *hidden)
     gpu = model.gpu_by_pid
     letters = set().union(*(flags_of(model, q) for q in everything))
-    return Row(("p", p.pid), "proc", p.pid, depth, f"{prefix}▸ +{len(hidden)} ", p, len(everything),
-               sum(1 for q in everything if q.stopped), sum(q.cpu_percent for q in everything),
-               sum(q.rss for q in everything), sum(gpu.get(q.pid, 0) for q in everything),
-               "".join(f for f in FLAGS if f in letters), (p.pid,), proc_fold_key(p), True, parent)
+    return Row(
+        ("p", p.pid),
+        "proc",
+        p.pid,
+        depth,
+        f"{prefix}▸ +{len(hidden)} ",
+        p,
+        len(everything),
+        sum(1 for q in everything if q.stopped),
+        sum(q.cpu_percent for q in everything),
+        sum(q.rss for q in everything),
+        sum(gpu.get(q.pid, 0) for q in everything),
+        "".join(f for f in FLAGS if f in letters),
+        (p.pid,),
+        proc_fold_key(p),
+        True,
+        parent,
+    )
 
 
 def _subtree(pid: int, kids: Mapping[int | None, list[int]], seen: set[int]) -> list[int]:
@@ -559,16 +647,29 @@ def _tree_rows(model: Model, vis: Mapping[int, Proc], state: ViewState) -> list[
         me = proc_key(pid)
         for i in range(n - 1, -1, -1):
             last = i == n - 1
-            stack.append((children[i], depth + 1, child_prefix + ("└─ " if last else "├─ "),
-                          child_prefix + ("   " if last else "│  "), me))
+            stack.append(
+                (
+                    children[i],
+                    depth + 1,
+                    child_prefix + ("└─ " if last else "├─ "),
+                    child_prefix + ("   " if last else "│  "),
+                    me,
+                )
+            )
     if len(emitted) < len(vis):  # a ppid loop (can't happen in /proc, can in hand-made data): show them flat
         for pid in sorted(set(vis) - emitted):
             rows.append(_proc_row(model, vis[pid], 0, ""))
     return rows
 
 
-def _aggregate(model: Model, kind: Literal["group", "session", "cgroup"], gid: int, member_pids: Sequence[int],
-               key: RowKey | None = None, label: str = "") -> Row:
+def _aggregate(
+    model: Model,
+    kind: Literal["group", "session", "cgroup"],
+    gid: int,
+    member_pids: Sequence[int],
+    key: RowKey | None = None,
+    label: str = "",
+) -> Row:
     procs = model.snapshot.procs
     members = [procs[m] for m in member_pids if m in procs]
     leader = procs.get(gid)
@@ -576,12 +677,23 @@ def _aggregate(model: Model, kind: Literal["group", "session", "cgroup"], gid: i
     for m in members:
         seen.update(flags_of(model, m))
     flags = "".join(f for f in FLAGS if f in seen)
-    return Row(key or (kind[0], gid), kind, gid, 0, "", leader, len(members),
-               sum(1 for m in members if m.stopped),
-               sum(m.cpu_percent for m in members), sum(m.rss for m in members),
-               sum(model.gpu_by_pid.get(m.pid, 0) for m in members), flags,
-               tuple(m.pid for m in members), label=label,
-               frozen=sum(1 for m in members if m.pid in model.frozen))
+    return Row(
+        key or (kind[0], gid),
+        kind,
+        gid,
+        0,
+        "",
+        leader,
+        len(members),
+        sum(1 for m in members if m.stopped),
+        sum(m.cpu_percent for m in members),
+        sum(m.rss for m in members),
+        sum(model.gpu_by_pid.get(m.pid, 0) for m in members),
+        flags,
+        tuple(m.pid for m in members),
+        label=label,
+        frozen=sum(1 for m in members if m.pid in model.frozen),
+    )
 
 
 def _group_sort_value(model: Model, row: Row, key: SortKey) -> float:
@@ -639,12 +751,20 @@ def _cgroup_rows(model: Model, vis: Mapping[int, Proc], state: ViewState) -> lis
     return _ordered(model, entries, vis, state)
 
 
-def _ordered(model: Model, entries: list[tuple[Row, list[int]]], vis: Mapping[int, Proc],
-             state: ViewState) -> list[Row]:
+def _ordered(
+    model: Model, entries: list[tuple[Row, list[int]]], vis: Mapping[int, Proc], state: ViewState
+) -> list[Row]:
     """Header rows (and lone processes) sorted, each header followed by its shown members."""
     procs = model.snapshot.procs
-    keys = [(e, _group_sort_value(model, e[0], state.sort) if e[0].kind != "proc"
-             else _proc_sort_value(model, procs[e[0].id], state.sort)) for e in entries]
+    keys = [
+        (
+            e,
+            _group_sort_value(model, e[0], state.sort)
+            if e[0].kind != "proc"
+            else _proc_sort_value(model, procs[e[0].id], state.sort),
+        )
+        for e in entries
+    ]
     keys.sort(key=lambda kv: kv[0][0].id)
     keys.sort(key=lambda kv: kv[1], reverse=state.descending)
     rows: list[Row] = []
@@ -717,7 +837,9 @@ def targets_for_keys(keys: Iterable[RowKey], snapshot: Snapshot) -> list[Target]
         elif kind == "g":
             out.append(Target.group(ident))
         else:
-            out.extend(Target.group(g) for g in sorted({p.pgid for p in views.session_members(snapshot, ident)}))
+            out.extend(
+                Target.group(g) for g in sorted({p.pgid for p in views.session_members(snapshot, ident)})
+            )
     return list(dict.fromkeys(out))
 
 
@@ -758,8 +880,9 @@ def cgroup_note(kind: str, plan: CgroupPlan) -> str:
     if plan.refused:
         return plan.refused
     if kind in ("terminate", "kill"):
-        how = plan.kill_method + (" (one write: no member can fork past it)" if plan.kill_method == "cgroup.kill"
-                                  else "")
+        how = plan.kill_method + (
+            " (one write: no member can fork past it)" if plan.kill_method == "cgroup.kill" else ""
+        )
         if kind == "terminate":
             how = f"SIGTERM to every member, then {how} after the grace"
     elif kind == "pause":
@@ -776,7 +899,9 @@ def row_node_targets(model: Model, node: str, targets: Sequence[Target]) -> list
     part = model.part(node)
     if part is None or not targets:
         return []
-    return [NodeTargets(node, part.node.label if part.node is not None else "", tuple(targets), part.snapshot)]
+    return [
+        NodeTargets(node, part.node.label if part.node is not None else "", tuple(targets), part.snapshot)
+    ]
 
 
 def thaw_targets(model: Model, groups: Sequence[NodeTargets]) -> list[NodeTargets]:
@@ -822,7 +947,9 @@ class Blast:
         """The acting members with the key their row's progress label goes by (a pid; (pid, node) in cluster
         mode, where the same pid on another node is another process)."""
         nodes = self.nodes or ("",) * len(self.members)
-        return [(status_key(m.pid, n), m) for m, n in zip(self.members, nodes, strict=True) if not m.protected]
+        return [
+            (status_key(m.pid, n), m) for m, n in zip(self.members, nodes, strict=True) if not m.protected
+        ]
 
     @property
     def refused(self) -> tuple[Member, ...]:
@@ -845,15 +972,26 @@ def blast_radius(model: Model, members: Sequence[Member], nodes: Sequence[str] |
             continue
         gpu += sum(part.gpu_by_pid.get(p, 0) for p in pids)
         where = f"{n[:8]}:" if n else ""  # a lock path means a file of that node
-        locks.update(where + lk.path for lk in part.locks if not lk.stale and lk.holders and set(lk.holders) <= pids)
+        locks.update(
+            where + lk.path for lk in part.locks if not lk.stale and lk.holders and set(lk.holders) <= pids
+        )
         flushable += sum((part.guarded[p].flushable or 0) for p in pids if p in part.guarded)
         if not model.cluster:
             by_pid = {p: part.gpu_by_pid[p] for p in pids if part.gpu_by_pid.get(p)}
     parts = {n: model.part(n) for n in set(tags)}
-    member_gpu = tuple((part.gpu_by_pid.get(m.pid, 0) if (part := parts[n]) is not None else 0)
-                       for m, n in zip(members, tags, strict=True))
-    return Blast(tuple(members), gpu, MappingProxyType(by_pid), tuple(sorted(locks)), flushable,
-                 tuple(nodes) if nodes is not None and model.cluster else (), member_gpu)
+    member_gpu = tuple(
+        (part.gpu_by_pid.get(m.pid, 0) if (part := parts[n]) is not None else 0)
+        for m, n in zip(members, tags, strict=True)
+    )
+    return Blast(
+        tuple(members),
+        gpu,
+        MappingProxyType(by_pid),
+        tuple(sorted(locks)),
+        flushable,
+        tuple(nodes) if nodes is not None and model.cluster else (),
+        member_gpu,
+    )
 
 
 def prune_marks(marks: Collection[RowKey], model: Model) -> set[RowKey]:
@@ -939,8 +1077,23 @@ def summarize_model(model: Model) -> Totals:
             reason = None
         elif used is None:
             reason = gpu.reason
-    return Totals(n, py, dups, held, stopped, zombies, used, total, reason, frozen, holders, device_open, orphans,
-                  len(model.parts) if model.cluster else 0, len(model.failures))
+    return Totals(
+        n,
+        py,
+        dups,
+        held,
+        stopped,
+        zombies,
+        used,
+        total,
+        reason,
+        frozen,
+        holders,
+        device_open,
+        orphans,
+        len(model.parts) if model.cluster else 0,
+        len(model.failures),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -979,4 +1132,3 @@ def status_text(state: ViewState, marks: int, shown: int, folded: int = 0) -> st
     if marks:
         parts.append(f"{marks} marked")
     return " · ".join(parts)
-

@@ -83,10 +83,21 @@ def _instance_row(model: Model, g: DuplicateGroup, inst: Instance, oldest: bool)
     since = fmt.age(model.time - inst.create_time)
     keep = "success" if oldest else ""
     roots = inst.roots or (inst.pid,)
-    return TableRow(("inst", inst.pid), (_c(inst.pid, keep), _c(since, keep), _c(inst.username),
-                                          _c(fmt.bytes_short(inst.gpu_memory, blank_zero=True), "accent"),
-                                          _c(locks), _c(inst.cwd or "?", "dim"), _c(args or "-")),
-                    pid=inst.pid, targets=tuple(Target.tree(r) for r in roots), ref=g)
+    return TableRow(
+        ("inst", inst.pid),
+        (
+            _c(inst.pid, keep),
+            _c(since, keep),
+            _c(inst.username),
+            _c(fmt.bytes_short(inst.gpu_memory, blank_zero=True), "accent"),
+            _c(locks),
+            _c(inst.cwd or "?", "dim"),
+            _c(args or "-"),
+        ),
+        pid=inst.pid,
+        targets=tuple(Target.tree(r) for r in roots),
+        ref=g,
+    )
 
 
 def duplicate_rows(model: Model) -> list[TableRow]:
@@ -99,21 +110,36 @@ def _duplicate_rows(model: Model) -> list[TableRow]:
         rows.append(note("none", "No script is running more than once."))
     for g in model.duplicates:
         n = len(g.instances)
-        rows.append(TableRow(("group", g.identity.key), (Cell(f"{g.identity.display} — {n} runs "
-                                                              f"(oldest first; d keeps the oldest)", "bold"),),
-                             "section", ref=g))
+        rows.append(
+            TableRow(
+                ("group", g.identity.key),
+                (Cell(f"{g.identity.display} — {n} runs (oldest first; d keeps the oldest)", "bold"),),
+                "section",
+                ref=g,
+            )
+        )
         for i, inst in enumerate(g.instances):
             rows.append(_instance_row(model, g, inst, i == 0))
     if model.scheduled:
         rows.append(section("scheduled", "Scheduler-managed runs (never duplicates, never ended by d)"))
         for s in model.scheduled:
             inst = s.instance
-            rows.append(TableRow(("sched", inst.pid), (
-                _c(inst.pid), _c(fmt.age(model.time - inst.create_time)), _c(inst.username),
-                _c(fmt.bytes_short(inst.gpu_memory, blank_zero=True), "accent"), _c(", ".join(inst.locks) or "-"),
-                _c(inst.cwd or "?", "dim"), _c(f"[{s.scheduler} {s.job_id}] {s.identity.display} "
-                                               f"{' '.join(inst.args)}")),
-                pid=inst.pid, targets=tuple(Target.tree(r) for r in (inst.roots or (inst.pid,)))))
+            rows.append(
+                TableRow(
+                    ("sched", inst.pid),
+                    (
+                        _c(inst.pid),
+                        _c(fmt.age(model.time - inst.create_time)),
+                        _c(inst.username),
+                        _c(fmt.bytes_short(inst.gpu_memory, blank_zero=True), "accent"),
+                        _c(", ".join(inst.locks) or "-"),
+                        _c(inst.cwd or "?", "dim"),
+                        _c(f"[{s.scheduler} {s.job_id}] {s.identity.display} {' '.join(inst.args)}"),
+                    ),
+                    pid=inst.pid,
+                    targets=tuple(Target.tree(r) for r in (inst.roots or (inst.pid,))),
+                )
+            )
     return rows
 
 
@@ -146,19 +172,46 @@ def _lock_rows(model: Model) -> list[TableRow]:
         cmd = display_command(first) if first is not None else (lk.holder.command() if lk.holder else "?")
         shown = ",".join(map(str, holders[:2])) + ("…" if len(holders) > 2 else "")
         style = "warning" if lk.warning else ""
-        rows.append(TableRow(("lock", str(i), lk.path), (
-            _c(lk.path, style), _c(shown or "?"), _c(lk.kind or "?"), _c(lk.mode or "?"),
-            _c("yes" if lk.managed else "no", "success" if lk.managed else "dim"), _c(cmd)),
-            pid=holders[0] if holders else None, targets=tuple(Target.pid(p) for p in holders)))
+        rows.append(
+            TableRow(
+                ("lock", str(i), lk.path),
+                (
+                    _c(lk.path, style),
+                    _c(shown or "?"),
+                    _c(lk.kind or "?"),
+                    _c(lk.mode or "?"),
+                    _c("yes" if lk.managed else "no", "success" if lk.managed else "dim"),
+                    _c(cmd),
+                ),
+                pid=holders[0] if holders else None,
+                targets=tuple(Target.pid(p) for p in holders),
+            )
+        )
         if lk.warning:
             rows.append(note(f"warn-{i}", f"  ⚠ {lk.warning}"))
-    rows.append(section("stale", f"Stale lock files ({len(model.stale_locks)})"
-                        + (" — x removes them" if model.stale_locks else "")))
+    rows.append(
+        section(
+            "stale",
+            f"Stale lock files ({len(model.stale_locks)})"
+            + (" — x removes them" if model.stale_locks else ""),
+        )
+    )
     if not model.stale_locks:
         rows.append(note("no-stale", "No stale procguard lock files."))
     for path in model.stale_locks:
-        rows.append(TableRow(("stale", path), (_c(path, "dim"), _c("nobody"), _c("-"), _c("-"),
-                                                _c("yes", "success"), _c("(stale: no process holds it)", "dim"))))
+        rows.append(
+            TableRow(
+                ("stale", path),
+                (
+                    _c(path, "dim"),
+                    _c("nobody"),
+                    _c("-"),
+                    _c("-"),
+                    _c("yes", "success"),
+                    _c("(stale: no process holds it)", "dim"),
+                ),
+            )
+        )
     return rows
 
 
@@ -190,9 +243,18 @@ class DeviceLine(NamedTuple):
 
 
 def device_lines(model: Model) -> list[DeviceLine]:
-    return [DeviceLine(d.index, d.name, d.memory_used, d.memory_total, d.utilization,
-                       part.node.short if part.node is not None else "")
-            for part in model.each() for d in part.gpu.devices]
+    return [
+        DeviceLine(
+            d.index,
+            d.name,
+            d.memory_used,
+            d.memory_total,
+            d.utilization,
+            part.node.short if part.node is not None else "",
+        )
+        for part in model.each()
+        for d in part.gpu.devices
+    ]
 
 
 def gpu_rows(model: Model) -> list[TableRow]:
@@ -222,30 +284,68 @@ def _gpu_rows(model: Model) -> list[TableRow]:
         cmd = display_command(p)
         if h.host_pid is not None:
             cmd = f"(host pid {h.host_pid}) {cmd}"
-        mem = _c(fmt.bytes_short(h.memory_used), "accent") if h.memory_used is not None else _c(
-            "open" if not h.in_nvml else "?", "dim")
+        mem = (
+            _c(fmt.bytes_short(h.memory_used), "accent")
+            if h.memory_used is not None
+            else _c("open" if not h.in_nvml else "?", "dim")
+        )
         reserved = fmt.bytes_short(guard.reserved) if guard and guard.reserved is not None else ""
         allocated = fmt.bytes_short(guard.allocated) if guard and guard.allocated is not None else ""
         dev = ",".join(map(str, h.devices)) or ("?" if h.minors or "nvidia" in h.kinds else "-")
-        rows.append(TableRow(("gpu", h.pid, h.devices[0] if h.devices else -1), (
-            _c(h.pid), _c(dev), mem, _c(reserved), _c(allocated),
-            _c(flags, "error" if FLAG_ORPHAN_GPU in flags else "success"), _c(p.username), _c(cmd)),
-            pid=h.pid, targets=(Target.pid(h.pid),)))
+        rows.append(
+            TableRow(
+                ("gpu", h.pid, h.devices[0] if h.devices else -1),
+                (
+                    _c(h.pid),
+                    _c(dev),
+                    mem,
+                    _c(reserved),
+                    _c(allocated),
+                    _c(flags, "error" if FLAG_ORPHAN_GPU in flags else "success"),
+                    _c(p.username),
+                    _c(cmd),
+                ),
+                pid=h.pid,
+                targets=(Target.pid(h.pid),),
+            )
+        )
     for f in model.foreign:
         if f.local_pid is not None:
             continue  # shown above, as the local holder it was matched to
-        rows.append(TableRow(("foreign", f.host_pid), (
-            _c(f.host_pid), _c(",".join(map(str, f.devices))), _c(fmt.bytes_short(f.memory_used), "accent"),
-            _c(""), _c(""), _c(""), _c("?"), _c(f"{f.label}, or a process that just exited", "dim"))))
+        rows.append(
+            TableRow(
+                ("foreign", f.host_pid),
+                (
+                    _c(f.host_pid),
+                    _c(",".join(map(str, f.devices))),
+                    _c(fmt.bytes_short(f.memory_used), "accent"),
+                    _c(""),
+                    _c(""),
+                    _c(""),
+                    _c("?"),
+                    _c(f"{f.label}, or a process that just exited", "dim"),
+                ),
+            )
+        )
     orphans = [h for h in holders if h.orphan is not None]
     if orphans:
         known = [h.memory_used for h in orphans if h.memory_used is not None]
         pinned = f" pin {fmt.bytes_long(sum(known), 'unknown')}" if known else ""
-        rows.append(note("orphans", f"{len(orphans)} GPU orphan{'s' if len(orphans) != 1 else ''} (O: left behind by "
-                                    f"a job that ended){pinned}: t ends the selected one"))
+        rows.append(
+            note(
+                "orphans",
+                f"{len(orphans)} GPU orphan{'s' if len(orphans) != 1 else ''} (O: left behind by "
+                f"a job that ended){pinned}: t ends the selected one",
+            )
+        )
     flushable = [(pid, g) for pid, g in sorted(model.guarded.items()) if g.flushable]
     if flushable:
         total = sum(g.flushable or 0 for _, g in flushable)
-        rows.append(note("flush", f"Flushing (f) the guarded processes would free ~{fmt.bytes_long(total, 'unknown')} "
-                                  "(torch reserved, not allocated)"))
+        rows.append(
+            note(
+                "flush",
+                f"Flushing (f) the guarded processes would free ~{fmt.bytes_long(total, 'unknown')} "
+                "(torch reserved, not allocated)",
+            )
+        )
     return rows

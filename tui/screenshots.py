@@ -42,9 +42,16 @@ class HeldDemo(DemoBackend):
         self.reached = threading.Event()
         self.release = threading.Event()
 
-    def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
-                  on_progress: Callable[[Progress], None] | None = None) -> list[SignalResult]:
-        members = [m for m in self.resolve(targets, snapshot) if m.state not in DEAD_STATES and not m.protected]
+    def terminate(
+        self,
+        targets: Sequence[Target],
+        grace: float,
+        snapshot: Snapshot,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> list[SignalResult]:
+        members = [
+            m for m in self.resolve(targets, snapshot) if m.state not in DEAD_STATES and not m.protected
+        ]
         live = tuple(m.pid for m in members)
         exited = tuple(p for p in live if p in self.EXITS_ON_SIGTERM)
         stubborn = tuple(p for p in live if p not in self.EXITS_ON_SIGTERM)
@@ -59,9 +66,18 @@ class HeldDemo(DemoBackend):
             on_progress(Progress("done", live, 0.0))
         with self._lock:
             self._gone.update(live)
-        return [SignalResult(m.pid, Outcome.EXITED if m.pid in exited else Outcome.KILLED,
-                             0.4 if m.pid in exited else grace, None, m.name, m.cmdline, m.username)
-                for m in members]
+        return [
+            SignalResult(
+                m.pid,
+                Outcome.EXITED if m.pid in exited else Outcome.KILLED,
+                0.4 if m.pid in exited else grace,
+                None,
+                m.name,
+                m.cmdline,
+                m.username,
+            )
+            for m in members
+        ]
 
 
 async def until(pilot: Pilot[None], pred: Callable[[], object], what: str, timeout: float = 20.0) -> None:
@@ -107,16 +123,22 @@ async def shot_terminating(pilot: Pilot[None], app: ProcguardApp, backend: HeldD
     await _confirm(pilot, app)
     await pilot.press("y")
     await until(pilot, backend.reached.is_set, "the terminate to start")
-    await until(pilot, lambda: app.status.get(2466, "").endswith("3.0 s left") and app.status.get(2470) == "exited",
-                "the progress on the rows")
+    await until(
+        pilot,
+        lambda: app.status.get(2466, "").endswith("3.0 s left") and app.status.get(2470) == "exited",
+        "the progress on the rows",
+    )
 
 
 async def shot_terminated(pilot: Pilot[None], app: ProcguardApp, backend: HeldDemo) -> None:
     await shot_terminating(pilot, app, backend)
     backend.release.set()
     await until(pilot, lambda: any("ended" in text for text, _ in app.notices), "the result notification")
-    await until(pilot, lambda: not app.status and 2466 not in app.model.snapshot,  # type: ignore[union-attr]
-                "the refresh after the terminate")
+    await until(
+        pilot,
+        lambda: not app.status and 2466 not in app.model.snapshot,  # type: ignore[union-attr]
+        "the refresh after the terminate",
+    )
 
 
 async def shot_details(pilot: Pilot[None], app: ProcguardApp, backend: HeldDemo) -> None:
@@ -181,8 +203,9 @@ async def render(shot: Shot, size: tuple[int, int] = DEFAULT_SIZE) -> str:
         backend.release.set()  # never leave a worker thread waiting
 
 
-async def render_all(out: Path, size: tuple[int, int] = DEFAULT_SIZE,
-                     only: Sequence[str] | None = None) -> list[Path]:
+async def render_all(
+    out: Path, size: tuple[int, int] = DEFAULT_SIZE, only: Sequence[str] | None = None
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for shot in SHOTS:
@@ -209,11 +232,18 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     names = [s.name for s in SHOTS]
-    p = argparse.ArgumentParser(prog="python -m procguard.tui.screenshots",
-                                description="Render procguard-tui screenshots (SVG) from the demo scenario.")
+    p = argparse.ArgumentParser(
+        prog="python -m procguard.tui.screenshots",
+        description="Render procguard-tui screenshots (SVG) from the demo scenario.",
+    )
     p.add_argument("--out", type=Path, default=None, help="folder for the SVG files (default: screenshots/)")
-    p.add_argument("--size", type=_size, default=DEFAULT_SIZE, metavar="WxH",
-                   help=f"terminal size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})")
+    p.add_argument(
+        "--size",
+        type=_size,
+        default=DEFAULT_SIZE,
+        metavar="WxH",
+        help=f"terminal size (default {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]})",
+    )
     p.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"some of: {', '.join(names)}")
     args = p.parse_args(argv)
     for path in asyncio.run(render_all(args.out or default_out(), args.size, args.only)):

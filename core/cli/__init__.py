@@ -28,8 +28,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="procguard", description="Find duplicate Python runs, explain locks, and control "
-                     "process groups and trees safely (SIGTERM -> SIGKILL escalation).")
+    parser = _Parser(
+        prog="procguard",
+        description="Find duplicate Python runs, explain locks, and control "
+        "process groups and trees safely (SIGTERM -> SIGKILL escalation).",
+    )
     parser.add_argument("--version", action="version", version=f"procguard {fmt.version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:

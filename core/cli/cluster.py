@@ -47,18 +47,29 @@ def node_timeout_arg(text: str) -> float:
     return v
 
 
-def add_ray_option(p: argparse.ArgumentParser,
-                   help: str = "a Ray cluster (HOST:PORT, auto, ray://...): every node, with a NODE column") -> None:
+def add_ray_option(
+    p: argparse.ArgumentParser,
+    help: str = "a Ray cluster (HOST:PORT, auto, ray://...): every node, with a NODE column",
+) -> None:
     p.add_argument("--ray", metavar="ADDRESS", default=None, help=help)
-    p.add_argument("--node-timeout", metavar="S", type=node_timeout_arg, default=None,
-                   help=f"with --ray: seconds each node gets to answer (default {NODE_TIMEOUT:g}); a node that "
-                   "does not is named on stderr, the other nodes' results are still shown, and the exit status "
-                   "is 1")
+    p.add_argument(
+        "--node-timeout",
+        metavar="S",
+        type=node_timeout_arg,
+        default=None,
+        help=f"with --ray: seconds each node gets to answer (default {NODE_TIMEOUT:g}); a node that "
+        "does not is named on stderr, the other nodes' results are still shown, and the exit status "
+        "is 1",
+    )
 
 
 def add_node_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--node", metavar="NODE", default=None,
-                   help="with --ray: the node of bare PIDs (head, a node id or unique prefix, or an IP)")
+    p.add_argument(
+        "--node",
+        metavar="NODE",
+        default=None,
+        help="with --ray: the node of bare PIDs (head, a node id or unique prefix, or an IP)",
+    )
 
 
 def node_timeout(args: argparse.Namespace) -> float:
@@ -105,9 +116,14 @@ def register_ray_flags(sub: argparse._SubParsersAction) -> None:  # type: ignore
             add_ray_option(p)
             fn_name = _RAY_VIEWS[name]
         if name == "ps" and not _has_option(p, "--task"):
-            p.add_argument("--task", metavar="TASK_ID", type=task_arg, default=None,
-                           help="with --ray: only the processes of this Ray task or actor (its id, or a "
-                           "prefix of 4+ hex digits)")
+            p.add_argument(
+                "--task",
+                metavar="TASK_ID",
+                type=task_arg,
+                default=None,
+                help="with --ray: only the processes of this Ray task or actor (its id, or a "
+                "prefix of 4+ hex digits)",
+            )
         local = p.get_default("func")
         if local is None:
             continue
@@ -157,11 +173,15 @@ def _node_errors(items: Sequence[Any]) -> int:
 
 # ------------------------------------------------------------------------------------------ ps
 
-_PS_HEAD = (f"{'NODE':<8} {'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} S {'USER':<10} {'RSS':>7} {'CPU%':>5} "
-            f"{'TASK':<14} COMMAND")
+_PS_HEAD = (
+    f"{'NODE':<8} {'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} S {'USER':<10} {'RSS':>7} {'CPU%':>5} "
+    f"{'TASK':<14} COMMAND"
+)
 
 
-def _ps_rows(args: argparse.Namespace, snaps: Sequence[Any], task_pids: set[tuple[str, int]] | None) -> list[Any]:
+def _ps_rows(
+    args: argparse.Namespace, snaps: Sequence[Any], task_pids: set[tuple[str, int]] | None
+) -> list[Any]:
     """(node, depth, proc, ray kind, owner) for each process shown: node by node, each as `ps` orders its rows
     (--sort, --tree), kernel threads only with --kernel."""
     from procguard.core.cli.ps import SORT_KEYS, tree_rows
@@ -172,9 +192,13 @@ def _ps_rows(args: argparse.Namespace, snaps: Sequence[Any], task_pids: set[tupl
     for ns in snaps:
         if ns.snapshot is None:
             continue
-        shown = [p for p in ns.snapshot if (getattr(args, "kernel", False) or not p.kernel_thread)
-                 and (uid is None or p.uid == uid)
-                 and (task_pids is None or (ns.node.node_id, p.pid) in task_pids)]
+        shown = [
+            p
+            for p in ns.snapshot
+            if (getattr(args, "kernel", False) or not p.kernel_thread)
+            and (uid is None or p.uid == uid)
+            and (task_pids is None or (ns.node.node_id, p.pid) in task_pids)
+        ]
         picked = tree_rows(shown, key) if args.tree else [(0, p) for p in sorted(shown, key=key)]
         rows.extend((ns.node, d, p, ns.ray_kinds.get(p.pid), ns.owners.get(p.pid)) for d, p in picked)
     return rows
@@ -186,8 +210,13 @@ def _print_ps(args: argparse.Namespace, rows: Sequence[Any]) -> None:
     if args.json:
         out = []
         for node, d, p, kind, owner in rows:
-            obj = {"node": node.node_id, "node_ip": node.ip, **proc_json(p), "ray": kind,
-                   "owner": None if owner is None else owner.to_json()}
+            obj = {
+                "node": node.node_id,
+                "node_ip": node.ip,
+                **proc_json(p),
+                "ray": kind,
+                "owner": None if owner is None else owner.to_json(),
+            }
             if args.tree:
                 obj["depth"] = d
             out.append(obj)
@@ -198,9 +227,14 @@ def _print_ps(args: argparse.Namespace, rows: Sequence[Any]) -> None:
     for node, d, p, kind, owner in rows:
         tag = f"  [ray: {safe(kind)}]" if kind else ""
         task = safe(owner.short)[:14] if owner is not None and owner.short else "-"
-        print(cut(f"{safe(node.short):<8} {p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} "
-                  f"{safe(p.username)[:10]:<10} {fmt.bytes_short(p.rss):>7} {p.cpu_percent:>5.1f} {task:<14} "
-                  f"{'  ' * d}{safe(p.command)}{tag}", width))
+        print(
+            cut(
+                f"{safe(node.short):<8} {p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} "
+                f"{safe(p.username)[:10]:<10} {fmt.bytes_short(p.rss):>7} {p.cpu_percent:>5.1f} {task:<14} "
+                f"{'  ' * d}{safe(p.command)}{tag}",
+                width,
+            )
+        )
 
 
 def ray_ps(args: argparse.Namespace) -> int:
@@ -217,8 +251,11 @@ def ray_ps(args: argparse.Namespace) -> int:
     bad = _node_errors(snaps)
     if task and not rows:
         where = "on the nodes that answered" if bad else "on any node"
-        print(f"procguard: no process of task {safe(task)} {where} (a task's own processes are known while "
-              "it runs on a Ray worker, or when procguard tracks it)", file=sys.stderr)
+        print(
+            f"procguard: no process of task {safe(task)} {where} (a task's own processes are known while "
+            "it runs on a Ray worker, or when procguard tracks it)",
+            file=sys.stderr,
+        )
         return 1
     return 1 if bad else 0
 
@@ -273,23 +310,41 @@ def _targets_by_node(cluster: ModuleType, args: argparse.Namespace) -> dict[str,
     return by_node
 
 
-def _dry_run(cluster: ModuleType, args: argparse.Namespace, targets: dict[str, list[Any]],
-             failures: list[Any]) -> int:
+def _dry_run(
+    cluster: ModuleType, args: argparse.Namespace, targets: dict[str, list[Any]], failures: list[Any]
+) -> int:
     members, more = cluster.resolve_on_nodes(None, targets, node_timeout=node_timeout(args))
     failures = failures + more
     if args.json:
-        print_json({"dry_run": True, "action": args.action, "targets": [
-            {"node": nm.node_id, "pid": nm.member.pid, "name": nm.member.name,
-             "cmdline": list(nm.member.cmdline), "username": nm.member.username, "state": nm.member.state,
-             "pgid": nm.member.pgid, "protected": nm.member.protected} for nm in members],
-            "failures": [f.to_json() for f in failures]})
+        print_json(
+            {
+                "dry_run": True,
+                "action": args.action,
+                "targets": [
+                    {
+                        "node": nm.node_id,
+                        "pid": nm.member.pid,
+                        "name": nm.member.name,
+                        "cmdline": list(nm.member.cmdline),
+                        "username": nm.member.username,
+                        "state": nm.member.state,
+                        "pgid": nm.member.pgid,
+                        "protected": nm.member.protected,
+                    }
+                    for nm in members
+                ],
+                "failures": [f.to_json() for f in failures],
+            }
+        )
     else:
         print(f"would {args.action} {len(members)} process(es):")
         for nm in members:
             m = nm.member
             note = f"  [refused: {safe(m.protected)}]" if m.protected else ""
-            print(f"{safe(nm.node_id)[:8]:<8} {m.pid:>7} {safe(m.username)[:10]:<10} {safe(m.state)} "
-                  f"{safe(m.command)}{note}")
+            print(
+                f"{safe(nm.node_id)[:8]:<8} {m.pid:>7} {safe(m.username)[:10]:<10} {safe(m.state)} "
+                f"{safe(m.command)}{note}"
+            )
     return 1 if _failure_lines(failures) else 0
 
 
@@ -310,10 +365,13 @@ def ray_signals(args: argparse.Namespace, ok: set[Any]) -> int:
         raise UsageError(str(e)) from None
     if args.dry_run:
         return _dry_run(cluster, args, targets, failures)
-    results, more = cluster.signal_nodes(None, args.action, targets, getattr(args, "grace", 0.0),
-                                         node_timeout=timeout)
+    results, more = cluster.signal_nodes(
+        None, args.action, targets, getattr(args, "grace", 0.0), node_timeout=timeout
+    )
     # A node that failed before anything was sent to it: its pids are unreachable too.
-    results += [cluster.unreachable_result(f.node_id, pid, str(f)) for f in failures for pid in by_node[f.node_id]]
+    results += [
+        cluster.unreachable_result(f.node_id, pid, str(f)) for f in failures for pid in by_node[f.node_id]
+    ]
     failures += more
     if args.json:
         print_json({"results": [r.to_json() for r in results], "failures": [f.to_json() for f in failures]})
@@ -331,15 +389,28 @@ def ray_signals(args: argparse.Namespace, ok: set[Any]) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """`procguard cancel --ray ADDRESS TASK_ID...`."""
-    p = sub.add_parser("cancel", help="with --ray: cancel tracked Ray tasks by id (their process trees on "
-                       "their nodes, then the task itself)")
-    p.add_argument("tasks", metavar="TASK_ID", nargs="+",
-                   help="a task procguard tracks: its id (48 hex digits) or a unique prefix of 4+")
-    p.add_argument("--grace", type=seconds_arg("--grace"), default=5.0, metavar="S",
-                   help="seconds between SIGTERM and SIGKILL for the task's processes, then for the task to end "
-                   "before its worker is killed (default 5)")
-    p.add_argument("--force", action="store_true", help="no grace: SIGKILL the trees and kill the task's "
-                   "worker at once")
+    p = sub.add_parser(
+        "cancel",
+        help="with --ray: cancel tracked Ray tasks by id (their process trees on "
+        "their nodes, then the task itself)",
+    )
+    p.add_argument(
+        "tasks",
+        metavar="TASK_ID",
+        nargs="+",
+        help="a task procguard tracks: its id (48 hex digits) or a unique prefix of 4+",
+    )
+    p.add_argument(
+        "--grace",
+        type=seconds_arg("--grace"),
+        default=5.0,
+        metavar="S",
+        help="seconds between SIGTERM and SIGKILL for the task's processes, then for the task to end "
+        "before its worker is killed (default 5)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="no grace: SIGKILL the trees and kill the task's worker at once"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     add_ray_option(p, help="the Ray cluster (HOST:PORT, auto, ray://...) that runs the tasks (required)")
     p.set_defaults(func=ray_cancel)
@@ -366,7 +437,9 @@ def ray_cancel(args: argparse.Namespace) -> int:
         raise UsageError("cancel needs --ray ADDRESS (the cluster that runs the tasks)")
     cluster = connect(args.ray)
     try:
-        reports = cluster.cancel_tasks(None, args.tasks, args.grace, args.force, node_timeout=node_timeout(args))
+        reports = cluster.cancel_tasks(
+            None, args.tasks, args.grace, args.force, node_timeout=node_timeout(args)
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
     except cluster.ClusterError as e:
@@ -378,16 +451,27 @@ def ray_cancel(args: argparse.Namespace) -> int:
         _print_cancel(reports)
     _failure_lines([f for r in reports for f in r.failures])
     if not args.json:
-        states = ", ".join(f"{sum(r.state == s for r in reports)} {s}" for s in dict.fromkeys(r.state for r in reports))
-        print(safe(f"{len(reports)} task(s): {states}; {_summary([nr for r in reports for nr in r.results])}"),
-              file=sys.stderr)
+        states = ", ".join(
+            f"{sum(r.state == s for r in reports)} {s}" for s in dict.fromkeys(r.state for r in reports)
+        )
+        print(
+            safe(f"{len(reports)} task(s): {states}; {_summary([nr for r in reports for nr in r.results])}"),
+            file=sys.stderr,
+        )
     return 0 if all(r.ok and r.state != "untracked" for r in reports) else 1
 
 
 # ------------------------------------------------------------------------------------------ dupes, locks, gpu
 
-_DUPES_LOCAL_ONLY = (("--terminate", "terminate"), ("--explain", "explain"), ("--all-users", "all_users"),
-                     ("--keep", "keep"), ("--grace", "grace"), ("--dry-run", "dry_run"), ("--yes", "yes"))
+_DUPES_LOCAL_ONLY = (
+    ("--terminate", "terminate"),
+    ("--explain", "explain"),
+    ("--all-users", "all_users"),
+    ("--keep", "keep"),
+    ("--grace", "grace"),
+    ("--dry-run", "dry_run"),
+    ("--yes", "yes"),
+)
 
 
 def ray_dupes(args: argparse.Namespace) -> int:
@@ -395,18 +479,28 @@ def ray_dupes(args: argparse.Namespace) -> int:
     from procguard.core.duplicates import group_json
 
     if getattr(args, "terminate", False):
-        raise UsageError("dupes --terminate does not take --ray: end a run with "
-                         "`procguard term --ray ADDRESS NODE:PID --tree`")
+        raise UsageError(
+            "dupes --terminate does not take --ray: end a run with "
+            "`procguard term --ray ADDRESS NODE:PID --tree`"
+        )
     for flag, dest in _DUPES_LOCAL_ONLY:
         if getattr(args, dest, None) not in (None, False):
-            raise UsageError(f"dupes {flag} does not take --ray: run `procguard dupes {flag} ...` on the node")
+            raise UsageError(
+                f"dupes {flag} does not take --ray: run `procguard dupes {flag} ...` on the node"
+            )
     cluster = connect(args.ray)
     # A relative --script means this directory's file: the agents run elsewhere (symlinks followed there).
     kwargs = {"script": os.path.abspath(args.script)} if getattr(args, "script", None) else {}
     reports = cluster.cluster_duplicates(node_timeout=node_timeout(args), **kwargs)
     if args.json:
-        print_json([{"node": r.node.node_id, **group_json(g)} for r in reports if r.value is not None
-                    for g in r.value.groups])
+        print_json(
+            [
+                {"node": r.node.node_id, **group_json(g)}
+                for r in reports
+                if r.value is not None
+                for g in r.value.groups
+            ]
+        )
     else:
         found = False
         for r in reports:
@@ -414,11 +508,15 @@ def ray_dupes(args: argparse.Namespace) -> int:
                 continue
             for g in r.value.groups:
                 found = True
-                print(f"{safe(r.node.short)} ({safe(r.node.ip)}) {safe(g.identity.display)}: {len(g.instances)} runs")
+                print(
+                    f"{safe(r.node.short)} ({safe(r.node.ip)}) {safe(g.identity.display)}: {len(g.instances)} runs"
+                )
                 print(f"  {'NODE':<8} {'PID':>7} {'USER':<10} CWD  COMMAND")
                 for inst in g.instances:
-                    print(f"  {safe(r.node.short):<8} {inst.pid:>7} {safe(inst.username)[:10]:<10} "
-                          f"{safe(inst.cwd or '?')}  {safe(inst.command)}")
+                    print(
+                        f"  {safe(r.node.short):<8} {inst.pid:>7} {safe(inst.username)[:10]:<10} "
+                        f"{safe(inst.cwd or '?')}  {safe(inst.command)}"
+                    )
         if not found:
             print("no duplicate runs")
     return 1 if _node_errors(reports) else 0
@@ -444,8 +542,10 @@ def ray_locks(args: argparse.Namespace) -> int:
             for node, e in rows:
                 pid = "-" if e.pid is None else str(e.pid)
                 kind = "stale" if e.stale else safe(e.kind or "-")
-                print(f"{safe(node.short):<8} {pid:>7} {kind:<6} {safe(e.mode or '-'):<5} "
-                      f"{'yes' if e.managed else '-':<7} {safe(e.path)}")
+                print(
+                    f"{safe(node.short):<8} {pid:>7} {kind:<6} {safe(e.mode or '-'):<5} "
+                    f"{'yes' if e.managed else '-':<7} {safe(e.path)}"
+                )
     return 1 if _node_errors(reports) else 0
 
 
@@ -460,12 +560,24 @@ def ray_gpu(args: argparse.Namespace) -> int:
         return None
 
     if args.json:
-        print_json({"nodes": [{"node": r.node.node_id, "node_ip": r.node.ip, "error": r.error,
-                               **(gpu_report(r.value, no_lookup) if r.value is not None else {})}
-                              for r in reports]})
+        print_json(
+            {
+                "nodes": [
+                    {
+                        "node": r.node.node_id,
+                        "node_ip": r.node.ip,
+                        "error": r.error,
+                        **(gpu_report(r.value, no_lookup) if r.value is not None else {}),
+                    }
+                    for r in reports
+                ]
+            }
+        )
     else:
-        snaps = {s.node.node_id: s.snapshot for s in cluster.cluster_snapshot(
-            node_timeout=node_timeout(args), owners=False)}
+        snaps = {
+            s.node.node_id: s.snapshot
+            for s in cluster.cluster_snapshot(node_timeout=node_timeout(args), owners=False)
+        }
         for r in reports:
             if r.value is None:
                 continue
@@ -473,12 +585,30 @@ def ray_gpu(args: argparse.Namespace) -> int:
             snap = snaps.get(r.node.node_id)
             from procguard.core.snapshot import Snapshot
 
-            lines = format_gpu(gpu_report(r.value, no_lookup), snap if snap is not None else Snapshot({}),
-                               r.value)
+            lines = format_gpu(
+                gpu_report(r.value, no_lookup), snap if snap is not None else Snapshot({}), r.value
+            )
             print("\n".join("  " + ln for ln in lines))
     return 1 if _node_errors(reports) else 0
 
 
-__all__ = ["NODE_TIMEOUT", "NodePid", "add_node_option", "add_ray_option", "check_local_targets",
-           "check_needs_ray", "load_cluster", "node_timeout", "ray_cancel", "ray_dupes", "ray_gpu", "ray_locks",
-           "ray_ps", "ray_signals", "register", "register_ray_flags", "target_arg", "task_arg"]
+__all__ = [
+    "NODE_TIMEOUT",
+    "NodePid",
+    "add_node_option",
+    "add_ray_option",
+    "check_local_targets",
+    "check_needs_ray",
+    "load_cluster",
+    "node_timeout",
+    "ray_cancel",
+    "ray_dupes",
+    "ray_gpu",
+    "ray_locks",
+    "ray_ps",
+    "ray_signals",
+    "register",
+    "register_ray_flags",
+    "target_arg",
+    "task_arg",
+]

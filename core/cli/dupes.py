@@ -34,23 +34,43 @@ from procguard.core.snapshot import process_snapshot
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("dupes", help="find (and end) duplicate runs of a job; explain a process's identity",
-                       usage="procguard dupes [--json] [--script PATH] [--explain PID] "
-                       "[--terminate [--keep oldest|newest] [--grace S] [--dry-run] [--yes] [--all-users]]")
+    p = sub.add_parser(
+        "dupes",
+        help="find (and end) duplicate runs of a job; explain a process's identity",
+        usage="procguard dupes [--json] [--script PATH] [--explain PID] "
+        "[--terminate [--keep oldest|newest] [--grace S] [--dry-run] [--yes] [--all-users]]",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--script", metavar="PATH", help="only this script (symlinks followed)")
-    p.add_argument("--explain", type=pid_arg, metavar="PID",
-                   help="show PID's identity key (kind and parts) and whether it counts as a run, or why not")
-    p.add_argument("--terminate", action="store_true",
-                   help="end all but one run per group, each with its process tree")
-    p.add_argument("--keep", choices=("oldest", "newest"), default=None,
-                   help="which run to keep with --terminate (default oldest)")
-    p.add_argument("--grace", type=seconds_arg("--grace"), default=None, metavar="S",
-                   help="seconds between SIGTERM and SIGKILL with --terminate (default 5)")
+    p.add_argument(
+        "--explain",
+        type=pid_arg,
+        metavar="PID",
+        help="show PID's identity key (kind and parts) and whether it counts as a run, or why not",
+    )
+    p.add_argument(
+        "--terminate", action="store_true", help="end all but one run per group, each with its process tree"
+    )
+    p.add_argument(
+        "--keep",
+        choices=("oldest", "newest"),
+        default=None,
+        help="which run to keep with --terminate (default oldest)",
+    )
+    p.add_argument(
+        "--grace",
+        type=seconds_arg("--grace"),
+        default=None,
+        metavar="S",
+        help="seconds between SIGTERM and SIGKILL with --terminate (default 5)",
+    )
     p.add_argument("--dry-run", action="store_true", help="with --terminate: show what would be ended")
     p.add_argument("--yes", action="store_true", help="with --terminate and no --script: really do it")
-    p.add_argument("--all-users", action="store_true",
-                   help="with --terminate, as root: also end other users' runs (never without it)")
+    p.add_argument(
+        "--all-users",
+        action="store_true",
+        help="with --terminate, as root: also end other users' runs (never without it)",
+    )
     p.set_defaults(func=run)
 
 
@@ -60,10 +80,15 @@ def _since(t: float) -> str:
 
 
 def _inst_line(inst: Instance, mark: str = " ") -> str:
-    extra = f" [{safe(inst.launcher)}, {len(inst.members)} ranks]" if inst.launcher else (
-        f" [{len(inst.members)} ranks]" if len(inst.members) > 1 else "")
-    return (f" {mark}{inst.pid:>7} {_since(inst.create_time):>16} {safe(inst.username)[:10]:<10} "
-            f"{safe(inst.cwd or '?')}  {safe(inst.command)}{extra}")
+    extra = (
+        f" [{safe(inst.launcher)}, {len(inst.members)} ranks]"
+        if inst.launcher
+        else (f" [{len(inst.members)} ranks]" if len(inst.members) > 1 else "")
+    )
+    return (
+        f" {mark}{inst.pid:>7} {_since(inst.create_time):>16} {safe(inst.username)[:10]:<10} "
+        f"{safe(inst.cwd or '?')}  {safe(inst.command)}{extra}"
+    )
 
 
 def _print_report(report: DuplicateReport) -> None:
@@ -83,8 +108,13 @@ def _print_report(report: DuplicateReport) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     if not args.terminate:
-        for flag, given in (("--keep", args.keep is not None), ("--grace", args.grace is not None),
-                            ("--dry-run", args.dry_run), ("--yes", args.yes), ("--all-users", args.all_users)):
+        for flag, given in (
+            ("--keep", args.keep is not None),
+            ("--grace", args.grace is not None),
+            ("--dry-run", args.dry_run),
+            ("--yes", args.yes),
+            ("--all-users", args.all_users),
+        ):
             if given:
                 raise UsageError(f"{flag} only goes with --terminate")
     if args.explain is not None:
@@ -103,8 +133,16 @@ def _terminate_json(rep: TerminateReport) -> dict[str, object]:
         "kept": [i.pid for i in rep.kept],
         "ended": [i.pid for i in rep.ended],
         "skipped": [{"pid": i.pid, "username": i.username, "reason": why} for i, why in rep.skipped],
-        "would_end": [{"pid": m.pid, "name": m.name, "cmdline": list(m.cmdline), "username": m.username,
-                       "protected": m.protected} for m in rep.would_end],
+        "would_end": [
+            {
+                "pid": m.pid,
+                "name": m.name,
+                "cmdline": list(m.cmdline),
+                "username": m.username,
+                "protected": m.protected,
+            }
+            for m in rep.would_end
+        ],
         "results": [r.to_json() for r in rep.results],
     }
 
@@ -129,8 +167,10 @@ def _print_terminate(rep: TerminateReport) -> None:
             print(f"  {m.pid:>7} {safe(m.username)[:10]:<10} {safe(m.command)}{note}")
     else:
         for r in rep.results:
-            print(f"  {r.pid:>7} {r.outcome.value:<12} {safe_join(r.cmdline) or safe(r.name)}"
-                  + (f"  ({safe(r.reason)})" if r.reason else ""))
+            print(
+                f"  {r.pid:>7} {r.outcome.value:<12} {safe_join(r.cmdline) or safe(r.name)}"
+                + (f"  ({safe(r.reason)})" if r.reason else "")
+            )
         print(safe(signals.summarize(list(rep.results))))
 
 
@@ -188,8 +228,9 @@ def run(args: argparse.Namespace) -> int:
     keep = args.keep or "oldest"
     grace = 5.0 if args.grace is None else args.grace
     preview = args.dry_run or (args.script is None and not args.yes)
-    rep = terminate_duplicates(keep, args.script, grace, snapshot=process_snapshot(), dry_run=preview,
-                               all_users=args.all_users)
+    rep = terminate_duplicates(
+        keep, args.script, grace, snapshot=process_snapshot(), dry_run=preview, all_users=args.all_users
+    )
     if args.json:
         print_json(_terminate_json(rep))
     else:

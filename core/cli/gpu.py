@@ -27,28 +27,50 @@ EntryLookup = Callable[[int], "RegistryEntry | None"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("gpu", help="GPU devices and the processes holding them (NVML and open device files)",
-                       description="Every process with a GPU device file open (/dev/nvidia*, /dev/dri/renderD*, "
-                       "/dev/kfd) is a holder, whether NVML lists it or not (or is there at all): holders NVML "
-                       "doesn't list show as 'device open'. Other users' processes need root to be seen this way.")
+    p = sub.add_parser(
+        "gpu",
+        help="GPU devices and the processes holding them (NVML and open device files)",
+        description="Every process with a GPU device file open (/dev/nvidia*, /dev/dri/renderD*, "
+        "/dev/kfd) is a holder, whether NVML lists it or not (or is there at all): holders NVML "
+        "doesn't list show as 'device open'. Other users' processes need root to be seen this way.",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--orphans", action="store_true",
-                      help="only GPU orphans: holders left behind by a job that died (re-parented, their group or "
-                      "session leader gone), with the memory they pin")
-    what.add_argument("--end-orphans", action="store_true",
-                      help="end the GPU orphans (yours; root: everyone's): SIGTERM, SIGKILL after the grace")
-    p.add_argument("--grace", type=seconds_arg("--grace"), default=5.0, metavar="S",
-                   help="with --end-orphans: seconds between SIGTERM and SIGKILL (default 5)")
+    what.add_argument(
+        "--orphans",
+        action="store_true",
+        help="only GPU orphans: holders left behind by a job that died (re-parented, their group or "
+        "session leader gone), with the memory they pin",
+    )
+    what.add_argument(
+        "--end-orphans",
+        action="store_true",
+        help="end the GPU orphans (yours; root: everyone's): SIGTERM, SIGKILL after the grace",
+    )
+    p.add_argument(
+        "--grace",
+        type=seconds_arg("--grace"),
+        default=5.0,
+        metavar="S",
+        help="with --end-orphans: seconds between SIGTERM and SIGKILL (default 5)",
+    )
     p.add_argument("--dry-run", action="store_true", help="with --end-orphans: show them, end nothing")
     p.set_defaults(func=run_gpu)
-    f = sub.add_parser("flush", help="ask a guarded process to empty its GPU cache and say what it freed",
-                       description="Cooperative: the process must be guarded (its main wrapped in "
-                       "procguard.core.guard.guard()); it answers its flush signal (SIGUSR1 unless configured). Exit 0 "
-                       "answered, 1 no answer in time, 2 not guarded / bad pid.")
+    f = sub.add_parser(
+        "flush",
+        help="ask a guarded process to empty its GPU cache and say what it freed",
+        description="Cooperative: the process must be guarded (its main wrapped in "
+        "procguard.core.guard.guard()); it answers its flush signal (SIGUSR1 unless configured). Exit 0 "
+        "answered, 1 no answer in time, 2 not guarded / bad pid.",
+    )
     f.add_argument("pid", type=pid_arg, metavar="PID")
-    f.add_argument("--timeout", type=seconds_arg("--timeout"), default=10.0, metavar="S",
-                   help="seconds to wait for the answer (default 10)")
+    f.add_argument(
+        "--timeout",
+        type=seconds_arg("--timeout"),
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the answer (default 10)",
+    )
     f.add_argument("--json", action="store_true", help="print the answer as one JSON object")
     f.set_defaults(func=run_flush)
 
@@ -69,8 +91,9 @@ def _registry_lookup() -> EntryLookup:
 class Holders:
     """Who holds a GPU now: NVML's list merged with the kernel's open device files, over one process snapshot."""
 
-    def __init__(self, snap: Snapshot, gpu: _gpu.GpuSnapshot, holders: dict[int, DeviceHolder],
-                 denied: int = 0) -> None:
+    def __init__(
+        self, snap: Snapshot, gpu: _gpu.GpuSnapshot, holders: dict[int, DeviceHolder], denied: int = 0
+    ) -> None:
         self.snap, self.gpu = snap, gpu
         self.merged, self.foreign = _gpu.merged_holders(snap, gpu, holders)
         self.denied = denied  # processes whose fds could not be read (other users', without root)
@@ -88,39 +111,69 @@ class Holders:
 
     def row_json(self, m: MergedHolder) -> dict[str, Any]:
         p = self.snap.get(m.pid)
-        return {**m.to_json(), "device_open": m.device_open_only, "username": p.username if p else None,
-                "cmdline": list(p.cmdline) if p else [], "name": p.name if p else None}
+        return {
+            **m.to_json(),
+            "device_open": m.device_open_only,
+            "username": p.username if p else None,
+            "cmdline": list(p.cmdline) if p else [],
+            "name": p.name if p else None,
+        }
 
 
 def _foreign_json(f: ForeignPid) -> dict[str, Any]:
-    return {"host_pid": f.host_pid, "devices": list(f.devices), "memory_used": f.memory_used,
-            "local_pid": f.local_pid, "label": f.label}
+    return {
+        "host_pid": f.host_pid,
+        "devices": list(f.devices),
+        "memory_used": f.memory_used,
+        "local_pid": f.local_pid,
+        "label": f.label,
+    }
 
 
-def gpu_report(gpu: _gpu.GpuSnapshot, lookup: EntryLookup | None = None,
-               holders: Holders | None = None) -> dict[str, Any]:
+def gpu_report(
+    gpu: _gpu.GpuSnapshot, lookup: EntryLookup | None = None, holders: Holders | None = None
+) -> dict[str, Any]:
     """The `gpu --json` object: devices, and processes enriched from the registry (guarded, and the allocator
     figures a guarded process publishes: reserved, allocated; null when unknown). Only an entry the registry
     trusts counts; a process whose entry was ignored gets ``untrusted_entry`` (why), and no figures from it.
     With `holders`: also every holder (NVML's and the kernel's, each with its orphan reason), NVML pids of
     another PID namespace (`foreign`), and the orphan count."""
     lookup = lookup or _registry_lookup()
-    devices = [{"index": d.index, "name": d.name, "uuid": d.uuid, "memory_total": d.memory_total,
-                "memory_used": d.memory_used, "utilization": d.utilization, "minor": d.minor} for d in gpu.devices]
+    devices = [
+        {
+            "index": d.index,
+            "name": d.name,
+            "uuid": d.uuid,
+            "memory_total": d.memory_total,
+            "memory_used": d.memory_used,
+            "utilization": d.utilization,
+            "minor": d.minor,
+        }
+        for d in gpu.devices
+    ]
     processes = []
     for p in sorted(gpu.processes, key=lambda p: (p.device, -(p.memory_used or 0), p.pid)):
         entry = lookup(p.pid)
         trusted = entry is not None and entry.trusted
         alloc = _flush._field(entry, "allocator") if trusted else None
         alloc = alloc if isinstance(alloc, dict) else {}
-        row: dict[str, Any] = {"pid": p.pid, "device": p.device, "memory_used": p.memory_used,
-                               "guarded": trusted, "reserved": alloc.get("reserved"),
-                               "allocated": alloc.get("allocated")}
+        row: dict[str, Any] = {
+            "pid": p.pid,
+            "device": p.device,
+            "memory_used": p.memory_used,
+            "guarded": trusted,
+            "reserved": alloc.get("reserved"),
+            "allocated": alloc.get("allocated"),
+        }
         if entry is not None and not trusted:
             row["untrusted_entry"] = entry.untrusted_reason or "not trusted"
         processes.append(row)
-    out: dict[str, Any] = {"available": gpu.available, "reason": gpu.reason, "devices": devices,
-                           "processes": processes}
+    out: dict[str, Any] = {
+        "available": gpu.available,
+        "reason": gpu.reason,
+        "devices": devices,
+        "processes": processes,
+    }
     if holders is not None:
         out["holders"] = [holders.row_json(m) for m in holders.merged]
         out["foreign"] = [_foreign_json(f) for f in holders.foreign if f.local_pid is None]
@@ -142,7 +195,9 @@ def _memory_cell(m: MergedHolder) -> str:
     return "device open" if m.device_open_only else fmt.bytes_short(m.memory_used)
 
 
-HEADER = f"{'PID':>7} {'GPU':<7} {'GPU MEM':>11} {'RESERVED':>8} {'ALLOC':>8} {'GUARD':<5} {'USER':<10} COMMAND"
+HEADER = (
+    f"{'PID':>7} {'GPU':<7} {'GPU MEM':>11} {'RESERVED':>8} {'ALLOC':>8} {'GUARD':<5} {'USER':<10} COMMAND"
+)
 
 
 def _holder_row(h: Holders, m: MergedHolder, guard: dict[str, Any] | None) -> str:
@@ -153,14 +208,18 @@ def _holder_row(h: Holders, m: MergedHolder, guard: dict[str, Any] | None) -> st
     if m.host_pid is not None:
         command = f"{command} (host pid {m.host_pid})"
     g = guard or {}
-    return (f"{m.pid:>7} {_devices_cell(m):<7} {_memory_cell(m):>11} {fmt.bytes_short(g.get('reserved')):>8} "
-            f"{fmt.bytes_short(g.get('allocated')):>8} {'yes' if g.get('guarded') else '-':<5} {user:<10} {command}")
+    return (
+        f"{m.pid:>7} {_devices_cell(m):<7} {_memory_cell(m):>11} {fmt.bytes_short(g.get('reserved')):>8} "
+        f"{fmt.bytes_short(g.get('allocated')):>8} {'yes' if g.get('guarded') else '-':<5} {user:<10} {command}"
+    )
 
 
 def _foreign_row(f: ForeignPid) -> str:
     devs = ",".join(map(str, f.devices)) or "-"
-    return (f"{f.host_pid:>7} {devs:<7} {fmt.bytes_short(f.memory_used):>11} {'-':>8} {'-':>8} {'-':<5} "
-            f"{'?':<10} {f.label}")
+    return (
+        f"{f.host_pid:>7} {devs:<7} {fmt.bytes_short(f.memory_used):>11} {'-':>8} {'-':>8} {'-':<5} "
+        f"{'?':<10} {f.label}"
+    )
 
 
 def _orphan_summary(h: Holders) -> str:
@@ -174,16 +233,19 @@ def _orphan_summary(h: Holders) -> str:
     return f"{plural(len(orphans), 'GPU orphan')}{memory}{open_only}"
 
 
-def format_gpu(report: dict[str, Any], snap: Snapshot, gpu: _gpu.GpuSnapshot,
-               holders: Holders | None = None) -> list[str]:
+def format_gpu(
+    report: dict[str, Any], snap: Snapshot, gpu: _gpu.GpuSnapshot, holders: Holders | None = None
+) -> list[str]:
     """The `procguard gpu` text: devices, then one row per holder (NVML's and, with `holders`, the kernel's),
     NVML pids of another PID namespace, and the orphan count."""
     h = holders if holders is not None else Holders(snap, gpu, {})
     lines = [] if report["available"] else [f"GPU: not available: {safe(report['reason'])}"]
     for d in gpu.devices:
         util = "-" if d.utilization is None else f"{d.utilization}%"
-        lines.append(f"GPU {d.index}: {safe(d.name)}  {safe(d.uuid)}  memory {fmt.bytes_short(d.memory_used)} "
-                     f"used / {fmt.bytes_short(d.memory_total)} ({fmt.bytes_short(d.memory_free)} free)  util {util}")
+        lines.append(
+            f"GPU {d.index}: {safe(d.name)}  {safe(d.uuid)}  memory {fmt.bytes_short(d.memory_used)} "
+            f"used / {fmt.bytes_short(d.memory_total)} ({fmt.bytes_short(d.memory_free)} free)  util {util}"
+        )
     foreign = [f for f in h.foreign if f.local_pid is None]
     if not h.merged and not foreign:
         if report["available"]:
@@ -226,8 +288,12 @@ def format_orphans(h: Holders) -> list[str]:
 
 def _orphans_json(h: Holders) -> dict[str, Any]:
     orphans = h.orphans
-    return {"count": len(orphans), "memory_used": sum(m.memory_used or 0 for m in orphans),
-            "orphans": [h.row_json(m) for m in orphans], "unreadable": h.denied}
+    return {
+        "count": len(orphans),
+        "memory_used": sum(m.memory_used or 0 for m in orphans),
+        "orphans": [h.row_json(m) for m in orphans],
+        "unreadable": h.denied,
+    }
 
 
 def run_gpu(args: argparse.Namespace) -> int:
@@ -269,9 +335,21 @@ def end_orphans(args: argparse.Namespace, h: Holders) -> int:
     if args.dry_run:
         members = signals.resolve(targets, h.snap) if targets else []
         if args.json:
-            print_json({"dry_run": True, "targets": [{"pid": m.pid, "username": m.username,
-                                                      "cmdline": list(m.cmdline), "protected": m.protected}
-                                                     for m in members], "skipped": [m.pid for m in others]})
+            print_json(
+                {
+                    "dry_run": True,
+                    "targets": [
+                        {
+                            "pid": m.pid,
+                            "username": m.username,
+                            "cmdline": list(m.cmdline),
+                            "protected": m.protected,
+                        }
+                        for m in members
+                    ],
+                    "skipped": [m.pid for m in others],
+                }
+            )
         else:
             print(f"would end {plural(len(members), 'GPU orphan')}:")
             for m in members:
@@ -285,8 +363,12 @@ def end_orphans(args: argparse.Namespace, h: Holders) -> int:
         print_json({"results": [r.to_json() for r in results], "skipped": [m.pid for m in others]})
     else:
         for r in results:
-            print(f"{r.pid:>7} {r.outcome.value:<12} {r.elapsed:8.3f}s  {safe(' '.join(r.cmdline) or r.name)}")
-        print(safe(signals.summarize(results)) if results else "no GPU orphans of yours to end", file=sys.stderr)
+            print(
+                f"{r.pid:>7} {r.outcome.value:<12} {r.elapsed:8.3f}s  {safe(' '.join(r.cmdline) or r.name)}"
+            )
+        print(
+            safe(signals.summarize(results)) if results else "no GPU orphans of yours to end", file=sys.stderr
+        )
         if others:
             print(skipped, file=sys.stderr)
     ended = {signals.Outcome.EXITED, signals.Outcome.KILLED, signals.Outcome.ALREADY_GONE}
@@ -299,8 +381,9 @@ def run_flush(args: argparse.Namespace) -> int:
     except _flush.NotGuarded as e:
         raise UsageError(str(e)) from None
     except PermissionError as e:
-        raise UsageError(f"not allowed to signal pid {args.pid} ({e.strerror}): run as its owner or root") \
-            from None
+        raise UsageError(
+            f"not allowed to signal pid {args.pid} ({e.strerror}): run as its owner or root"
+        ) from None
     except _flush.FlushError as e:  # timeout, or it exited while we waited
         print(f"procguard: flush: {e}", file=sys.stderr)
         return 1

@@ -24,18 +24,31 @@ from procguard.core.sanitize import safe
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "locks", help="file locks held on this machine, who holds them, and stale procguard lock files",
+        "locks",
+        help="file locks held on this machine, who holds them, and stale procguard lock files",
         description="List every file lock held on this machine (flock, POSIX, OFD) with its real holders, "
-        "then managed lock files that nobody holds (stale).")
-    p.add_argument("--json", action="store_true", help="print a JSON array (keys: path, pid, holders, kind, "
-                   "mode, managed, stale, holder, metadata, metadata_trusted, metadata_problem; holder is the "
-                   "lock file's metadata only when it agrees with the real holder)")
+        "then managed lock files that nobody holds (stale).",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array (keys: path, pid, holders, kind, "
+        "mode, managed, stale, holder, metadata, metadata_trusted, metadata_problem; holder is the "
+        "lock file's metadata only when it agrees with the real holder)",
+    )
     p.add_argument("--managed", action="store_true", help="only procguard lock files")
-    p.add_argument("--clean-stale", action="store_true",
-                   help="remove stale procguard lock files (never a held one) and list what was removed")
-    p.add_argument("--dir", action="append", dest="dirs", metavar="DIR",
-                   help="only locks under DIR, and look for stale files there instead of your lock folder "
-                   "(repeatable)")
+    p.add_argument(
+        "--clean-stale",
+        action="store_true",
+        help="remove stale procguard lock files (never a held one) and list what was removed",
+    )
+    p.add_argument(
+        "--dir",
+        action="append",
+        dest="dirs",
+        metavar="DIR",
+        help="only locks under DIR, and look for stale files there instead of your lock folder (repeatable)",
+    )
     p.add_argument("--wide", action="store_true", help="whole rows, never cut to the terminal's width")
     p.set_defaults(func=run)
 
@@ -146,8 +159,16 @@ def _rows(e: HeldLock) -> list[list[str]]:
                 what = f"{what or '?'} [{len(e.waiters)} waiting]"
         else:
             what = f"{what or '?'} [shares the lock: an inherited descriptor]"
-        rows.append([str(pid) if pid is not None else "?", e.kind or "-", e.mode or "-", managed, safe(e.path),
-                     what or "?"])
+        rows.append(
+            [
+                str(pid) if pid is not None else "?",
+                e.kind or "-",
+                e.mode or "-",
+                managed,
+                safe(e.path),
+                what or "?",
+            ]
+        )
     return rows
 
 

@@ -26,17 +26,27 @@ SORT_KEYS: dict[str, Callable[[Proc], Any]] = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("ps", help="list processes",
-                       description="Kernel threads are hidden unless --kernel. On a terminal, rows are cut to its "
-                       "width (COLUMNS, else the terminal's); --wide shows them whole. Pipes and files get whole "
-                       "rows.")
-    p.add_argument("--json", action="store_true", help="print a JSON array of process objects (with pidns, "
-                   "nspid, cgroup and frozen)")
+    p = sub.add_parser(
+        "ps",
+        help="list processes",
+        description="Kernel threads are hidden unless --kernel. On a terminal, rows are cut to its "
+        "width (COLUMNS, else the terminal's); --wide shows them whole. Pipes and files get whole "
+        "rows.",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON array of process objects (with pidns, nspid, cgroup and frozen)",
+    )
     p.add_argument("--tree", action="store_true", help="show parent/child structure")
     p.add_argument("--user", metavar="NAME", type=user_arg, help="only this user's processes")
-    p.add_argument("--sort", choices=tuple(SORT_KEYS), default="pid",
-                   help="row order (siblings' order with --tree): pid (default), age (newest first), cpu, rss "
-                   "(largest first), name, user")
+    p.add_argument(
+        "--sort",
+        choices=tuple(SORT_KEYS),
+        default="pid",
+        help="row order (siblings' order with --tree): pid (default), age (newest first), cpu, rss "
+        "(largest first), name, user",
+    )
     p.add_argument("--wide", action="store_true", help="whole rows, never cut to the terminal's width")
     p.add_argument("--kernel", action="store_true", help="include kernel threads")
     add_ray_option(p)
@@ -46,12 +56,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def proc_json(p: Proc) -> dict[str, object]:
     return {
-        "pid": p.pid, "ppid": p.ppid, "pgid": p.pgid, "sid": p.sid, "state": p.state, "name": p.name,
-        "cmdline": list(p.cmdline), "create_time": p.create_time, "rss": p.rss, "username": p.username,
-        "uid": p.uid, "cpu_percent": round(p.cpu_percent, 1), "num_threads": p.num_threads,
-        "python": None if p.python is None else {
-            "interpreter": p.python.interpreter, "kind": p.python.kind, "target": p.python.target,
-            "args": list(p.python.args)},
+        "pid": p.pid,
+        "ppid": p.ppid,
+        "pgid": p.pgid,
+        "sid": p.sid,
+        "state": p.state,
+        "name": p.name,
+        "cmdline": list(p.cmdline),
+        "create_time": p.create_time,
+        "rss": p.rss,
+        "username": p.username,
+        "uid": p.uid,
+        "cpu_percent": round(p.cpu_percent, 1),
+        "num_threads": p.num_threads,
+        "python": None
+        if p.python is None
+        else {
+            "interpreter": p.python.interpreter,
+            "kind": p.python.kind,
+            "target": p.python.target,
+            "args": list(p.python.args),
+        },
     }
 
 
@@ -64,10 +89,16 @@ def cgroup_json(info: CgroupInfo | None, frozen: bool | None) -> dict[str, objec
     out["pidns"], out["nspid"] = info.pidns, list(info.nspid)
     if info.path is not None:
         n = info.name
-        out["cgroup"] = {"path": info.path, "version": info.version, "kind": n.kind if n else None,
-                         "runtime": n.runtime if n else None, "id": n.id if n else None,
-                         "step": n.step if n else None, "unit": n.unit_path if n else None,
-                         "label": n.label if n else None}
+        out["cgroup"] = {
+            "path": info.path,
+            "version": info.version,
+            "kind": n.kind if n else None,
+            "runtime": n.runtime if n else None,
+            "id": n.id if n else None,
+            "step": n.step if n else None,
+            "unit": n.unit_path if n else None,
+            "label": n.label if n else None,
+        }
     return out
 
 
@@ -130,9 +161,19 @@ def run(args: argparse.Namespace) -> int:
         print_json(out)
         return 0
     width = output_width(args.wide)
-    print(cut(f"{'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} S {'USER':<10} {'RSS':>7} {'CPU%':>5} COMMAND", width))
+    print(
+        cut(
+            f"{'PID':>7} {'PPID':>7} {'PGID':>7} {'SID':>7} S {'USER':<10} {'RSS':>7} {'CPU%':>5} COMMAND",
+            width,
+        )
+    )
     for d, p in rows:
         frozen = "[frozen] " if freezer.frozen(cgroups.info(p.pid, p.start_ticks)) else ""
-        print(cut(f"{p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} {safe(p.username)[:10]:<10} "
-                  f"{fmt.bytes_short(p.rss):>7} {p.cpu_percent:>5.1f} {'  ' * d}{frozen}{safe(p.command)}", width))
+        print(
+            cut(
+                f"{p.pid:>7} {p.ppid:>7} {p.pgid:>7} {p.sid:>7} {p.state} {safe(p.username)[:10]:<10} "
+                f"{fmt.bytes_short(p.rss):>7} {p.cpu_percent:>5.1f} {'  ' * d}{frozen}{safe(p.command)}",
+                width,
+            )
+        )
     return 0

@@ -25,15 +25,30 @@ class _Interrupted(Exception):
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("run", help="run CMD in its own session; SIGINT/SIGTERM end its whole group",
-                       usage="procguard run [--grace S] [--lock NAME] [--on-duplicate POLICY] -- CMD [ARGS...]")
-    p.add_argument("--grace", type=seconds_arg("--grace"), default=5.0, metavar="S",
-                   help="seconds between SIGTERM and SIGKILL when ending the group (default 5)")
-    p.add_argument("--lock", metavar="NAME", help="hold this single-instance lock for the command's life; "
-                   "exit 3 with the holder's description if it is taken")
-    p.add_argument("--on-duplicate", choices=("abort", "terminate", "ignore"), default=None,
-                   help="if CMD is a Python script already running: abort (exit 3), terminate the others, "
-                   "or ignore")
+    p = sub.add_parser(
+        "run",
+        help="run CMD in its own session; SIGINT/SIGTERM end its whole group",
+        usage="procguard run [--grace S] [--lock NAME] [--on-duplicate POLICY] -- CMD [ARGS...]",
+    )
+    p.add_argument(
+        "--grace",
+        type=seconds_arg("--grace"),
+        default=5.0,
+        metavar="S",
+        help="seconds between SIGTERM and SIGKILL when ending the group (default 5)",
+    )
+    p.add_argument(
+        "--lock",
+        metavar="NAME",
+        help="hold this single-instance lock for the command's life; "
+        "exit 3 with the holder's description if it is taken",
+    )
+    p.add_argument(
+        "--on-duplicate",
+        choices=("abort", "terminate", "ignore"),
+        default=None,
+        help="if CMD is a Python script already running: abort (exit 3), terminate the others, or ignore",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
     p.set_defaults(func=run)
 
@@ -98,8 +113,11 @@ def _supervise(cmd: list[str], grace: float, pass_fds: tuple[int, ...] = ()) -> 
         leftovers = signals.resolve(Target.group(child.pgid))
         if leftovers:
             res = signals.terminate(Target.group(child.pgid), grace)
-            print(f"procguard: ended {len(res)} leftover process(es) of the command's group: "
-                  f"{signals.summarize(res)}", file=sys.stderr)
+            print(
+                f"procguard: ended {len(res)} leftover process(es) of the command's group: "
+                f"{signals.summarize(res)}",
+                file=sys.stderr,
+            )
         return _exit_code(rc)
     except _Interrupted as e:
         for s in watched:

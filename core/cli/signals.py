@@ -14,8 +14,10 @@ from procguard.core.signals import Outcome, SignalResult, Target
 from procguard.core.snapshot import Snapshot, process_snapshot
 
 ACTIONS: dict[str, tuple[str, set[Outcome]]] = {
-    "term": ("terminate: SIGTERM, then SIGKILL after the grace", {Outcome.EXITED, Outcome.KILLED,
-                                                                  Outcome.ALREADY_GONE}),
+    "term": (
+        "terminate: SIGTERM, then SIGKILL after the grace",
+        {Outcome.EXITED, Outcome.KILLED, Outcome.ALREADY_GONE},
+    ),
     "kill": ("SIGKILL at once (trees frozen first)", {Outcome.EXITED, Outcome.KILLED, Outcome.ALREADY_GONE}),
     "pause": ("SIGSTOP, confirmed in /proc (a cgroup: cgroup.freeze)", {Outcome.PAUSED}),
     "resume": ("SIGCONT, confirmed in /proc (a cgroup: thawed)", {Outcome.RESUMED}),
@@ -25,17 +27,31 @@ ACTIONS: dict[str, tuple[str, set[Outcome]]] = {
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for name, (help_, _ok) in ACTIONS.items():
         p = sub.add_parser(name, help=help_)
-        p.add_argument("targets", metavar="TARGET", nargs="*", type=target_arg,
-                       help="a pid; with --ray, NODE:PID (or a pid and --node NODE)")
+        p.add_argument(
+            "targets",
+            metavar="TARGET",
+            nargs="*",
+            type=target_arg,
+            help="a pid; with --ray, NODE:PID (or a pid and --node NODE)",
+        )
         scope = p.add_mutually_exclusive_group()
         scope.add_argument("--group", action="store_true", help="act on the process group of each TARGET")
         scope.add_argument("--tree", action="store_true", help="act on each TARGET and all its descendants")
-        scope.add_argument("--cgroup", metavar="PATH", help="act on every process in the cgroup PATH and below "
-                           "(as /proc/PID/cgroup or `ps --json` shows it, or its folder under /sys/fs/cgroup); "
-                           "cgroup v2: cgroup.kill / cgroup.freeze, else freeze-then-kill by signals")
+        scope.add_argument(
+            "--cgroup",
+            metavar="PATH",
+            help="act on every process in the cgroup PATH and below "
+            "(as /proc/PID/cgroup or `ps --json` shows it, or its folder under /sys/fs/cgroup); "
+            "cgroup v2: cgroup.kill / cgroup.freeze, else freeze-then-kill by signals",
+        )
         if name == "term":
-            p.add_argument("--grace", type=seconds_arg("--grace"), default=5.0, metavar="S",
-                           help="seconds between SIGTERM and SIGKILL (default 5)")
+            p.add_argument(
+                "--grace",
+                type=seconds_arg("--grace"),
+                default=5.0,
+                metavar="S",
+                help="seconds between SIGTERM and SIGKILL (default 5)",
+            )
         p.add_argument("--dry-run", action="store_true", help="show what would be signalled, signal nothing")
         p.add_argument("--json", action="store_true", help="print JSON")
         add_ray_option(p)
@@ -58,8 +74,18 @@ def result_line(r: SignalResult) -> str:
 
 
 def _members_json(members: list[signals.Member]) -> list[dict[str, object]]:
-    return [{"pid": m.pid, "name": m.name, "cmdline": list(m.cmdline), "username": m.username, "state": m.state,
-             "pgid": m.pgid, "protected": m.protected} for m in members]
+    return [
+        {
+            "pid": m.pid,
+            "name": m.name,
+            "cmdline": list(m.cmdline),
+            "username": m.username,
+            "state": m.state,
+            "pgid": m.pgid,
+            "protected": m.protected,
+        }
+        for m in members
+    ]
 
 
 def _print_members(members: list[signals.Member], said: str | None = None) -> None:
@@ -128,7 +154,9 @@ def _cgroup_how(action: str, plan: cgroups.CgroupPlan, grace: float) -> str:
         return plan.kill_method
     if action == "pause":
         return plan.freeze_method
-    return "thaw the freezer, SIGCONT to stopped members" if plan.state.frozen else "SIGCONT to stopped members"
+    return (
+        "thaw the freezer, SIGCONT to stopped members" if plan.state.frozen else "SIGCONT to stopped members"
+    )
 
 
 def _cgroup_dry_run(args: argparse.Namespace, plan: cgroups.CgroupPlan) -> int:
@@ -136,14 +164,29 @@ def _cgroup_dry_run(args: argparse.Namespace, plan: cgroups.CgroupPlan) -> int:
     members = signals.resolve(Target.cgroup(plan.cgroup.path))
     fallback = plan.fallback if args.action != "resume" else None
     if args.json:
-        print_json({"dry_run": True, "action": args.action, "cgroup": {
-            "path": plan.cgroup.path, "version": plan.cgroup.version, "kind": plan.name.kind,
-            "label": plan.name.label, "frozen": plan.state.frozen, "method": how, "fallback": fallback,
-            "refused": plan.refused}, "targets": _members_json(members)})
+        print_json(
+            {
+                "dry_run": True,
+                "action": args.action,
+                "cgroup": {
+                    "path": plan.cgroup.path,
+                    "version": plan.cgroup.version,
+                    "kind": plan.name.kind,
+                    "label": plan.name.label,
+                    "frozen": plan.state.frozen,
+                    "method": how,
+                    "fallback": fallback,
+                    "refused": plan.refused,
+                },
+                "targets": _members_json(members),
+            }
+        )
         return 1 if plan.refused else 0
     frozen = ", frozen" if plan.state.frozen else ""
-    print(f"would {args.action} cgroup {safe(plan.cgroup.path)} ({safe(plan.name.label)}, v{plan.cgroup.version}"
-          f"{frozen}): {plural(len(members), 'process', 'processes')}, via {how}")
+    print(
+        f"would {args.action} cgroup {safe(plan.cgroup.path)} ({safe(plan.name.label)}, v{plan.cgroup.version}"
+        f"{frozen}): {plural(len(members), 'process', 'processes')}, via {how}"
+    )
     if fallback and args.action != "resume":
         print(f"fallback: {safe(fallback)}")
     _print_members(members, plan.refused)

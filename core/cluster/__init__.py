@@ -16,8 +16,9 @@ from __future__ import annotations
 try:
     import ray  # noqa: F401
 except ImportError as _e:
-    raise ImportError("procguard.core.cluster needs Ray: install the extra with "
-                      "pip install 'procguard[ray]'") from _e
+    raise ImportError(
+        "procguard.core.cluster needs Ray: install the extra with pip install 'procguard[ray]'"
+    ) from _e
 
 from procguard.core.cluster.api import (  # noqa: E402
     NODE_TIMEOUT,
@@ -66,12 +67,49 @@ from procguard.core.cluster.rayprocs import ray_process_kind  # noqa: E402
 from procguard.core.cluster.tracking import TaskTracker, track_task, tracked  # noqa: E402
 
 __all__ = [
-    "NODE_TIMEOUT", "CancelReport", "ClusterError", "NodeFailure", "NodeFailures", "NodeInfo", "NodeMember",
-    "NodeResult", "NodeSignalResult", "NodeSnapshot", "RoutingError", "TaskEntry", "TaskOwner", "TaskRecord",
-    "TaskTracker", "cancel", "cancel_job", "cancel_refs", "cancel_task_id", "cancel_tasks", "cleanup_on_sigterm",
-    "cluster_duplicates", "cluster_gpu", "cluster_locks", "cluster_resolve", "cluster_signal",
-    "cluster_signal_many", "cluster_snapshot", "cluster_targets", "connect", "find_node", "node_call", "nodes",
-    "ray_process_kind", "resolve_on_nodes", "resolve_task_ids", "shutdown_agents", "signal_nodes",
-    "targets_on_nodes", "task_owners", "task_processes", "track_task", "tracked", "tracked_tasks",
+    "NODE_TIMEOUT",
+    "CancelReport",
+    "ClusterError",
+    "NodeFailure",
+    "NodeFailures",
+    "NodeInfo",
+    "NodeMember",
+    "NodeResult",
+    "NodeSignalResult",
+    "NodeSnapshot",
+    "RoutingError",
+    "TaskEntry",
+    "TaskOwner",
+    "TaskRecord",
+    "TaskTracker",
+    "cancel",
+    "cancel_job",
+    "cancel_refs",
+    "cancel_task_id",
+    "cancel_tasks",
+    "cleanup_on_sigterm",
+    "cluster_duplicates",
+    "cluster_gpu",
+    "cluster_locks",
+    "cluster_resolve",
+    "cluster_signal",
+    "cluster_signal_many",
+    "cluster_snapshot",
+    "cluster_targets",
+    "connect",
+    "find_node",
+    "node_call",
+    "nodes",
+    "ray_process_kind",
+    "resolve_on_nodes",
+    "resolve_task_ids",
+    "shutdown_agents",
+    "signal_nodes",
+    "targets_on_nodes",
+    "task_owners",
+    "task_processes",
+    "track_task",
+    "tracked",
+    "tracked_tasks",
     "unreachable_result",
 ]

@@ -142,15 +142,25 @@ class NodeAgent:
     def resolve(self, targets: Sequence[Target]) -> tuple[str, list[Member]]:
         return self.node_id, nodeops.resolve(targets)
 
-    def act(self, action: str, targets: Sequence[Target], grace: float,
-            expect: dict[int, int] | None = None) -> tuple[str, list[SignalResult]]:
+    def act(
+        self, action: str, targets: Sequence[Target], grace: float, expect: dict[int, int] | None = None
+    ) -> tuple[str, list[SignalResult]]:
         return self.node_id, nodeops.act(action, targets, grace, expect=expect)
 
-    def end_task(self, entries: Sequence[TaskEntry], worker_pid: int, worker_start_ticks: int, grace: float,
-                 force: bool, since_ticks: int = 0, kill_worker: bool = False) -> tuple[str, list[SignalResult]]:
+    def end_task(
+        self,
+        entries: Sequence[TaskEntry],
+        worker_pid: int,
+        worker_start_ticks: int,
+        grace: float,
+        force: bool,
+        since_ticks: int = 0,
+        kill_worker: bool = False,
+    ) -> tuple[str, list[SignalResult]]:
         mine = [e for e in entries if e.node_id == self.node_id]
-        return self.node_id, nodeops.end_task(mine, worker_pid, worker_start_ticks, grace, force, since_ticks,
-                                              kill_worker)
+        return self.node_id, nodeops.end_task(
+            mine, worker_pid, worker_start_ticks, grace, force, since_ticks, kill_worker
+        )
 
     def call(self, fn: str, kwargs: dict[str, Any]) -> tuple[str, Any]:
         """Node-local calls into the core: duplicates, locks, gpu reports; proc_extra, flush,

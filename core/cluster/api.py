@@ -84,8 +84,12 @@ class NodeFailure:
         return f"node {self.node.short}{where}: {self.error}"
 
     def to_json(self) -> dict[str, object]:
-        return {"node": self.node.node_id, "node_ip": self.node.ip, "error": self.error,
-                "timed_out": self.timed_out}
+        return {
+            "node": self.node.node_id,
+            "node_ip": self.node.ip,
+            "error": self.error,
+            "timed_out": self.timed_out,
+        }
 
 
 class NodeFailures(ClusterError):
@@ -191,8 +195,12 @@ def connect(address: str | None = None) -> None:
         if address:
             check_reachable(address)
         try:
-            ray.init(address=address or "auto", logging_level=logging.ERROR, log_to_driver=False,
-                     configure_logging=True)
+            ray.init(
+                address=address or "auto",
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                configure_logging=True,
+            )
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ClusterError(f"cannot connect to the Ray cluster at {address or 'auto'}: {msg}") from e
@@ -222,8 +230,12 @@ def _all_nodes() -> list[dict[str, Any]]:
 
 
 def _info(n: Mapping[str, Any]) -> NodeInfo:
-    return NodeInfo(n["NodeID"], n.get("NodeManagerAddress", ""), n.get("NodeManagerHostname", ""),
-                    "node:__internal_head__" in (n.get("Resources") or {}))
+    return NodeInfo(
+        n["NodeID"],
+        n.get("NodeManagerAddress", ""),
+        n.get("NodeManagerHostname", ""),
+        "node:__internal_head__" in (n.get("Resources") or {}),
+    )
 
 
 def nodes(address: str | None = None) -> list[NodeInfo]:
@@ -277,8 +289,12 @@ class _Failed(NamedTuple):
 _LATE = _Failed("")  # marker: not ready by the deadline
 
 
-_GONE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnschedulableError, ray.exceptions.NodeDiedError,
-         ray.exceptions.WorkerCrashedError)
+_GONE = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ActorUnschedulableError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.WorkerCrashedError,
+)
 
 
 def _error_text(e: BaseException) -> str:
@@ -315,7 +331,9 @@ def _wait_all(refs: Sequence[Any], deadline: float, nodes: Sequence[str] | None 
         # look, without waiting for the answer to be fetched to this node (ray.get below fetches it).
         left = max(0.0, deadline - now)
         step = left if nodes is None else min(left, max(0.0, next_check - now))
-        ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=step, fetch_local=left > 0)
+        ready, _ = ray.wait(
+            list(pending.values()), num_returns=len(pending), timeout=step, fetch_local=left > 0
+        )
         done = set(ready)
         for i, ref in list(pending.items()):
             if ref not in done:
@@ -340,8 +358,12 @@ def _registry_handle() -> Any:
     with contextlib.suppress(ValueError):
         return ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
     return RegistryActor.options(
-        name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(_head_id(), soft=False)).remote()
+        name=REGISTRY_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(_head_id(), soft=False),
+    ).remote()
 
 
 def registry(address: str | None = None, timeout: float = NODE_TIMEOUT) -> Any:
@@ -355,7 +377,9 @@ def registry(address: str | None = None, timeout: float = NODE_TIMEOUT) -> Any:
         h = _registry_handle()
         (v,) = _wait_all([h.ping.remote()], time.monotonic() + timeout)
         if isinstance(v, (_Failed, BaseException)):
-            why = _error_text(v) if isinstance(v, BaseException) else f"did not answer within {_secs(timeout)}"
+            why = (
+                _error_text(v) if isinstance(v, BaseException) else f"did not answer within {_secs(timeout)}"
+            )
             raise ClusterError(f"procguard's registry on the head node: {why}")
         if v[2] == PROTOCOL:
             return _cache_put("registry", h)
@@ -386,8 +410,12 @@ def registry_call(method: str, *args: Any, timeout: float = NODE_TIMEOUT) -> Any
 
 def _new_agent(node_id: str) -> Any:
     return AgentActor.options(
-        name=AGENT_PREFIX + node_id, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()
+        name=AGENT_PREFIX + node_id,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote()
 
 
 def _agents(node_ids: Iterable[str], deadline: float) -> dict[str, Any]:
@@ -480,8 +508,13 @@ def _calls(calls: Sequence[Call], timeout: float, extra: float = 0.0) -> list[An
         nid = calls[i][0]
         if isinstance(v, (_Failed, BaseException)):
             _forget(AGENT_PREFIX + nid)
-            out[i] = (_Failed(_error_text(v)) if isinstance(v, BaseException) else v if v is not _LATE
-                      else _Failed(f"did not answer within {_secs(timeout + extra)}", True))
+            out[i] = (
+                _Failed(_error_text(v))
+                if isinstance(v, BaseException)
+                else v
+                if v is not _LATE
+                else _Failed(f"did not answer within {_secs(timeout + extra)}", True)
+            )
             continue
         reported, value = v
         if reported != nid:
@@ -490,7 +523,9 @@ def _calls(calls: Sequence[Call], timeout: float, extra: float = 0.0) -> list[An
     return out
 
 
-def _on_nodes(node_ids: Iterable[str], method: str, *args: Any, timeout: float = NODE_TIMEOUT) -> dict[str, Any]:
+def _on_nodes(
+    node_ids: Iterable[str], method: str, *args: Any, timeout: float = NODE_TIMEOUT
+) -> dict[str, Any]:
     """method(*args) on each node's agent at once; node_id -> value or _Failed."""
     ids = list(dict.fromkeys(node_ids))
     return dict(zip(ids, _calls([(nid, method, args) for nid in ids], timeout), strict=True))
@@ -500,18 +535,27 @@ def _node_list(address: str | None, only: Iterable[str] | None) -> tuple[list[No
     """The live nodes (or those of `only`), and a failure for each node of `only` that is not live."""
     connect(address)
     every = {n["NodeID"]: n for n in _all_nodes()}
-    live = sorted((_info(n) for n in every.values() if n.get("Alive")), key=lambda n: (not n.is_head, n.node_id))
+    live = sorted(
+        (_info(n) for n in every.values() if n.get("Alive")), key=lambda n: (not n.is_head, n.node_id)
+    )
     if only is None:
         return live, []
     wanted = list(dict.fromkeys(only))
     by_id = {n.node_id: n for n in live}
-    gone = [NodeFailure(_info(every[nid]) if nid in every else NodeInfo(nid, "", "", False),
-                        "left the cluster (dead)" if nid in every else "is not a node of the cluster")
-            for nid in wanted if nid not in by_id]
+    gone = [
+        NodeFailure(
+            _info(every[nid]) if nid in every else NodeInfo(nid, "", "", False),
+            "left the cluster (dead)" if nid in every else "is not a node of the cluster",
+        )
+        for nid in wanted
+        if nid not in by_id
+    ]
     return [by_id[nid] for nid in wanted if nid in by_id], gone
 
 
-def _one(address: str | None, node_id: str, method: str, *args: Any, timeout: float, extra: float = 0.0) -> Any:
+def _one(
+    address: str | None, node_id: str, method: str, *args: Any, timeout: float, extra: float = 0.0
+) -> Any:
     connect(address)
     (v,) = _calls([(node_id, method, args)], timeout, extra)
     if isinstance(v, _Failed):
@@ -539,7 +583,9 @@ def _actor_owners() -> dict[tuple[str, int], TaskOwner]:
         node = (a.get("Address") or {}).get("NodeID")
         pid = a.get("Pid")
         if node and pid:
-            out[(node, int(pid))] = TaskOwner(a.get("JobID") or None, None, aid, a.get("ActorClassName") or None)
+            out[(node, int(pid))] = TaskOwner(
+                a.get("JobID") or None, None, aid, a.get("ActorClassName") or None
+            )
     return out
 
 
@@ -552,8 +598,12 @@ def _running_tasks(timeout: float) -> dict[tuple[str, int], TaskOwner]:
     try:
         from ray.util.state import list_tasks
 
-        tasks = list_tasks(filters=[("state", "=", "RUNNING")], limit=10_000, timeout=max(1, int(timeout)),
-                           raise_on_missing_output=False)
+        tasks = list_tasks(
+            filters=[("state", "=", "RUNNING")],
+            limit=10_000,
+            timeout=max(1, int(timeout)),
+            raise_on_missing_output=False,
+        )
     except Exception as e:  # noqa: BLE001 - optional
         log.debug("procguard: no state API: %s", e)
         _state_api_down_until = time.monotonic() + 60.0
@@ -563,8 +613,9 @@ def _running_tasks(timeout: float) -> dict[tuple[str, int], TaskOwner]:
         get = t.get if isinstance(t, dict) else lambda k, t=t: getattr(t, k, None)
         node, pid = get("node_id"), get("worker_pid")
         if node and pid:
-            out[(node, int(pid))] = TaskOwner(get("job_id"), get("task_id"), get("actor_id"), None,
-                                              get("name") or get("func_or_class_name"))
+            out[(node, int(pid))] = TaskOwner(
+                get("job_id"), get("task_id"), get("actor_id"), None, get("name") or get("func_or_class_name")
+            )
     return out
 
 
@@ -572,8 +623,15 @@ def _merge(a: TaskOwner | None, b: TaskOwner | None) -> TaskOwner | None:
     """a's fields, with b's where a has none."""
     if a is None or b is None:
         return a or b
-    return TaskOwner(a.job_id or b.job_id, a.task_id or b.task_id, a.actor_id or b.actor_id,
-                     a.actor_class or b.actor_class, a.function or b.function, a.role, a.tracked or b.tracked)
+    return TaskOwner(
+        a.job_id or b.job_id,
+        a.task_id or b.task_id,
+        a.actor_id or b.actor_id,
+        a.actor_class or b.actor_class,
+        a.function or b.function,
+        a.role,
+        a.tracked or b.tracked,
+    )
 
 
 class _OwnerSources(NamedTuple):
@@ -586,15 +644,20 @@ def _owner_sources(reg_ref: Any, deadline: float, timeout: float) -> _OwnerSourc
     where there is a dashboard, its running tasks."""
     actors = _actor_owners()
     running = _running_tasks(timeout)
-    workers = {k: o for k in actors.keys() | running.keys()
-               if (o := _merge(running.get(k), actors.get(k))) is not None}
+    workers = {
+        k: o
+        for k in actors.keys() | running.keys()
+        if (o := _merge(running.get(k), actors.get(k))) is not None
+    }
     records: list[TaskRecord] = []
     if reg_ref is not None:
         (v,) = _wait_all([reg_ref], deadline)
         if isinstance(v, (_Failed, BaseException)):
             _forget("registry")
-            log.warning("procguard: the registry did not list tracked tasks: %s",
-                        _error_text(v) if isinstance(v, BaseException) else "no answer in time")
+            log.warning(
+                "procguard: the registry did not list tracked tasks: %s",
+                _error_text(v) if isinstance(v, BaseException) else "no answer in time",
+            )
         else:
             records = list(v)
     return _OwnerSources(records, workers)
@@ -603,8 +666,13 @@ def _owner_sources(reg_ref: Any, deadline: float, timeout: float) -> _OwnerSourc
 # ------------------------------------------------------------------------------------- views
 
 
-def cluster_snapshot(address: str | None = None, node_ids: Iterable[str] | None = None, *,
-                     node_timeout: float = NODE_TIMEOUT, owners: bool = True) -> list[NodeSnapshot]:
+def cluster_snapshot(
+    address: str | None = None,
+    node_ids: Iterable[str] | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+    owners: bool = True,
+) -> list[NodeSnapshot]:
     """Every node's process table (head first; or those of node_ids, in that order), with Ray's own
     processes named in ray_kinds and, with `owners`, the task or actor behind each Ray worker and each
     process of a tracked task in owners. A node that fails (no answer within node_timeout, dead, not in the
@@ -637,8 +705,9 @@ def cluster_snapshot(address: str | None = None, node_ids: Iterable[str] | None 
     return out
 
 
-def task_owners(address: str | None = None, node_ids: Iterable[str] | None = None, *,
-                node_timeout: float = NODE_TIMEOUT) -> tuple[dict[tuple[str, int], TaskOwner], list[NodeFailure]]:
+def task_owners(
+    address: str | None = None, node_ids: Iterable[str] | None = None, *, node_timeout: float = NODE_TIMEOUT
+) -> tuple[dict[tuple[str, int], TaskOwner], list[NodeFailure]]:
     """(node id, pid) -> owner for every Ray worker and every process of a tracked task, and the nodes that
     failed (see cluster_snapshot)."""
     snaps = cluster_snapshot(address, node_ids, node_timeout=node_timeout)
@@ -660,35 +729,56 @@ def task_processes(snaps: Iterable[NodeSnapshot], task: str) -> list[tuple[NodeI
     return out
 
 
-def _reports(address: str | None, fn: str, kwargs: dict[str, Any], node_ids: Iterable[str] | None,
-             timeout: float) -> list[NodeResult]:
+def _reports(
+    address: str | None, fn: str, kwargs: dict[str, Any], node_ids: Iterable[str] | None, timeout: float
+) -> list[NodeResult]:
     ns, gone = _node_list(address, node_ids)
     got = _on_nodes([n.node_id for n in ns], "call", fn, kwargs, timeout=timeout)
-    out = [NodeResult(n, None, v.error, v.timed_out) if isinstance(v := got[n.node_id], _Failed)
-           else NodeResult(n, v) for n in ns]
+    out = [
+        NodeResult(n, None, v.error, v.timed_out)
+        if isinstance(v := got[n.node_id], _Failed)
+        else NodeResult(n, v)
+        for n in ns
+    ]
     return out + [NodeResult(f.node, None, f.error) for f in gone]
 
 
-def cluster_duplicates(address: str | None = None, node_ids: Iterable[str] | None = None, *,
-                       node_timeout: float = NODE_TIMEOUT, **kwargs: Any) -> list[NodeResult]:
+def cluster_duplicates(
+    address: str | None = None,
+    node_ids: Iterable[str] | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+    **kwargs: Any,
+) -> list[NodeResult]:
     """duplicates.duplicate_report(**kwargs) on every node: value is that node's DuplicateReport."""
     return _reports(address, "duplicates", kwargs, node_ids, node_timeout)
 
 
-def cluster_locks(address: str | None = None, node_ids: Iterable[str] | None = None, *,
-                  node_timeout: float = NODE_TIMEOUT, **kwargs: Any) -> list[NodeResult]:
+def cluster_locks(
+    address: str | None = None,
+    node_ids: Iterable[str] | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+    **kwargs: Any,
+) -> list[NodeResult]:
     """held_locks.list_locks(**kwargs) on every node (dirs=, managed_only=): value is list[HeldLock]."""
     return _reports(address, "locks", kwargs, node_ids, node_timeout)
 
 
-def cluster_gpu(address: str | None = None, node_ids: Iterable[str] | None = None, *,
-                node_timeout: float = NODE_TIMEOUT, **kwargs: Any) -> list[NodeResult]:
+def cluster_gpu(
+    address: str | None = None,
+    node_ids: Iterable[str] | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+    **kwargs: Any,
+) -> list[NodeResult]:
     """gpu.gpu_snapshot(**kwargs) on every node: value is that node's GpuSnapshot."""
     return _reports(address, "gpu", kwargs, node_ids, node_timeout)
 
 
-def node_call(address: str | None, node_id: str, fn: str, *, node_timeout: float = NODE_TIMEOUT,
-              **kwargs: Any) -> Any:
+def node_call(
+    address: str | None, node_id: str, fn: str, *, node_timeout: float = NODE_TIMEOUT, **kwargs: Any
+) -> Any:
     """One node-local call on node_id's agent (see NodeAgent.call); ClusterError when the node fails. The
     node gets node_timeout, plus the call's own `grace` and `timeout` (a flush's wait), to answer."""
     extra = float(kwargs.get("grace", 0.0)) + float(kwargs.get("timeout", 0.0) if fn == "flush" else 0.0)
@@ -698,8 +788,14 @@ def node_call(address: str | None, node_id: str, fn: str, *, node_timeout: float
 # ------------------------------------------------------------------------------------- actions
 
 
-def cluster_targets(address: str | None, node_id: str, pids: Sequence[int], scope: str = "pid", *,
-                    node_timeout: float = NODE_TIMEOUT) -> list[Target]:
+def cluster_targets(
+    address: str | None,
+    node_id: str,
+    pids: Sequence[int],
+    scope: str = "pid",
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> list[Target]:
     """Turn pids of one node into targets (scope pid|group|tree), checked there; ValueError names a pid
     that node does not have."""
     got = _one(address, node_id, "targets", list(pids), scope, timeout=node_timeout)
@@ -708,15 +804,17 @@ def cluster_targets(address: str | None, node_id: str, pids: Sequence[int], scop
     return list(got)
 
 
-def cluster_resolve(address: str | None, node_id: str, targets: Sequence[Target], *,
-                    node_timeout: float = NODE_TIMEOUT) -> list[NodeMember]:
+def cluster_resolve(
+    address: str | None, node_id: str, targets: Sequence[Target], *, node_timeout: float = NODE_TIMEOUT
+) -> list[NodeMember]:
     """The dry run on the owning node (Ray's processes marked protected unless named alone by pid)."""
     got = _one(address, node_id, "resolve", list(targets), timeout=node_timeout)
     return [NodeMember(node_id, m) for m in got]
 
 
-def _per_node(address: str | None, wanted: Mapping[str, Any], method: str, args_of: Any,
-              node_timeout: float) -> tuple[dict[str, Any], dict[str, NodeInfo], list[NodeFailure]]:
+def _per_node(
+    address: str | None, wanted: Mapping[str, Any], method: str, args_of: Any, node_timeout: float
+) -> tuple[dict[str, Any], dict[str, NodeInfo], list[NodeFailure]]:
     """method(*args_of(node id)) on each node of `wanted` at once: node id -> answer, node id -> NodeInfo, and
     the nodes that failed (no answer within node_timeout, dead, not in the cluster), in `wanted`'s order."""
     live, gone = _node_list(address, wanted)
@@ -731,29 +829,46 @@ def _per_node(address: str | None, wanted: Mapping[str, Any], method: str, args_
     return out, {n.node_id: n for n in live}, [failed[nid] for nid in wanted if nid in failed]
 
 
-def targets_on_nodes(address: str | None, pids_by_node: Mapping[str, Sequence[int]], scope: str = "pid", *,
-                     node_timeout: float = NODE_TIMEOUT) -> tuple[dict[str, list[Target]], list[NodeFailure]]:
+def targets_on_nodes(
+    address: str | None,
+    pids_by_node: Mapping[str, Sequence[int]],
+    scope: str = "pid",
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> tuple[dict[str, list[Target]], list[NodeFailure]]:
     """cluster_targets() on several nodes at once: node id -> targets, and the nodes that failed. ValueError
     names a pid a node that answered does not have."""
     wanted = {nid: list(pids) for nid, pids in pids_by_node.items() if pids}
-    got, info, failures = _per_node(address, wanted, "targets", lambda nid: (wanted[nid], scope), node_timeout)
+    got, info, failures = _per_node(
+        address, wanted, "targets", lambda nid: (wanted[nid], scope), node_timeout
+    )
     for nid, v in got.items():
         if isinstance(v, str):
             raise ValueError(f"{v} on node {info[nid].short}")
     return {nid: list(v) for nid, v in got.items()}, failures
 
 
-def resolve_on_nodes(address: str | None, targets_by_node: Mapping[str, Sequence[Target]], *,
-                     node_timeout: float = NODE_TIMEOUT) -> tuple[list[NodeMember], list[NodeFailure]]:
+def resolve_on_nodes(
+    address: str | None,
+    targets_by_node: Mapping[str, Sequence[Target]],
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> tuple[list[NodeMember], list[NodeFailure]]:
     """cluster_resolve() on several nodes at once (the dry run), and the nodes that failed."""
     wanted = {nid: list(ts) for nid, ts in targets_by_node.items() if ts}
     got, _info, failures = _per_node(address, wanted, "resolve", lambda nid: (wanted[nid],), node_timeout)
     return [NodeMember(nid, m) for nid in wanted if nid in got for m in got[nid]], failures
 
 
-def signal_nodes(address: str | None, action: str, targets_by_node: Mapping[str, Sequence[Target]],
-                 grace: float = 5.0, expect: Mapping[str, Mapping[int, int]] | None = None, *,
-                 node_timeout: float = NODE_TIMEOUT) -> tuple[list[NodeSignalResult], list[NodeFailure]]:
+def signal_nodes(
+    address: str | None,
+    action: str,
+    targets_by_node: Mapping[str, Sequence[Target]],
+    grace: float = 5.0,
+    expect: Mapping[str, Mapping[int, int]] | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> tuple[list[NodeSignalResult], list[NodeFailure]]:
     """term|kill|pause|resume on several nodes at once, each on its own node by its agent. `expect`: per node,
     pid -> start ticks of the targets as the caller's dry run saw them (a pid reused since is not signalled).
 
@@ -766,8 +881,14 @@ def signal_nodes(address: str | None, action: str, targets_by_node: Mapping[str,
         return [], []
     live, gone = _node_list(address, wanted)
     info = {n.node_id: n for n in live} | {f.node_id: f.node for f in gone}
-    calls: list[Call] = [(n.node_id, "act", (action, wanted[n.node_id], grace,
-                                             dict((expect or {}).get(n.node_id, {})) or None)) for n in live]
+    calls: list[Call] = [
+        (
+            n.node_id,
+            "act",
+            (action, wanted[n.node_id], grace, dict((expect or {}).get(n.node_id, {})) or None),
+        )
+        for n in live
+    ]
     got = _calls(calls, node_timeout, grace + KILL_CONFIRM_TIMEOUT)
     failed: dict[str, NodeFailure] = {f.node_id: f for f in gone}
     out: list[NodeSignalResult] = []
@@ -781,33 +902,55 @@ def signal_nodes(address: str | None, action: str, targets_by_node: Mapping[str,
     return out, [failed[nid] for nid in wanted if nid in failed]
 
 
-def cluster_signal_many(address: str | None, action: str, targets_by_node: Mapping[str, Sequence[Target]],
-                        grace: float = 5.0, expect: Mapping[str, Mapping[int, int]] | None = None, *,
-                        node_timeout: float = NODE_TIMEOUT) -> list[NodeSignalResult]:
+def cluster_signal_many(
+    address: str | None,
+    action: str,
+    targets_by_node: Mapping[str, Sequence[Target]],
+    grace: float = 5.0,
+    expect: Mapping[str, Mapping[int, int]] | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> list[NodeSignalResult]:
     """signal_nodes(), raising NodeFailures (a ClusterError that carries every node's results) when a node
     failed."""
-    results, failures = signal_nodes(address, action, targets_by_node, grace, expect, node_timeout=node_timeout)
+    results, failures = signal_nodes(
+        address, action, targets_by_node, grace, expect, node_timeout=node_timeout
+    )
     if failures:
         raise NodeFailures(failures, results)
     return results
 
 
-def cluster_signal(address: str | None, node_id: str, action: str, targets: Sequence[Target] | Target | int,
-                   grace: float = 5.0, expect: Mapping[int, int] | None = None, *,
-                   node_timeout: float = NODE_TIMEOUT) -> list[NodeSignalResult]:
+def cluster_signal(
+    address: str | None,
+    node_id: str,
+    action: str,
+    targets: Sequence[Target] | Target | int,
+    grace: float = 5.0,
+    expect: Mapping[int, int] | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> list[NodeSignalResult]:
     """term|kill|pause|resume `targets` (pids of that node) on node_id, with the core's escalation and
     pinning there, Ray's own processes refused unless named alone by pid."""
     if isinstance(targets, (int, Target)):
         targets = [targets if isinstance(targets, Target) else Target.pid(targets)]
-    return cluster_signal_many(address, action, {node_id: list(targets)}, grace,
-                               {node_id: expect} if expect else None, node_timeout=node_timeout)
+    return cluster_signal_many(
+        address,
+        action,
+        {node_id: list(targets)},
+        grace,
+        {node_id: expect} if expect else None,
+        node_timeout=node_timeout,
+    )
 
 
 # ------------------------------------------------------------------------------------- tasks
 
 
-def tracked_tasks(address: str | None = None, job_id: str | None = None, *,
-                  node_timeout: float = NODE_TIMEOUT) -> list[TaskRecord]:
+def tracked_tasks(
+    address: str | None = None, job_id: str | None = None, *, node_timeout: float = NODE_TIMEOUT
+) -> list[TaskRecord]:
     """What the registry holds: running tracked tasks, and finished ones that left processes running."""
     connect(address)
     return list(registry_call("tasks", job_id, timeout=node_timeout))
@@ -829,9 +972,40 @@ def shutdown_agents(address: str | None = None) -> int:
     return n
 
 
-__all__ = ["CALL_TIMEOUT", "NODE_TIMEOUT", "UNREACHABLE", "ClusterError", "NodeFailure", "NodeFailures", "NodeInfo",
-           "NodeMember", "NodeResult", "NodeSignalResult", "NodeSnapshot", "RoutingError", "agent",
-           "cluster_duplicates", "cluster_gpu", "cluster_locks", "cluster_resolve", "cluster_signal",
-           "cluster_signal_many", "cluster_snapshot", "cluster_targets", "connect", "find_node", "node_call",
-           "nodes", "registry", "registry_call", "resolve_on_nodes", "shutdown_agents", "signal_nodes",
-           "targets_on_nodes", "task_owners", "task_processes", "tracked_tasks", "unreachable_result"]
+__all__ = [
+    "CALL_TIMEOUT",
+    "NODE_TIMEOUT",
+    "UNREACHABLE",
+    "ClusterError",
+    "NodeFailure",
+    "NodeFailures",
+    "NodeInfo",
+    "NodeMember",
+    "NodeResult",
+    "NodeSignalResult",
+    "NodeSnapshot",
+    "RoutingError",
+    "agent",
+    "cluster_duplicates",
+    "cluster_gpu",
+    "cluster_locks",
+    "cluster_resolve",
+    "cluster_signal",
+    "cluster_signal_many",
+    "cluster_snapshot",
+    "cluster_targets",
+    "connect",
+    "find_node",
+    "node_call",
+    "nodes",
+    "registry",
+    "registry_call",
+    "resolve_on_nodes",
+    "shutdown_agents",
+    "signal_nodes",
+    "targets_on_nodes",
+    "task_owners",
+    "task_processes",
+    "tracked_tasks",
+    "unreachable_result",
+]

@@ -81,9 +81,16 @@ class CancelReport:
         return all(r.ok for r in self.results) and not self.failures and not self.running
 
     def to_json(self) -> dict[str, object]:
-        return {"task": self.task_id, "node": self.node_id, "state": self.state, "tracked": self.tracked,
-                "running": self.running, "ray_cancel_error": self.ray_cancel_error,
-                "results": [r.to_json() for r in self.results], "failures": [f.to_json() for f in self.failures]}
+        return {
+            "task": self.task_id,
+            "node": self.node_id,
+            "state": self.state,
+            "tracked": self.tracked,
+            "running": self.running,
+            "ray_cancel_error": self.ray_cancel_error,
+            "results": [r.to_json() for r in self.results],
+            "failures": [f.to_json() for f in self.failures],
+        }
 
 
 @dataclass
@@ -111,8 +118,16 @@ class _Task:
             if (r.node_id, r.pid) not in seen:
                 seen.add((r.node_id, r.pid))
                 results.append(r)
-        return CancelReport(self.task_id, self.rec.node_id if self.rec else None, self.state, tuple(results),
-                            self.error, tuple(self.failures), self.rec is not None, self.running)
+        return CancelReport(
+            self.task_id,
+            self.rec.node_id if self.rec else None,
+            self.state,
+            tuple(results),
+            self.error,
+            tuple(self.failures),
+            self.rec is not None,
+            self.running,
+        )
 
 
 _EndJob = tuple[_Task, TaskRecord, Sequence[TaskEntry], bool, bool]  # task, record, entries, worker, kill it
@@ -131,8 +146,13 @@ def _end_trees(jobs: Sequence[_EndJob], grace: float, force: bool, timeout: floa
         for nid, es in by_node.items():
             on_worker = with_worker and nid == rec.node_id
             wpid, wticks = (rec.worker_pid, rec.worker_start_ticks) if on_worker else (0, 0)
-            calls.append((nid, "end_task", (es, wpid, wticks, grace, force, rec.started_ticks,
-                                            kill_worker and on_worker)))
+            calls.append(
+                (
+                    nid,
+                    "end_task",
+                    (es, wpid, wticks, grace, force, rec.started_ticks, kill_worker and on_worker),
+                )
+            )
             owners.append((t, es, on_worker))
     if not calls:
         return
@@ -140,7 +160,9 @@ def _end_trees(jobs: Sequence[_EndJob], grace: float, force: bool, timeout: floa
     info: dict[str, NodeInfo] = {n.node_id: n for n in live} | {f.node_id: f.node for f in gone}
     dead = {f.node_id: f for f in gone}
     todo = [i for i, (nid, _m, _a) in enumerate(calls) if nid not in dead]
-    got = dict(zip(todo, _calls([calls[i] for i in todo], timeout, grace + KILL_CONFIRM_TIMEOUT), strict=True))
+    got = dict(
+        zip(todo, _calls([calls[i] for i in todo], timeout, grace + KILL_CONFIRM_TIMEOUT), strict=True)
+    )
     for i, (nid, _m, args) in enumerate(calls):
         t, es, on_worker = owners[i]
         v = got[i] if i in got else _Failed(dead[nid].error)
@@ -192,8 +214,9 @@ def _wait_ended(tasks: Sequence[_Task], timeout: float, node_timeout: float) -> 
             return
         if with_ref:
             wait = max(0.0, min(left, POLL) if without else left)
-            ready, _ = ray.wait([t.ref for t in with_ref], num_returns=len(with_ref), timeout=wait,
-                                fetch_local=False)
+            ready, _ = ray.wait(
+                [t.ref for t in with_ref], num_returns=len(with_ref), timeout=wait, fetch_local=False
+            )
             done = set(ready)
             for t in with_ref:
                 t.ended = t.ref in done
@@ -216,8 +239,10 @@ def _force(tasks: Sequence[_Task], recursive: bool, node_timeout: float) -> None
             _ray_cancel(t, True, recursive)
             t.state = "force-cancelled" if t.error is None else t.state
         elif t.actor_task:
-            t.error = ("an actor task is not force-cancelled (that kills the actor's worker, and Ray refuses "
-                       "it): ray.kill the actor")
+            t.error = (
+                "an actor task is not force-cancelled (that kills the actor's worker, and Ray refuses "
+                "it): ray.kill the actor"
+            )
             t.running = True
         elif t.rec is not None:
             try:
@@ -239,8 +264,9 @@ def _force(tasks: Sequence[_Task], recursive: bool, node_timeout: float) -> None
     forced = [t for t in tasks if t.ref is not None and t.state == "force-cancelled"]
     if forced:
         # Ray kills the worker at once: its result is ready within moments (only reported here).
-        ready, _ = ray.wait([t.ref for t in forced], num_returns=len(forced), timeout=KILL_CONFIRM_TIMEOUT,
-                            fetch_local=False)
+        ready, _ = ray.wait(
+            [t.ref for t in forced], num_returns=len(forced), timeout=KILL_CONFIRM_TIMEOUT, fetch_local=False
+        )
         for t in forced:
             t.running = t.ref not in set(ready)
 
@@ -264,8 +290,9 @@ def _late_entries(tasks: Sequence[_Task], grace: float, force: bool, node_timeou
     _end_trees(jobs, grace, force, node_timeout)
 
 
-def _cancel_all(items: Sequence[tuple[str, Any]], grace: float, force: bool, recursive: bool,
-                node_timeout: float) -> list[CancelReport]:
+def _cancel_all(
+    items: Sequence[tuple[str, Any]], grace: float, force: bool, recursive: bool, node_timeout: float
+) -> list[CancelReport]:
     """The whole cancel (see the module's doc) for (task id, ref or None) pairs, all tasks at once."""
     if grace < 0:
         raise ValueError(f"grace must be >= 0, not {grace}")
@@ -274,12 +301,22 @@ def _cancel_all(items: Sequence[tuple[str, Any]], grace: float, force: bool, rec
     tasks: list[_Task] = []
     for (tid, ref), rec in zip(items, recs, strict=True):
         if rec is not None and not isinstance(rec, TaskRecord):
-            raise ClusterError("procguard's registry on the head node: " + (
-                "did not answer in time" if isinstance(rec, _Failed) else _error_text(rec)))
+            raise ClusterError(
+                "procguard's registry on the head node: "
+                + ("did not answer in time" if isinstance(rec, _Failed) else _error_text(rec))
+            )
         tasks.append(_Task(tid, ref, rec))
     # 1. the process trees
-    _end_trees([(t, t.rec, t.rec.entries, t.rec.state in ("running", "cancelling"), False)
-                for t in tasks if t.rec is not None], grace, force, node_timeout)
+    _end_trees(
+        [
+            (t, t.rec, t.rec.entries, t.rec.state in ("running", "cancelling"), False)
+            for t in tasks
+            if t.rec is not None
+        ],
+        grace,
+        force,
+        node_timeout,
+    )
     # 2. the task itself
     live: list[_Task] = []
     for t in tasks:
@@ -300,8 +337,14 @@ def _cancel_all(items: Sequence[tuple[str, Any]], grace: float, force: bool, rec
     return [t.report() for t in tasks]
 
 
-def cancel(ref: Any, grace: float = 5.0, force: bool = False, *, recursive: bool = False,
-           node_timeout: float = NODE_TIMEOUT) -> CancelReport:
+def cancel(
+    ref: Any,
+    grace: float = 5.0,
+    force: bool = False,
+    *,
+    recursive: bool = False,
+    node_timeout: float = NODE_TIMEOUT,
+) -> CancelReport:
     """Cancel the task behind `ref`: every process tree it started ends on the node that owns it (SIGTERM,
     SIGKILL after `grace`; `force`: SIGKILL at once), then `ray.cancel(ref)`; a task that has not finished
     `grace` seconds later is force-cancelled (`ray.cancel(ref, force=True)` kills its worker); `force` skips
@@ -320,8 +363,14 @@ def cancel(ref: Any, grace: float = 5.0, force: bool = False, *, recursive: bool
     return report
 
 
-def cancel_refs(refs: Sequence[Any], grace: float = 5.0, force: bool = False, *, recursive: bool = False,
-                node_timeout: float = NODE_TIMEOUT) -> list[CancelReport]:
+def cancel_refs(
+    refs: Sequence[Any],
+    grace: float = 5.0,
+    force: bool = False,
+    *,
+    recursive: bool = False,
+    node_timeout: float = NODE_TIMEOUT,
+) -> list[CancelReport]:
     """cancel() for several refs at once (one grace for all)."""
     if not ray.is_initialized():
         raise ClusterError("cancel_refs() needs a connected driver (ray.init)")
@@ -344,15 +393,24 @@ def resolve_task_ids(task_ids: Sequence[str], records: Sequence[TaskRecord]) -> 
             continue
         hits = [r.task_id for r in records if r.task_id.startswith(tid)]
         if len(tid) < 4 or len(hits) != 1:
-            why = "is too short (give 4+ hex digits)" if len(tid) < 4 else (
-                f"matches {len(hits)} tracked tasks" if hits else "matches no tracked task")
+            why = (
+                "is too short (give 4+ hex digits)"
+                if len(tid) < 4
+                else (f"matches {len(hits)} tracked tasks" if hits else "matches no tracked task")
+            )
             raise ValueError(f"task id {raw!r} {why}")
         out.append(hits[0])
     return list(dict.fromkeys(out))
 
 
-def cancel_tasks(address: str | None, task_ids: Sequence[str], grace: float = 5.0, force: bool = False, *,
-                 node_timeout: float = NODE_TIMEOUT) -> list[CancelReport]:
+def cancel_tasks(
+    address: str | None,
+    task_ids: Sequence[str],
+    grace: float = 5.0,
+    force: bool = False,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> list[CancelReport]:
     """The core of `procguard cancel --ray ADDRESS TASK_ID...`: cancel tracked tasks by id from any process
     (no refs: see the module's doc for how the task itself ends), all at once. Ids as resolve_task_ids takes
     them (ValueError names a bad one); one report per task, in the order given."""
@@ -361,16 +419,28 @@ def cancel_tasks(address: str | None, task_ids: Sequence[str], grace: float = 5.
     return _cancel_all([(tid, None) for tid in ids], grace, force, False, node_timeout)
 
 
-def cancel_task_id(task_id: str, grace: float = 5.0, force: bool = False, address: str | None = None, *,
-                   node_timeout: float = NODE_TIMEOUT) -> CancelReport:
+def cancel_task_id(
+    task_id: str,
+    grace: float = 5.0,
+    force: bool = False,
+    address: str | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> CancelReport:
     """cancel_tasks() for one full task id (hex)."""
     connect(address)
     (report,) = _cancel_all([(task_id.lower(), None)], grace, force, False, node_timeout)
     return report
 
 
-def cancel_job(job_id: str | None = None, grace: float = 5.0, force: bool = False,
-               address: str | None = None, *, node_timeout: float = NODE_TIMEOUT) -> list[CancelReport]:
+def cancel_job(
+    job_id: str | None = None,
+    grace: float = 5.0,
+    force: bool = False,
+    address: str | None = None,
+    *,
+    node_timeout: float = NODE_TIMEOUT,
+) -> list[CancelReport]:
     """Cancel every tracked task of a job (default: this driver's job), all at once."""
     connect(address)
     job = job_id if job_id is not None else ray.get_runtime_context().get_job_id()
@@ -403,8 +473,12 @@ def cleanup_on_sigterm(grace: float = 2.0, *, node_timeout: float = NODE_TIMEOUT
             reports = cancel_job(job, grace, node_timeout=node_timeout)
             n = sum(len(r.results) for r in reports)
             forced = sum(r.state == "force-cancelled" for r in reports)
-            log.info("procguard: SIGTERM: ended %d process(es) of %d tracked task(s), %d force-cancelled", n,
-                     len(reports), forced)
+            log.info(
+                "procguard: SIGTERM: ended %d process(es) of %d tracked task(s), %d force-cancelled",
+                n,
+                len(reports),
+                forced,
+            )
         except Exception as e:  # noqa: BLE001 - exit anyway
             log.warning("procguard: SIGTERM clean-up failed: %s", e)
         if callable(prev):
@@ -424,5 +498,14 @@ def cleanup_on_sigterm(grace: float = 2.0, *, node_timeout: float = NODE_TIMEOUT
     return restore
 
 
-__all__ = ["STATES", "CancelReport", "cancel", "cancel_job", "cancel_refs", "cancel_task_id", "cancel_tasks",
-           "cleanup_on_sigterm", "resolve_task_ids"]
+__all__ = [
+    "STATES",
+    "CancelReport",
+    "cancel",
+    "cancel_job",
+    "cancel_refs",
+    "cancel_task_id",
+    "cancel_tasks",
+    "cleanup_on_sigterm",
+    "resolve_task_ids",
+]

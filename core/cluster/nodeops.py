@@ -77,8 +77,15 @@ class TaskOwner:
         return any(x is not None and x.startswith(ref) for x in (self.task_id, self.actor_id))
 
     def to_json(self) -> dict[str, object]:
-        return {"job": self.job_id, "task": self.task_id, "actor": self.actor_id, "actor_class": self.actor_class,
-                "function": self.function, "role": self.role, "tracked": self.tracked}
+        return {
+            "job": self.job_id,
+            "task": self.task_id,
+            "actor": self.actor_id,
+            "actor_class": self.actor_class,
+            "function": self.function,
+            "role": self.role,
+            "tracked": self.tracked,
+        }
 
 
 # ------------------------------------------------------------------------------------------ snapshots
@@ -119,8 +126,13 @@ def resolve(targets: Sequence[Target], snap: Snapshot | None = None) -> list[Mem
     return members + [m for m in refused if m.pid not in seen]
 
 
-def act(action: str, targets: Sequence[Target], grace: float = 5.0,
-        snap: Snapshot | None = None, expect: Mapping[int, int] | None = None) -> list[SignalResult]:
+def act(
+    action: str,
+    targets: Sequence[Target],
+    grace: float = 5.0,
+    snap: Snapshot | None = None,
+    expect: Mapping[int, int] | None = None,
+) -> list[SignalResult]:
     """term/kill/pause/resume with the core's pinning and escalation; Ray's processes refused if swept up.
 
     `expect`: pid -> start ticks as the caller saw them (the app's dry run, made from an older snapshot). A
@@ -159,9 +171,14 @@ def _task_children(snap: Snapshot, worker_pid: int, since_ticks: int) -> list[Pr
     return [c for c in children(snap, worker_pid) if c.start_ticks >= since_ticks]
 
 
-def task_targets(entries: Sequence[TaskEntry], snap: Snapshot, worker_pid: int = 0,
-                 worker_start_ticks: int = 0, exclude_pgids: Sequence[int] = (),
-                 since_ticks: int = 0) -> list[Target]:
+def task_targets(
+    entries: Sequence[TaskEntry],
+    snap: Snapshot,
+    worker_pid: int = 0,
+    worker_start_ticks: int = 0,
+    exclude_pgids: Sequence[int] = (),
+    since_ticks: int = 0,
+) -> list[Target]:
     """What ending a task's processes means on this node.
 
     - each recorded process still alive (same start time): its tree;
@@ -184,9 +201,15 @@ def task_targets(entries: Sequence[TaskEntry], snap: Snapshot, worker_pid: int =
     return out
 
 
-def end_task(entries: Sequence[TaskEntry], worker_pid: int = 0, worker_start_ticks: int = 0,
-             grace: float = 5.0, force: bool = False, since_ticks: int = 0, kill_worker: bool = False
-             ) -> list[SignalResult]:
+def end_task(
+    entries: Sequence[TaskEntry],
+    worker_pid: int = 0,
+    worker_start_ticks: int = 0,
+    grace: float = 5.0,
+    force: bool = False,
+    since_ticks: int = 0,
+    kill_worker: bool = False,
+) -> list[SignalResult]:
     """Terminate (force: kill at once) every process tree of a task on this node.
 
     `kill_worker`: also SIGKILL the worker itself (a task that did not end within its grace, when no
@@ -208,8 +231,9 @@ def end_task(entries: Sequence[TaskEntry], worker_pid: int = 0, worker_start_tic
     return results + [r for r in more if r.pid not in done]
 
 
-def leftovers(node_id: str, worker_pid: int, recorded: Sequence[TaskEntry], since_ticks: int = 0
-              ) -> list[TaskEntry]:
+def leftovers(
+    node_id: str, worker_pid: int, recorded: Sequence[TaskEntry], since_ticks: int = 0
+) -> list[TaskEntry]:
     """At the end of a task: what it leaves running on this node (so a later cancel can still end it).
 
     Recorded processes still alive or whose own group still has members, and every descendant of the
@@ -254,7 +278,9 @@ def title_function(cmdline: Sequence[str]) -> str | None:
     return name
 
 
-def _claim(out: dict[int, TaskOwner], procs: Iterable[Proc], owner: TaskOwner, kinds: Mapping[int, str]) -> None:
+def _claim(
+    out: dict[int, TaskOwner], procs: Iterable[Proc], owner: TaskOwner, kinds: Mapping[int, str]
+) -> None:
     # First claim wins: callers claim the most certain facts first. Ray's own processes are never a task's.
     for p in procs:
         if p.pid not in kinds and not p.dead:
@@ -263,11 +289,20 @@ def _claim(out: dict[int, TaskOwner], procs: Iterable[Proc], owner: TaskOwner, k
 
 def _record_owner(rec: TaskRecord, workers: Mapping[int, TaskOwner]) -> TaskOwner:
     w = workers.get(rec.worker_pid)
-    return TaskOwner(rec.job_id, rec.task_id, rec.actor_id or (w.actor_id if w else None),
-                     w.actor_class if w else None, rec.name or (w.function if w else None), "worker", True)
+    return TaskOwner(
+        rec.job_id,
+        rec.task_id,
+        rec.actor_id or (w.actor_id if w else None),
+        w.actor_class if w else None,
+        rec.name or (w.function if w else None),
+        "worker",
+        True,
+    )
 
 
-def _worker_owners(snap: Snapshot, kinds: Mapping[int, str], known: Mapping[int, TaskOwner]) -> dict[int, TaskOwner]:
+def _worker_owners(
+    snap: Snapshot, kinds: Mapping[int, str], known: Mapping[int, TaskOwner]
+) -> dict[int, TaskOwner]:
     """Every Ray worker with something known of it: Ray's tables (`known`), else its title."""
     out: dict[int, TaskOwner] = {}
     for pid, kind in kinds.items():
@@ -285,8 +320,14 @@ def _worker_owners(snap: Snapshot, kinds: Mapping[int, str], known: Mapping[int,
     return out
 
 
-def _claim_recorded(out: dict[int, TaskOwner], snap: Snapshot, node_id: str, rec: TaskRecord, owner: TaskOwner,
-                    kinds: Mapping[int, str]) -> None:
+def _claim_recorded(
+    out: dict[int, TaskOwner],
+    snap: Snapshot,
+    node_id: str,
+    rec: TaskRecord,
+    owner: TaskOwner,
+    kinds: Mapping[int, str],
+) -> None:
     """The trees of a task's recorded processes on this node, and the members of the groups they led."""
     for e in rec.entries:
         if e.node_id != node_id:
@@ -299,9 +340,13 @@ def _claim_recorded(out: dict[int, TaskOwner], snap: Snapshot, node_id: str, rec
                 _claim(out, tree(snap, m.pid), owner, kinds)
 
 
-def owners_on_node(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
-                   kinds: Mapping[int, str] | None = None, known: Mapping[int, TaskOwner] | None = None
-                   ) -> dict[int, TaskOwner]:
+def owners_on_node(
+    snap: Snapshot,
+    node_id: str,
+    records: Sequence[TaskRecord],
+    kinds: Mapping[int, str] | None = None,
+    known: Mapping[int, TaskOwner] | None = None,
+) -> dict[int, TaskOwner]:
     """pid -> owner on this node: every Ray worker, every process in a tracked task's trees, and what runs
     below a worker whose job or actor is known.
 
@@ -313,10 +358,18 @@ def owners_on_node(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
     """
     kinds = ray_kinds(snap) if kinds is None else kinds
     workers = _worker_owners(snap, kinds, known or {})
-    mine = sorted((r for r in records if r.node_id == node_id or any(e.node_id == node_id for e in r.entries)),
-                  key=lambda r: r.started_ticks, reverse=True)
-    running = [r for r in mine if r.node_id == node_id and r.state in ("running", "cancelling")
-               and _same(snap, r.worker_pid, r.worker_start_ticks)]
+    mine = sorted(
+        (r for r in records if r.node_id == node_id or any(e.node_id == node_id for e in r.entries)),
+        key=lambda r: r.started_ticks,
+        reverse=True,
+    )
+    running = [
+        r
+        for r in mine
+        if r.node_id == node_id
+        and r.state in ("running", "cancelling")
+        and _same(snap, r.worker_pid, r.worker_start_ticks)
+    ]
     out: dict[int, TaskOwner] = {}
     for r in running:
         out.setdefault(r.worker_pid, _record_owner(r, workers))
@@ -335,5 +388,18 @@ def owners_on_node(snap: Snapshot, node_id: str, records: Sequence[TaskRecord],
     return out
 
 
-__all__ = ["TaskEntry", "TaskOwner", "TaskRecord", "act", "end_task", "entry_for", "leftovers",
-           "owners_on_node", "rebuild_snapshot", "resolve", "take_snapshot", "task_targets", "title_function"]
+__all__ = [
+    "TaskEntry",
+    "TaskOwner",
+    "TaskRecord",
+    "act",
+    "end_task",
+    "entry_for",
+    "leftovers",
+    "owners_on_node",
+    "rebuild_snapshot",
+    "resolve",
+    "take_snapshot",
+    "task_targets",
+    "title_function",
+]

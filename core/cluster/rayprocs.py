@@ -106,8 +106,9 @@ def _ray_free_subtrees(snap: Snapshot, pid: int, ray: dict[int, str], out: list[
         stack.extend(c.pid for c in reversed(children(snap, p)))
 
 
-def plan_targets(targets: Sequence[Target], snap: Snapshot,
-                 ray: dict[int, str] | None = None) -> tuple[list[Target], list[Member]]:
+def plan_targets(
+    targets: Sequence[Target], snap: Snapshot, ray: dict[int, str] | None = None
+) -> tuple[list[Target], list[Member]]:
     """Split targets into what may be signalled and the Ray processes refused.
 
     Returns (targets to hand to the core, refused members). Targets that cover no Ray process come back
@@ -120,8 +121,10 @@ def plan_targets(targets: Sequence[Target], snap: Snapshot,
     swept = {m.pid: ray[m.pid] for m in members if m.pid in ray and m.pid not in explicit and not m.protected}
     if not swept:
         return list(targets), []
-    refused = [Member.of(snap[pid], _covering(targets, snap, pid), ray_protection_reason(pid, kind))
-               for pid, kind in swept.items()]
+    refused = [
+        Member.of(snap[pid], _covering(targets, snap, pid), ray_protection_reason(pid, kind))
+        for pid, kind in swept.items()
+    ]
     out: list[Target] = []
     for t in targets:
         if t.kind == "pid":

@@ -103,8 +103,17 @@ def track_task(grace: float = 5.0) -> Iterator[TaskTracker]:
     task_id, job_id, node_id, name, actor_id = _context()
     me = os.getpid()
     st = procfs.read_stat(me)
-    rec = TaskRecord(task_id, job_id, name, node_id, me, st.start_ticks if st else 0, time.time(),
-                     started_ticks=procfs.now_ticks(), actor_id=actor_id)
+    rec = TaskRecord(
+        task_id,
+        job_id,
+        name,
+        node_id,
+        me,
+        st.start_ticks if st else 0,
+        time.time(),
+        started_ticks=procfs.now_ticks(),
+        actor_id=actor_id,
+    )
     reg = registry()
     tracker = TaskTracker(task_id, job_id, node_id, grace)
     if ray.get(reg.register_task.remote(rec)):
@@ -134,8 +143,10 @@ def tracked(fn: F | None = None, *, grace: float = 5.0) -> Any:
     if fn is None:
         return functools.partial(tracked, grace=grace)
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
-        raise TypeError("tracked() needs a regular function: the Popen hook is per thread, and an async "
-                        "actor's tasks share one")
+        raise TypeError(
+            "tracked() needs a regular function: the Popen hook is per thread, and an async "
+            "actor's tasks share one"
+        )
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -42,8 +42,15 @@ class Backend(Protocol):
         """The dry run: every process `targets` cover in `snapshot`, with why each would be refused."""
         ...
 
-    def act(self, action: str, targets: Sequence[Target], snapshot: Snapshot, *, grace: float = 5.0,
-            on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act(
+        self,
+        action: str,
+        targets: Sequence[Target],
+        snapshot: Snapshot,
+        *,
+        grace: float = 5.0,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         """Run "terminate", "kill", "pause" or "resume" on `targets`, as the dry run on `snapshot` showed
         them (core's one dispatch, `signals.run_action`, wherever the processes live)."""
         ...
@@ -57,14 +64,22 @@ class Backend(Protocol):
         (cgroup.kill / cgroup.freeze, or the fallback and why), from core's dry run `cgroups.cgroup_plan`."""
         ...
 
-    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *,
-                        all_users: bool = False) -> TerminateReport:
+    def plan_duplicates(
+        self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *, all_users: bool = False
+    ) -> TerminateReport:
         """The dry run of `d`: which runs of `identity` would end (all but the oldest)."""
         ...
 
-    def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
-                       on_progress: ProgressFn | None = None, *, victims: Sequence[Instance] | None = None,
-                       all_users: bool = False) -> TerminateReport:
+    def end_duplicates(
+        self,
+        identity: ScriptIdentity,
+        grace: float,
+        snapshot: Snapshot,
+        on_progress: ProgressFn | None = None,
+        *,
+        victims: Sequence[Instance] | None = None,
+        all_users: bool = False,
+    ) -> TerminateReport:
         """End all but the oldest run of `identity`; with `victims` (the dry run's `ended`, as confirmed) only
         those. Each is re-checked right before it is signalled: a run whose process is gone, is another process
         or runs another job by now is left alone and listed in `skipped` with the reason."""
@@ -72,13 +87,21 @@ class Backend(Protocol):
 
     def clean_locks(self, paths: Sequence[str]) -> list[Any]: ...
 
-    def resolve_nodes(self, parts: Sequence[NodeTargets]) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
+    def resolve_nodes(
+        self, parts: Sequence[NodeTargets]
+    ) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
         """Cluster mode: the dry run on every node of `parts` at once: (node id, member) pairs, and (node id, one
         line naming it and why) for each node that did not answer (the plan leaves its targets out)."""
         ...
 
-    def act_nodes(self, action: str, parts: Sequence[NodeTargets], *, grace: float = 5.0,
-                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act_nodes(
+        self,
+        action: str,
+        parts: Sequence[NodeTargets],
+        *,
+        grace: float = 5.0,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         """Cluster mode: each node of `parts` acts on its own targets, all at once (core's `signal_nodes`); a
         node that fails gives an `unreachable` result (naming it) for each of its targets."""
         ...
@@ -89,9 +112,17 @@ class SingleHost:
 
     cluster = False
 
-    def resolve_nodes(self, parts: Sequence[NodeTargets]) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
+    def resolve_nodes(
+        self, parts: Sequence[NodeTargets]
+    ) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
         raise RuntimeError("not a cluster: targets have no node")
 
-    def act_nodes(self, action: str, parts: Sequence[NodeTargets], *, grace: float = 5.0,
-                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act_nodes(
+        self,
+        action: str,
+        parts: Sequence[NodeTargets],
+        *,
+        grace: float = 5.0,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         raise RuntimeError("not a cluster: targets have no node")

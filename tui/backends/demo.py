@@ -49,15 +49,45 @@ LOCKS = "/run/user/1000/procguard/locks"
 TRAIN = ("--config", "configs/base.yaml", "--lr", "3e-4")
 
 
-def _p(pid: int, ppid: int, pgid: int, sid: int, cmd: Sequence[str], *, uid: int = 1000, state: str = "S",
-       age: float = 3600.0, rss: int = 50 * MiB, cpu: float = 0.0, threads: int = 1, name: str | None = None,
-       kernel: bool = False, tty: int = 0) -> Proc:
+def _p(
+    pid: int,
+    ppid: int,
+    pgid: int,
+    sid: int,
+    cmd: Sequence[str],
+    *,
+    uid: int = 1000,
+    state: str = "S",
+    age: float = 3600.0,
+    rss: int = 50 * MiB,
+    cpu: float = 0.0,
+    threads: int = 1,
+    name: str | None = None,
+    kernel: bool = False,
+    tty: int = 0,
+) -> Proc:
     cmdline = tuple(cmd)
     comm = name or (cmdline[0].rpartition("/")[2][:15] if cmdline else "?")
     dead = state in DEAD_STATES  # an exited process has no command line left
-    return Proc(pid, ppid, pgid, sid, state, comm, () if dead else cmdline, NOW - age, rss, uid,
-                USERS[uid], cpu, threads, tty, kernel, int((1_000_000 - age) * 100),
-                parse_python_cmdline(cmdline) if cmdline and not dead else None)
+    return Proc(
+        pid,
+        ppid,
+        pgid,
+        sid,
+        state,
+        comm,
+        () if dead else cmdline,
+        NOW - age,
+        rss,
+        uid,
+        USERS[uid],
+        cpu,
+        threads,
+        tty,
+        kernel,
+        int((1_000_000 - age) * 100),
+        parse_python_cmdline(cmdline) if cmdline and not dead else None,
+    )
 
 
 def _procs() -> list[Proc]:
@@ -67,67 +97,262 @@ def _procs() -> list[Proc]:
         _p(2, 0, 0, 0, [], uid=0, age=40 * day, rss=0, name="kthreadd", kernel=True),
         _p(14, 2, 0, 0, [], uid=0, age=40 * day, rss=0, name="kworker/0:1", kernel=True, state="I"),
         _p(612, 1, 612, 612, ["/usr/sbin/sshd", "-D"], uid=0, age=40 * day, rss=8 * MiB),
-        _p(640, 1, 640, 640, ["/usr/bin/nvidia-persistenced", "--user", "nvidia-persistenced"], uid=0,
-           age=40 * day, rss=4 * MiB),
-        _p(733, 1, 733, 733, ["/usr/lib/postgresql/16/bin/postgres", "-D", "/var/lib/postgresql/16/main"],
-           uid=113, age=40 * day, rss=31 * MiB),
+        _p(
+            640,
+            1,
+            640,
+            640,
+            ["/usr/bin/nvidia-persistenced", "--user", "nvidia-persistenced"],
+            uid=0,
+            age=40 * day,
+            rss=4 * MiB,
+        ),
+        _p(
+            733,
+            1,
+            733,
+            733,
+            ["/usr/lib/postgresql/16/bin/postgres", "-D", "/var/lib/postgresql/16/main"],
+            uid=113,
+            age=40 * day,
+            rss=31 * MiB,
+        ),
         _p(741, 733, 741, 741, ["postgres: checkpointer"], uid=113, age=40 * day, rss=9 * MiB),
         _p(901, 1, 901, 901, ["/usr/sbin/cron", "-f"], uid=0, age=40 * day, rss=3 * MiB),
         _p(950, 1, 950, 950, [PY, "/usr/bin/unattended-upgrade"], uid=0, age=620, rss=88 * MiB, cpu=3.1),
         # alice: her user manager, jupyter, a guarded model server
         _p(1180, 1, 1180, 1180, ["/lib/systemd/systemd", "--user"], age=9 * day, rss=10 * MiB),
-        _p(5001, 1180, 5001, 5001, [PY, "/home/alice/.local/bin/jupyter-lab", "--no-browser"], age=2 * day,
-           rss=310 * MiB, cpu=0.7, threads=9),
-        _p(5050, 5001, 5050, 5050, [PY, "-m", "ipykernel_launcher", "-f",
-                                    "/run/user/1000/jupyter/kernel-7c1.json"], age=day, rss=2900 * MiB,
-           threads=24),
-        _p(5200, 1180, 5200, 5200, [PY, "-m", "serve.api", "--port", "8080"], age=3 * day, rss=1900 * MiB,
-           cpu=11.5, threads=31),
+        _p(
+            5001,
+            1180,
+            5001,
+            5001,
+            [PY, "/home/alice/.local/bin/jupyter-lab", "--no-browser"],
+            age=2 * day,
+            rss=310 * MiB,
+            cpu=0.7,
+            threads=9,
+        ),
+        _p(
+            5050,
+            5001,
+            5050,
+            5050,
+            [PY, "-m", "ipykernel_launcher", "-f", "/run/user/1000/jupyter/kernel-7c1.json"],
+            age=day,
+            rss=2900 * MiB,
+            threads=24,
+        ),
+        _p(
+            5200,
+            1180,
+            5200,
+            5200,
+            [PY, "-m", "serve.api", "--port", "8080"],
+            age=3 * day,
+            rss=1900 * MiB,
+            cpu=11.5,
+            threads=31,
+        ),
         # alice over ssh: the first training run with its DataLoader workers
         _p(2001, 612, 2001, 2001, ["sshd: alice@pts/0"], age=6 * 3600, rss=6 * MiB, name="sshd"),
         _p(2010, 2001, 2010, 2010, ["-bash"], age=6 * 3600, rss=5 * MiB, name="bash", tty=34816),
-        _p(2101, 2010, 2101, 2010, [PY, "train.py", *TRAIN], age=5 * 3600 + 720, rss=6400 * MiB,
-           cpu=99.2, threads=43, tty=34816),
-        *(_p(pid, 2101, 2101, 2010, [PY, "train.py", *TRAIN], age=5 * 3600 + 700, rss=1500 * MiB, cpu=c,
-             threads=4, tty=34816) for pid, c in ((2135, 38.0), (2136, 35.5), (2137, 36.1), (2138, 33.9))),
+        _p(
+            2101,
+            2010,
+            2101,
+            2010,
+            [PY, "train.py", *TRAIN],
+            age=5 * 3600 + 720,
+            rss=6400 * MiB,
+            cpu=99.2,
+            threads=43,
+            tty=34816,
+        ),
+        *(
+            _p(
+                pid,
+                2101,
+                2101,
+                2010,
+                [PY, "train.py", *TRAIN],
+                age=5 * 3600 + 700,
+                rss=1500 * MiB,
+                cpu=c,
+                threads=4,
+                tty=34816,
+            )
+            for pid, c in ((2135, 38.0), (2136, 35.5), (2137, 36.1), (2138, 33.9))
+        ),
         # ...and in tmux, the same run started again by mistake, a suspended prep job and a zombie
         _p(2300, 1, 2300, 2300, ["tmux", "new", "-s", "exp"], age=2 * 3600, rss=4 * MiB),
         _p(2410, 2300, 2410, 2410, ["-bash"], age=2 * 3600, rss=5 * MiB, name="bash", tty=34817),
-        _p(2466, 2410, 2466, 2410, [PY, "train.py", *TRAIN], age=41 * 60, rss=5900 * MiB, cpu=97.4,
-           threads=41, tty=34817),
-        _p(2470, 2466, 2466, 2410, [PY, "train.py", *TRAIN], age=40 * 60, rss=1400 * MiB, cpu=31.0,
-           threads=4, tty=34817),
-        _p(2471, 2466, 2466, 2410, [PY, "train.py", *TRAIN], age=40 * 60, rss=1400 * MiB, cpu=30.2,
-           threads=4, tty=34817),
+        _p(
+            2466,
+            2410,
+            2466,
+            2410,
+            [PY, "train.py", *TRAIN],
+            age=41 * 60,
+            rss=5900 * MiB,
+            cpu=97.4,
+            threads=41,
+            tty=34817,
+        ),
+        _p(
+            2470,
+            2466,
+            2466,
+            2410,
+            [PY, "train.py", *TRAIN],
+            age=40 * 60,
+            rss=1400 * MiB,
+            cpu=31.0,
+            threads=4,
+            tty=34817,
+        ),
+        _p(
+            2471,
+            2466,
+            2466,
+            2410,
+            [PY, "train.py", *TRAIN],
+            age=40 * 60,
+            rss=1400 * MiB,
+            cpu=30.2,
+            threads=4,
+            tty=34817,
+        ),
         _p(2480, 2466, 2466, 2410, [], state="Z", age=39 * 60, rss=0, name="python3", tty=34817),
-        _p(2550, 2410, 2550, 2410, [PY, "-m", "data.prep", "--shard", "7"], state="T", age=3 * 3600,
-           rss=720 * MiB, threads=2, tty=34817),
+        _p(
+            2550,
+            2410,
+            2550,
+            2410,
+            [PY, "-m", "data.prep", "--shard", "7"],
+            state="T",
+            age=3 * 3600,
+            rss=720 * MiB,
+            threads=2,
+            tty=34817,
+        ),
         _p(2602, 2410, 2602, 2410, ["vim", "notes.md"], age=90 * 60, rss=14 * MiB, tty=34817),
         # a crashed fine-tuning run left a DataLoader worker behind, still holding GPU memory
-        _p(3120, 1, 3101, 3101, [PY, "finetune.py", "--epochs", "3"], age=7 * 3600, rss=2100 * MiB,
-           threads=3),
+        _p(
+            3120, 1, 3101, 3101, [PY, "finetune.py", "--epochs", "3"], age=7 * 3600, rss=2100 * MiB, threads=3
+        ),
         # bob: a two-rank torchrun job
         _p(4001, 612, 4001, 4001, ["sshd: bob@pts/1"], uid=1001, age=3 * 3600, rss=6 * MiB, name="sshd"),
         _p(4010, 4001, 4010, 4010, ["-bash"], uid=1001, age=3 * 3600, rss=5 * MiB, name="bash", tty=34818),
-        _p(4100, 4010, 4100, 4010, [PY, "/usr/local/bin/torchrun", "--nproc-per-node", "2", "ddp.py"],
-           uid=1001, age=2 * 3600, rss=190 * MiB, cpu=0.3, threads=5, tty=34818),
-        *(_p(pid, 4100, 4100, 4010, [PY, "-u", "ddp.py", "--epochs", "90"], uid=1001, age=2 * 3600 - 5,
-             rss=4100 * MiB, cpu=c, threads=29, tty=34818) for pid, c in ((4110, 88.7), (4111, 91.3))),
+        _p(
+            4100,
+            4010,
+            4100,
+            4010,
+            [PY, "/usr/local/bin/torchrun", "--nproc-per-node", "2", "ddp.py"],
+            uid=1001,
+            age=2 * 3600,
+            rss=190 * MiB,
+            cpu=0.3,
+            threads=5,
+            tty=34818,
+        ),
+        *(
+            _p(
+                pid,
+                4100,
+                4100,
+                4010,
+                [PY, "-u", "ddp.py", "--epochs", "90"],
+                uid=1001,
+                age=2 * 3600 - 5,
+                rss=4100 * MiB,
+                cpu=c,
+                threads=29,
+                tty=34818,
+            )
+            for pid, c in ((4110, 88.7), (4111, 91.3))
+        ),
         # bob's SLURM array tasks: the same script twice on purpose
-        *(_p(pid, 1, pid, pid, [PY, "eval.py", "--split", "val", "--task", str(t)], uid=1001,
-             age=25 * 60, rss=900 * MiB, cpu=c) for pid, t, c in ((6001, 1, 64.0), (6002, 2, 61.5))),
+        *(
+            _p(
+                pid,
+                1,
+                pid,
+                pid,
+                [PY, "eval.py", "--split", "val", "--task", str(t)],
+                uid=1001,
+                age=25 * 60,
+                rss=900 * MiB,
+                cpu=c,
+            )
+            for pid, t, c in ((6001, 1, 64.0), (6002, 2, 61.5))
+        ),
         # the crashed fine-tuning run's other worker: it inherited the CUDA context and keeps /dev/nvidia1 open;
         # NVML does not list it, the kernel does
-        _p(3121, 1, 3101, 3101, [PY, "finetune.py", "--epochs", "3"], age=7 * 3600, rss=1300 * MiB, threads=2),
+        _p(
+            3121, 1, 3101, 3101, [PY, "finetune.py", "--epochs", "3"], age=7 * 3600, rss=1300 * MiB, threads=2
+        ),
         # a model server in a docker container (its own PID namespace: 7010 is pid 1 in there)
-        _p(7000, 1, 7000, 7000, ["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id", DOCKER_ID[:12],
-                                 "-address", "/run/containerd/containerd.sock"], uid=0, age=4 * 86400,
-           rss=11 * MiB, threads=10),
-        _p(7010, 7000, 7010, 7010, [PY, "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/llama-3-8b",
-                                    "--port", "8000"], uid=0, age=4 * 86400, rss=5200 * MiB, cpu=7.4, threads=57),
-        *(_p(pid, 7010, 7010, 7010, [PY, "-c", "from multiprocessing.spawn import spawn_main; spawn_main()",
-                                     "--multiprocessing-fork"], uid=0, age=4 * 86400, rss=610 * MiB, cpu=c,
-             threads=3) for pid, c in ((7031, 1.2), (7032, 0.9))),
+        _p(
+            7000,
+            1,
+            7000,
+            7000,
+            [
+                "/usr/bin/containerd-shim-runc-v2",
+                "-namespace",
+                "moby",
+                "-id",
+                DOCKER_ID[:12],
+                "-address",
+                "/run/containerd/containerd.sock",
+            ],
+            uid=0,
+            age=4 * 86400,
+            rss=11 * MiB,
+            threads=10,
+        ),
+        _p(
+            7010,
+            7000,
+            7010,
+            7010,
+            [
+                PY,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                "/models/llama-3-8b",
+                "--port",
+                "8000",
+            ],
+            uid=0,
+            age=4 * 86400,
+            rss=5200 * MiB,
+            cpu=7.4,
+            threads=57,
+        ),
+        *(
+            _p(
+                pid,
+                7010,
+                7010,
+                7010,
+                [
+                    PY,
+                    "-c",
+                    "from multiprocessing.spawn import spawn_main; spawn_main()",
+                    "--multiprocessing-fork",
+                ],
+                uid=0,
+                age=4 * 86400,
+                rss=610 * MiB,
+                cpu=c,
+                threads=3,
+            )
+            for pid, c in ((7031, 1.2), (7032, 0.9))
+        ),
     ]
 
 
@@ -185,18 +410,41 @@ def _device_holders(procs: dict[int, Proc]) -> dict[int, DeviceHolder]:
     """What /proc/PID/fd shows: the NVML processes hold their GPU's /dev/nvidiaN, and 3121 holds /dev/nvidia1 too."""
     ctl = (GpuFd(3, "/dev/nvidiactl", "nvidiactl", None), GpuFd(5, "/dev/nvidia-uvm", "nvidia-uvm", None))
     held = {**{p.pid: p.device for p in _gpu().processes}, 3121: 1}
-    return {pid: DeviceHolder(pid, procs[pid].start_ticks, (*ctl, GpuFd(7, f"/dev/nvidia{dev}", "nvidia", dev)))
-            for pid, dev in held.items() if pid in procs}
+    return {
+        pid: DeviceHolder(pid, procs[pid].start_ticks, (*ctl, GpuFd(7, f"/dev/nvidia{dev}", "nvidia", dev)))
+        for pid, dev in held.items()
+        if pid in procs
+    }
 
 
 def _gpu() -> GpuSnapshot:
-    held = {2101: (0, 30.5), 2466: (1, 22.0), 3120: (1, 9.8), 4110: (0, 4.0), 4111: (1, 4.0), 5050: (0, 3.1),
-            5200: (1, 6.0), 7010: (0, 18.5), 88231: (0, 1.2)}
+    held = {
+        2101: (0, 30.5),
+        2466: (1, 22.0),
+        3120: (1, 9.8),
+        4110: (0, 4.0),
+        4111: (1, 4.0),
+        5050: (0, 3.1),
+        5200: (1, 6.0),
+        7010: (0, 18.5),
+        88231: (0, 1.2),
+    }
     processes = tuple(GpuProcess(pid, dev, int(g * GiB)) for pid, (dev, g) in held.items())
     used = {d: sum(int(g * GiB) for dev, g in held.values() if dev == d) + 600 * MiB for d in (0, 1)}
     total = 80 * GiB
-    devices = tuple(GpuDevice(d, "NVIDIA A100-SXM4-80GB", f"GPU-5f1c0b7e-00{d}0-4a4e-9d7c-0c3e5a1b2f{d}0",
-                              total, used[d], total - used[d], util, d) for d, util in ((0, 97), (1, 58)))
+    devices = tuple(
+        GpuDevice(
+            d,
+            "NVIDIA A100-SXM4-80GB",
+            f"GPU-5f1c0b7e-00{d}0-4a4e-9d7c-0c3e5a1b2f{d}0",
+            total,
+            used[d],
+            total - used[d],
+            util,
+            d,
+        )
+        for d, util in ((0, 97), (1, 58))
+    )
     return GpuSnapshot(True, None, devices, processes, NOW)
 
 
@@ -208,10 +456,24 @@ def _locks() -> list[HeldLock]:
     train = f"{LOCKS}/train.lock"
     serve = f"{LOCKS}/serve.api.lock"
     return [
-        HeldLock(serve, 5200, (5200,), "flock", "write", True,
-                 _holder(5200, [PY, "-m", "serve.api", "--port", "8080"], "/srv/api", 3 * 86400, serve)),
-        HeldLock(train, 2101, (2101,), "flock", "write", True,
-                 _holder(2101, [PY, "train.py", *TRAIN], "/home/alice/proj", 5 * 3600, train)),
+        HeldLock(
+            serve,
+            5200,
+            (5200,),
+            "flock",
+            "write",
+            True,
+            _holder(5200, [PY, "-m", "serve.api", "--port", "8080"], "/srv/api", 3 * 86400, serve),
+        ),
+        HeldLock(
+            train,
+            2101,
+            (2101,),
+            "flock",
+            "write",
+            True,
+            _holder(2101, [PY, "train.py", *TRAIN], "/home/alice/proj", 5 * 3600, train),
+        ),
         HeldLock("/var/lib/apt/lists/lock", 950, (950,), "posix", "write", False, None),
     ]
 
@@ -220,47 +482,103 @@ def _args(p: Proc) -> tuple[str, ...]:
     return p.python.args if p.python is not None else ()
 
 
-def _duplicates(procs: dict[int, Proc], gpu: GpuSnapshot) -> tuple[list[DuplicateGroup], list[ScheduledInstance]]:
+def _duplicates(
+    procs: dict[int, Proc], gpu: GpuSnapshot
+) -> tuple[list[DuplicateGroup], list[ScheduledInstance]]:
     ident = ScriptIdentity("file", "/home/alice/proj/train.py", "/home/alice/proj/train.py")
     mem = {p.pid: p.memory_used or 0 for p in gpu.processes}
 
     def inst(pid: int, locks: tuple[str, ...] = ()) -> Instance:
         p = procs[pid]
-        return Instance(pid, p.create_time, "/home/alice/proj", _args(p), p.username, p.cmdline,
-                        mem.get(pid, 0), locks, p.uid, p.start_ticks, (pid,), (pid,))
+        return Instance(
+            pid,
+            p.create_time,
+            "/home/alice/proj",
+            _args(p),
+            p.username,
+            p.cmdline,
+            mem.get(pid, 0),
+            locks,
+            p.uid,
+            p.start_ticks,
+            (pid,),
+            (pid,),
+        )
 
     groups = []
     if 2101 in procs and 2466 in procs:
         groups.append(DuplicateGroup(ident, (inst(2101, (f"{LOCKS}/train.lock",)), inst(2466))))
     ev = ScriptIdentity("file", "/home/bob/eval/eval.py", "/home/bob/eval/eval.py")
-    sched = [ScheduledInstance(ev, Instance(pid, procs[pid].create_time, "/home/bob/eval", _args(procs[pid]),
-                                            "bob", procs[pid].cmdline, 0, (), 1001, procs[pid].start_ticks,
-                                            (pid,), (pid,)), "slurm", f"88412_{t}")
-             for pid, t in ((6001, 1), (6002, 2)) if pid in procs]
+    sched = [
+        ScheduledInstance(
+            ev,
+            Instance(
+                pid,
+                procs[pid].create_time,
+                "/home/bob/eval",
+                _args(procs[pid]),
+                "bob",
+                procs[pid].cmdline,
+                0,
+                (),
+                1001,
+                procs[pid].start_ticks,
+                (pid,),
+                (pid,),
+            ),
+            "slurm",
+            f"88412_{t}",
+        )
+        for pid, t in ((6001, 1), (6002, 2))
+        if pid in procs
+    ]
     return groups, sched
 
 
 def _guarded() -> list[GuardInfo]:
-    return [GuardInfo(2101, "/home/alice/proj/train.py", f"{LOCKS}/train.lock", 10, int(24.2 * GiB),
-                      int(29.9 * GiB)),
-            GuardInfo(5200, "serve.api@/srv/api", f"{LOCKS}/serve.api.lock", 10, int(2.4 * GiB),
-                      int(5.8 * GiB))]
+    return [
+        GuardInfo(
+            2101, "/home/alice/proj/train.py", f"{LOCKS}/train.lock", 10, int(24.2 * GiB), int(29.9 * GiB)
+        ),
+        GuardInfo(5200, "serve.api@/srv/api", f"{LOCKS}/serve.api.lock", 10, int(2.4 * GiB), int(5.8 * GiB)),
+    ]
 
 
 _EXTRA = {
     2101: ProcExtra("/home/alice/proj", {}),
     2466: ProcExtra("/home/alice/proj", {}),
-    4110: ProcExtra("/home/bob/ddp", {"RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                                      "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}),
-    4111: ProcExtra("/home/bob/ddp", {"RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
-                                      "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none"}),
+    4110: ProcExtra(
+        "/home/bob/ddp",
+        {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29500",
+            "TORCHELASTIC_RUN_ID": "none",
+        },
+    ),
+    4111: ProcExtra(
+        "/home/bob/ddp",
+        {
+            "RANK": "1",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29500",
+            "TORCHELASTIC_RUN_ID": "none",
+        },
+    ),
     6001: ProcExtra("/home/bob/eval", {"SLURM_JOB_ID": "88413"}),
     6002: ProcExtra("/home/bob/eval", {"SLURM_JOB_ID": "88414"}),
 }
 
 
-def demo_model(seq: int = 1, gone: frozenset[int] = frozenset(), states: dict[int, str] | None = None,
-               cleaned: frozenset[str] = frozenset(), frozen: frozenset[str] = FROZEN) -> Model:
+def demo_model(
+    seq: int = 1,
+    gone: frozenset[int] = frozenset(),
+    states: dict[int, str] | None = None,
+    cleaned: frozenset[str] = frozenset(),
+    frozen: frozenset[str] = FROZEN,
+) -> Model:
     """The scenario as a Model; `gone` pids are left out, `states` overrides state letters, `cleaned` stale
     lock files are gone, `frozen` are the cgroups the freezer holds."""
     # A zombie whose parent is gone was reaped by init with it.
@@ -276,17 +594,37 @@ def demo_model(seq: int = 1, gone: frozenset[int] = frozenset(), states: dict[in
     locks = [lk for lk in _locks() if not set(lk.holders) & gone]
     stale = [p for p in (f"{LOCKS}/finetune.lock", f"{LOCKS}/old-eval.lock") if p not in cleaned]
     guarded = [g for g in _guarded() if g.pid not in gone]
-    return make_model(seq, snap, gpu, duplicates=groups, scheduled=sched, locks=locks, stale_locks=stale,
-                      guarded=guarded, cgroups=_cgroup_infos(procs), frozen=_frozen(procs, frozen),
-                      holders=_device_holders(procs))
+    return make_model(
+        seq,
+        snap,
+        gpu,
+        duplicates=groups,
+        scheduled=sched,
+        locks=locks,
+        stale_locks=stale,
+        guarded=guarded,
+        cgroups=_cgroup_infos(procs),
+        frozen=_frozen(procs, frozen),
+        holders=_device_holders(procs),
+    )
 
 
 def demo_model_without_gpu() -> Model:
     m = demo_model()
     gpu = GpuSnapshot(False, "NVML library not found (libnvidia-ml.so.1): no NVIDIA driver", (), (), NOW)
-    return make_model(m.seq, m.snapshot, gpu, duplicates=m.duplicates, scheduled=m.scheduled, locks=m.locks,
-                      stale_locks=m.stale_locks, guarded=m.guarded.values(), cgroups=m.cgroups, frozen=m.frozen,
-                      holders=_device_holders(dict(m.snapshot.procs)))  # the kernel's holders: no NVML needed
+    return make_model(
+        m.seq,
+        m.snapshot,
+        gpu,
+        duplicates=m.duplicates,
+        scheduled=m.scheduled,
+        locks=m.locks,
+        stale_locks=m.stale_locks,
+        guarded=m.guarded.values(),
+        cgroups=m.cgroups,
+        frozen=m.frozen,
+        holders=_device_holders(dict(m.snapshot.procs)),
+    )  # the kernel's holders: no NVML needed
 
 
 def demo_resolve(snapshot: Snapshot, targets: Sequence[Target]) -> list[Member]:
@@ -327,27 +665,58 @@ def demo_cgroup_plan(path: str, snapshot: Snapshot, frozen: frozenset[str]) -> C
     procs, refused = _cgroup_members(snapshot, path)
     cg = CgroupDir(path, "/sys/fs/cgroup" + path, 2, "/sys/fs/cgroup", "/")
     state = CgroupState(bool(procs), any(is_within(path, f) for f in frozen))
-    return CgroupPlan(cg, tuple(p.pid for p in procs), refused, "cgroup.kill", "cgroup.freeze", None, state,
-                      name_cgroup(path))
+    return CgroupPlan(
+        cg,
+        tuple(p.pid for p in procs),
+        refused,
+        "cgroup.kill",
+        "cgroup.freeze",
+        None,
+        state,
+        name_cgroup(path),
+    )
 
 
-_TRAIN = ScriptIdentity("file", "/home/alice/proj/train.py", "/home/alice/proj/train.py",
-                        (("script", "/home/alice/proj/train.py"),))
-_DDP = ScriptIdentity("file", "/home/bob/ddp/ddp.py", "/home/bob/ddp/ddp.py", (("script", "/home/bob/ddp/ddp.py"),))
-_EVAL = ScriptIdentity("file", "/home/bob/eval/eval.py", "/home/bob/eval/eval.py",
-                       (("script", "/home/bob/eval/eval.py"),))
+_TRAIN = ScriptIdentity(
+    "file",
+    "/home/alice/proj/train.py",
+    "/home/alice/proj/train.py",
+    (("script", "/home/alice/proj/train.py"),),
+)
+_DDP = ScriptIdentity(
+    "file", "/home/bob/ddp/ddp.py", "/home/bob/ddp/ddp.py", (("script", "/home/bob/ddp/ddp.py"),)
+)
+_EVAL = ScriptIdentity(
+    "file", "/home/bob/eval/eval.py", "/home/bob/eval/eval.py", (("script", "/home/bob/eval/eval.py"),)
+)
 # What duplicate detection says of the scenario's interesting processes: (identity, counted, code, reason,
 # related). A Python process not listed is the only run of its script or module; any other is not Python.
 _EXPLAINED: dict[int, tuple[ScriptIdentity | None, bool, str, str, int | None]] = {
     2101: (_TRAIN, True, "counted", "one of 2 runs of /home/alice/proj/train.py: a duplicate", None),
     2466: (_TRAIN, True, "counted", "one of 2 runs of /home/alice/proj/train.py: a duplicate", None),
-    **{pid: (_TRAIN, False, "worker", f"worker of pid {parent} (which runs the same job)", parent)
-       for pid, parent in ((2135, 2101), (2136, 2101), (2137, 2101), (2138, 2101), (2470, 2466), (2471, 2466))},
-    4100: (ScriptIdentity("file", _DDP.key, _DDP.display, _DDP.parts, "torchrun"), True, "counted",
-           "the only run of this job", None),
+    **{
+        pid: (_TRAIN, False, "worker", f"worker of pid {parent} (which runs the same job)", parent)
+        for pid, parent in (
+            (2135, 2101),
+            (2136, 2101),
+            (2137, 2101),
+            (2138, 2101),
+            (2470, 2466),
+            (2471, 2466),
+        )
+    },
+    4100: (
+        ScriptIdentity("file", _DDP.key, _DDP.display, _DDP.parts, "torchrun"),
+        True,
+        "counted",
+        "the only run of this job",
+        None,
+    ),
     **{pid: (_DDP, False, "rank", "rank of pid 4100 (its torchrun launch)", 4100) for pid in (4110, 4111)},
-    **{pid: (_EVAL, False, "scheduler", f"part of slurm job 88412_{t}: the scheduler owns it", None)
-       for pid, t in ((6001, 1), (6002, 2))},
+    **{
+        pid: (_EVAL, False, "scheduler", f"part of slurm job 88412_{t}: the scheduler owns it", None)
+        for pid, t in ((6001, 1), (6002, 2))
+    },
     2480: (None, False, "exited", "it has exited (a zombie waiting to be reaped)", None),
 }
 
@@ -361,16 +730,38 @@ def demo_explain(p: Proc, cwd: str) -> Explanation:
         return Explanation(p.pid, p.uid, p.username, p.cmdline, ident, counted, code, reason, related, runs)
     py = p.python
     if py is None or py.kind not in ("file", "module"):
-        return Explanation(p.pid, p.uid, p.username, p.cmdline, None, False, "not_python",
-                           "not a Python program, nor a command started by `procguard run`")
+        return Explanation(
+            p.pid,
+            p.uid,
+            p.username,
+            p.cmdline,
+            None,
+            False,
+            "not_python",
+            "not a Python program, nor a command started by `procguard run`",
+        )
     if py.kind == "module":
-        ident = ScriptIdentity("module", f"{py.target}@{cwd}", f"-m {py.target} (in {cwd})",
-                               (("module", py.target), ("cwd", cwd)))
+        ident = ScriptIdentity(
+            "module",
+            f"{py.target}@{cwd}",
+            f"-m {py.target} (in {cwd})",
+            (("module", py.target), ("cwd", cwd)),
+        )
     else:
         path = py.target if py.target.startswith("/") else f"{cwd}/{py.target}"
         ident = ScriptIdentity("file", path, path, (("script", path),))
-    return Explanation(p.pid, p.uid, p.username, p.cmdline, ident, True, "counted", "the only run of this job",
-                       None, (p.pid,))
+    return Explanation(
+        p.pid,
+        p.uid,
+        p.username,
+        p.cmdline,
+        ident,
+        True,
+        "counted",
+        "the only run of this job",
+        None,
+        (p.pid,),
+    )
 
 
 class DemoBackend(SingleHost):
@@ -395,18 +786,40 @@ class DemoBackend(SingleHost):
             self._seq += 1
             if not self._gpu:
                 return replace(demo_model_without_gpu(), seq=self._seq)
-            return demo_model(self._seq, frozenset(self._gone), dict(self._states), frozenset(self._cleaned),
-                              frozenset(self._frozen))
+            return demo_model(
+                self._seq,
+                frozenset(self._gone),
+                dict(self._states),
+                frozenset(self._cleaned),
+                frozenset(self._frozen),
+            )
 
     def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
         return demo_resolve(snapshot, targets)
 
     def _results(self, members: Sequence[Member], outcome: Outcome, elapsed: float) -> list[SignalResult]:
-        return [SignalResult(m.pid, Outcome.REFUSED if m.protected else outcome, 0.0 if m.protected else elapsed,
-                             m.protected, m.name, m.cmdline, m.username) for m in members]
+        return [
+            SignalResult(
+                m.pid,
+                Outcome.REFUSED if m.protected else outcome,
+                0.0 if m.protected else elapsed,
+                m.protected,
+                m.name,
+                m.cmdline,
+                m.username,
+            )
+            for m in members
+        ]
 
-    def act(self, action: str, targets: Sequence[Target], snapshot: Snapshot, *, grace: float = 5.0,
-            on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act(
+        self,
+        action: str,
+        targets: Sequence[Target],
+        snapshot: Snapshot,
+        *,
+        grace: float = 5.0,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         name = action_name(action)  # core's names and check
         if name == "term":
             return self.terminate(targets, grace, snapshot, on_progress)
@@ -414,8 +827,13 @@ class DemoBackend(SingleHost):
             return self.kill(targets, snapshot, on_progress)
         return self.pause(targets, snapshot) if name == "pause" else self.resume(targets, snapshot)
 
-    def terminate(self, targets: Sequence[Target], grace: float, snapshot: Snapshot,
-                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def terminate(
+        self,
+        targets: Sequence[Target],
+        grace: float,
+        snapshot: Snapshot,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         members = [m for m in self.resolve(targets, snapshot) if m.state not in DEAD_STATES]
         live = tuple(m.pid for m in members if not m.protected)
         if on_progress:
@@ -438,10 +856,13 @@ class DemoBackend(SingleHost):
         snap = demo_model().snapshot
         with self._lock:
             frozen = frozenset(self._frozen)
-        return [cgroup_note(kind, demo_cgroup_plan(t.path, snap, frozen)) for t in targets if t.kind == "cgroup"]
+        return [
+            cgroup_note(kind, demo_cgroup_plan(t.path, snap, frozen)) for t in targets if t.kind == "cgroup"
+        ]
 
-    def kill(self, targets: Sequence[Target], snapshot: Snapshot,
-             on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def kill(
+        self, targets: Sequence[Target], snapshot: Snapshot, on_progress: ProgressFn | None = None
+    ) -> list[SignalResult]:
         members = self.resolve(targets, snapshot)
         with self._lock:
             self._gone.update(m.pid for m in members if not m.protected)
@@ -472,19 +893,29 @@ class DemoBackend(SingleHost):
             raise LookupError(f"pid {pid} is not a guarded process: it does not answer flush requests")
         return "flushed CUDA cache: freed 5.7 GiB (reserved 29.9 GiB -> 24.2 GiB)"
 
-    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *,
-                        all_users: bool = False) -> TerminateReport:
+    def plan_duplicates(
+        self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *, all_users: bool = False
+    ) -> TerminateReport:
         groups, _ = _duplicates(dict(snapshot.procs), _gpu())
         g = next((g for g in groups if g.identity.key == identity.key), None)
         if g is None:
-            return TerminateReport(skipped_reason=f"{identity.display} is no longer running twice", dry_run=True)
+            return TerminateReport(
+                skipped_reason=f"{identity.display} is no longer running twice", dry_run=True
+            )
         ending = g.instances[1:]
         members = demo_resolve(snapshot, [Target.tree(i.pid) for i in ending])
         return TerminateReport((g,), (g.instances[0],), tuple(ending), (), tuple(members), (), None, True)
 
-    def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
-                       on_progress: ProgressFn | None = None, *, victims: Sequence[Instance] | None = None,
-                       all_users: bool = False) -> TerminateReport:
+    def end_duplicates(
+        self,
+        identity: ScriptIdentity,
+        grace: float,
+        snapshot: Snapshot,
+        on_progress: ProgressFn | None = None,
+        *,
+        victims: Sequence[Instance] | None = None,
+        all_users: bool = False,
+    ) -> TerminateReport:
         plan = self.plan_duplicates(identity, grace, snapshot)
         if plan.skipped_reason:
             return plan
@@ -526,22 +957,42 @@ def demo_history(samples: int = 300) -> History:
     run = model.gpu_by_pid.get(2101, 0)
     load = [min(30, max(0, i - 60)) for i in range(samples)]  # 0 before the model loads, 30 once loaded
     evaluating = [load[i] == 30 and i % 75 >= 65 for i in range(samples)]
-    util0 = [3 + i % 4 if not load[i] else 40 if evaluating[i] else min(97, 40 + 2 * load[i] - i % 3)
-             for i in range(samples)]
+    util0 = [
+        3 + i % 4 if not load[i] else 40 if evaluating[i] else min(97, 40 + 2 * load[i] - i % 3)
+        for i in range(samples)
+    ]
     util0[-1] = dev0.utilization or 0
-    hist.seed_device(0, dev0.memory_total, times, [dev0.memory_used - run + run * f // 30 for f in load], util0)
+    hist.seed_device(
+        0, dev0.memory_total, times, [dev0.memory_used - run + run * f // 30 for f in load], util0
+    )
     util1 = [45 + _wave(i, 64) for i in range(samples)]
     util1[-1] = dev1.utilization or 0
-    hist.seed_device(1, dev1.memory_total, times,
-                     [dev1.memory_used - (samples - 1 - i) * 8 * MiB for i in range(samples)], util1)
+    hist.seed_device(
+        1,
+        dev1.memory_total,
+        times,
+        [dev1.memory_used - (samples - 1 - i) * 8 * MiB for i in range(samples)],
+        util1,
+    )
     p = model.snapshot[2101]
-    hist.seed_proc(2101, p.start_ticks, times,
-                   [0.0 if not f else 35.0 if ev else p.cpu_percent * f / 30 for f, ev in zip(load, evaluating,
-                                                                                          strict=True)],
-                   [p.rss - (30 - f) * 40 * MiB - (samples - 1 - i) * MiB for i, f in enumerate(load)],
-                   [run * f // 30 for f in load])
+    hist.seed_proc(
+        2101,
+        p.start_ticks,
+        times,
+        [
+            0.0 if not f else 35.0 if ev else p.cpu_percent * f / 30
+            for f, ev in zip(load, evaluating, strict=True)
+        ],
+        [p.rss - (30 - f) * 40 * MiB - (samples - 1 - i) * MiB for i, f in enumerate(load)],
+        [run * f // 30 for f in load],
+    )
     q = model.snapshot[2466]
-    hist.seed_proc(2466, q.start_ticks, times, [q.cpu_percent - _wave(i, 50) for i in range(samples)],
-                   [q.rss - _wave(i, 90) * 8 * MiB for i in range(samples)],
-                   [model.gpu_by_pid.get(2466, 0)] * samples)
+    hist.seed_proc(
+        2466,
+        q.start_ticks,
+        times,
+        [q.cpu_percent - _wave(i, 50) for i in range(samples)],
+        [q.rss - _wave(i, 90) * 8 * MiB for i in range(samples)],
+        [model.gpu_by_pid.get(2466, 0)] * samples,
+    )
     return hist

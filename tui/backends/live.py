@@ -50,7 +50,9 @@ from procguard.tui.model import GuardInfo, Model, ProcExtra, cgroup_note, make_m
 
 PRUNE_EVERY = 10.0  # seconds between dropping ended processes from the identity and cgroup caches
 HOLDER_RECHECK = 3.0  # seconds between looks at a known process's open fds (GPU device holders)
-CGROUP_RECHECK = 5.0  # seconds between rereads of a known process's cgroup (a move without an exec shows then)
+CGROUP_RECHECK = (
+    5.0  # seconds between rereads of a known process's cgroup (a move without an exec shows then)
+)
 
 
 def _num(v: Any) -> int | None:
@@ -60,8 +62,14 @@ def _num(v: Any) -> int | None:
 def guard_info(entry: registry.RegistryEntry) -> GuardInfo:
     alloc = entry.extra.get("allocator")
     alloc = alloc if isinstance(alloc, dict) else {}
-    return GuardInfo(entry.pid, entry.script, entry.lock, entry.flush_signal, _num(alloc.get("allocated")),
-                     _num(alloc.get("reserved")))
+    return GuardInfo(
+        entry.pid,
+        entry.script,
+        entry.lock,
+        entry.flush_signal,
+        _num(alloc.get("allocated")),
+        _num(alloc.get("reserved")),
+    )
 
 
 def freeze_root(freezer: FreezerReader, info: CgroupInfo) -> str:
@@ -72,7 +80,9 @@ def freeze_root(freezer: FreezerReader, info: CgroupInfo) -> str:
         comps = [c for c in (path or "").split("/") if c]
         for i in range(1, len(comps) + 1):
             here = "/" + "/".join(comps[:i])
-            probe = info._replace(v2_path=here if version == 2 else None, freezer_path=here if version == 1 else None)
+            probe = info._replace(
+                v2_path=here if version == 2 else None, freezer_path=here if version == 1 else None
+            )
             if freezer.frozen(probe):
                 mount = freezer.mounts.v1.get("freezer")
                 return here if version == 2 or mount is None else mount.point.rstrip("/") + here
@@ -129,7 +139,9 @@ def read_cgroups(cache: CgroupCache, snap: Snapshot) -> tuple[dict[int, CgroupIn
 def run_jobs(snap: Snapshot, is_runner: Callable[[Proc], bool]) -> dict[int, int]:
     """job pid -> pid of its `procguard run` launcher (the job is the launcher's child). Only processes whose
     first argument is "run" are asked about, so a refresh costs one pass over the table."""
-    launchers = {p.pid for p in snap if p.python is not None and p.python.args[:1] == ("run",) and is_runner(p)}
+    launchers = {
+        p.pid for p in snap if p.python is not None and p.python.args[:1] == ("run",) and is_runner(p)
+    }
     if not launchers:
         return {}
     return {p.pid: p.ppid for p in snap if p.ppid in launchers and not p.dead}
@@ -179,11 +191,25 @@ class LiveBackend(SingleHost):
             infos, frozen = self._read_cgroups(snap, errors)
             holders = self._scan_holders(snap, errors)
             self._prune(snap)
-            return make_model(self._seq, snap, gpu, duplicates=groups, scheduled=sched, locks=self._locks,
-                              stale_locks=self._stale, guarded=guarded, errors=errors, run_jobs=jobs,
-                              cgroups=infos, frozen=frozen, holders=holders)
+            return make_model(
+                self._seq,
+                snap,
+                gpu,
+                duplicates=groups,
+                scheduled=sched,
+                locks=self._locks,
+                stale_locks=self._stale,
+                guarded=guarded,
+                errors=errors,
+                run_jobs=jobs,
+                cgroups=infos,
+                frozen=frozen,
+                holders=holders,
+            )
 
-    def _read_cgroups(self, snap: Snapshot, errors: list[str]) -> tuple[dict[int, CgroupInfo], dict[int, str]]:
+    def _read_cgroups(
+        self, snap: Snapshot, errors: list[str]
+    ) -> tuple[dict[int, CgroupInfo], dict[int, str]]:
         try:
             return read_cgroups(self._cgroups, snap)
         except Exception as e:  # a race with /proc or the cgroup filesystem: the rest still comes
@@ -212,17 +238,26 @@ class LiveBackend(SingleHost):
         except Exception as e:
             errors.append(f"stale locks: {e}")
 
-    def _duplicates(self, snap: Snapshot, gpu: _gpu.GpuSnapshot, errors: list[str]
-                    ) -> tuple[Sequence[DuplicateGroup], Sequence[ScheduledInstance]]:
+    def _duplicates(
+        self, snap: Snapshot, gpu: _gpu.GpuSnapshot, errors: list[str]
+    ) -> tuple[Sequence[DuplicateGroup], Sequence[ScheduledInstance]]:
         try:
             report = _duplicates.duplicate_report(snap, resolver=self._identities)
             groups = _duplicates.enrich(report.groups, snap, gpu, held=self._locks)
             # Scheduler-managed runs get the same GPU / lock figures, through enrich() one by one.
-            filled = _duplicates.enrich([DuplicateGroup(s.identity, (s.instance,))
-                                         for s in report.scheduler_managed], snap, gpu, held=self._locks)
-            sched = [replace(s, instance=g.instances[0]) for s, g in zip(report.scheduler_managed, filled,
-                                                                          strict=True)]
-        except Exception as e:  # an invalid PROCGUARD_LAUNCHERS entry, a race with /proc: the rest still comes
+            filled = _duplicates.enrich(
+                [DuplicateGroup(s.identity, (s.instance,)) for s in report.scheduler_managed],
+                snap,
+                gpu,
+                held=self._locks,
+            )
+            sched = [
+                replace(s, instance=g.instances[0])
+                for s, g in zip(report.scheduler_managed, filled, strict=True)
+            ]
+        except (
+            Exception
+        ) as e:  # an invalid PROCGUARD_LAUNCHERS entry, a race with /proc: the rest still comes
             errors.append(f"duplicates: {e}")
             return (), ()
         return groups, sched
@@ -249,11 +284,20 @@ class LiveBackend(SingleHost):
     def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
         return signals.resolve(list(targets), snapshot)
 
-    def act(self, action: str, targets: Sequence[Target], snapshot: Snapshot, *, grace: float = 5.0,
-            on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act(
+        self,
+        action: str,
+        targets: Sequence[Target],
+        snapshot: Snapshot,
+        *,
+        grace: float = 5.0,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         # On the dry run's snapshot: core pins each process it captured there by its start time, so a pid
         # that names another process by now is never signalled.
-        return signals.run_action(action, list(targets), grace=grace, snapshot=snapshot, on_progress=on_progress)
+        return signals.run_action(
+            action, list(targets), grace=grace, snapshot=snapshot, on_progress=on_progress
+        )
 
     def plan_notes(self, kind: str, targets: Sequence[Target]) -> list[str]:
         """How each cgroup target would be acted on here (core's dry run: cgroup.kill / cgroup.freeze, or the
@@ -270,18 +314,33 @@ class LiveBackend(SingleHost):
     def flush(self, pid: int, snapshot: Snapshot | None = None) -> str:
         return _flush.request_flush(pid, timeout=10.0).message
 
-    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *,
-                        all_users: bool = False) -> TerminateReport:
-        return _duplicates.terminate_duplicates("oldest", identity, grace, snapshot=snapshot, dry_run=True,
-                                                all_users=all_users)
+    def plan_duplicates(
+        self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *, all_users: bool = False
+    ) -> TerminateReport:
+        return _duplicates.terminate_duplicates(
+            "oldest", identity, grace, snapshot=snapshot, dry_run=True, all_users=all_users
+        )
 
-    def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
-                       on_progress: ProgressFn | None = None, *, victims: Sequence[Instance] | None = None,
-                       all_users: bool = False) -> TerminateReport:
+    def end_duplicates(
+        self,
+        identity: ScriptIdentity,
+        grace: float,
+        snapshot: Snapshot,
+        on_progress: ProgressFn | None = None,
+        *,
+        victims: Sequence[Instance] | None = None,
+        all_users: bool = False,
+    ) -> TerminateReport:
         # Core re-checks every victim (pid, start time, identity key read fresh) right before signalling it.
-        return _duplicates.terminate_duplicates("oldest", identity, grace, snapshot=snapshot,
-                                                on_progress=on_progress, all_users=all_users,
-                                                victims=None if victims is None else list(victims))
+        return _duplicates.terminate_duplicates(
+            "oldest",
+            identity,
+            grace,
+            snapshot=snapshot,
+            on_progress=on_progress,
+            all_users=all_users,
+            victims=None if victims is None else list(victims),
+        )
 
     def clean_locks(self, paths: Sequence[str]) -> list[Path]:
         removed = _locks.clean_stale_locks(paths=list(paths))

@@ -67,8 +67,14 @@ class RayClusterBackend:
     static = False
     cluster = True
 
-    def __init__(self, address: str = "auto", node: str | None = None, *, slow_interval: float = 5.0,
-                 node_timeout: float = NODE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        address: str = "auto",
+        node: str | None = None,
+        *,
+        slow_interval: float = 5.0,
+        node_timeout: float = NODE_TIMEOUT,
+    ) -> None:
         cluster = _cluster()
         cluster.connect(address)  # a HOST:PORT nobody listens on fails at once, not after minutes
         self.address = address
@@ -128,8 +134,10 @@ class RayClusterBackend:
         except Exception as e:  # noqa: BLE001 - reported, the rest of the refresh still comes
             errors.append(_failed(what, e))
             return {}
-        return {r.node.node_id: (r.value if r.error is None else _ReportError(f"{what}: {r.error}"))
-                for r in results}
+        return {
+            r.node.node_id: (r.value if r.error is None else _ReportError(f"{what}: {r.error}"))
+            for r in results
+        }
 
     def collect(self) -> Model:
         cluster = _cluster()
@@ -142,7 +150,9 @@ class RayClusterBackend:
             f_snap = self._pool.submit(cluster.cluster_snapshot, None, node_timeout=timeout, owners=True)
             f_gpu = self._pool.submit(cluster.cluster_gpu, None, node_timeout=timeout)
             f_dup = self._pool.submit(cluster.cluster_duplicates, None, node_timeout=timeout)
-            f_locks = self._pool.submit(cluster.cluster_locks, None, node_timeout=timeout) if locks_due else None
+            f_locks = (
+                self._pool.submit(cluster.cluster_locks, None, node_timeout=timeout) if locks_due else None
+            )
             snaps = f_snap.result()  # the cluster itself gone: the app says "refresh failed" and tries again
             errors: list[str] = []
             gpus = self._reports(f_gpu, "gpu", errors)
@@ -173,8 +183,10 @@ class RayClusterBackend:
                 if isinstance(entries, _ReportError):
                     self._locks[nid] = ((), ())
                 else:
-                    self._locks[nid] = (tuple(e for e in entries if not e.stale),
-                                        tuple(e.path for e in entries if e.stale))
+                    self._locks[nid] = (
+                        tuple(e for e in entries if not e.stale),
+                        tuple(e.path for e in entries if e.stale),
+                    )
 
     def _part(self, seq: int, view: NodeView, ns: Any, gpu: Any, report: Any) -> Model:
         """One node's Model: its snapshot, GPU, duplicates and locks as that node reported them."""
@@ -192,13 +204,29 @@ class RayClusterBackend:
             errors.append(str(report) if report is not None else "duplicates: no answer")
         else:
             groups = _duplicates.enrich(report.groups, snap, gpu, held=held)
-            filled = _duplicates.enrich([DuplicateGroup(s.identity, (s.instance,))
-                                         for s in report.scheduler_managed], snap, gpu, held=held)
-            sched = [replace(s, instance=g.instances[0])
-                     for s, g in zip(report.scheduler_managed, filled, strict=True)]
+            filled = _duplicates.enrich(
+                [DuplicateGroup(s.identity, (s.instance,)) for s in report.scheduler_managed],
+                snap,
+                gpu,
+                held=held,
+            )
+            sched = [
+                replace(s, instance=g.instances[0])
+                for s, g in zip(report.scheduler_managed, filled, strict=True)
+            ]
         owners = {pid: o.short for pid, o in ns.owners.items() if o.short}
-        return make_model(seq, snap, gpu, duplicates=groups, scheduled=sched, locks=held, stale_locks=stale,
-                          errors=errors, node=view, owners=owners)
+        return make_model(
+            seq,
+            snap,
+            gpu,
+            duplicates=groups,
+            scheduled=sched,
+            locks=held,
+            stale_locks=stale,
+            errors=errors,
+            node=view,
+            owners=owners,
+        )
 
     def proc_extra(self, pid: int, snapshot: Snapshot | None = None) -> ProcExtra:
         # The node agents don't explain duplicate identities yet (core/cluster/_actors.py has no "explain").
@@ -218,30 +246,65 @@ class RayClusterBackend:
 
     def resolve(self, targets: Sequence[Target], snapshot: Snapshot) -> list[Member]:
         nid = self._node(snapshot)
-        return [nm.member for nm in _cluster().cluster_resolve(None, nid, list(targets),
-                                                               node_timeout=self.node_timeout)]
+        return [
+            nm.member
+            for nm in _cluster().cluster_resolve(None, nid, list(targets), node_timeout=self.node_timeout)
+        ]
 
-    def resolve_nodes(self, parts: Sequence[NodeTargets]) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
-        members, failures = _cluster().resolve_on_nodes(None, {p.node: list(p.targets) for p in parts},
-                                                         node_timeout=self.node_timeout)
+    def resolve_nodes(
+        self, parts: Sequence[NodeTargets]
+    ) -> tuple[list[tuple[str, Member]], list[tuple[str, str]]]:
+        members, failures = _cluster().resolve_on_nodes(
+            None, {p.node: list(p.targets) for p in parts}, node_timeout=self.node_timeout
+        )
         return [(nm.node_id, nm.member) for nm in members], [(f.node_id, str(f)) for f in failures]
 
-    def act(self, action: str, targets: Sequence[Target], snapshot: Snapshot, *, grace: float = 5.0,
-            on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act(
+        self,
+        action: str,
+        targets: Sequence[Target],
+        snapshot: Snapshot,
+        *,
+        grace: float = 5.0,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         """One node's targets (the node of `snapshot`): see act_nodes."""
-        return self.act_nodes(action, [NodeTargets(self._node(snapshot), "", tuple(targets), snapshot)],
-                              grace=grace, on_progress=on_progress)
+        return self.act_nodes(
+            action,
+            [NodeTargets(self._node(snapshot), "", tuple(targets), snapshot)],
+            grace=grace,
+            on_progress=on_progress,
+        )
 
-    def act_nodes(self, action: str, parts: Sequence[NodeTargets], *, grace: float = 5.0,
-                  on_progress: ProgressFn | None = None) -> list[SignalResult]:
+    def act_nodes(
+        self,
+        action: str,
+        parts: Sequence[NodeTargets],
+        *,
+        grace: float = 5.0,
+        on_progress: ProgressFn | None = None,
+    ) -> list[SignalResult]:
         """Each node's agent runs core's `signals.run_action` on its own targets, all nodes at once. A node that
         fails gives an `unreachable` result naming it for each of its targets; the others' results still come."""
         action = signals.action_name(action)  # "terminate" -> "term"; an unknown one fails here, not remotely
         # What the confirm dialog showed: an agent refuses a pid that names another process by now.
-        expect = {p.node: {t.id: s.start_ticks for t in p.targets if t.kind in ("pid", "tree")
-                           if (s := p.snapshot.get(t.id)) is not None} for p in parts}
-        results, _failures = _cluster().signal_nodes(None, action, {p.node: list(p.targets) for p in parts},
-                                                     grace, expect, node_timeout=self.node_timeout)
+        expect = {
+            p.node: {
+                t.id: s.start_ticks
+                for t in p.targets
+                if t.kind in ("pid", "tree")
+                if (s := p.snapshot.get(t.id)) is not None
+            }
+            for p in parts
+        }
+        results, _failures = _cluster().signal_nodes(
+            None,
+            action,
+            {p.node: list(p.targets) for p in parts},
+            grace,
+            expect,
+            node_timeout=self.node_timeout,
+        )
         out = [r.result for r in results]
         if on_progress is not None:
             on_progress(Progress("done", tuple(r.pid for r in out), 0.0))
@@ -260,17 +323,39 @@ class RayClusterBackend:
     def flush(self, pid: int, snapshot: Snapshot | None = None) -> str:
         return str(self._call_on(self._node(snapshot), "flush", pid=pid, timeout=10.0))
 
-    def plan_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *,
-                        all_users: bool = False) -> TerminateReport:
-        return self._call_on(self._node(snapshot), "terminate_duplicates", keep="oldest", script=identity,
-                             grace=grace, dry_run=True, all_users=all_users)
+    def plan_duplicates(
+        self, identity: ScriptIdentity, grace: float, snapshot: Snapshot, *, all_users: bool = False
+    ) -> TerminateReport:
+        return self._call_on(
+            self._node(snapshot),
+            "terminate_duplicates",
+            keep="oldest",
+            script=identity,
+            grace=grace,
+            dry_run=True,
+            all_users=all_users,
+        )
 
-    def end_duplicates(self, identity: ScriptIdentity, grace: float, snapshot: Snapshot,
-                       on_progress: ProgressFn | None = None, *, victims: Sequence[Instance] | None = None,
-                       all_users: bool = False) -> TerminateReport:
+    def end_duplicates(
+        self,
+        identity: ScriptIdentity,
+        grace: float,
+        snapshot: Snapshot,
+        on_progress: ProgressFn | None = None,
+        *,
+        victims: Sequence[Instance] | None = None,
+        all_users: bool = False,
+    ) -> TerminateReport:
         # The node's core re-checks every victim right before signalling it, like on this machine.
-        report = self._call_on(self._node(snapshot), "terminate_duplicates", keep="oldest", script=identity,
-                               grace=grace, all_users=all_users, victims=None if victims is None else list(victims))
+        report = self._call_on(
+            self._node(snapshot),
+            "terminate_duplicates",
+            keep="oldest",
+            script=identity,
+            grace=grace,
+            all_users=all_users,
+            victims=None if victims is None else list(victims),
+        )
         if on_progress is not None:
             on_progress(Progress("done", (), 0.0))
         return report

@@ -37,8 +37,10 @@ def history_markup(history: History | None, model: Model, index: int, width: int
     room = max(8, (width - len(label) - 20) // 2)
     mem = sparkline(hist.memory, room, top=float(hist.total) or None)
     util = sparkline(hist.utilization, room, top=100.0)
-    return (f"[$text-muted]mem[/] [$text-accent]{mem}[/]  [$text-muted]util[/] [$text-success]{util}[/]  "
-            f"[$text-muted]{label}[/]")
+    return (
+        f"[$text-muted]mem[/] [$text-accent]{mem}[/]  [$text-muted]util[/] [$text-success]{util}[/]  "
+        f"[$text-muted]{label}[/]"
+    )
 
 
 def devices_markup(model: Model, width: int, history: History | None = None) -> Content:
@@ -52,10 +54,15 @@ def devices_markup(model: Model, width: int, history: History | None = None) -> 
     gpu = model.gpu
     if not gpu.available:
         # The kernel's holders (device files open) still show below, without memory figures.
-        holders = ("Processes with a GPU device open (from /proc) are listed below." if model.holders
-                   else "Everything else works the same; GPU columns stay empty.")
-        return fill(f"[b $text-warning]No GPU panel:[/] $reason\n[$text-muted]{holders}[/]",
-                    reason=gpu.reason or "no GPU")
+        holders = (
+            "Processes with a GPU device open (from /proc) are listed below."
+            if model.holders
+            else "Everything else works the same; GPU columns stay empty."
+        )
+        return fill(
+            f"[b $text-warning]No GPU panel:[/] $reason\n[$text-muted]{holders}[/]",
+            reason=gpu.reason or "no GPU",
+        )
     lines = []
     for d in device_lines(model):
         util = "-" if d.utilization is None else f"{d.utilization}%"
@@ -88,15 +95,18 @@ class GpuPane(Vertical):
 
     def show(self, model: Model) -> None:
         self._model = model
-        self.query_one("#gpu-devices", Static).update(devices_markup(model, self.size.width or 80, self.history))
+        self.query_one("#gpu-devices", Static).update(
+            devices_markup(model, self.size.width or 80, self.history)
+        )
         shown = gpu_table_shown(model)
         self.table.display = shown
         self.table.set_rows(gpu_rows(model) if shown else [])
 
     def on_resize(self) -> None:
         if self._model is not None:
-            self.query_one("#gpu-devices", Static).update(devices_markup(self._model, self.size.width or 80,
-                                                                         self.history))
+            self.query_one("#gpu-devices", Static).update(
+                devices_markup(self._model, self.size.width or 80, self.history)
+            )
 
     def selected(self) -> TableRow | None:
         return self.table.cursor_row

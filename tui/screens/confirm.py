@@ -45,18 +45,34 @@ def member_lines(plan: Plan, width: int = 200) -> list[Content]:
         if nodes and nodes[i] != current:
             current = nodes[i]
             n = sum(1 for x in nodes if x == current)
-            lines.append(fill(f"[b $text-accent]node $node[/] [$text-muted]{n} process{'es' if n != 1 else ''}[/]",
-                              node=labels.get(current) or current[:8]))
+            lines.append(
+                fill(
+                    f"[b $text-accent]node $node[/] [$text-muted]{n} process{'es' if n != 1 else ''}[/]",
+                    node=labels.get(current) or current[:8],
+                )
+            )
         # Escaped first, then cut: the escapes count in the width.
         cmd = truncate(plain(m.command), width)
         user = f"{truncate(plain(m.username), 10):<10}"
         mem = f"[$text-accent]{fmt.bytes_short(gpu[i]):>6}[/] " if gpu[i] else " " * 7 if pad else ""
         if m.protected:
-            lines.append(fill(f"[$text-muted]{m.pid:>7}  $user $cmd[/]\n"
-                              "         [$text-error]refused: $why[/]", user=user, cmd=cmd, why=m.protected))
+            lines.append(
+                fill(
+                    f"[$text-muted]{m.pid:>7}  $user $cmd[/]\n         [$text-error]refused: $why[/]",
+                    user=user,
+                    cmd=cmd,
+                    why=m.protected,
+                )
+            )
         elif m.state in DEAD_STATES:
-            lines.append(fill(f"[$text-muted]{m.pid:>7}  $user {mem}$cmd  (zombie: already ended, "
-                              "nothing to signal)[/]", user=user, cmd=cmd))
+            lines.append(
+                fill(
+                    f"[$text-muted]{m.pid:>7}  $user {mem}$cmd  (zombie: already ended, "
+                    "nothing to signal)[/]",
+                    user=user,
+                    cmd=cmd,
+                )
+            )
         else:
             lines.append(fill(f"[b]{m.pid:>7}[/]  [$text-muted]$user[/] {mem}$cmd", user=user, cmd=cmd))
     if len(members) > MAX_LINES:
@@ -124,7 +140,9 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical(id="dialog"):
             yield Static(Content(plan.title), id="title", classes="-node" if self.node is not None else "")
             if self.node is not None:
-                yield Static(fill("[$text-muted]on node[/] [b $text-accent]$node[/]", node=self.node), id="node")
+                yield Static(
+                    fill("[$text-muted]on node[/] [b $text-accent]$node[/]", node=self.node), id="node"
+                )
             with VerticalScroll(id="members"):
                 lines = member_lines(plan)
                 yield Static(join_lines(lines) if lines else fill("[$text-muted](nothing)[/]"))

@@ -57,9 +57,14 @@ def _guard_row(model: Model, pid: int) -> list[Content]:
     if guard.lock:
         g = join_lines([g, fill(f"{'':>12}lock $lock", lock=guard.lock)])
     if guard.reserved is not None:
-        g = join_lines([g, f"{'':>12}torch reserved {fmt.bytes_long(guard.reserved, 'unknown')}, allocated "
-                           f"{fmt.bytes_long(guard.allocated, 'unknown')}: a flush (f) frees about "
-                           f"{fmt.bytes_long(guard.flushable, 'unknown')}"])
+        g = join_lines(
+            [
+                g,
+                f"{'':>12}torch reserved {fmt.bytes_long(guard.reserved, 'unknown')}, allocated "
+                f"{fmt.bytes_long(guard.allocated, 'unknown')}: a flush (f) frees about "
+                f"{fmt.bytes_long(guard.flushable, 'unknown')}",
+            ]
+        )
     return [_row("guarded", g)]
 
 
@@ -102,7 +107,9 @@ def _identity_rows(extra: ProcExtra | None) -> list[Content]:
         rows.append(_row("identity", _muted("none (not a job)")))
     else:
         ident = ex.identity
-        rows.append(_row("identity", fill("$label: [b]$display[/]", label=ident.label, display=ident.display)))
+        rows.append(
+            _row("identity", fill("$label: [b]$display[/]", label=ident.label, display=ident.display))
+        )
         for name, value in ident.parts:
             rows.append(fill(f"{'':>12}[$text-muted]$name[/] $value", name=name, value=_part(value)))
     verdict = "[$text-success]yes[/]" if ex.counted else "[$text-warning]no[/]"
@@ -130,19 +137,26 @@ def history_rows(history: ProcHistory | None, spark: int = SPARK) -> list[Conten
     if history is None or not history.count:
         return [_row("history", _muted("none yet: it starts when the process is selected"))]
     out: list[Content] = []
-    for name, series, show in (("CPU", history.cpu, lambda v: f"{fmt.cpu(v)}%"),
-                               ("RSS", history.rss, lambda v: fmt.bytes_short(int(v))),
-                               ("GPU", history.gpu, lambda v: fmt.bytes_short(int(v)))):
-        line = fill(f"[$text-muted]{name:<3}[/] [$text-accent]{sparkline(series, spark)}[/]  now "
-                    f"[b]{show(series[-1])}[/]  [$text-muted]max[/] {show(max(series))}")
+    for name, series, show in (
+        ("CPU", history.cpu, lambda v: f"{fmt.cpu(v)}%"),
+        ("RSS", history.rss, lambda v: fmt.bytes_short(int(v))),
+        ("GPU", history.gpu, lambda v: fmt.bytes_short(int(v))),
+    ):
+        line = fill(
+            f"[$text-muted]{name:<3}[/] [$text-accent]{sparkline(series, spark)}[/]  now "
+            f"[b]{show(series[-1])}[/]  [$text-muted]max[/] {show(max(series))}"
+        )
         out.append(_row("history" if not out else "", line))
     span = fmt.age(history.last - history.since)
-    out.append(_row("", _muted(f"watched for {span} ({history.count} samples, the last {len(history.cpu)} drawn)")))
+    out.append(
+        _row("", _muted(f"watched for {span} ({history.count} samples, the last {len(history.cpu)} drawn)"))
+    )
     return out
 
 
-def details_markup(model: Model, pid: int, extra: ProcExtra | None, history: ProcHistory | None = None,
-                   spark: int = SPARK) -> Content:
+def details_markup(
+    model: Model, pid: int, extra: ProcExtra | None, history: ProcHistory | None = None, spark: int = SPARK
+) -> Content:
     """Every value from the process (command, user, cwd, environment, paths, names) goes in through
     `tui.text` as plain text: this screen shows the most of another user's text."""
     snap = model.snapshot
@@ -152,24 +166,46 @@ def details_markup(model: Model, pid: int, extra: ProcExtra | None, history: Pro
     lines: list[Content | str] = [fill("[b]$cmd[/]", cmd=p.command), ""]
     lines.append(_row("pid", f"{p.pid}   ppid {p.ppid}   pgid {p.pgid}   sid {p.sid}"))
     lines.append(_row("user", fill(f"$user (uid {p.uid})", user=p.username)))
-    lines.append(_row("state", fill(f"$state   threads {p.num_threads}   CPU {fmt.cpu(p.cpu_percent)}%   "
-                                    f"RSS {fmt.bytes_long(p.rss)}", state=p.state)))
+    lines.append(
+        _row(
+            "state",
+            fill(
+                f"$state   threads {p.num_threads}   CPU {fmt.cpu(p.cpu_percent)}%   "
+                f"RSS {fmt.bytes_long(p.rss)}",
+                state=p.state,
+            ),
+        )
+    )
     lines.append(_row("started", f"{fmt.age(model.time - p.create_time)} ago"))
     lines += history_rows(history, spark)
     lines += _extra_rows(extra)
     if p.python is not None:
         py = p.python
-        lines.append(_row("python", fill("$kind $target" + ("   options $options" if py.options else ""),
-                                         kind=py.kind, target=py.target, options=" ".join(py.options))))
+        lines.append(
+            _row(
+                "python",
+                fill(
+                    "$kind $target" + ("   options $options" if py.options else ""),
+                    kind=py.kind,
+                    target=py.target,
+                    options=" ".join(py.options),
+                ),
+            )
+        )
     lines.append(_gpu_row(model, pid))
     lines += _guard_row(model, pid)
     lines += _run_rows(model, pid)
     locks = [lk for lk in model.locks if pid in lk.holders]
-    lines.append(_row("locks", plain(", ".join(f"{lk.path} ({lk.kind} {lk.mode})" for lk in locks)) or "none"))
+    lines.append(
+        _row("locks", plain(", ".join(f"{lk.path} ({lk.kind} {lk.mode})" for lk in locks)) or "none")
+    )
     for g in model.duplicates:
         if any(pid == i.pid or pid in i.members for i in g.instances):
-            lines.append(_row("duplicate", fill(f"one of {len(g.instances)} runs of $script",
-                                                script=g.identity.display)))
+            lines.append(
+                _row(
+                    "duplicate", fill(f"one of {len(g.instances)} runs of $script", script=g.identity.display)
+                )
+            )
     lines += _identity_rows(extra)
     kids = views.children(snap, pid)
     lines.append(_row("children", str(len(kids)) if kids else "none"))
@@ -206,8 +242,9 @@ class DetailsScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="details"):
             with VerticalScroll():
-                yield Static(details_markup(self.model, self.pid, None, self.history, self._spark()),
-                             id="details-body")
+                yield Static(
+                    details_markup(self.model, self.pid, None, self.history, self._spark()), id="details-body"
+                )
             yield Static("[b]Esc[/]/[b]Enter[/] close", id="details-keys")
 
     def on_mount(self) -> None:
@@ -234,8 +271,9 @@ class DetailsScreen(ModalScreen[None]):
         if not self.is_attached:  # closed (or the app exited) while the worker read /proc
             return
         with contextlib.suppress(NoMatches):
-            self.query_one("#details-body", Static).update(details_markup(self.model, self.pid, self.extra,
-                                                                          self.history, self._spark()))
+            self.query_one("#details-body", Static).update(
+                details_markup(self.model, self.pid, self.extra, self.history, self._spark())
+            )
 
     def _spark(self) -> int:
         """The graphs' width: what the dialog leaves beside the labels and figures (it is 95% of the screen)."""

@@ -21,29 +21,36 @@ def help_markup(keys: Sequence[tuple[str, str, str]]) -> str:
     lines = ["[b $text-accent]Keys[/]"]
     for key, desc, _ in keys:
         lines.append(f"  [b]{escape(key):<7}[/] {escape(desc)}")
-    lines += ["  [b]↑ ↓ PgUp PgDn Home End[/] move the cursor    [b]ctrl+p[/] command palette (every action)",
-              "", "[b $text-accent]Flags (FLG column)[/]"]
+    lines += [
+        "  [b]↑ ↓ PgUp PgDn Home End[/] move the cursor    [b]ctrl+p[/] command palette (every action)",
+        "",
+        "[b $text-accent]Flags (FLG column)[/]",
+    ]
     lines += [f"  [b]{flag}[/]  {escape(text)}" for flag, text in FLAG_LEGEND]
-    lines += ["  state [b $text-warning]T[/] stopped (paused), [b $text-error]Z[/] zombie; a "
-              "[$text-disabled]struck-through[/] row has ended (it goes when the cursor moves on)",
-              "", "[b $text-accent]Targets[/]",
-              "  the marked rows if any, else the selected row; a group or session row acts on all its",
-              "  members; t, k and d show the confirm dialog (every pid, GPU memory, locks, grace) first:",
-              "  [b]y[/] or [b]Enter[/] confirms, [b]n[/] or [b]Esc[/] cancels",
-              "", "[b $text-accent]Folding[/]",
-              "  [b]▸ +N[/] before a command: N processes folded under it; its CPU, RSS and GPU columns are the",
-              "  whole subtree's. A group or session header folds its members. A process with "
-              f"{AUTO_FOLD} or more",
-              "  children, or a header with as many members, starts folded. Folds stay through refreshes,",
-              "  filters, sorts and groupings; t/k/p/r on a folded process act on that process only.",
-              "", "[b $text-accent]Settings[/]",
-              "  config.toml in the user config folder (~/.config/procguard/), or --config PATH; "
-              "procguard-tui",
-              "  --write-config writes the defaults with comments: interval, grace, view, sort, grouping,",
-              f"  columns, confirm, {escape('[duplicates]')} launchers and never_duplicate, {escape('[keymap]')}",
-              "", "[b $text-accent]Remapping keys[/]",
-              "  PROCGUARD_TUI_KEYMAP='procguard.terminate=T,procguard.kill=K'  (binding id = key; it wins over",
-              f"  the config file's {escape('[keymap]')}); an unknown id or key name is an error at start"]
+    lines += [
+        "  state [b $text-warning]T[/] stopped (paused), [b $text-error]Z[/] zombie; a "
+        "[$text-disabled]struck-through[/] row has ended (it goes when the cursor moves on)",
+        "",
+        "[b $text-accent]Targets[/]",
+        "  the marked rows if any, else the selected row; a group or session row acts on all its",
+        "  members; t, k and d show the confirm dialog (every pid, GPU memory, locks, grace) first:",
+        "  [b]y[/] or [b]Enter[/] confirms, [b]n[/] or [b]Esc[/] cancels",
+        "",
+        "[b $text-accent]Folding[/]",
+        "  [b]▸ +N[/] before a command: N processes folded under it; its CPU, RSS and GPU columns are the",
+        f"  whole subtree's. A group or session header folds its members. A process with {AUTO_FOLD} or more",
+        "  children, or a header with as many members, starts folded. Folds stay through refreshes,",
+        "  filters, sorts and groupings; t/k/p/r on a folded process act on that process only.",
+        "",
+        "[b $text-accent]Settings[/]",
+        "  config.toml in the user config folder (~/.config/procguard/), or --config PATH; procguard-tui",
+        "  --write-config writes the defaults with comments: interval, grace, view, sort, grouping,",
+        f"  columns, confirm, {escape('[duplicates]')} launchers and never_duplicate, {escape('[keymap]')}",
+        "",
+        "[b $text-accent]Remapping keys[/]",
+        "  PROCGUARD_TUI_KEYMAP='procguard.terminate=T,procguard.kill=K'  (binding id = key; it wins over",
+        f"  the config file's {escape('[keymap]')}); an unknown id or key name is an error at start",
+    ]
     lines += [f"  [$text-muted]{escape(bid):<28}[/] {escape(key)}" for key, _, bid in keys if bid]
     return "\n".join(lines)
 

@@ -25,8 +25,13 @@ from procguard.tui.model import (
 from procguard.tui.rows import Cell, Column
 from procguard.tui.widgets.table import KeyedTable
 
-_FLAG_STYLE = {FLAG_DUPLICATE: "warning", FLAG_GUARDED: "success", FLAG_RUN: "success", FLAG_LOCK: "accent",
-               FLAG_ORPHAN_GPU: "error"}
+_FLAG_STYLE = {
+    FLAG_DUPLICATE: "warning",
+    FLAG_GUARDED: "success",
+    FLAG_RUN: "success",
+    FLAG_LOCK: "accent",
+    FLAG_ORPHAN_GPU: "error",
+}
 
 
 WIDE = 120  # from this width on, the table adds thread count and age and a wider user column
@@ -62,7 +67,9 @@ class ProcessTable(KeyedTable):
     """Rows of model.Row; group/session header rows show member count, stopped count and totals."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = KeyedTable.COMPONENT_CLASSES | {
-        "process-table--group", "process-table--stopped", "process-table--zombie",
+        "process-table--group",
+        "process-table--stopped",
+        "process-table--zombie",
     }
 
     DEFAULT_CSS = """

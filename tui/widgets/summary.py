@@ -14,8 +14,9 @@ from procguard.tui.model import Model, summarize_model
 from procguard.tui.text import fill, plain
 
 
-def summary_markup(model: Model | None, width: int = 80, node: str | None = None,
-                   node_compact: str | None = None) -> Content:
+def summary_markup(
+    model: Model | None, width: int = 80, node: str | None = None, node_compact: str | None = None
+) -> Content:
     """`node`: in cluster mode, which node the rows show (short id, IP, "k of N"; or "all N nodes"); it comes
     first (`node_compact` instead below 100 columns). The figures count what `model` holds: a single host, every
     node of a cluster model, or the one node it was narrowed to."""
@@ -27,16 +28,22 @@ def summary_markup(model: Model | None, width: int = 80, node: str | None = None
         colour = bad if (bad and n) else "$text"
         return f"[b {colour}]{n}[/] [$text-muted]{label}[/]"
 
-    parts = [item(s.processes, "procs"), item(s.python, "python"),
-             item(s.duplicate_groups, "dup groups" if width >= 100 else "dups", "$text-warning"),
-             item(s.held_locks, "locks"), item(s.stopped, "stopped", "$text-warning")]
+    parts = [
+        item(s.processes, "procs"),
+        item(s.python, "python"),
+        item(s.duplicate_groups, "dup groups" if width >= 100 else "dups", "$text-warning"),
+        item(s.held_locks, "locks"),
+        item(s.stopped, "stopped", "$text-warning"),
+    ]
     if s.frozen:
         parts.append(item(s.frozen, "frozen", "$text-warning"))
     if s.zombies and width >= 100:
         parts.append(item(s.zombies, "zombies", "$text-error"))
     if s.gpu_used is not None and s.gpu_total is not None:
-        parts.append(f"[$text-muted]GPU[/] [b $text-accent]{fmt.bytes_short(s.gpu_used)}[/][$text-muted]/"
-                     f"{fmt.bytes_short(s.gpu_total)}[/]")
+        parts.append(
+            f"[$text-muted]GPU[/] [b $text-accent]{fmt.bytes_short(s.gpu_used)}[/][$text-muted]/"
+            f"{fmt.bytes_short(s.gpu_total)}[/]"
+        )
     else:
         parts.append("[$text-muted]GPU n/a[/]")
     if s.gpu_holders and width >= 100:  # NVML's and the kernel's (device open)

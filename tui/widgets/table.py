@@ -38,7 +38,7 @@ def fit(text: str, width: int, align: str = "left", clip: str = "end") -> str:
         return ""
     if text.isascii():  # the common case, without cell-width lookups
         if len(text) > width:
-            return "…" + text[len(text) - width + 1:] if clip == "start" else text[: width - 1] + "…"
+            return "…" + text[len(text) - width + 1 :] if clip == "start" else text[: width - 1] + "…"
         return text.rjust(width) if align == "right" else text.ljust(width)
     n = cell_len(text)
     if n > width:
@@ -73,8 +73,18 @@ class KeyedTable(ScrollView, can_focus=True):
     """Base class: rows with a `.key`, a fixed header line, a cursor kept by key, gone rows."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
-        "table--header", "table--cursor", "table--marked", "table--gone", "table--section", "table--note",
-        "table--dim", "table--warning", "table--error", "table--accent", "table--success", "table--bold",
+        "table--header",
+        "table--cursor",
+        "table--marked",
+        "table--gone",
+        "table--section",
+        "table--note",
+        "table--dim",
+        "table--warning",
+        "table--error",
+        "table--accent",
+        "table--success",
+        "table--bold",
         "table--progress",
     }
 
@@ -127,8 +137,14 @@ class KeyedTable(ScrollView, can_focus=True):
 
     columns: Sequence[Column] = ()
 
-    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None,
-                 empty_text: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+        empty_text: str = "",
+    ) -> None:
         super().__init__(name=name, id=id, classes=classes)
         self.rows: list[Any] = []
         self._index: dict[Hashable, int] = {}
@@ -297,8 +313,9 @@ class KeyedTable(ScrollView, can_focus=True):
 
     def _header(self, width: int) -> Strip:
         widths = self._column_widths(width)
-        text = " ".join(fit(c.title, w, c.align) for c, w in zip(self.columns, widths, strict=True)
-                        if self._shows(c))
+        text = " ".join(
+            fit(c.title, w, c.align) for c, w in zip(self.columns, widths, strict=True) if self._shows(c)
+        )
         return Strip([Segment(fit(text, width), self.style("header"))], width)
 
     def render_line(self, y: int) -> Strip:
@@ -364,8 +381,9 @@ class KeyedTable(ScrollView, can_focus=True):
                 segments.append(Segment(" " * (width - used), sep_style))
         return Strip(segments, width)
 
-    def _parts(self, parts: Sequence[tuple[str, str]], width: int, base: Style,
-               overlay: Style | None) -> list[Segment]:
+    def _parts(
+        self, parts: Sequence[tuple[str, str]], width: int, base: Style, overlay: Style | None
+    ) -> list[Segment]:
         out: list[Segment] = []
         room = width
         for text, name in parts:
