@@ -156,6 +156,12 @@ async def shot_folded(pilot: Pilot[None], app: ProcguardApp, backend: HeldDemo) 
         await pilot.press("minus")
 
 
+async def shot_cgroups(pilot: Pilot[None], app: ProcguardApp, backend: HeldDemo) -> None:
+    for _ in range(3):  # parent -> process group -> session -> cgroup
+        await pilot.press("g")
+    await until(pilot, lambda: app.view_state.grouping == "cgroup", "the cgroup grouping")
+
+
 async def shot_palette(pilot: Pilot[None], app: ProcguardApp, backend: HeldDemo) -> None:
     from textual.command import CommandInput, CommandList, CommandPalette
 
@@ -179,6 +185,7 @@ SHOTS: tuple[Shot, ...] = (
     Shot("locks", "procguard-tui: 3 Locks", shot_locks),
     Shot("gpu", "procguard-tui: 4 GPU, memory and utilization over the last minutes", shot_gpu),
     Shot("folded", "procguard-tui: - folds a subtree into one row with its totals", shot_folded),
+    Shot("cgroups", "procguard-tui: g, whole jobs by cgroup (containers, units, SLURM steps)", shot_cgroups),
     Shot("confirm", "procguard-tui: t on a process group, the confirm dialog", shot_confirm),
     Shot("terminating", "procguard-tui: a terminate in progress", shot_terminating),
     Shot("terminated", "procguard-tui: the result", shot_terminated),
