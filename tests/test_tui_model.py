@@ -235,7 +235,10 @@ def test_readme_lists_every_key_and_screenshot() -> None:
         for b in cls.BINDINGS
     ]  # type: ignore[union-attr]
     assert all(ids)
-    missing = [i for i in ids if f"`{i}`" not in section]
+    # `<id>.why` twins say why a key did nothing where it was pressed; they follow their key when it is
+    # remapped, so the README names them once as a rule, not each.
+    missing = [i for i in ids if f"`{i}`" not in section and not i.endswith(".why")]
+    assert "`<id>.why`" in section
     assert not missing, f"README's procguard-tui section lacks binding ids {missing}"
     for flag in (
         "--interval",
