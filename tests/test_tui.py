@@ -640,7 +640,7 @@ async def test_flush_reports_the_result_or_the_reason() -> None:
 async def test_escapes_in_a_command_line_never_reach_the_screen(procs: ProcStarter, tmp_path: Path) -> None:
     """A command line holding a title OSC (as argv[0], so it leads every view of the command), a clear-screen
     CSI, a bidi override and a newline is shown escaped in the table, the details screen and the confirm dialog,
-    and nothing raw is anywhere on screen (tests/test_hostile_terminal.py plays the same as another user)."""
+    and nothing raw is anywhere on screen (tests/test_hostile.py plays the same as another user)."""
     from procguard.core.sanitize import UNSAFE
     from procguard.tui.screens.details import DetailsScreen, details_markup
 
