@@ -348,19 +348,22 @@ class CgroupInfo(NamedTuple):
         return self.nspid[-1] if len(self.nspid) > 1 else None
 
     def to_json(self) -> dict[str, object]:
+        """`ps --json`'s fields for the process: its PID namespace, its pids in every namespace, and its
+        cgroup named for what it is (None when unknown)."""
         n = self.name
-        return {
-            "path": self.path,
-            "version": self.version,
-            "kind": n.kind if n else None,
-            "runtime": n.runtime if n else None,
-            "id": n.id if n else None,
-            "step": n.step if n else None,
-            "unit_path": n.unit_path if n else None,
-            "label": n.label if n else None,
-            "pidns": self.pidns,
-            "nspid": list(self.nspid),
-        }
+        cgroup = None
+        if self.path is not None:
+            cgroup = {
+                "path": self.path,
+                "version": self.version,
+                "kind": n.kind if n else None,
+                "runtime": n.runtime if n else None,
+                "id": n.id if n else None,
+                "step": n.step if n else None,
+                "unit": n.unit_path if n else None,
+                "label": n.label if n else None,
+            }
+        return {"pidns": self.pidns, "nspid": list(self.nspid), "cgroup": cgroup}
 
 
 def read_proc_cgroup(pid: int) -> tuple[str | None, int]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 from procguard.core.snapshot import Proc, Snapshot
 
@@ -66,6 +66,10 @@ def session_members(snap: Snapshot, sid: int) -> list[Proc]:
     return [snap.procs[p] for p in snap.session_map.get(sid, ())]
 
 
+def _by_pid(p: Proc) -> int:
+    return p.pid
+
+
 def roots(snap: Snapshot) -> list[Proc]:
     """Processes whose parent is not in the snapshot (pid 1, kthreadd, or orphans of another namespace)."""
     return sorted((p for p in snap if p.ppid not in snap.procs or p.ppid == p.pid), key=lambda p: p.pid)
@@ -77,11 +81,21 @@ class SnapshotDiff(NamedTuple):
     changed: tuple[int, ...]  # same process, different state, ppid, pgid, cmdline or rss
 
 
-def tree_order(snap: Snapshot) -> list[tuple[int, Proc]]:
-    """Every process as (depth, proc), depth-first from the roots, children in pid order: `ps --tree`'s rows.
-    Iterative, so a very deep chain can't hit the recursion limit."""
+def tree_order(procs: Iterable[Proc], key: Callable[[Proc], Any] = _by_pid) -> list[tuple[int, Proc]]:
+    """(depth, proc) depth-first from the roots (a process whose parent is not among `procs`), siblings ordered
+    by `key` (pid by default): `ps --tree`'s rows, local and --ray. Iterative, so a very deep chain can't hit the
+    recursion limit. `procs` may be a Snapshot or any subset of one (a filter's result)."""
+    procs = list(procs)
+    pids = {p.pid for p in procs}
+    kids: dict[int, list[Proc]] = {}
+    tops: list[Proc] = []
+    for p in procs:
+        if p.ppid in pids and p.ppid != p.pid:
+            kids.setdefault(p.ppid, []).append(p)
+        else:
+            tops.append(p)
     out: list[tuple[int, Proc]] = []
-    stack = [(0, p) for p in reversed(roots(snap))]
+    stack = [(0, p) for p in sorted(tops, key=key, reverse=True)]
     seen: set[int] = set()
     while stack:
         depth, p = stack.pop()
@@ -89,7 +103,7 @@ def tree_order(snap: Snapshot) -> list[tuple[int, Proc]]:
             continue
         seen.add(p.pid)
         out.append((depth, p))
-        stack.extend((depth + 1, c) for c in reversed(children(snap, p.pid)))
+        stack.extend((depth + 1, c) for c in sorted(kids.get(p.pid, ()), key=key, reverse=True))
     return out
 
 

@@ -389,7 +389,7 @@ def test_small_parsers() -> None:
     assert C.parse_ns_link("garbage") is None
     assert C.parse_events(b"populated 1\nfrozen 0\n") == {"populated": 1, "frozen": 0}
     info = C.CgroupInfo(5, "/a", 2, C.name_cgroup("/a"), 1, (5, 1))
-    assert info.inner_pid == 1 and info.to_json()["label"] == "/a"
+    assert info.inner_pid == 1 and info.to_json()["cgroup"]["label"] == "/a"
     assert C.CgroupInfo(5, "/a", 2, None, None, (5,)).inner_pid is None
 
 

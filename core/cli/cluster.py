@@ -184,7 +184,8 @@ def _ps_rows(
 ) -> list[Any]:
     """(node, depth, proc, ray kind, owner) for each process shown: node by node, each as `ps` orders its rows
     (--sort, --tree), kernel threads only with --kernel."""
-    from procguard.core.cli.ps import SORT_KEYS, tree_rows
+    from procguard.core import views
+    from procguard.core.cli.ps import SORT_KEYS
 
     uid = args.user
     key = SORT_KEYS[getattr(args, "sort", "pid")]
@@ -199,7 +200,7 @@ def _ps_rows(
             and (uid is None or p.uid == uid)
             and (task_pids is None or (ns.node.node_id, p.pid) in task_pids)
         ]
-        picked = tree_rows(shown, key) if args.tree else [(0, p) for p in sorted(shown, key=key)]
+        picked = views.tree_order(shown, key) if args.tree else [(0, p) for p in sorted(shown, key=key)]
         rows.extend((ns.node, d, p, ns.ray_kinds.get(p.pid), ns.owners.get(p.pid)) for d, p in picked)
     return rows
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from procguard.core import format as fmt
+from procguard.core import views
 from procguard.core.cgroups import CgroupInfo, CgroupReader, FreezerReader
 from procguard.core.cli._args import cut, output_width, print_json, user_arg
 from procguard.core.cli.cluster import add_node_option, add_ray_option
@@ -83,54 +84,15 @@ def proc_json(p: Proc) -> dict[str, object]:
 def cgroup_json(info: CgroupInfo | None, frozen: bool | None) -> dict[str, object]:
     """The `ps --json` fields of a process's PID namespace and cgroup (named: a container, a systemd unit, a
     SLURM job), and whether the cgroup freezer holds it (ps shows a frozen process as S)."""
-    out: dict[str, object] = {"pidns": None, "nspid": [], "cgroup": None, "frozen": frozen}
     if info is None:
-        return out
-    out["pidns"], out["nspid"] = info.pidns, list(info.nspid)
-    if info.path is not None:
-        n = info.name
-        out["cgroup"] = {
-            "path": info.path,
-            "version": info.version,
-            "kind": n.kind if n else None,
-            "runtime": n.runtime if n else None,
-            "id": n.id if n else None,
-            "step": n.step if n else None,
-            "unit": n.unit_path if n else None,
-            "label": n.label if n else None,
-        }
-    return out
-
-
-def tree_rows(procs: Iterable[Proc], key: Callable[[Proc], Any]) -> list[tuple[int, Proc]]:
-    """(depth, proc) depth-first from the roots (parent not among `procs`), siblings ordered by `key`.
-    Iterative, so a very deep chain can't hit the recursion limit."""
-    procs = list(procs)
-    pids = {p.pid for p in procs}
-    kids: dict[int, list[Proc]] = {}
-    roots: list[Proc] = []
-    for p in procs:
-        if p.ppid in pids and p.ppid != p.pid:
-            kids.setdefault(p.ppid, []).append(p)
-        else:
-            roots.append(p)
-    out: list[tuple[int, Proc]] = []
-    stack = [(0, p) for p in sorted(roots, key=key, reverse=True)]
-    seen: set[int] = set()
-    while stack:
-        depth, p = stack.pop()
-        if p.pid in seen:
-            continue
-        seen.add(p.pid)
-        out.append((depth, p))
-        stack.extend((depth + 1, c) for c in sorted(kids.get(p.pid, ()), key=key, reverse=True))
-    return out
+        return {"pidns": None, "nspid": [], "cgroup": None, "frozen": frozen}
+    return {**info.to_json(), "frozen": frozen}
 
 
 def _rows(snap: Snapshot, args: argparse.Namespace) -> list[tuple[int, Proc]]:
     shown = [p for p in snap if args.kernel or not p.kernel_thread]
     key = SORT_KEYS[args.sort]
-    rows = tree_rows(shown, key) if args.tree else [(0, p) for p in sorted(shown, key=key)]
+    rows = views.tree_order(shown, key) if args.tree else [(0, p) for p in sorted(shown, key=key)]
     return rows if args.user is None else [(d, p) for d, p in rows if p.uid == args.user]
 
 
