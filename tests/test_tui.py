@@ -567,6 +567,34 @@ async def test_progress_on_rows_while_the_ui_stays_live() -> None:
         assert table.is_gone(table.cursor_row)  # the process under the cursor ended: shown gone
 
 
+async def test_a_refresh_that_changes_nothing_visible_repaints_no_table_line() -> None:
+    """The same model again (an idle refresh where nothing on screen changed) repaints no line of the table; a
+    cursor move without scrolling repaints the two cursor lines only; a changed mark repaints its line only."""
+    app = demo_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        table = app.process_table
+        applied, repainted = app.record.models_applied, app.record.table_lines_repainted
+        app.model = app.model  # applied again: rows rebuilt, the same content
+        await pilot.pause()
+        assert app.record.models_applied == applied + 1
+        assert app.record.table_lines_repainted == repainted
+        before = table.lines_repainted
+        await pilot.press("down")
+        assert table.cursor == 1
+        assert table.lines_repainted - before == 2
+        before = table.lines_repainted
+        await pilot.press("space")  # mark the row under the cursor, and move on (like htop)
+        await pilot.pause()
+        assert app.marks and table.cursor == 2
+        # Two lines changed: the marked one (asked twice: its mark, then the cursor leaving it) and the new
+        # cursor line; none of the other 20-odd.
+        assert 2 <= table.lines_repainted - before <= 3
+        assert (
+            "●" in table.render_line(table.cursor - round(table.scroll_y)).text
+        )  # the line above the cursor
+
+
 async def test_refused_action_is_a_notification_with_the_reason() -> None:
     app = demo_app()
     async with app.run_test(size=(100, 30)) as pilot:

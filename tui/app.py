@@ -43,7 +43,7 @@ from procguard.tui.actions import (
     progress_label,
     run_plan,
 )
-from procguard.tui.backends import Backend, NodeView
+from procguard.tui.backends import Backend, FirstCollect, NodeView
 from procguard.tui.history import History
 from procguard.tui.messages import (
     ActionDone,
@@ -128,6 +128,9 @@ PROCESSES_ONLY = frozenset(
     }
 )
 # Notifications: short, and one line on a narrow terminal (app.tcss), so the table stays readable.
+FIRST_FRAME_WAIT = (
+    1.0  # s the first frame waits for the first process table (then: "reading the process table…")
+)
 NOTIFY_TIMEOUT = {"information": 4.0, "warning": 6.0, "error": 10.0}
 
 
@@ -158,6 +161,9 @@ class AppRecord:
     action (a refresh happened since), never a fixed time."""
 
     models_applied: int = 0  # models shown (each refresh, each node switch)
+    table_lines_repainted: int = (
+        0  # Processes table lines repainted by applying a model (0 if nothing changed)
+    )
     actions_started: int = 0  # plans started (confirmed, or without a dialog)
     notices: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=1000))  # (text, severity)
     progress_log: deque[tuple[StatusKey, str]] = field(
@@ -267,6 +273,7 @@ class ProcguardApp(App[None]):
         backend: Backend | None = None,
         act_scope: Callable[[Member], bool] | None = None,
         history: History | None = None,
+        first: FirstCollect | None = None,
     ) -> None:
         super().__init__()
         self.options = options or Options()
@@ -275,6 +282,10 @@ class ProcguardApp(App[None]):
 
             backend = LiveBackend()
         self.backend: Backend = backend
+        # The first collect runs while Textual starts (the command line starts it even earlier: `first`).
+        if first is None and not backend.static:
+            first = FirstCollect(backend)
+        self._first = first
         self.cluster_mode = backend.cluster  # every node of a cluster in one table (the backend says so)
         self.act_scope = act_scope
         self.record = AppRecord()
@@ -308,7 +319,8 @@ class ProcguardApp(App[None]):
         yield Summary(id="summary")
         yield StatusLine(id="status")
         with ContentSwitcher(initial="processes", id="views"):
-            yield ProcessTable(id="processes", empty_text="no process matches")
+            # Until the first model: what it is doing, not "no process matches" (no empty-table flash).
+            yield ProcessTable(id="processes", empty_text="reading the process table…")
             yield DuplicatesPane(id="duplicates")
             yield LocksPane(id="locks")
             yield GpuPane(id="gpu")
@@ -338,16 +350,32 @@ class ProcguardApp(App[None]):
             # Fixed data: one model, applied before the first frame, no refresh loop.
             self.model = self.backend.collect()
         else:
-            self._collect_loop()
+            first = self._first
+            if first is not None:
+                # The first frame waits (briefly) for the first model, so it is drawn with rows.
+                first.join(FIRST_FRAME_WAIT)
+                if first.model is not None:
+                    self._first = None
+                    self.model = first.model
+            self._collect_loop(wait_first=self._first is None and self.model is not None)
 
     # ------------------------------------------------------------------------------------------ data
 
     @work(thread=True, exclusive=True, group="collector", exit_on_error=False, name="collector")
-    def _collect_loop(self) -> None:
+    def _collect_loop(self, wait_first: bool = False) -> None:
         worker = get_current_worker()
+        if wait_first and worker.cancelled_event.wait(self.options.interval):
+            return  # (the first model was applied before the first frame)
         while not worker.is_cancelled:
+            first, self._first = self._first, None
             try:
-                model = self.backend.collect()
+                if first is not None:  # the collect started at launch: take its result
+                    first.join()
+                    if first.error is not None:
+                        raise first.error
+                model = (
+                    first.model if first is not None and first.model is not None else self.backend.collect()
+                )
             except Exception as e:  # keep the loop alive: the next refresh may work
                 self.post_message(CollectFailed(f"{type(e).__name__}: {e}"))
             else:
@@ -371,6 +399,8 @@ class ProcguardApp(App[None]):
         if model is None:
             return
         self.record.models_applied += 1
+        if old is None:
+            self.process_table.empty_text = "no process matches"
         self.marks = frozenset(prune_marks(self.marks, model))
         self._prune_folds(model)
         self.history.record(model)  # before the GPU view draws its graphs
@@ -429,7 +459,9 @@ class ProcguardApp(App[None]):
             table.now = model.time
             before = table.cursor_key
             rows = build_rows(model, self.view_state)
+            painted = table.lines_repainted
             table.set_rows(rows, alive=lambda k: key_alive(model, k))  # type: ignore[arg-type]
+            self.record.table_lines_repainted += table.lines_repainted - painted
             if before is not None and table.index_of(before) is None:
                 self._follow_into_fold(model, before)  # type: ignore[arg-type]
         else:
@@ -442,7 +474,9 @@ class ProcguardApp(App[None]):
         return pane
 
     def _show_status(self) -> None:
-        if self.view == "processes":
+        if self.view == "processes" and self.model is None:
+            text = "reading the process table…"  # not "0 shown" before the first model
+        elif self.view == "processes":
             shown = folded = 0
             for r in self.process_table.rows:  # one pass: the status line runs on every refresh
                 shown += r.kind == "proc"

@@ -21,7 +21,7 @@ from procguard.core.cli import UsageError
 from procguard.core.cli._args import seconds_arg, user_arg
 from procguard.core.sanitize import safe
 from procguard.core.snapshot import username_of
-from procguard.tui.backends import Backend
+from procguard.tui.backends import Backend, FirstCollect
 from procguard.tui.config import Config, ConfigError
 
 if TYPE_CHECKING:
@@ -209,11 +209,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     config, keymap = _settings(args)
     config.apply_duplicate_settings()  # core's duplicate rules read them from the environment
-    from procguard.tui.app import ProcguardApp
-
-    options = options_for(args, config, keymap)
     backend: Backend | None = None
     history = None
+    first: FirstCollect | None = None
     if args.demo:
         from procguard.tui.backends.demo import DemoBackend, demo_history
 
@@ -222,12 +220,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not sys.stdout.isatty():
         print(f"{PROG}: needs a terminal (use `procguard ps` for scripts)", file=sys.stderr)
         sys.exit(2)
+    if backend is None and args.ray is None:
+        # Read the process table while Textual imports (most of the start-up time): the first frame has rows.
+        from procguard.tui.backends.live import LiveBackend
+
+        backend = LiveBackend()
+        first = FirstCollect(backend)
+    from procguard.tui.app import ProcguardApp
+
+    options = options_for(args, config, keymap)
     if args.ray is not None:
         cluster = _ray_backend(args.ray, args.node, args.node_timeout)
         options = replace(options, node=cluster.start_node)
         backend = cluster
     try:
-        ProcguardApp(options, backend=backend, history=history).run()
+        ProcguardApp(options, backend=backend, history=history, first=first).run()
     finally:
         if args.ray is not None:
             from procguard.tui.backends.ray import disconnect

@@ -572,6 +572,8 @@ def _sorted_pids(model: Model, pids: Iterable[int], procs: Mapping[int, Proc], s
         return sorted(pids, reverse=state.descending)
     # Ties broken by pid so equal rows never swap places between refreshes.
     items = sorted(pids)
+    if len(items) <= 1:  # most parents have one child: no sort keys to compute
+        return items
     items.sort(key=lambda pid: _proc_sort_value(model, procs[pid], key), reverse=state.descending)
     return items
 

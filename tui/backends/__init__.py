@@ -15,6 +15,7 @@ Every method but `collect` (the collector thread) is called from a worker thread
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -24,9 +25,27 @@ from procguard.core.signals import Member, Progress, SignalResult, Target
 from procguard.core.snapshot import Snapshot
 from procguard.tui.model import Model, NodeTargets, NodeView, ProcExtra
 
-__all__ = ["Backend", "NodeView", "ProgressFn", "SingleHost"]
+__all__ = ["Backend", "FirstCollect", "NodeView", "ProgressFn", "SingleHost"]
 
 ProgressFn = Callable[[Progress], None]
+
+
+class FirstCollect(threading.Thread):
+    """The first `backend.collect()`, started as early as possible (the command line starts it before it
+    imports Textual), so that the app's first frame already has rows. The app's collector takes its result."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(name="procguard-first-collect", daemon=True)
+        self.backend = backend
+        self.model: Model | None = None
+        self.error: Exception | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.model = self.backend.collect()
+        except Exception as e:  # the app reports it as a failed refresh
+            self.error = e
 
 
 class Backend(Protocol):

@@ -98,6 +98,7 @@ class ProcessTable(KeyedTable):
             self.cluster = cluster
             self.columns = process_columns(self.scrollable_content_region.width or 80, cluster)
             self._widths_for = -1  # the widths follow at the next draw
+            self._forget()
         super().set_rows(rows, alive)
 
     def set_status(self, status: Mapping[StatusKey, str]) -> None:
@@ -109,8 +110,10 @@ class ProcessTable(KeyedTable):
         self.invalidate()
 
     def invalidate(self) -> None:
-        self._cache.clear()
-        self.refresh()
+        """Marks or progress changed: repaint the lines that show a difference (cached lines stay valid, they
+        are keyed by their content)."""
+        self._keys.clear()
+        self.refresh_changed()
 
     def row_style(self, row: Row) -> Style | None:
         if row.kind != "proc":

@@ -79,7 +79,8 @@ class Summary(Static):
         key = (content.plain, tuple(content.spans))  # Content compares its text only: the colours count too
         if key != self._shown:
             self._shown = key
-            self.update(content)
+            # One line of fixed height: no layout of the whole screen for a new figure (update's default).
+            self.update(content, layout=False)
 
 
 class StatusLine(Static):
@@ -95,4 +96,4 @@ class StatusLine(Static):
         """`text` is plain (it echoes the filter, which may be pasted from a command line)."""
         if text != self._text:
             self._text = text
-            self.update(Content(plain(text)))
+            self.update(Content(plain(text)), layout=False)  # one line of fixed height: no screen layout

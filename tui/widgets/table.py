@@ -3,8 +3,9 @@
 Rows are replaced wholesale on every refresh (`set_rows`); the cursor follows its key wherever the row moved.
 When the row under the cursor vanished for good (the caller's `alive(key)` says so), it stays on screen as a
 "gone" row until the cursor moves, instead of the cursor silently landing on a neighbour. Lines are rendered
-on demand in `render_line` and cached until the next `set_rows`, so a 5,000-row table costs what its
-visible lines cost.
+on demand in `render_line`, so a 5,000-row table costs what its visible lines cost; a rendered line is cached by
+its content (cells, cursor, mark, gone, width), and a refresh repaints only the lines whose content changed (an
+idle refresh where nothing visible changed repaints nothing; a cursor move without scrolling repaints 2 lines).
 
 Rows have a `.key` and a `.kind`. Subclasses provide `columns` and `render_cells(row, ...)`; `SimpleTable` draws
 `rows.TableRow`s. Cell texts are process text (commands, paths, user names): `_render_row` makes every one safe
@@ -21,7 +22,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -154,7 +155,11 @@ class KeyedTable(ScrollView, can_focus=True):
         self.empty_text = empty_text
         self._widths: list[int] = []
         self._widths_for = -1
-        self._cache: dict[tuple[int, bool], Strip] = {}
+        self._cache: dict[Hashable, Strip] = {}  # line content key -> rendered strip
+        self._drawn: dict[int, Hashable] = {}  # widget line y -> content key of what render_line drew there
+        self._drawn_top = -1  # the scroll position render_line drew at
+        self._keys: dict[int, tuple[Any, int, bool, int, Hashable, Sequence[Cell]]] = {}  # y -> line memo
+        self.lines_repainted = 0  # lines asked to repaint so far (a whole-table repaint counts its height)
         self._shown: frozenset[str] | None = None  # column titles shown (None: all); see shown_columns
 
     @property
@@ -167,8 +172,14 @@ class KeyedTable(ScrollView, can_focus=True):
     def shown_columns(self, titles: frozenset[str] | None) -> None:
         self._shown = titles
         self._widths_for = -1
-        self._cache.clear()
+        self._forget()
         self.refresh()
+
+    def _forget(self) -> None:
+        """Drop every cached line (styles, columns or widths changed): the next draw renders all anew."""
+        self._cache.clear()
+        self._drawn.clear()
+        self._keys.clear()
 
     def _shows(self, column: Column) -> bool:
         return self._shown is None or not column.title or column.title in self._shown
@@ -209,10 +220,10 @@ class KeyedTable(ScrollView, can_focus=True):
         else:
             self.ghost_key = None
             self.cursor = max(0, min(old_pos, len(self.rows) - 1))
-        self._cache.clear()
-        self.virtual_size = Size(self.size.width, len(self.rows) + 1)
+        self._keys.clear()
+        self._set_height(len(self.rows) + 1)
         self._keep_cursor_visible()
-        self.refresh()
+        self.refresh_changed()
         if self.cursor_key != old_key:
             self.post_message(self.CursorMoved(self, self.cursor_key))
 
@@ -239,14 +250,43 @@ class KeyedTable(ScrollView, can_focus=True):
             if idx > ghost:
                 idx -= 1
             idx = max(0, min(idx, len(self.rows) - 1))
-            self.virtual_size = Size(self.size.width, len(self.rows) + 1)
-            self._cache.clear()
+            self._keys.clear()
+            self._set_height(len(self.rows) + 1)
         changed = idx != self.cursor
         self.cursor = idx
         self._keep_cursor_visible()
-        self.refresh()
+        self.refresh_changed()  # without a scroll: the old and the new cursor line
         if changed:
             self.post_message(self.CursorMoved(self, self.cursor_key))
+
+    def _set_height(self, height: int) -> None:
+        """The scroll range: `virtual_size` is a layout reactive (a whole-screen layout each time it is set), so
+        it is set only when it changed, and without a layout while the scrollbar stays as it is."""
+        new = Size(self.size.width, height)
+        old = self.virtual_size
+        if new == old:
+            return
+        room = self.scrollable_content_region.height
+        if self.is_mounted and old.width == new.width and old.height > room and height > room:
+            self.set_reactive(KeyedTable.virtual_size, new)
+            self._scroll_update(new)
+        else:
+            self.virtual_size = new
+
+    def refresh_changed(self) -> None:
+        """Repaint only the lines whose content differs from what was drawn there last (nothing when nothing
+        visible changed). A scroll, a first draw or a new width repaints everything (Textual does on a scroll)."""
+        top = round(self.scroll_y)
+        width = self.scrollable_content_region.width
+        if top != self._drawn_top or not self._drawn:
+            self.lines_repainted += self.size.height
+            self.refresh()
+            return
+        full = self.size.width
+        for y in range(1, self.scrollable_content_region.height):
+            if self._line_key(y, top, width) != self._drawn.get(y):
+                self.lines_repainted += 1
+                self.refresh(Region(0, y, full, 1))
 
     def _keep_cursor_visible(self) -> None:
         body = max(1, self.scrollable_content_region.height - 1)  # minus the header line
@@ -284,13 +324,13 @@ class KeyedTable(ScrollView, can_focus=True):
             self._move(round(self.scroll_y) + event.y - 1)
 
     def on_resize(self, event: events.Resize) -> None:
-        self._cache.clear()
+        self._forget()
         self.virtual_size = Size(event.size.width, len(self.rows) + 1)
         self._keep_cursor_visible()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
-        self._cache.clear()
+        self._forget()
 
     # ------------------------------------------------------------------------------------------ drawing
 
@@ -318,35 +358,71 @@ class KeyedTable(ScrollView, can_focus=True):
         )
         return Strip([Segment(fit(text, width), self.style("header"))], width)
 
+    def _line(self, y: int, top: int, width: int) -> tuple[Hashable, Sequence[Cell]]:
+        """What body line `y` shows at scroll position `top`: a key of its whole content, and the row's cells.
+        Memoized per line until the rows, marks, status or styles change (set_rows / invalidate clear it)."""
+        idx = top + y - 1
+        if idx >= len(self.rows):
+            empty = not self.rows and y == 1 and self.empty_text
+            return (("empty", self.empty_text, width) if empty else ("blank", width)), ()
+        row = self.rows[idx]
+        is_cursor = idx == self.cursor
+        memo = self._keys.get(y)
+        if (
+            memo is not None
+            and memo[0] is row
+            and memo[1] == idx
+            and memo[2] == is_cursor
+            and memo[3] == width
+        ):
+            return memo[4], memo[5]
+        gone = self.is_gone(row)
+        self._column_widths(width)  # (a subclass may pick its columns by width)
+        cells = tuple(self.render_cells(row, gone))
+        key = (cells, row.kind, is_cursor, gone, row.key in self.marks, self.row_style(row), width)
+        self._keys[y] = (row, idx, is_cursor, width, key, cells)
+        return key, cells
+
+    def _line_key(self, y: int, top: int, width: int) -> Hashable:
+        return self._line(y, top, width)[0]
+
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         if y == 0:
             return self._header(width)
-        base = self.rich_style
-        idx = round(self.scroll_y) + y - 1
-        if idx >= len(self.rows):
-            if not self.rows and y == 1 and self.empty_text:
-                return Strip([Segment(fit(self.empty_text, width), base + self.style("note"))], width)
-            return Strip.blank(width, base)
-        is_cursor = idx == self.cursor
-        cache_key = (idx, is_cursor)
-        strip = self._cache.get(cache_key)
+        top = round(self.scroll_y)
+        if top != self._drawn_top:
+            self._drawn.clear()
+            self._drawn_top = top
+        key, cells = self._line(y, top, width)
+        self._drawn[y] = key
+        strip = self._cache.get(key)
         if strip is not None and strip.cell_length == width:
             return strip
-        row = self.rows[idx]
-        strip = self._render_row(row, width, base, is_cursor)
+        base = self.rich_style
+        idx = top + y - 1
+        if idx >= len(self.rows):
+            if key[0] == "empty":  # type: ignore[index]
+                strip = Strip([Segment(fit(self.empty_text, width), base + self.style("note"))], width)
+            else:
+                strip = Strip.blank(width, base)
+        else:
+            strip = self._render_row(self.rows[idx], width, base, idx == self.cursor, cells)
         if len(self._cache) > 4096:
             self._cache.clear()
-        self._cache[cache_key] = strip
+        self._cache[key] = strip
         return strip
 
     def row_style(self, row: Any) -> Style | None:
         """A style over the whole row (subclasses: stopped, zombie...)."""
         return None
 
-    def _render_row(self, row: Any, width: int, base: Style, is_cursor: bool) -> Strip:
+    def _render_row(
+        self, row: Any, width: int, base: Style, is_cursor: bool, cells: Sequence[Cell] | None = None
+    ) -> Strip:
         gone = self.is_gone(row)
-        cells = self.render_cells(row, gone)
+        if cells is None:
+            cells = self.render_cells(row, gone)
         overlay = self.row_style(row)
         if gone:
             overlay = self.style("gone")
