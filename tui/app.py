@@ -286,6 +286,10 @@ class ProcguardApp(App[None]):
         if first is None and not backend.static:
             first = FirstCollect(backend)
         self._first = first
+        # The view state the collector thread builds the Processes rows for (None: another view is shown); a
+        # plain attribute, set on the UI thread, read by the collector. The newest rows it built: `_ahead`.
+        self._rows_state: ViewState | None = None
+        self._ahead: tuple[Model, ViewState, list[Row]] | None = None
         self.cluster_mode = backend.cluster  # every node of a cluster in one table (the backend says so)
         self.act_scope = act_scope
         self.record = AppRecord()
@@ -379,15 +383,28 @@ class ProcguardApp(App[None]):
             except Exception as e:  # keep the loop alive: the next refresh may work
                 self.post_message(CollectFailed(f"{type(e).__name__}: {e}"))
             else:
-                self.post_message(ModelReady(model))
+                self.post_message(ModelReady(model, self._rows_ahead(model)))
             if worker.cancelled_event.wait(self.options.interval):
                 break
+
+    def _rows_ahead(self, model: Model) -> tuple[ViewState, list[Row]] | None:
+        """Collector thread: the Processes rows for the view state shown now, so that the UI thread only draws
+        them (it builds them itself when the state changed in between: a sort, a filter key, a fold)."""
+        state = self._rows_state
+        if state is None:
+            return None
+        try:
+            return state, build_rows(model, state)
+        except Exception:  # the UI thread builds them again, and reports what goes wrong there
+            return None
 
     def on_model_ready(self, message: ModelReady) -> None:
         if not self._ui_live():
             return
         if self.model is not None and message.model.seq <= self.model.seq:
             return  # an action's refresh overtook this one
+        if message.rows is not None:
+            self._ahead = (message.model, *message.rows)
         self.model = message.model
 
     def on_collect_failed(self, message: CollectFailed) -> None:
@@ -458,7 +475,11 @@ class ProcguardApp(App[None]):
             table.status = dict(self.status)
             table.now = model.time
             before = table.cursor_key
-            rows = build_rows(model, self.view_state)
+            state = self.view_state
+            ahead, self._ahead = self._ahead, None
+            rows = ahead[2] if ahead is not None and ahead[0] is model and ahead[1] is state else None
+            if rows is None:
+                rows = build_rows(model, state)
             painted = table.lines_repainted
             table.set_rows(rows, alive=lambda k: key_alive(model, k))  # type: ignore[arg-type]
             self.record.table_lines_repainted += table.lines_repainted - painted
@@ -466,6 +487,7 @@ class ProcguardApp(App[None]):
                 self._follow_into_fold(model, before)  # type: ignore[arg-type]
         else:
             self._pane(self.view).show(self.user_model(model).only(self.view_state.node))
+        self._rows_state = self.view_state if self.view == "processes" else None
         self._show_status()
 
     def _pane(self, view: str) -> DuplicatesPane | LocksPane | GpuPane:

@@ -7,13 +7,17 @@ from textual.message import Message
 
 from procguard.core.signals import Progress
 from procguard.tui.actions import Done, Kind, Plan
-from procguard.tui.model import Model, StatusKey
+from procguard.tui.model import Model, Row, StatusKey, ViewState
 
 
 class ModelReady(Message):
-    def __init__(self, model: Model) -> None:
+    """`rows`: the Processes view's rows for `model`, built by the collector thread for the view state it names
+    (None: not built; the app builds them when the state changed since)."""
+
+    def __init__(self, model: Model, rows: tuple[ViewState, list[Row]] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.rows = rows
 
 
 class CollectFailed(Message):
