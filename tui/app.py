@@ -476,10 +476,11 @@ class ProcguardApp(App[None]):
             table.now = model.time
             before = table.cursor_key
             state = self.view_state
-            ahead, self._ahead = self._ahead, None
+            ahead = self._ahead
             rows = ahead[2] if ahead is not None and ahead[0] is model and ahead[1] is state else None
             if rows is None:
                 rows = build_rows(model, state)
+                self._ahead = (model, state, rows)  # back from another view: the same rows, not built again
             painted = table.lines_repainted
             table.set_rows(rows, alive=lambda k: key_alive(model, k))  # type: ignore[arg-type]
             self.record.table_lines_repainted += table.lines_repainted - painted
