@@ -15,12 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from procguard.core.launchenv import DISTRIBUTED_VARS, SCHEDULER_VARS
+
 PY = sys.executable
 
 # Every process the suite starts inherits this marker: at the end of the run any process still carrying it
 # (or still a descendant of pytest) is a leak, listed, killed, and the run fails.
 RUN_MARKER = "PROCGUARD_TEST_RUN"
 os.environ.setdefault(RUN_MARKER, uuid.uuid4().hex)
+
+# What a launcher or batch scheduler sets (core's lists, plus the rendezvous variables): tests scrub them so the
+# suite, run inside a job, still sees its own processes as plain runs.
+LAUNCH_VARS: tuple[str, ...] = tuple(
+    dict.fromkeys((*DISTRIBUTED_VARS, *SCHEDULER_VARS, "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+)
 
 # The hostile side of permission tests: an unprivileged user (nobody) with no supplementary groups.
 NOBODY_UID = 65534

@@ -36,21 +36,7 @@ from procguard.core.identity import ScriptIdentity, fresh_proc, identity_for_com
 from procguard.core.pyproc import parse_python_cmdline
 from procguard.core.signals import Outcome
 from procguard.core.snapshot import Proc, Snapshot, process_snapshot
-from tests.conftest import PY, ProcStarter, is_gone, wait_for
-
-LAUNCH_VARS = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "TORCHELASTIC_RUN_ID",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "SLURM_JOB_ID",
-    "PBS_JOBID",
-    "LSB_JOBID",
-    "OMPI_COMM_WORLD_RANK",
-    "PMI_RANK",
-)
+from tests.conftest import LAUNCH_VARS, PY, ProcStarter, is_gone, wait_for
 
 
 @pytest.fixture(autouse=True)

@@ -15,21 +15,7 @@ import pytest
 from procguard.core import registry
 from procguard.core.guard import DuplicateRunning, Guard, guard
 from procguard.core.locks import SingleInstanceLock
-from tests.conftest import PY, ProcStarter, is_gone, wait_for
-
-LAUNCH_VARS = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "TORCHELASTIC_RUN_ID",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "SLURM_JOB_ID",
-    "PBS_JOBID",
-    "LSB_JOBID",
-    "OMPI_COMM_WORLD_RANK",
-    "PMI_RANK",
-)
+from tests.conftest import LAUNCH_VARS, PY, ProcStarter, is_gone, wait_for
 
 # argv: MODE INFO_PATH [LOCK]; writes what the guard did to INFO_PATH, then sleeps.
 GUARDED = """

@@ -8,8 +8,8 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from tests.conftest import NOBODY, NOBODY_UID, PY, ProcStarter, is_gone, needs_root
-from tests.test_guard import GUARDED, LAUNCH_VARS
+from tests.conftest import LAUNCH_VARS, NOBODY, NOBODY_UID, PY, ProcStarter, is_gone, needs_root
+from tests.test_guard import GUARDED
 
 pytestmark = needs_root
 
