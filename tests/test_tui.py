@@ -1066,3 +1066,58 @@ async def test_history_stays_bounded_at_5000_processes() -> None:
     assert max(len(ph.cpu) for ph in hist.procs.values()) == SAMPLES  # some graphs are full
     assert all(len(d.memory) == SAMPLES for d in hist.devices.values()) and len(hist.devices) == 2
     assert held < 4 * 1024 * 1024, held  # under 2 MiB at worst: the RSS goal is 150 MB
+
+
+async def test_a_model_landing_behind_queued_keys_waits_for_them_and_only_the_newest_is_applied() -> None:
+    """Two refreshes arrive while three cursor keys wait in the queue: the keys are handled first, then only the
+    newer model is applied (the older one is dropped, not drawn and then replaced)."""
+    from dataclasses import replace
+
+    from textual import events
+
+    from procguard.tui.messages import ModelReady
+
+    app = demo_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause()
+        table = app.process_table
+        model = app.model
+        assert model is not None and table.cursor == 0
+        applied = app.record.models_applied
+        older, newer = replace(model, seq=model.seq + 1), replace(model, seq=model.seq + 2)
+        cursor_when_applied: list[int] = []
+        watch = app.watch_model
+
+        def spy(old: object, new: object) -> None:
+            cursor_when_applied.append(table.cursor)
+            watch(old, new)  # type: ignore[arg-type]
+
+        app.watch_model = spy  # type: ignore[method-assign]
+        for _ in range(3):
+            app.post_message(events.Key("down", None))
+        app.post_message(ModelReady(older))
+        app.post_message(ModelReady(newer))
+        await wait_until(pilot, lambda: app.model is newer)
+        await pilot.pause()
+        assert app.record.models_applied == applied + 1  # the older model was never applied
+        assert cursor_when_applied == [3]  # applied after the three keys, not between them
+        assert table.cursor == 3
+
+
+async def test_switching_back_to_a_view_does_not_rebuild_its_rows_for_the_same_model() -> None:
+    from dataclasses import replace
+
+    app = demo_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("2")
+        pane = app.query_one(DuplicatesPane)
+        rows = pane.table.rows
+        assert rows
+        await pilot.press("1")
+        await pilot.press("2")
+        assert pane.table.rows is rows  # the same model: kept, not built again
+        model = app.model
+        assert model is not None
+        app.model = replace(model, seq=model.seq + 1)  # a new model: built anew
+        await pilot.pause()
+        assert pane.table.rows is not rows

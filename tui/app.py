@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import CommandPalette, DiscoveryHit, Hit, Hits, Provider
@@ -27,7 +28,7 @@ from textual.css.query import NoMatches
 from textual.keys import REPLACED_KEYS, Keys, key_to_character
 from textual.reactive import var
 from textual.screen import ModalScreen
-from textual.widgets import ContentSwitcher, Footer, Input, Tab, Tabs
+from textual.widgets import ContentSwitcher, Input, Tab, Tabs
 from textual.worker import get_current_worker
 
 from procguard.core.duplicates import DuplicateGroup
@@ -85,6 +86,7 @@ from procguard.tui.screens.confirm import ConfirmScreen
 from procguard.tui.screens.details import DetailsScreen
 from procguard.tui.screens.help import HelpScreen
 from procguard.tui.text import plain
+from procguard.tui.widgets.footer import AppFooter
 from procguard.tui.widgets.process_table import ProcessTable
 from procguard.tui.widgets.summary import StatusLine, Summary
 from procguard.tui.widgets.table import KeyedTable
@@ -132,6 +134,8 @@ FIRST_FRAME_WAIT = (
     1.0  # s the first frame waits for the first process table (then: "reading the process table…")
 )
 NOTIFY_TIMEOUT = {"information": 4.0, "warning": 6.0, "error": 10.0}
+HOLD_POLL = 0.002  # s: a model held behind queued keys looks again after this long
+HOLD_MAX = 0.1  # s: and is applied after this long at the latest, keys or not
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,11 @@ class AppRecord:
 
 class ViewTabs(Tabs, can_focus=False):
     """The view tabs: clickable, never focused (keys 1-4 switch views, arrows belong to the tables)."""
+
+    def _highlight_active(self, animate: bool = True) -> None:
+        # No sliding underline: its 0.3 s of animation frames (~18 repaints) would compete with the newly shown
+        # view's first frame and with the next keys.
+        super()._highlight_active(animate=False)
 
 
 class FilterInput(Input):
@@ -290,6 +299,8 @@ class ProcguardApp(App[None]):
         # plain attribute, set on the UI thread, read by the collector. The newest rows it built: `_ahead`.
         self._rows_state: ViewState | None = None
         self._ahead: tuple[Model, ViewState, list[Row]] | None = None
+        self._held: ModelReady | None = None  # the newest model waiting behind queued keys (on_model_ready)
+        self._held_since = 0.0  # when it started waiting (it waits HOLD_MAX at most: keys can't starve it)
         self.cluster_mode = backend.cluster  # every node of a cluster in one table (the backend says so)
         self.act_scope = act_scope
         self.record = AppRecord()
@@ -334,7 +345,7 @@ class ProcguardApp(App[None]):
             select_on_focus=False,
             id="filter",
         )
-        yield Footer(compact=True)
+        yield AppFooter(compact=True)
 
     @property
     def process_table(self) -> ProcessTable:
@@ -403,6 +414,40 @@ class ProcguardApp(App[None]):
             return
         if self.model is not None and message.model.seq <= self.model.seq:
             return  # an action's refresh overtook this one
+        if self._held is not None or self._keys_queued():
+            # Keys first: the model waits behind them (only the newest one), so no repaint lands between two
+            # queued keys and a key is not delayed by a refresh it never asked for.
+            if self._held is None:
+                self._held_since = time.monotonic()
+                self.set_timer(HOLD_POLL, self._apply_held)  # a timer: lets the widgets' queues run meanwhile
+            if self._held is None or self._held.model.seq < message.model.seq:
+                self._held = message
+            return
+        self._apply_ready(message)
+
+    def _keys_queued(self) -> bool:
+        """A key event waits in the queue of the app, or of the focused widget or one above it: a key reaches the
+        app first, which forwards it to the focused widget, from where it bubbles back up to the app, whose
+        bindings act on it. The queues are peeked, never changed."""
+        focused = self.screen.focused
+        for pump in (self, *(focused.ancestors_with_self if focused is not None else ())):
+            if isinstance(pump._pending_message, events.Key):  # peeked by Textual's message loop
+                return True
+            if any(isinstance(m, events.Key) for m in getattr(pump._message_queue, "values", ())):
+                return True
+        return False
+
+    def _apply_held(self) -> None:
+        if self._held is None or not self._ui_live():
+            return
+        if self._keys_queued() and time.monotonic() - self._held_since < HOLD_MAX:
+            self.set_timer(HOLD_POLL, self._apply_held)
+            return
+        message, self._held = self._held, None
+        if self.model is None or message.model.seq > self.model.seq:
+            self._apply_ready(message)
+
+    def _apply_ready(self, message: ModelReady) -> None:
         if message.rows is not None:
             self._ahead = (message.model, *message.rows)
         self.model = message.model
@@ -514,6 +559,9 @@ class ProcguardApp(App[None]):
 
     def action_show_view(self, view: str) -> None:
         if view in VIEWS:
+            # The view first, then the tab: both in the same frame (through TabActivated alone, the tab would
+            # repaint first and the view one message later, in a second frame).
+            self.view = view
             self.query_one(ViewTabs).active = f"tab-{view}"
 
     @on(Tabs.TabActivated)

@@ -15,6 +15,10 @@ from procguard.tui.widgets.table import SimpleTable
 class DuplicatesPane(Vertical):
     DEFAULT_CSS = "DuplicatesPane { height: 1fr; }"
 
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._model: Model | None = None  # the model the rows were built for
+
     def compose(self) -> ComposeResult:
         yield SimpleTable(DUPLICATE_COLUMNS, id="duplicates-table")
 
@@ -23,6 +27,9 @@ class DuplicatesPane(Vertical):
         return self.query_one(SimpleTable)
 
     def show(self, model: Model) -> None:
+        if model is self._model:
+            return  # a view switch back to this pane: its rows are already those of this model
+        self._model = model
         self.table.set_rows(duplicate_rows(model), alive=lambda k: _alive(model, k))
 
     def selected(self) -> TableRow | None:

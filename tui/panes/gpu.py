@@ -84,6 +84,12 @@ class GpuPane(Vertical):
         super().__init__(**kw)  # type: ignore[arg-type]
         self._model: Model | None = None
         self.history: History | None = None  # the app's (set on mount)
+        self._devices: tuple[str, tuple[object, ...]] | None = None  # the panel's text and spans shown
+        self._device_lines = -1
+
+    @property
+    def devices(self) -> Static:
+        return self.query_one("#gpu-devices", Static)
 
     def compose(self) -> ComposeResult:
         yield Static("", id="gpu-devices")
@@ -94,19 +100,27 @@ class GpuPane(Vertical):
         return self.query_one(SimpleTable)
 
     def show(self, model: Model) -> None:
+        if model is self._model:
+            return  # a view switch back to this pane: the panel and rows are already those of this model
         self._model = model
-        self.query_one("#gpu-devices", Static).update(
-            devices_markup(model, self.size.width or 80, self.history)
-        )
+        self._show_devices()
         shown = gpu_table_shown(model)
         self.table.display = shown
         self.table.set_rows(gpu_rows(model) if shown else [])
 
     def on_resize(self) -> None:
         if self._model is not None:
-            self.query_one("#gpu-devices", Static).update(
-                devices_markup(self._model, self.size.width or 80, self.history)
-            )
+            self._show_devices()
+
+    def _show_devices(self) -> None:
+        assert self._model is not None
+        content = devices_markup(self._model, self.size.width or 80, self.history)
+        key = (content.plain, tuple(content.spans))  # Content compares its text only: the colours count too
+        if key != self._devices:
+            self._devices = key
+            # A layout only when the panel's height changes (it is `height: auto`), not for a new figure.
+            self.devices.update(content, layout=len(content.plain.splitlines()) != self._device_lines)
+            self._device_lines = len(content.plain.splitlines())
 
     def selected(self) -> TableRow | None:
         return self.table.cursor_row

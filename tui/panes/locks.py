@@ -14,6 +14,10 @@ from procguard.tui.widgets.table import SimpleTable
 class LocksPane(Vertical):
     DEFAULT_CSS = "LocksPane { height: 1fr; }"
 
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._model: Model | None = None  # the model the rows were built for
+
     def compose(self) -> ComposeResult:
         yield SimpleTable(LOCK_COLUMNS, id="locks-table")
 
@@ -22,6 +26,9 @@ class LocksPane(Vertical):
         return self.query_one(SimpleTable)
 
     def show(self, model: Model) -> None:
+        if model is self._model:
+            return  # a view switch back to this pane: its rows are already those of this model
+        self._model = model
         # A released lock just leaves the list: nothing to act on stays under the cursor.
         self.table.set_rows(lock_rows(model))
 
