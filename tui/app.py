@@ -559,10 +559,7 @@ class ProcguardApp(App[None]):
 
     def action_show_view(self, view: str) -> None:
         if view in VIEWS:
-            # The view first, then the tab: both in the same frame (through TabActivated alone, the tab would
-            # repaint first and the view one message later, in a second frame).
-            self.view = view
-            self.query_one(ViewTabs).active = f"tab-{view}"
+            self.query_one(ViewTabs).active = f"tab-{view}"  # the view follows (TabActivated)
 
     @on(Tabs.TabActivated)
     def _tab_activated(self, event: Tabs.TabActivated) -> None:
