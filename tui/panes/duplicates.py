@@ -3,37 +3,19 @@ listed apart. `d` ends all but the oldest run of the selected script (after the 
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import Vertical
-
 from procguard.core.duplicates import DuplicateGroup
 from procguard.tui.model import Model, key_alive
-from procguard.tui.rows import DUPLICATE_COLUMNS, TableRow, duplicate_rows
-from procguard.tui.widgets.table import SimpleTable
+from procguard.tui.panes.base import TablePane
+from procguard.tui.rows import DUPLICATE_COLUMNS, duplicate_rows
 
 
-class DuplicatesPane(Vertical):
+class DuplicatesPane(TablePane):
     DEFAULT_CSS = "DuplicatesPane { height: 1fr; }"
+    COLUMNS = DUPLICATE_COLUMNS
+    TABLE_ID = "duplicates-table"
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
-        self._model: Model | None = None  # the model the rows were built for
-
-    def compose(self) -> ComposeResult:
-        yield SimpleTable(DUPLICATE_COLUMNS, id="duplicates-table")
-
-    @property
-    def table(self) -> SimpleTable:
-        return self.query_one(SimpleTable)
-
-    def show(self, model: Model) -> None:
-        if model is self._model:
-            return  # a view switch back to this pane: its rows are already those of this model
-        self._model = model
+    def fill(self, model: Model) -> None:
         self.table.set_rows(duplicate_rows(model), alive=lambda k: _alive(model, k))
-
-    def selected(self) -> TableRow | None:
-        return self.table.cursor_row
 
     def selected_group(self) -> DuplicateGroup | None:
         row = self.selected()

@@ -6,16 +6,15 @@ the panel."""
 from __future__ import annotations
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import Static
 
 from procguard.core import format as fmt
 from procguard.tui.history import History, sparkline
 from procguard.tui.model import Model
-from procguard.tui.rows import GPU_COLUMNS, TableRow, device_lines, gpu_rows, gpu_table_shown
+from procguard.tui.panes.base import TablePane
+from procguard.tui.rows import GPU_COLUMNS, device_lines, gpu_rows, gpu_table_shown
 from procguard.tui.text import fill, join_lines, plain
-from procguard.tui.widgets.table import SimpleTable
 
 
 def bar(fraction: float, width: int) -> str:
@@ -74,15 +73,17 @@ def devices_markup(model: Model, width: int, history: History | None = None) -> 
     return join_lines(lines)
 
 
-class GpuPane(Vertical):
+class GpuPane(TablePane):
     DEFAULT_CSS = """
     GpuPane { height: 1fr; }
     GpuPane > #gpu-devices { height: auto; padding: 0 1; margin-bottom: 1; }
     """
 
+    COLUMNS = GPU_COLUMNS
+    TABLE_ID = "gpu-table"
+
     def __init__(self, **kw: object) -> None:
-        super().__init__(**kw)  # type: ignore[arg-type]
-        self._model: Model | None = None
+        super().__init__(**kw)
         self.history: History | None = None  # the app's (set on mount)
         self._devices: tuple[str, tuple[object, ...]] | None = None  # the panel's text and spans shown
         self._device_lines = -1
@@ -93,16 +94,9 @@ class GpuPane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="gpu-devices")
-        yield SimpleTable(GPU_COLUMNS, id="gpu-table")
+        yield from super().compose()
 
-    @property
-    def table(self) -> SimpleTable:
-        return self.query_one(SimpleTable)
-
-    def show(self, model: Model) -> None:
-        if model is self._model:
-            return  # a view switch back to this pane: the panel and rows are already those of this model
-        self._model = model
+    def fill(self, model: Model) -> None:
         self._show_devices()
         shown = gpu_table_shown(model)
         self.table.display = shown
@@ -121,6 +115,3 @@ class GpuPane(Vertical):
             # A layout only when the panel's height changes (it is `height: auto`), not for a new figure.
             self.devices.update(content, layout=len(content.plain.splitlines()) != self._device_lines)
             self._device_lines = len(content.plain.splitlines())
-
-    def selected(self) -> TableRow | None:
-        return self.table.cursor_row
