@@ -34,7 +34,6 @@ from procguard.core.identity import (
     IdentityResolver,
     ScriptIdentity,
     current_identity,
-    fresh_proc,
     identity_for_command,
     identity_for_path,
     launcher_kind,
@@ -44,7 +43,7 @@ from procguard.core.launchenv import DISTRIBUTED_VARS, SCHEDULER_VARS, launch_co
 from procguard.core.launchers import Settings, settings_from_env
 from procguard.core.procid import ProcId
 from procguard.core.sanitize import safe
-from procguard.core.snapshot import Proc, Snapshot, process_snapshot
+from procguard.core.snapshot import Proc, Snapshot, process_snapshot, read_proc
 
 if TYPE_CHECKING:
     from procguard.core.gpu import GpuSnapshot
@@ -838,7 +837,7 @@ def _victim_changed(inst: Instance, identity: ScriptIdentity, settings: Settings
     if inst.pid not in inst.members:
         # The head is a launcher: one identified by its target must still have that target; a plain launcher
         # (mpirun) must still be a launcher.
-        head = fresh_proc(inst.pid)
+        head = read_proc(inst.pid)
         now = current_identity(inst.pid, settings)
         if now is not None and now.launcher is not None:
             if now.key != identity.key:

@@ -53,7 +53,7 @@ from procguard.core.pyproc import (
     parse_python_cmdline,
     shebang_interpreter,
 )
-from procguard.core.snapshot import Proc, username_of
+from procguard.core.snapshot import Proc, read_proc, username_of
 
 __all__ = [
     "ScriptIdentity",
@@ -69,7 +69,6 @@ __all__ = [
     "procguard_run_of",
     "looks_like_procguard_run",
     "own_process",
-    "fresh_proc",
     "current_identity",
     "KIND_LABELS",
     "RELEVANT_ENV",
@@ -722,43 +721,14 @@ def identity_for_command(
     return c.identity if c.is_job else None
 
 
-def fresh_proc(pid: int) -> Proc | None:
-    """`pid` read from /proc now, bypassing every cache (the Snapshotter keeps a command line until comm
-    changes; an exec keeping the same comm would go unseen)."""
-    st = procfs.read_stat(pid)
-    cmdline = procfs.read_cmdline(pid)
-    uid = procfs.read_uid(pid)
-    if st is None or cmdline is None or uid is None:
-        return None
-    return Proc(
-        st.pid,
-        st.ppid,
-        st.pgid,
-        st.sid,
-        st.state,
-        st.comm,
-        cmdline,
-        procfs.create_time(st.start_ticks),
-        0,
-        uid,
-        username_of(uid),
-        0.0,
-        st.num_threads,
-        st.tty_nr,
-        bool(st.flags & procfs.PF_KTHREAD),
-        st.start_ticks,
-        parse_python_cmdline(cmdline) if cmdline else None,
-    )
-
-
 def current_identity(pid: int, settings: Settings | None = None) -> ScriptIdentity | None:
     """The identity `pid` has right now, read fresh from /proc (None: gone, or not a job). A non-Python process
     has one only as the child of a `procguard run` launcher."""
-    proc = fresh_proc(pid)
+    proc = read_proc(pid)
     if proc is None or proc.dead:
         return None
     if proc.python is None:
-        parent = fresh_proc(proc.ppid)
+        parent = read_proc(proc.ppid)
         if parent is None or not is_procguard_run(parent, settings):
             return None
     c = classify(proc, settings)

@@ -133,6 +133,43 @@ def username_of(uid: int) -> str:
     return name
 
 
+def _proc(st: procfs.Stat, s: _Static, cpu: float, boot: float, clk: int, page: int) -> Proc:
+    """The one place a Proc is put together from its stat line and its static data."""
+    return Proc(
+        st.pid,
+        st.ppid,
+        st.pgid,
+        st.sid,
+        st.state,
+        st.comm,
+        s.cmdline,
+        boot + st.start_ticks / clk,
+        st.rss_pages * page,
+        s.uid,
+        s.username,
+        cpu,
+        st.num_threads,
+        st.tty_nr,
+        bool(st.flags & procfs.PF_KTHREAD),
+        st.start_ticks,
+        s.python,
+    )
+
+
+def read_proc(pid: int) -> Proc | None:
+    """`pid` read from /proc now, bypassing every cache (a Snapshotter keeps a command line until the process
+    execs, and an exec that keeps comm and hides its argv address goes unseen for a few scans). None when it is
+    gone or /proc denies it. CPU% is 0.0: there is no earlier sample."""
+    st = procfs.read_stat(pid)
+    cmdline = procfs.read_cmdline(pid)
+    uid = procfs.read_uid(pid)
+    if st is None or cmdline is None or uid is None:
+        return None
+    python = parse_python_cmdline(cmdline) if cmdline else None
+    s = _Static(st.comm, cmdline, uid, username_of(uid), python, st.arg_start)
+    return _proc(st, s, 0.0, procfs.boot_time(), procfs.CLK_TCK, procfs.PAGE_SIZE)
+
+
 class Snapshotter:
     """Takes snapshots, reusing what doesn't change between them. One per refresh loop; thread-safe."""
 
@@ -197,25 +234,7 @@ class Snapshotter:
                 cpu_new[key] = ticks
                 prev = cpu_old.get(key)
                 cpu = (ticks - prev) * tick_pct if prev is not None else 0.0
-                procs[st.pid] = Proc(
-                    st.pid,
-                    st.ppid,
-                    st.pgid,
-                    st.sid,
-                    st.state,
-                    st.comm,
-                    s.cmdline,
-                    boot + st.start_ticks / clk,
-                    st.rss_pages * page,
-                    s.uid,
-                    s.username,
-                    cpu,
-                    st.num_threads,
-                    st.tty_nr,
-                    bool(st.flags & procfs.PF_KTHREAD),
-                    st.start_ticks,
-                    s.python,
-                )
+                procs[st.pid] = _proc(st, s, cpu, boot, clk, page)
         self._static = static_new
         self._cpu = cpu_new
         self._last_mono = now_mono

@@ -32,10 +32,10 @@ from procguard.core.duplicates import (
     group_json,
     terminate_duplicates,
 )
-from procguard.core.identity import ScriptIdentity, fresh_proc, identity_for_command, identity_for_path
+from procguard.core.identity import ScriptIdentity, identity_for_command, identity_for_path
 from procguard.core.pyproc import parse_python_cmdline
 from procguard.core.signals import Outcome
-from procguard.core.snapshot import Proc, Snapshot, process_snapshot
+from procguard.core.snapshot import Proc, Snapshot, process_snapshot, read_proc
 from tests.conftest import LAUNCH_VARS, PY, ProcStarter, is_gone, wait_for
 
 
@@ -957,7 +957,7 @@ class PgRuns:
 
     def close(self) -> None:
         for launcher, job in self.jobs:
-            st = fresh_proc(job)
+            st = read_proc(job)
             if st is not None and st.ppid == launcher and st.pgid == job:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(job, signal.SIGKILL)
